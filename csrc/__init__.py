@@ -1,0 +1,1 @@
+"""C++/CUDA sources of the tscd extension, shipped as package data (see tscd.ops._cpp)."""

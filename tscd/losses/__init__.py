@@ -1,0 +1,1 @@
+"""Training losses of the TSCD recipe (spec §5–§9), as nn.Modules built on tscd.ops."""
