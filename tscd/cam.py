@@ -1,0 +1,144 @@
+"""Class activation maps: multi-scale CAM (spec §2), pseudo labels (§3), and the attention
+random walk that refines CAMs with the learned affinity (§5).
+
+Conventions: ``cls_labels`` (B, K−1) is the multi-hot image label over the foreground classes;
+labels are class indices (0 background, 1…K−1 foreground, ``ignore_index`` 255); a crop box
+(B, 4) is (y0, y1, x0, x1) with exclusive ends, the part of the crop that holds the image.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "multi_scale_cam", "normalize_cam", "cam_to_label", "pseudo_label", "apply_crop_box",
+    "affinity_window", "attention_random_walk",
+]
+
+IGNORE_INDEX = 255
+
+
+def normalize_cam(cam: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Per image and class: (cam − min) / (max(cam − min) + eps). cam: (B, C, H, W)."""
+    cam = cam - cam.amin(dim=(-2, -1), keepdim=True)
+    return cam / (cam.amax(dim=(-2, -1), keepdim=True) + eps)
+
+
+@torch.no_grad()
+def multi_scale_cam(model, images: torch.Tensor, scales: Sequence[float] = (1.0, 0.5, 1.5),
+                    return_attention: bool = False):
+    """Multi-scale, flip-augmented CAM of spec §2, without gradient.
+
+    ``model(x, cam_only=True)`` must return ``(cam (B, K−1, h, w), attn_pred)`` (as ``TSCD``).
+    For each scale s the image is resized to (⌊sH⌋, ⌊sW⌋) (bilinear) and run together with
+    its horizontal flip; both CAMs are resized to (H, W), the flipped one un-flipped, and
+    relu(max(cam, cam_flip)) is summed over scales, then normalised by ``normalize_cam``.
+
+    images: (B, 3, H, W). Returns cam (B, K−1, H, W) in [0, 1]; with ``return_attention``
+    also the ``attn_pred`` (B, N, N) of the un-flipped images at the largest scale.
+    """
+    if len(scales) == 0:
+        raise ValueError("scales must list at least one scale")
+    b, _, h, w = images.shape
+    total, attention = None, None
+    for s in scales:
+        x = images if s == 1.0 else F.interpolate(images, size=(int(s * h), int(s * w)), mode="bilinear",
+                                                  align_corners=False)
+        cam, attn = model(torch.cat([x, x.flip(-1)]), cam_only=True)
+        cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
+        cam = torch.maximum(cam[:b], cam[b:].flip(-1)).relu()
+        total = cam if total is None else total + cam
+        if s == max(scales):
+            attention = attn[:b]
+    total = normalize_cam(total)
+    return (total, attention) if return_attention else total
+
+
+def apply_crop_box(label: torch.Tensor, crop_box: torch.Tensor | None,
+                   ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Set ``ignore_index`` outside each image's crop box. label: (B, H, W); crop_box: (B, 4)."""
+    if crop_box is None:
+        return label
+    crop_box = torch.as_tensor(crop_box, device=label.device)
+    if crop_box.shape != (label.shape[0], 4):
+        raise ValueError(f"crop_box must have shape (B, 4) = ({label.shape[0]}, 4) as (y0, y1, x0, x1), "
+                         f"got {tuple(crop_box.shape)}")
+    ys = torch.arange(label.shape[1], device=label.device).view(1, -1, 1)
+    xs = torch.arange(label.shape[2], device=label.device).view(1, 1, -1)
+    y0, y1, x0, x1 = (crop_box[:, i].view(-1, 1, 1) for i in range(4))
+    inside = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
+    return torch.where(inside, label, torch.full_like(label, ignore_index))
+
+
+def _best_class(cam: torch.Tensor, cls_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """v, c = max and argmax + 1 over classes of the CAM masked by the image labels."""
+    if cls_labels.shape != cam.shape[:2]:
+        raise ValueError(f"cls_labels must have shape (B, K-1) = {tuple(cam.shape[:2])}, "
+                         f"got {tuple(cls_labels.shape)}")
+    value, index = (cam * cls_labels[:, :, None, None].to(cam.dtype)).max(dim=1)
+    return value, index + 1
+
+
+def cam_to_label(cam: torch.Tensor, cls_labels: torch.Tensor, bkg_score: float = 0.45) -> torch.Tensor:
+    """Plain CAM label for evaluation: argmax class, background where the max ≤ bkg_score.
+
+    cam: (B, K−1, H, W) in [0, 1]; cls_labels: (B, K−1). Returns (B, H, W) int64.
+    """
+    value, label = _best_class(cam, cls_labels)
+    return label.masked_fill(value <= bkg_score, 0)
+
+
+def pseudo_label(cam: torch.Tensor, cls_labels: torch.Tensor, crop_box: torch.Tensor | None = None,
+                 high: float = 0.55, low: float = 0.35, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Pseudo label of spec §3: class where max > high, ignore where low < max ≤ high,
+    background where max ≤ low, ignore outside the crop box.
+
+    cam: (B, K−1, H, W) in [0, 1]; cls_labels: (B, K−1); crop_box: (B, 4) or None.
+    Returns (B, H, W) int64.
+    """
+    if not low <= high:
+        raise ValueError(f"low ({low}) must not exceed high ({high})")
+    value, label = _best_class(cam, cls_labels)
+    label = label.masked_fill(value <= high, ignore_index).masked_fill(value <= low, 0)
+    return apply_crop_box(label, crop_box, ignore_index)
+
+
+def affinity_window(h: int, w: int, radius: int = 8, device=None) -> torch.Tensor:
+    """(h·w, h·w) bool: positions i, j of an h×w grid within Chebyshev distance ``radius``."""
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    return ((ys[:, None] - ys[None, :]).abs() <= radius) & ((xs[:, None] - xs[None, :]).abs() <= radius)
+
+
+def attention_random_walk(cam: torch.Tensor, attn_pred: torch.Tensor, cls_labels: torch.Tensor,
+                          grid_size: tuple[int, int] | None = None, radius: int = 8,
+                          bkg_score: float = 0.35, power: int = 2, eps: float = 0.1) -> torch.Tensor:
+    """Refine a CAM by one random-walk step on the learned affinity (spec §5, evaluation).
+
+    P = (A ⊙ window)^power with rows divided by (row sum + eps); the CAM, with a background
+    channel of value ``bkg_score`` prepended and softmaxed over the present classes plus
+    background (absent classes get 0), is propagated as cam'_i = Σ_j P_ij cam_j. For the
+    symmetric A of ``TSCD`` this equals AFA's column-normalised product.
+
+    cam: (B, K−1, H, W) in [0, 1]; attn_pred: (B, N, N) with N = h·w of ``grid_size`` (if None,
+    (H, W) must be the grid); cls_labels: (B, K−1). The CAM is resized (bilinear) to the grid
+    and the result back to (H, W). Returns (B, K, H, W), channel 0 background.
+    """
+    b, _, h_in, w_in = cam.shape
+    gh, gw = grid_size if grid_size is not None else (h_in, w_in)
+    if attn_pred.shape != (b, gh * gw, gh * gw):
+        raise ValueError(f"attn_pred must have shape (B, N, N) = ({b}, {gh * gw}, {gh * gw}) for a {gh}×{gw} "
+                         f"grid, got {tuple(attn_pred.shape)}; pass grid_size=(h, w) of the attention grid")
+    if (gh, gw) != (h_in, w_in):
+        cam = F.interpolate(cam, size=(gh, gw), mode="bilinear", align_corners=False)
+    scores = torch.cat([torch.full_like(cam[:, :1], bkg_score), cam], dim=1).flatten(2)  # (B, K, N)
+    present = torch.cat([torch.ones_like(cls_labels[:, :1]), cls_labels], dim=1).bool()[:, :, None]
+    probs = scores.masked_fill(~present, float("-inf")).softmax(dim=1)
+    affinity = attn_pred.detach().masked_fill(~affinity_window(gh, gw, radius, attn_pred.device), 0) ** power
+    walk = affinity / (affinity.sum(dim=-1, keepdim=True) + eps)  # (B, N, N)
+    out = (probs.to(walk.dtype) @ walk.transpose(1, 2)).reshape(b, -1, gh, gw)  # out_c,i = Σ_j P_ij p_c,j
+    if (gh, gw) != (h_in, w_in):
+        out = F.interpolate(out, size=(h_in, w_in), mode="bilinear", align_corners=False)
+    return out

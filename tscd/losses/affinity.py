@@ -1,0 +1,64 @@
+"""Affinity loss from attention (spec §5, from AFA): the learned affinity A = attn_pred is pulled
+to 1 for pairs of stride-16 positions with the same pseudo label and to 0 for different labels,
+within a (2r+1)×(2r+1) window."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cam import IGNORE_INDEX, affinity_window
+
+__all__ = ["AffinityLoss", "affinity_targets"]
+
+
+def affinity_targets(label: torch.Tensor, grid_size: tuple[int, int], radius: int = 8,
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Pairwise targets from a pseudo label.
+
+    label: (B, H, W) class indices, downsampled to ``grid_size`` (h, w) by nearest neighbour.
+    Returns (B, N, N) int64, N = h·w: 1 where the labels of i and j are equal, 0 where they
+    differ, ``ignore_index`` where either is ignore or where i, j are farther apart than
+    ``radius`` (Chebyshev distance).
+    """
+    if label.dim() != 3:
+        raise ValueError(f"label must have shape (B, H, W), got {tuple(label.shape)}")
+    small = F.interpolate(label[:, None].float(), size=tuple(grid_size), mode="nearest").flatten(1).long()
+    same = (small[:, :, None] == small[:, None, :]).long()
+    valid = (small != ignore_index)
+    valid = valid[:, :, None] & valid[:, None, :] & affinity_window(*grid_size, radius, label.device)
+    return same.masked_fill(~valid, ignore_index)
+
+
+class AffinityLoss(nn.Module):
+    """L = ½·Σ_pos (1 − A_ij)/(n_pos + 1) + ½·Σ_neg A_ij/(n_neg + 1), sums and counts over the batch.
+
+    Args:
+        radius: window radius r on the attention grid (Chebyshev distance ≤ r).
+        stride: output stride of the attention grid; when ``grid_size`` is not given to
+            ``forward`` it is (⌈H/stride⌉, ⌈W/stride⌉), the stage-4 size of the TSCD encoder.
+        ignore_index: label value that is ignored.
+    """
+
+    def __init__(self, radius: int = 8, stride: int = 16, ignore_index: int = IGNORE_INDEX):
+        super().__init__()
+        self.radius = radius
+        self.stride = stride
+        self.ignore_index = ignore_index
+
+    def forward(self, attn_pred: torch.Tensor, label: torch.Tensor,
+                grid_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """attn_pred: (B, N, N) in (0, 1); label: (B, H, W) refined pseudo label. Returns a scalar."""
+        if grid_size is None:
+            grid_size = (math.ceil(label.shape[-2] / self.stride), math.ceil(label.shape[-1] / self.stride))
+        n = grid_size[0] * grid_size[1]
+        if attn_pred.dim() != 3 or attn_pred.shape != (label.shape[0], n, n):
+            raise ValueError(f"attn_pred must have shape (B, N, N) = ({label.shape[0]}, {n}, {n}) for a "
+                             f"{grid_size[0]}×{grid_size[1]} grid, got {tuple(attn_pred.shape)}")
+        target = affinity_targets(label, grid_size, self.radius, self.ignore_index)
+        pos, neg = target == 1, target == 0
+        pos_loss = (1 - attn_pred).masked_fill(~pos, 0).sum() / (pos.sum() + 1)
+        neg_loss = attn_pred.masked_fill(~neg, 0).sum() / (neg.sum() + 1)
+        return 0.5 * pos_loss + 0.5 * neg_loss
