@@ -1,0 +1,215 @@
+// Variation-aware refinement (VARM) and PAR, spec §4: schemas and CPU kernels.
+//
+// Two primitives, shared with the Triton backend (tscd/ops/varm.py drives both):
+//   varm_affinity(images (B,3,H,W), dilations (L,) int32, intensity_scale, variation_weight,
+//                 position_term (N,)) -> weights (B,N,H,W),  N = 8·L
+//     w_n = softmax_n(a_n) − variation_weight·softmax_n(v_n) + position_term[n]
+//   varm_propagate_(src (B,K,H,W), weights (B,N,H,W), dilations, out (B,K,H,W)) -> ()
+//     out(p) = Σ_n w_n(p)·src(clamp(p + n))        (one iteration)
+// All tensors float32 and contiguous (the Python layer upcasts); work is split over image rows.
+#include "common.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+// The 8 offsets (dy, dx) of a 3×3 neighbourhood without its centre, row-major.
+constexpr int kDy[8] = {-1, -1, -1, 0, 0, 1, 1, 1};
+constexpr int kDx[8] = {-1, 0, 1, -1, 1, -1, 0, 1};
+
+inline int64_t clamp_index(int64_t i, int64_t n) { return std::min(std::max(i, int64_t{0}), n - 1); }
+
+// Neighbour displacements (d·dy, d·dx), dilation-major.
+struct Offsets {
+  std::vector<int64_t> dy, dx;
+  explicit Offsets(const at::Tensor& dilations) {
+    TORCH_CHECK(dilations.dim() == 1 && dilations.numel() > 0 && dilations.scalar_type() == at::kInt,
+                "dilations must be a non-empty 1-D int32 tensor");
+    auto d = dilations.contiguous();
+    for (int64_t l = 0; l < d.numel(); ++l) {
+      for (int o = 0; o < 8; ++o) {
+        dy.push_back(int64_t{d.data_ptr<int>()[l]} * kDy[o]);
+        dx.push_back(int64_t{d.data_ptr<int>()[l]} * kDx[o]);
+      }
+    }
+  }
+  int64_t size() const { return static_cast<int64_t>(dy.size()); }
+};
+
+// Splits a row of width w shifted by s into [0, lo) (clamped to column 0), [lo, hi) (column
+// x + s inside the row) and [hi, w) (clamped to column w − 1).
+struct ShiftSplit {
+  int64_t lo, hi;
+  ShiftSplit(int64_t w, int64_t s) {
+    lo = std::min(std::max(-s, int64_t{0}), w);
+    hi = std::max(std::min(w - s, w), lo);
+  }
+};
+
+// dst[x] = src[clamp(x + s)] for x in [0, w).
+inline void shifted_row(float* dst, const float* src, int64_t w, int64_t s) {
+  const ShiftSplit sp(w, s);
+  for (int64_t x = 0; x < sp.lo; ++x) dst[x] = src[0];
+  for (int64_t x = sp.lo; x < sp.hi; ++x) dst[x] = src[x + s];
+  for (int64_t x = sp.hi; x < w; ++x) dst[x] = src[w - 1];
+}
+
+// acc[x] += wt[x]·src[clamp(x + s)] for x in [0, w).
+inline void accumulate_shifted(float* acc, const float* wt, const float* src, int64_t w, int64_t s) {
+  const ShiftSplit sp(w, s);
+  for (int64_t x = 0; x < sp.lo; ++x) acc[x] += wt[x] * src[0];
+  for (int64_t x = sp.lo; x < sp.hi; ++x) acc[x] += wt[x] * src[x + s];
+  for (int64_t x = sp.hi; x < w; ++x) acc[x] += wt[x] * src[w - 1];
+}
+
+// In place over rows[n][x], n < count: rows[n][x] <- softmax over n, for every column x.
+void softmax_columns(float* rows, int64_t count, int64_t w, float* col_max, float* col_sum) {
+  std::fill(col_max, col_max + w, -std::numeric_limits<float>::infinity());
+  std::fill(col_sum, col_sum + w, 0.f);
+  for (int64_t n = 0; n < count; ++n)
+    for (int64_t x = 0; x < w; ++x) col_max[x] = std::max(col_max[x], rows[n * w + x]);
+  for (int64_t n = 0; n < count; ++n)
+    for (int64_t x = 0; x < w; ++x) {
+      const float e = std::exp(rows[n * w + x] - col_max[x]);
+      rows[n * w + x] = e;
+      col_sum[x] += e;
+    }
+  for (int64_t x = 0; x < w; ++x) col_sum[x] = 1.f / col_sum[x];
+  for (int64_t n = 0; n < count; ++n)
+    for (int64_t x = 0; x < w; ++x) rows[n * w + x] *= col_sum[x];
+}
+
+void check_float4d(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 4, name, " must be 4-D");
+  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32 (the Python layer upcasts)");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+at::Tensor affinity_cpu(const at::Tensor& images, const at::Tensor& dilations, double intensity_scale,
+                        double variation_weight, const at::Tensor& position_term) {
+  check_float4d(images, "images");
+  TORCH_CHECK(images.size(1) == 3, "images must have 3 channels");
+  const Offsets off(dilations);
+  const int64_t N = off.size(), B = images.size(0), H = images.size(2), W = images.size(3), HW = H * W;
+  TORCH_CHECK(position_term.numel() == N && position_term.scalar_type() == at::kFloat,
+              "position_term must be float32 with one value per neighbour");
+  auto out = at::empty({B, N, H, W}, images.options());
+  const float* img = images.data_ptr<float>();
+  const float* pos = position_term.contiguous().data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const float scale = static_cast<float>(intensity_scale);
+  const float vw = static_cast<float>(variation_weight);
+  const bool variation = vw != 0.f;
+
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    // Per row: the neighbour rows J_n of each channel (and one row down for the variation
+    // term), the two logit sets a_n, v_n, and per-column statistics.
+    std::vector<float> nb(3 * N * W), nb_down(variation ? 3 * N * W : 0), a(N * W), v(variation ? N * W : 0);
+    std::vector<float> mean(W), inv(W), col_max(W), col_sum(W);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / H, y = row % H, y_down = std::min(y + 1, H - 1);
+      std::fill(a.begin(), a.end(), 0.f);
+      std::fill(v.begin(), v.end(), 0.f);
+      for (int64_t c = 0; c < 3; ++c) {
+        const float* plane = img + (b * 3 + c) * HW;
+        const float* centre = plane + y * W;
+        float* J = nb.data() + c * N * W;
+        for (int64_t n = 0; n < N; ++n)
+          shifted_row(J + n * W, plane + clamp_index(y + off.dy[n], H) * W, W, off.dx[n]);
+        // Unbiased standard deviation over the N neighbours, two passes.
+        std::fill(mean.begin(), mean.end(), 0.f);
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t x = 0; x < W; ++x) mean[x] += J[n * W + x];
+        for (int64_t x = 0; x < W; ++x) mean[x] /= static_cast<float>(N);
+        std::fill(inv.begin(), inv.end(), 0.f);
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t x = 0; x < W; ++x) {
+            const float dev = J[n * W + x] - mean[x];
+            inv[x] += dev * dev;
+          }
+        for (int64_t x = 0; x < W; ++x) inv[x] = scale / (std::sqrt(inv[x] / static_cast<float>(N - 1)) + 1e-8f);
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t x = 0; x < W; ++x) {
+            const float t = std::abs(J[n * W + x] - centre[x]) * inv[x];
+            a[n * W + x] -= t * t;
+          }
+        if (variation) {
+          float* Jd = nb_down.data() + c * N * W;
+          for (int64_t n = 0; n < N; ++n)
+            shifted_row(Jd + n * W, plane + clamp_index(y_down + off.dy[n], H) * W, W, off.dx[n]);
+          for (int64_t n = 0; n < N; ++n) {
+            const float* Jn = J + n * W;
+            const float* Jdn = Jd + n * W;
+            float* vn = v.data() + n * W;
+            for (int64_t x = 0; x < W; ++x) {
+              const float dd = Jn[x] - Jdn[x];
+              const float dr = Jn[x] - Jn[std::min(x + 1, W - 1)];
+              vn[x] += dd * dd + dr * dr;
+            }
+          }
+        }
+      }
+      for (auto& t : a) t /= 3.f;
+      softmax_columns(a.data(), N, W, col_max.data(), col_sum.data());
+      if (variation) {
+        for (auto& t : v) t /= 3.f;
+        softmax_columns(v.data(), N, W, col_max.data(), col_sum.data());
+      }
+      for (int64_t n = 0; n < N; ++n) {
+        float* o = dst + (b * N + n) * HW + y * W;
+        const float* an = a.data() + n * W;
+        for (int64_t x = 0; x < W; ++x) o[x] = an[x] + pos[n];
+        if (variation) {
+          const float* vn = v.data() + n * W;
+          for (int64_t x = 0; x < W; ++x) o[x] -= vw * vn[x];
+        }
+      }
+    }
+  });
+  return out;
+}
+
+void propagate_cpu(const at::Tensor& src, const at::Tensor& weights, const at::Tensor& dilations, at::Tensor out) {
+  check_float4d(src, "src");
+  check_float4d(weights, "weights");
+  check_float4d(out, "out");
+  const Offsets off(dilations);
+  const int64_t N = off.size(), B = src.size(0), K = src.size(1), H = src.size(2), W = src.size(3), HW = H * W;
+  TORCH_CHECK(weights.sizes() == at::IntArrayRef({B, N, H, W}), "weights must have shape (B, N, H, W)");
+  TORCH_CHECK(out.sizes() == src.sizes(), "out must have the shape of src");
+  const float* s = src.data_ptr<float>();
+  const float* wt = weights.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / H, y = row % H;
+      for (int64_t k = 0; k < K; ++k) std::fill_n(o + (b * K + k) * HW + y * W, W, 0.f);
+      for (int64_t n = 0; n < N; ++n) {
+        const float* wrow = wt + (b * N + n) * HW + y * W;
+        const int64_t src_row = clamp_index(y + off.dy[n], H) * W;
+        for (int64_t k = 0; k < K; ++k)
+          accumulate_shifted(o + (b * K + k) * HW + y * W, wrow, s + (b * K + k) * HW + src_row, W, off.dx[n]);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(tscd, m) {
+  m.def(
+      "varm_affinity(Tensor images, Tensor dilations, float intensity_scale, float variation_weight, "
+      "Tensor position_term) -> Tensor");
+  m.def("varm_propagate_(Tensor src, Tensor weights, Tensor dilations, Tensor(a!) out) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(tscd, CPU, m) {
+  m.impl("varm_affinity", &affinity_cpu);
+  m.impl("varm_propagate_", &propagate_cpu);
+}

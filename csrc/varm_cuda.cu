@@ -1,0 +1,169 @@
+// Variation-aware refinement (VARM) and PAR, spec §4: CUDA kernels of the two primitives
+// declared in varm.cpp (same arguments, same results).
+#include "common.h"
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+namespace {
+
+__constant__ int kDy[8] = {-1, -1, -1, 0, 0, 1, 1, 1};
+__constant__ int kDx[8] = {-1, 0, 1, -1, 1, -1, 0, 1};
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ int clampi(int i, int n) { return min(max(i, 0), n - 1); }
+
+// Logits of neighbour n at pixel (y, x): intensity a_n and (if wanted) variation v_n, each
+// averaged over the 3 channels. inv[c] = intensity_scale / (σ_c + 1e-8).
+__device__ __forceinline__ void neighbour_logits(const float* img, const int* dil, int n, int y, int x, int H,
+                                                 int W, const float inv[3], bool variation, float& a, float& v) {
+  const int d = dil[n >> 3], dy = d * kDy[n & 7], dx = d * kDx[n & 7];
+  const int ys = clampi(y + dy, H), xs = clampi(x + dx, W);
+  // One row down / one column right in the neighbour image J_n, both clamped.
+  const int yd = clampi(min(y + 1, H - 1) + dy, H), xr = clampi(min(x + 1, W - 1) + dx, W);
+  const int HW = H * W;
+  a = 0.f;
+  v = 0.f;
+  for (int c = 0; c < 3; ++c) {
+    const float* plane = img + c * HW;
+    const float j = plane[ys * W + xs];
+    const float t = fabsf(j - plane[y * W + x]) * inv[c];
+    a -= t * t;
+    if (variation) {
+      const float dd = j - plane[yd * W + xs], dr = j - plane[ys * W + xr];
+      v += dd * dd + dr * dr;
+    }
+  }
+  a /= 3.f;
+  v /= 3.f;
+}
+
+// One thread per pixel; four passes over the N neighbours (mean, variance, softmax
+// statistics, weights), so nothing per neighbour is kept in registers.
+__global__ void affinity_kernel(const float* __restrict__ images, const int* __restrict__ dil,
+                                const float* __restrict__ pos, float* __restrict__ out, int B, int N, int H,
+                                int W, float scale, float vw) {
+  const int HW = H * W;
+  const long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+  if (idx >= (long long)B * HW) return;
+  const int b = idx / HW, p = idx % HW, y = p / W, x = p % W;
+  const float* img = images + (long long)b * 3 * HW;
+  const bool variation = vw != 0.f;
+
+  float mean[3] = {0.f, 0.f, 0.f}, inv[3] = {0.f, 0.f, 0.f};
+  for (int n = 0; n < N; ++n) {
+    const int d = dil[n >> 3];
+    const int q = clampi(y + d * kDy[n & 7], H) * W + clampi(x + d * kDx[n & 7], W);
+    for (int c = 0; c < 3; ++c) mean[c] += img[c * HW + q];
+  }
+  for (int c = 0; c < 3; ++c) mean[c] /= N;
+  for (int n = 0; n < N; ++n) {
+    const int d = dil[n >> 3];
+    const int q = clampi(y + d * kDy[n & 7], H) * W + clampi(x + d * kDx[n & 7], W);
+    for (int c = 0; c < 3; ++c) {
+      const float dev = img[c * HW + q] - mean[c];
+      inv[c] += dev * dev;
+    }
+  }
+  for (int c = 0; c < 3; ++c) inv[c] = scale / (sqrtf(inv[c] / (N - 1)) + 1e-8f);
+
+  // Online softmax statistics: running maxima and rescaled sums.
+  float a_max = -INFINITY, a_sum = 0.f, v_max = -INFINITY, v_sum = 0.f;
+  for (int n = 0; n < N; ++n) {
+    float a, v;
+    neighbour_logits(img, dil, n, y, x, H, W, inv, variation, a, v);
+    if (a > a_max) {
+      a_sum = a_sum * expf(a_max - a) + 1.f;
+      a_max = a;
+    } else {
+      a_sum += expf(a - a_max);
+    }
+    if (v > v_max) {
+      v_sum = v_sum * expf(v_max - v) + 1.f;
+      v_max = v;
+    } else {
+      v_sum += expf(v - v_max);
+    }
+  }
+  float* o = out + (long long)b * N * HW + p;
+  for (int n = 0; n < N; ++n) {
+    float a, v;
+    neighbour_logits(img, dil, n, y, x, H, W, inv, variation, a, v);
+    o[(long long)n * HW] = expf(a - a_max) / a_sum - vw * expf(v - v_max) / v_sum + pos[n];
+  }
+}
+
+// One thread per (batch, channel, pixel).
+__global__ void propagate_kernel(const float* __restrict__ src, const float* __restrict__ weights,
+                                 const int* __restrict__ dil, float* __restrict__ out, int B, int K, int N, int H,
+                                 int W) {
+  const int HW = H * W;
+  const long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+  if (idx >= (long long)B * K * HW) return;
+  const int p = idx % HW, bk = idx / HW, b = bk / K, y = p / W, x = p % W;
+  const float* s = src + (long long)bk * HW;
+  const float* w = weights + (long long)b * N * HW + p;
+  float acc = 0.f;
+  for (int n = 0; n < N; ++n) {
+    const int d = dil[n >> 3];
+    acc += w[(long long)n * HW] * s[clampi(y + d * kDy[n & 7], H) * W + clampi(x + d * kDx[n & 7], W)];
+  }
+  out[idx] = acc;
+}
+
+void check_cuda_float4d(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda() && t.dim() == 4, name, " must be a 4-D CUDA tensor");
+  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32 (the Python layer upcasts)");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+void check_dilations(const at::Tensor& dilations, const at::Tensor& like) {
+  TORCH_CHECK(dilations.dim() == 1 && dilations.numel() > 0 && dilations.scalar_type() == at::kInt &&
+                  dilations.is_contiguous() && dilations.device() == like.device(),
+              "dilations must be a non-empty contiguous 1-D int32 tensor on the device of the images");
+}
+
+inline unsigned blocks_for(long long count) { return static_cast<unsigned>((count + kThreads - 1) / kThreads); }
+
+at::Tensor affinity_cuda(const at::Tensor& images, const at::Tensor& dilations, double intensity_scale,
+                         double variation_weight, const at::Tensor& position_term) {
+  check_cuda_float4d(images, "images");
+  TORCH_CHECK(images.size(1) == 3, "images must have 3 channels");
+  check_dilations(dilations, images);
+  const int64_t N = 8 * dilations.numel(), B = images.size(0), H = images.size(2), W = images.size(3);
+  TORCH_CHECK(position_term.numel() == N && position_term.scalar_type() == at::kFloat &&
+                  position_term.is_contiguous() && position_term.device() == images.device(),
+              "position_term must be a contiguous float32 tensor with one value per neighbour");
+  const c10::cuda::CUDAGuard guard(images.device());
+  auto out = at::empty({B, N, H, W}, images.options());
+  if (out.numel() == 0) return out;
+  affinity_kernel<<<blocks_for(B * H * W), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      images.data_ptr<float>(), dilations.data_ptr<int>(), position_term.data_ptr<float>(), out.data_ptr<float>(),
+      B, N, H, W, static_cast<float>(intensity_scale), static_cast<float>(variation_weight));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+void propagate_cuda(const at::Tensor& src, const at::Tensor& weights, const at::Tensor& dilations, at::Tensor out) {
+  check_cuda_float4d(src, "src");
+  check_cuda_float4d(weights, "weights");
+  check_cuda_float4d(out, "out");
+  check_dilations(dilations, src);
+  const int64_t N = 8 * dilations.numel(), B = src.size(0), K = src.size(1), H = src.size(2), W = src.size(3);
+  TORCH_CHECK(weights.sizes() == at::IntArrayRef({B, N, H, W}), "weights must have shape (B, N, H, W)");
+  TORCH_CHECK(out.sizes() == src.sizes(), "out must have the shape of src");
+  if (out.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(src.device());
+  propagate_kernel<<<blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      src.data_ptr<float>(), weights.data_ptr<float>(), dilations.data_ptr<int>(), out.data_ptr<float>(), B, K, N,
+      H, W);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tscd, CUDA, m) {
+  m.impl("varm_affinity", &affinity_cuda);
+  m.impl("varm_propagate_", &propagate_cuda);
+}
