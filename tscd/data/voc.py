@@ -1,0 +1,70 @@
+"""PASCAL VOC 2012 + SBD (spec §11).
+
+Layout under ``root``::
+
+    JPEGImages/<name>.jpg
+    SegmentationClassAug/<name>.png      palette indices 0..20, 255 = boundary/ignore
+    ImageSets/Segmentation/<split>.txt   one name per line (train_aug, val, ...); or <split>.txt in root
+
+Image-level labels come from ``label_file`` (a ``.npy`` dict name -> 20-vector, as AFA ships
+``cls_labels_onehot.npy``) or, without one, from the masks (the set of classes present).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .base import DatasetError, MaskFolderDataset, read_names
+
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+               "train", "tvmonitor")
+
+
+def check_root(root, dataset: str, required: tuple[str, ...]) -> Path:
+    if root is None:
+        raise DatasetError(f"the {dataset} dataset needs a root: pass --data-root DIR (or data.root=DIR)")
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{dataset} root not found: {root}")
+    for sub in required:
+        if not (root / sub).is_dir():
+            raise DatasetError(f"{dataset} root {root} has no {sub}/ folder (expected layout: see tscd.data.{dataset})")
+    return root
+
+
+def find_name_list(root: Path, split: str) -> Path:
+    for candidate in (root / "ImageSets" / "Segmentation" / f"{split}.txt", root / f"{split}.txt"):
+        if candidate.is_file():
+            return candidate
+    raise DatasetError(f"no name list for split '{split}' under {root} "
+                       f"(looked for ImageSets/Segmentation/{split}.txt and {split}.txt)")
+
+
+def load_label_file(path) -> dict:
+    try:
+        labels = np.load(path, allow_pickle=True).item()
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"cannot read label file {path}: {err}") from None
+    if not isinstance(labels, dict):
+        raise DatasetError(f"label file {path} must hold a dict name -> class vector")
+    return labels
+
+
+class VOCDataset(MaskFolderDataset):
+    num_classes = 21
+    class_names = VOC_CLASSES
+
+    def __init__(self, root, split: str = "train_aug", train: bool = True, transform=None, label_file=None,
+                 seed: int = 0):
+        root = check_root(root, "voc", ("JPEGImages", "SegmentationClassAug"))
+        names = read_names(find_name_list(root, split))
+        labels = load_label_file(label_file) if label_file else None
+        super().__init__(root, names, train, transform, labels, seed)
+
+    def image_path(self, name: str) -> Path:
+        return self.root / "JPEGImages" / f"{name}.jpg"
+
+    def mask_path(self, name: str) -> Path:
+        return self.root / "SegmentationClassAug" / f"{name}.png"
