@@ -1,0 +1,77 @@
+"""Triton kernel of the tiled Gaussian-kernel product ``Y = W·X`` (flash-attention style).
+
+Contract (shared with ``csrc/gaussian.cpp`` and ``csrc/gaussian_cuda.cu``; the caller in
+``tscd/ops/gaussian.py`` prepares the inputs): ``feats`` (B, D, N) float32 already multiplied
+by ``sqrt(log2(e) / 2)``, so that ``W_ij = exp(-½‖f_i − f_j‖²) = 2^(−‖feats_i − feats_j‖²)``;
+``x`` (B, K, N) in any float dtype (upcast to float32 after loading); pairs whose squared
+distance exceeds ``cut2`` get weight 0 (``inf``: every pair, self included).
+Returns ``y`` (B, K, N) float32.
+
+One program owns a block of BLOCK_I rows and BLOCK_K channels of one image and sweeps all
+columns in blocks of BLOCK_J: the weight tile is computed from feature differences, then
+``acc += tile @ x_block`` with ``tl.dot`` in IEEE float32. W is never stored.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from tscd.ops._dispatch import triton_interpreted
+
+
+@triton.jit
+def _gaussian_product_kernel(
+    f_ptr, x_ptr, y_ptr, N, K, cut2,
+    D: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_i = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask_i = offs_i < N
+    mask_k = offs_k < K
+    f_b = f_ptr + b * D * N
+    x_b = x_ptr + b * K * N
+    acc = tl.zeros((BLOCK_I, BLOCK_K), dtype=tl.float32)
+    for j0 in range(0, N, BLOCK_J):
+        offs_j = j0 + tl.arange(0, BLOCK_J)
+        mask_j = offs_j < N
+        d2 = tl.zeros((BLOCK_I, BLOCK_J), dtype=tl.float32)
+        for d in tl.static_range(D):
+            fi = tl.load(f_b + d * N + offs_i, mask=mask_i, other=0.0)
+            fj = tl.load(f_b + d * N + offs_j, mask=mask_j, other=0.0)
+            diff = fi[:, None] - fj[None, :]
+            d2 += diff * diff
+        w = tl.where(d2 <= cut2, tl.exp2(-d2), 0.0)
+        xj = tl.load(
+            x_b + offs_k[None, :] * N + offs_j[:, None],
+            mask=mask_j[:, None] & mask_k[None, :], other=0.0,
+        ).to(tl.float32)
+        acc = tl.dot(w, xj, acc, input_precision="ieee")
+    tl.store(
+        y_ptr + b * K * N + offs_k[None, :] * N + offs_i[:, None], acc,
+        mask=mask_i[:, None] & mask_k[None, :],
+    )
+
+
+def gaussian_product(feats: torch.Tensor, x: torch.Tensor, cut2: float) -> torch.Tensor:
+    """``y[b, k, i] = Σ_j 2^(−‖feats_i − feats_j‖²) x[b, k, j]`` (B, K, N) float32, see the module."""
+    B, K, N = x.shape
+    D = feats.shape[1]
+    feats = feats.contiguous()
+    x = x.contiguous()
+    y = torch.empty((B, K, N), device=x.device, dtype=torch.float32)
+    if y.numel() == 0:
+        return y
+    # Channels padded to >= 16 for tl.dot; wide channel counts are split over programs.
+    block_k = min(64, max(16, triton.next_power_of_2(K)))
+    # The interpreter pays per tile, a GPU per register: bigger tiles only when interpreted.
+    block = 128 if triton_interpreted() else 64
+    grid = (triton.cdiv(N, block), triton.cdiv(K, block_k), B)
+    _gaussian_product_kernel[grid](
+        feats, x, y, N, K, float(cut2),
+        D=D, BLOCK_I=block, BLOCK_J=block, BLOCK_K=block_k, num_warps=4,
+    )
+    return y

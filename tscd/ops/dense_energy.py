@@ -1,0 +1,109 @@
+"""Exact dense energy (CRF) loss, spec §8, on the tiled Gaussian-kernel product.
+
+``L = −(1/B) Σ_b Σ_{i,k} S_ik g_i (W S)_ik`` with ``S = P·roi``, ``W_ij = exp(−‖p_i−p_j‖²/(2σ_xy²)
+− ‖I_i−I_j‖²/(2σ_rgb²))`` over every pixel pair (self included) and the gate
+``g = max(roi − max_k P, 0)``, set to 1 where ignored, held constant. Its gradient is
+``∂L/∂P = roi · (−(1/B)) (g·WS + W(g·S))``.
+
+The fused backends compute ``W·[S, g·S]`` in one sweep of W (the weights are evaluated once
+for both products) and keep ``W(g·S)``, (B, K, N) float32, for the backward, which is then
+elementwise. Keeping it costs as much memory as the probabilities themselves in float32;
+recomputing it would cost a second sweep over all N² weights, which dominates the run time.
+Without a gradient to compute only ``W S`` is evaluated.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _checks
+from ._dispatch import resolve_backend
+from .gaussian import bilateral_features, fused_product
+from .reference import dense_energy as reference
+
+
+def _gate(probs: torch.Tensor, roi: torch.Tensor, ignore: torch.Tensor) -> torch.Tensor:
+    """``max(roi − max_k P, 0)``, 1 where ignored: (B, N) float32, no gradient."""
+    gate = torch.clamp(roi - probs.detach().amax(dim=1), min=0)
+    return torch.where(ignore, torch.ones_like(gate), gate)
+
+
+class _DenseEnergy(torch.autograd.Function):
+    """Value and gradient of the loss from flattened inputs; shared by the triton and cpp backends."""
+
+    @staticmethod
+    def forward(ctx, probs, roi, ignore, feats, backend):
+        # probs (B, K, N) any float dtype; roi (B, N) float32; ignore (B, N) bool; feats (B, 5, N).
+        B, K = probs.shape[:2]
+        ctx.probs_dtype = probs.dtype
+        gate = _gate(probs.to(torch.float32), roi, ignore)
+        s = probs.to(torch.float32) * roi[:, None]
+        gs = s * gate[:, None]
+        if ctx.needs_input_grad[0]:
+            y = fused_product(backend, feats, torch.cat((s, gs), dim=1))
+            ws, wgs = y[:, :K], y[:, K:]
+            ctx.save_for_backward(roi, gate, ws, wgs)
+        else:
+            ws = fused_product(backend, feats, s)
+        return -(gs * ws).sum() / B
+
+    @staticmethod
+    def backward(ctx, grad):
+        roi, gate, ws, wgs = ctx.saved_tensors
+        B = ws.shape[0]
+        grad_s = (gate[:, None] * ws + wgs) * (-grad / B)
+        grad_probs = (grad_s * roi[:, None]).to(ctx.probs_dtype)
+        return grad_probs, None, None, None, None
+
+
+def _check(images, probs, roi, ignore, sigma_rgb, sigma_xy):
+    _checks.check_tensor("probs", probs, "(B, K, H, W)", (4,))
+    if not isinstance(images, torch.Tensor) or not (images.is_floating_point() or images.dtype == torch.uint8):
+        raise TypeError(f"images must be a float or uint8 torch.Tensor of shape (B, 3, H, W) in 0-255, "
+                        f"got {images.dtype if isinstance(images, torch.Tensor) else type(images).__name__}")
+    _checks.check_tensor("roi", roi, "(B, H, W)", (3,), floating=False)
+    _checks.check_tensor("ignore", ignore, "(B, H, W)", (3,), floating=False)
+    if not (roi.dtype == torch.bool or roi.is_floating_point()):
+        raise TypeError(f"roi must be a bool or float tensor, got {roi.dtype}")
+    if ignore.dtype != torch.bool:
+        raise TypeError(f"ignore must be a bool tensor, got {ignore.dtype}")
+    B, K, H, W = probs.shape
+    if tuple(images.shape) != (B, 3, H, W):
+        raise ValueError(f"images must have shape (B, 3, H, W) = {(B, 3, H, W)} to match probs, "
+                         f"got {tuple(images.shape)}")
+    for name, t in (("roi", roi), ("ignore", ignore)):
+        if tuple(t.shape) != (B, H, W):
+            raise ValueError(f"{name} must have shape (B, H, W) = {(B, H, W)} to match probs, got {tuple(t.shape)}")
+    for name, sigma in (("sigma_rgb", sigma_rgb), ("sigma_xy", sigma_xy)):
+        if not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {sigma!r}")
+    return _checks.check_same_device(images=images, probs=probs, roi=roi, ignore=ignore)
+
+
+def dense_energy_loss(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor, ignore: torch.Tensor, *,
+                      sigma_rgb: float = 15.0, sigma_xy: float = 50.0, backend: str = "auto") -> torch.Tensor:
+    """Exact dense energy loss of spec §8 (no weight, no rescaling): a 0-dim tensor.
+
+    Args:
+        images: (B, 3, H, W) in 0–255, float or uint8 (no gradient).
+        probs: (B, K, H, W) class probabilities, float16/bfloat16/float32/float64.
+        roi: (B, H, W) crop-box mask in {0, 1}, bool or float.
+        ignore: (B, H, W) bool, True where the gate is forced to 1 (unlabelled pixels).
+        sigma_rgb, sigma_xy: kernel widths in colour (0–255) and pixel units.
+        backend: ``"auto" | "torch" | "triton" | "cpp"``.
+
+    The loss is float32 (float64 for float64 probs); the gradient flows to ``probs`` only,
+    with the gate held constant. The fused backends never build the N×N kernel matrix.
+    """
+    device = _check(images, probs, roi, ignore, sigma_rgb, sigma_xy)
+    backend = resolve_backend("dense_energy_loss", backend, device)
+    out_dtype = torch.float64 if probs.dtype == torch.float64 else torch.float32
+    if backend == "torch":
+        return reference.dense_energy_loss(images, probs, roi, ignore, sigma_rgb, sigma_xy).to(out_dtype)
+    B, K, H, W = probs.shape
+    feats = bilateral_features(images, sigma_xy, sigma_rgb)
+    loss = _DenseEnergy.apply(
+        probs.reshape(B, K, H * W), roi.to(torch.float32).reshape(B, H * W), ignore.reshape(B, H * W), feats, backend
+    )
+    return loss.to(out_dtype)

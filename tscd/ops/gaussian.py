@@ -1,0 +1,88 @@
+"""The tiled Gaussian-kernel product, shared by the dense energy loss and dense CRF inference.
+
+``Y = W·X`` with ``W_ij = exp(−½‖f_i − f_j‖²)`` over per-pixel feature vectors ``f`` (the
+pixel's coordinates and colours, each divided by its σ), summed exactly over every pair,
+self included, without ever building the N×N matrix W: the fused backends compute W tile by
+tile from feature differences and accumulate in float32 (``kernels/gaussian.py``,
+``csrc/gaussian.cpp``, ``csrc/gaussian_cuda.cu``).
+
+This is an internal primitive for the ops' autograd Functions: it has no gradient of its own.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _checks, _cpp
+from ._dispatch import resolve_backend
+from .reference.dense_energy import gaussian_product as _reference_product
+
+# Features multiplied by this make the kernels' 2^(−‖f_i − f_j‖²) equal exp(−½‖f_i − f_j‖²).
+_EXP2_SCALE = math.sqrt(0.5 * math.log2(math.e))
+
+
+def position_features(batch: int, height: int, width: int, sigma_xy: float,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(x/σ_xy, y/σ_xy)`` per pixel as (B, 2, N) float32; x is the column, y the row index."""
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=device, dtype=torch.float32),
+        torch.arange(width, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
+    pos = torch.stack((xs, ys)).reshape(1, 2, height * width) / sigma_xy
+    return pos.expand(batch, 2, height * width).contiguous()
+
+
+def bilateral_features(images: torch.Tensor, sigma_xy: float, sigma_rgb: float) -> torch.Tensor:
+    """``(x/σ_xy, y/σ_xy, c_1/σ_rgb, …, c_C/σ_rgb)`` per pixel of images (B, C, H, W): (B, 2+C, N) float32."""
+    B, C, H, W = images.shape
+    pos = position_features(B, H, W, sigma_xy, images.device)
+    colours = images.to(torch.float32).reshape(B, C, H * W) / sigma_rgb
+    return torch.cat((pos, colours), dim=1)
+
+
+def fused_product(backend: str, feats: torch.Tensor, x: torch.Tensor, cutoff: float | None = None) -> torch.Tensor:
+    """``W·x`` (B, K, N) float32 by the ``"triton"`` or ``"cpp"`` kernels (no checks, no autograd).
+
+    ``feats`` (B, D, N) float32 (unscaled, as :func:`bilateral_features` makes them), ``x`` (B, K, N).
+    ``cutoff``: pairs with ``‖f_i − f_j‖ > cutoff`` get weight 0 (None: every pair).
+    """
+    feats = (feats.to(torch.float32) * _EXP2_SCALE).contiguous()
+    cut2 = math.inf if cutoff is None else cutoff * cutoff * _EXP2_SCALE**2
+    if backend == "triton":
+        from tscd.kernels.gaussian import gaussian_product as triton_product
+
+        return triton_product(feats, x, cut2)
+    return _cpp.ops().gaussian_product(feats, x.to(torch.float32).contiguous(), cut2)
+
+
+def gaussian_product(feats: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | None = None, *,
+                     cutoff: float | None = None, backend: str = "auto"):
+    """``W·x`` (and ``W·x2`` from the same sweep), ``W_ij = exp(−½‖f_i − f_j‖²)``.
+
+    feats (B, D, N) with D ≤ 8; x (B, K, N); x2 (B, K2, N) or None. Returns W·x, or the pair
+    (W·x, W·x2) when x2 is given, in float32 (float64 for the float64 torch reference).
+    ``cutoff``: pairs with ``‖f_i − f_j‖ > cutoff`` are left out (None: all pairs, exact).
+    """
+    _checks.check_tensor("feats", feats, "(B, D, N)", (3,))
+    _checks.check_tensor("x", x, "(B, K, N)", (3,))
+    tensors = {"feats": feats, "x": x}
+    if x2 is not None:
+        _checks.check_tensor("x2", x2, "(B, K2, N)", (3,))
+        tensors["x2"] = x2
+    device = _checks.check_same_device(**tensors)
+    _checks.check_dim_equal("the batch size B", **{n: t.shape[0] for n, t in tensors.items()})
+    _checks.check_dim_equal("the pixel count N", **{n: t.shape[2] for n, t in tensors.items()})
+    if not 1 <= feats.shape[1] <= 8:
+        raise ValueError(f"feats must have 1 to 8 feature dimensions D, got {feats.shape[1]}")
+    if cutoff is not None and not cutoff > 0:
+        raise ValueError(f"cutoff must be positive or None, got {cutoff}")
+    backend = resolve_backend("gaussian_product", backend, device)
+    xs = x if x2 is None else torch.cat((x, x2.to(x.dtype)), dim=1)
+    if backend == "torch":
+        dtype = _checks.compute_dtype(feats, xs)
+        y = _reference_product(feats.to(dtype), xs.to(dtype), cutoff)
+    else:
+        y = fused_product(backend, feats, xs, cutoff)
+    return y if x2 is None else (y[:, : x.shape[1]], y[:, x.shape[1]:])
