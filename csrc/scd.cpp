@@ -1,0 +1,163 @@
+// Pairwise pass of the self-correspondence distillation loss (spec §6), CPU kernel.
+//
+// scd_pass(xs (B,K,Nx), ys (B,K,Ny), xt (B,C,Nx), yt (B,C,Ny), ar (B,Nx), ac (B,Ny), with_grad)
+// with unit-normalised float32 columns, for every pair (i, j) of one batch element:
+//   s_ij = xs_i · ys_j,   f_ij = xt_i · yt_j + ar_i + ac_j
+// and returns
+//   rowsum (B,Nx):  Σ_j relu(s_ij) f_ij
+//   grad (B,K,Nx):  Σ_j 1[s_ij > 0] f_ij ys_j      (empty unless with_grad)
+// without materialising any Nx×Ny matrix. The Python layer calls it twice (rows of view 1
+// against view 2 and the transpose) to get the loss and both student gradients.
+#include "common.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+// x86-64 builds get an AVX2/FMA and an AVX-512 clone of the hot loop, picked at load time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define TSCD_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define TSCD_SIMD_CLONES
+#endif
+
+namespace {
+
+constexpr int64_t kRows = 4;       // rows of X in a micro-tile (register blocking)
+constexpr int64_t kLanes = 16;     // columns of Y in a micro-tile (the vectorised dimension)
+constexpr int64_t kTileCols = 512; // columns of Y kept hot in cache while a group of rows sweeps them
+constexpr int64_t kGroupRows = 64; // rows of X that share one sweep over a column tile
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+struct Batch {
+  const float* xs;  // (Nx_pad, K) rows of X, row-major
+  const float* xt;  // (Nx_pad, C)
+  const float* ys;  // (K, Ny_pad) columns of Y, channel-major
+  const float* yt;  // (C, Ny_pad)
+  const float* ar;  // (Nx_pad)
+  const float* ac;  // (Ny_pad)
+  int64_t K, C, ny;
+};
+
+// kLanes floats as one GCC/Clang vector: each clone lowers it to its widest registers. Only
+// float alignment is assumed, so std::vector storage and tensor data need no over-alignment.
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float)), aligned(alignof(float))));
+typedef uint32_t Bits __attribute__((vector_size(kLanes * sizeof(float)), aligned(alignof(float))));
+
+
+inline void load(Lanes& v, const float* p) { std::memcpy(&v, p, sizeof v); }
+
+// Rows [r0, r0 + kRows) against columns [j0, j1) (multiples of kLanes). psum (kRows) and
+// pgrad (kRows, K) hold per-lane partial sums, reduced by the caller.
+TSCD_SIMD_CLONES void micro_tiles(const Batch& d, int64_t r0, int64_t j0, int64_t j1, bool with_grad,
+                                  Lanes* __restrict psum, Lanes* __restrict pgrad) {
+  const int64_t K = d.K, C = d.C, ny = d.ny;
+  const float* __restrict xs = d.xs + r0 * K;
+  const float* __restrict xt = d.xt + r0 * C;
+  for (int64_t j = j0; j < j1; j += kLanes) {
+    Lanes s[kRows] = {}, t[kRows] = {}, w[kRows];
+    for (int64_t k = 0; k < K; ++k) {
+      Lanes y;
+      load(y, d.ys + k * ny + j);
+      for (int64_t r = 0; r < kRows; ++r) s[r] += xs[r * K + k] * y;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      Lanes y;
+      load(y, d.yt + c * ny + j);
+      for (int64_t r = 0; r < kRows; ++r) t[r] += xt[r * C + c] * y;
+    }
+    Lanes ac;
+    load(ac, d.ac + j);
+    for (int64_t r = 0; r < kRows; ++r) {
+      const Lanes f = t[r] + d.ar[r0 + r] + ac;
+      // 1[s > 0] f via the bits b of s: (b − 1) | b has its top bit set exactly for +0 and
+      // negative s (GCC scalarises a vector float comparison here).
+      const Bits b = (Bits)s[r];
+      w[r] = (Lanes)((Bits)f & ((((b - 1u) | b) >> 31) - 1u));
+      psum[r] += w[r] * s[r];
+    }
+    if (!with_grad) continue;
+    for (int64_t k = 0; k < K; ++k) {
+      Lanes y;
+      load(y, d.ys + k * ny + j);
+      for (int64_t r = 0; r < kRows; ++r) pgrad[r * K + k] += w[r] * y;
+    }
+  }
+}
+
+float lane_sum(const Lanes& v) {
+  float total = 0.f;
+  for (int64_t l = 0; l < kLanes; ++l) total += v[l];
+  return total;
+}
+
+// Zero-padded float32 copy of x (B, C, N) along the last dimension to n_pad.
+at::Tensor pad_last(const at::Tensor& x, int64_t n_pad) {
+  auto out = at::zeros({x.size(0), x.size(1), n_pad}, x.options());
+  out.narrow(2, 0, x.size(2)).copy_(x);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> scd_pass_cpu(const at::Tensor& xs, const at::Tensor& ys, const at::Tensor& xt,
+                                                const at::Tensor& yt, const at::Tensor& ar, const at::Tensor& ac,
+                                                bool with_grad) {
+  for (const auto* x : {&xs, &ys, &xt, &yt, &ar, &ac}) TSCD_CHECK_FLOAT(*x);
+  const int64_t B = xs.size(0), K = xs.size(1), C = xt.size(1), nx = xs.size(2), ny = ys.size(2);
+  TORCH_CHECK(ys.size(1) == K && yt.size(1) == C && xt.size(2) == nx && yt.size(2) == ny &&
+                  ar.size(1) == nx && ac.size(1) == ny,
+              "scd_pass: inconsistent shapes");
+  // Zero padding rows/columns give s = 0, so they add nothing to the sums or the gradient.
+  const int64_t nx_pad = round_up(std::max<int64_t>(nx, 1), kRows), ny_pad = round_up(std::max<int64_t>(ny, 1), kLanes);
+  const auto xs_rows = pad_last(xs, nx_pad).transpose(1, 2).contiguous();
+  const auto xt_rows = pad_last(xt, nx_pad).transpose(1, 2).contiguous();
+  const auto ys_p = pad_last(ys, ny_pad), yt_p = pad_last(yt, ny_pad);
+  const auto ar_p = pad_last(ar.unsqueeze(1), nx_pad), ac_p = pad_last(ac.unsqueeze(1), ny_pad);
+  auto rowsum = at::zeros({B, nx_pad}, xs.options());
+  auto grad = with_grad ? at::zeros({B, K, nx_pad}, xs.options()) : at::empty({0}, xs.options());
+
+  const int64_t groups = (nx_pad + kGroupRows - 1) / kGroupRows;
+  at::parallel_for(0, B * groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> psum_buf(kGroupRows * kLanes), pgrad_buf(kGroupRows * K * kLanes);
+    Lanes* psum = reinterpret_cast<Lanes*>(psum_buf.data());
+    Lanes* pgrad = reinterpret_cast<Lanes*>(pgrad_buf.data());
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / groups, g0 = (task % groups) * kGroupRows;
+      const int64_t g1 = std::min(g0 + kGroupRows, nx_pad);
+      const Batch d{xs_rows.data_ptr<float>() + b * nx_pad * K, xt_rows.data_ptr<float>() + b * nx_pad * C,
+                    ys_p.data_ptr<float>() + b * K * ny_pad,     yt_p.data_ptr<float>() + b * C * ny_pad,
+                    ar_p.data_ptr<float>() + b * nx_pad,         ac_p.data_ptr<float>() + b * ny_pad,
+                    K, C, ny_pad};
+      std::fill(psum_buf.begin(), psum_buf.end(), 0.f);
+      std::fill(pgrad_buf.begin(), pgrad_buf.end(), 0.f);
+      for (int64_t j0 = 0; j0 < ny_pad; j0 += kTileCols) {
+        const int64_t j1 = std::min(j0 + kTileCols, ny_pad);
+        for (int64_t r0 = g0; r0 < g1; r0 += kRows) {
+          const int64_t q = r0 - g0;
+          micro_tiles(d, r0, j0, j1, with_grad, psum + q, pgrad + q * K);
+        }
+      }
+      float* out_sum = rowsum.data_ptr<float>() + b * nx_pad;
+      for (int64_t r = g0; r < g1; ++r) out_sum[r] = lane_sum(psum[r - g0]);
+      if (!with_grad) continue;
+      float* out_grad = grad.data_ptr<float>() + b * K * nx_pad;
+      for (int64_t r = g0; r < g1; ++r)
+        for (int64_t k = 0; k < K; ++k) out_grad[k * nx_pad + r] = lane_sum(pgrad[(r - g0) * K + k]);
+    }
+  });
+  rowsum = rowsum.narrow(1, 0, nx);
+  if (with_grad) grad = grad.narrow(2, 0, nx).contiguous();
+  return {rowsum.contiguous(), grad};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(tscd, m) {
+  m.def(
+      "scd_pass(Tensor xs, Tensor ys, Tensor xt, Tensor yt, Tensor ar, Tensor ac, bool with_grad) "
+      "-> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(tscd, CPU, m) { m.impl("scd_pass", &scd_pass_cpu); }

@@ -1,0 +1,123 @@
+"""Self-correspondence distillation loss (spec §6) with backend dispatch.
+
+The fused backends never build the N1×N2 correspondence matrices. With unit-normalised
+columns T̂, T̂′, Ŝ, Ŝ′ the centred teacher correspondence is, by the closed forms of §6,
+``f_ij = T̂_i·T̂′_j + a_i`` with ``a_i = mean_b(m_b·m′_b) − T̂_i·m′_b`` (O(N) work here);
+only the pairwise relu term goes through the backend's ``scd_pass`` primitive, which
+sweeps tiles of (i, j) pairs and returns per-row sums and, on request, the per-row
+gradient sums ``Σ_j 1[s_ij>0] f_ij Ŝ′_j``. Because the loss is a scalar, its gradient is
+fixed up to the incoming scale, so the forward computes both student gradients in the
+same call (two sweeps: rows of view 1, then rows of view 2) and the backward only scales
+them and applies the normalisation's Jacobian.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _checks, _cpp
+from ._dispatch import resolve_backend
+from .reference import scd as reference
+
+EPS = reference.EPS
+
+
+def _triton_pass(*args):
+    from tscd.kernels import scd as kernels
+
+    return kernels.scd_pass(*args)
+
+
+def _cpp_pass(*args):
+    return _cpp.ops().scd_pass(*args)
+
+
+# backend -> scd_pass(xs, ys, xt, yt, ar, ac, with_grad) -> (rowsum (B,Nx), grad (B,K,Nx))
+_PASSES = {"triton": _triton_pass, "cpp": _cpp_pass}
+
+
+def _normalise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 ``(x̂, ‖x‖)`` of x (B, C, N): x̂ (B, C, N) contiguous, ‖x‖ (B, 1, N)."""
+    x = x.float()
+    norm = x.norm(dim=1, keepdim=True)
+    return (x / norm.clamp_min(EPS)).contiguous(), norm
+
+
+def _normalise_backward(x_hat: torch.Tensor, norm: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Gradient w.r.t. x of ``x / max(‖x‖, eps)`` given the gradient w.r.t. x̂ (all (B, C, N))."""
+    radial = x_hat * (x_hat * grad).sum(dim=1, keepdim=True)
+    return torch.where(norm >= EPS, grad - radial, grad) / norm.clamp_min(EPS)
+
+
+class _ScdLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scd_pass, t1, t2, s1, s2):
+        (B, _, n1), n2 = s1.shape, s2.shape[2]
+        t_hat1, _ = _normalise(t1)
+        t_hat2, _ = _normalise(t2)
+        s_hat1, norm1 = _normalise(s1)
+        s_hat2, norm2 = _normalise(s2)
+        m1, m2 = t_hat1.mean(dim=2), t_hat2.mean(dim=2)  # (B, C)
+        batch_mean = (m1 * m2).sum(dim=1).mean()
+        a = (batch_mean - torch.einsum("bci,bc->bi", t_hat1, m2)).contiguous()  # (B, N1)
+        zeros = t_hat2.new_zeros(B, n2)
+        with_grad = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
+        rowsum, grad1 = scd_pass(s_hat1, s_hat2, t_hat1, t_hat2, a, zeros, with_grad)
+        if with_grad:
+            _, grad2 = scd_pass(s_hat2, s_hat1, t_hat2, t_hat1, zeros, a, True)
+            ctx.save_for_backward(s_hat1, norm1, grad1, s_hat2, norm2, grad2)
+            ctx.dtypes = (s1.dtype, s2.dtype)
+        total = rowsum.double().sum() / (B * n1 * n2)
+        return (-total).to(torch.promote_types(s1.dtype, t1.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        s_hat1, norm1, grad1, s_hat2, norm2, grad2 = ctx.saved_tensors
+        B, _, n1 = s_hat1.shape
+        scale = grad_out.float() * (-1.0 / (B * n1 * s_hat2.shape[2]))
+        g1 = _normalise_backward(s_hat1, norm1, grad1 * scale).to(ctx.dtypes[0])
+        g2 = _normalise_backward(s_hat2, norm2, grad2 * scale).to(ctx.dtypes[1])
+        return None, None, None, g1, g2
+
+
+def _flatten_checked(t1, t2, s1, s2) -> tuple[torch.Tensor, ...]:
+    names = ("t1", "t2", "s1", "s2")
+    shapes = ("(B, C, H1, W1)", "(B, C, H2, W2)", "(B, K, H1, W1)", "(B, K, H2, W2)")
+    for name, x, shape in zip(names, (t1, t2, s1, s2), shapes):
+        _checks.check_tensor(name, x, f"{shape} or flattened (B, C|K, N)", (3, 4))
+    _checks.check_same_device(t1=t1, t2=t2, s1=s1, s2=s2)
+    _checks.check_dim_equal("the batch sizes", t1=t1.shape[0], t2=t2.shape[0], s1=s1.shape[0], s2=s2.shape[0])
+    _checks.check_dim_equal("the teacher channels C", t1=t1.shape[1], t2=t2.shape[1])
+    _checks.check_dim_equal("the student channels K", s1=s1.shape[1], s2=s2.shape[1])
+    for t, s, view in ((t1, s1, "1"), (t2, s2, "2")):
+        if t.shape[2:] != s.shape[2:]:
+            raise ValueError(
+                f"t{view} and s{view} must have the same positions (H{view}, W{view}) or N{view}, "
+                f"got t{view} {tuple(t.shape)} and s{view} {tuple(s.shape)}"
+            )
+    for name, a, b in (("t1, t2", t1, t2), ("s1, s2", s1, s2)):
+        if a.dtype != b.dtype:
+            raise TypeError(f"{name} must have the same dtype, got {a.dtype} and {b.dtype}")
+    flat = tuple(x.flatten(2) for x in (t1, t2, s1, s2))
+    if flat[0].shape[0] == 0 or flat[0].shape[2] == 0 or flat[1].shape[2] == 0:
+        raise ValueError(f"scd_loss needs B, N1 and N2 >= 1, got t1 {tuple(t1.shape)} and t2 {tuple(t2.shape)}")
+    return flat
+
+
+def scd_loss(t1, t2, s1, s2, *, backend: str = "auto") -> torch.Tensor:
+    """Self-correspondence distillation loss of spec §6 as a 0-dim tensor.
+
+    Args:
+        t1: teacher map of view 1, (B, C, H1, W1) or flattened (B, C, N1); no gradient.
+        t2: teacher map of view 2, (B, C, H2, W2) or (B, C, N2); no gradient.
+        s1: student map of view 1, (B, K, H1, W1) or (B, K, N1).
+        s2: student map of view 2, (B, K, H2, W2) or (B, K, N2).
+        backend: ``"auto" | "torch" | "triton" | "cpp"``.
+
+    ``−1/(B·N1·N2) Σ relu(Ŝ_i·Ŝ′_j)·f_ij`` with the row-centred, batch-offset teacher
+    correspondence f. Fused backends compute in float32 and return the promoted input dtype.
+    """
+    t1, t2, s1, s2 = _flatten_checked(t1, t2, s1, s2)
+    chosen = resolve_backend("scd_loss", backend, s1.device)
+    if chosen == "torch":
+        return reference.scd_loss(t1, t2, s1, s2)
+    return _ScdLoss.apply(_PASSES[chosen], t1.detach(), t2.detach(), s1, s2)
