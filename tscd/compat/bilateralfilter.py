@@ -1,0 +1,68 @@
+"""The two functions of the family's SWIG ``bilateralfilter`` module, on ``tscd.ops``.
+
+Same signatures and array layout: flat float32 numpy arrays, images channel-major (3, H, W)
+in 0–255, values channel-major (K, H, W); ``out``/``outs`` are filled in place with
+``W·in`` where ``W_ij = exp(−‖p_i − p_j‖²/(2σ_xy²) − ‖I_i − I_j‖²/(2σ_rgb²))``.
+
+Unlike the original, the sum is **exact** — every pixel pair, self included, no
+permutohedral lattice — computed tile by tile by the fused Gaussian-kernel product. It is
+multiplied by :data:`~tscd.losses.dense_energy.LATTICE_SCALE` (0.58, the ratio of the
+released lattice's output to the exact sum, spec §8) so that loss weights tuned on the
+lattice keep their meaning. Wrong lengths or dtypes raise ``ValueError``/``TypeError``
+where the SWIG module would read or write out of bounds.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tscd.losses.dense_energy import LATTICE_SCALE
+from tscd.ops.gaussian import bilateral_features, gaussian_product
+
+__all__ = ["bilateralfilter", "bilateralfilter_batch"]
+
+
+def _as_flat_float32(name: str, array, length: int, writable: bool = False) -> np.ndarray:
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of float32, got {type(array).__name__}")
+    if array.dtype != np.float32:
+        raise TypeError(f"{name} must have dtype float32, got {array.dtype}")
+    if array.size != length:
+        raise ValueError(f"{name} must hold {length} values, got {array.size} (shape {array.shape})")
+    if writable and not (array.flags.c_contiguous and array.flags.writeable):
+        raise ValueError(f"{name} must be a writable C-contiguous array (it is filled in place)")
+    return array.reshape(-1)
+
+
+def _check_sizes(**sizes) -> None:
+    for name, value in sizes.items():
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_sigmas(sigma_rgb, sigma_xy) -> None:
+    for name, sigma in (("sigma_rgb", sigma_rgb), ("sigma_xy", sigma_xy)):
+        if not isinstance(sigma, (int, float, np.floating)) or not np.isfinite(sigma) or sigma <= 0:
+            raise ValueError(f"{name} must be a positive finite number, got {sigma!r}")
+
+
+def bilateralfilter_batch(images, ins, outs, N, K, H, W, sigma_rgb, sigma_xy) -> None:
+    """``outs[n] = 0.58 · W_n · ins[n]`` for the N images; arrays flat float32 of lengths
+    N·3·H·W (images), N·K·H·W (ins, outs)."""
+    _check_sizes(N=N, K=K, H=H, W=W)
+    _check_sigmas(sigma_rgb, sigma_xy)
+    images = _as_flat_float32("images", images, N * 3 * H * W)
+    ins = _as_flat_float32("ins", ins, N * K * H * W)
+    out_view = _as_flat_float32("outs", outs, N * K * H * W, writable=True)
+    feats = bilateral_features(torch.from_numpy(images).reshape(N, 3, H, W), float(sigma_xy), float(sigma_rgb))
+    filtered = gaussian_product(feats, torch.from_numpy(ins).reshape(N, K, H * W))
+    out_view[:] = (filtered * LATTICE_SCALE).reshape(-1).numpy()
+
+
+def bilateralfilter(image, in_, out, H, W, sigma_rgb, sigma_xy) -> None:
+    """One image: ``out = 0.58 · W · in_``; image flat float32 (3·H·W), in_/out (K·H·W)."""
+    _check_sizes(H=H, W=W)
+    if not isinstance(in_, np.ndarray) or in_.size % (H * W) or in_.size == 0:
+        raise ValueError(f"in_ must be a numpy.ndarray holding K·H·W values (H·W = {H * W}), "
+                         f"got {getattr(in_, 'size', type(in_).__name__)}")
+    bilateralfilter_batch(image, in_, out, 1, in_.size // (H * W), H, W, sigma_rgb, sigma_xy)
