@@ -23,9 +23,8 @@ def _displacement(n, dil_ptr, mask):
     """(d·dy, d·dx) of neighbour index n (dilation-major, 8 row-major offsets per dilation)."""
     d = tl.load(dil_ptr + n // 8, mask=mask, other=0)
     o = n % 8
-    dy = tl.where(o < 3, -1, tl.where(o < 5, 0, 1))
-    dx = tl.where(o < 3, o - 1, tl.where(o == 3, -1, tl.where(o == 4, 1, o - 6)))
-    return d * dy, d * dx
+    j = o + (o >= 4)  # position in the 3x3 neighbourhood, skipping its centre
+    return d * (j // 3 - 1), d * (j % 3 - 1)
 
 
 @triton.jit
@@ -81,8 +80,16 @@ def _affinity_kernel(
 
 
 @triton.jit
+def _gather_add(acc, w_ptrs, rows, q, p_mask, tile_mask):
+    """acc += w[None, :] * src[:, q] for one neighbour (w at w_ptrs, source index q per pixel)."""
+    w = tl.load(w_ptrs, mask=p_mask, other=0.0).to(tl.float32)
+    m = tl.load(rows + q[None, :], mask=tile_mask, other=0.0).to(tl.float32)
+    return acc + w[None, :] * m
+
+
+@triton.jit
 def _propagate_kernel(
-    src_ptr, w_ptr, dil_ptr, out_ptr, K, H, W, N,
+    src_ptr, w_ptr, dil_ptr, out_ptr, K, H, W, L,
     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
@@ -97,12 +104,23 @@ def _propagate_kernel(
     tile_mask = (k < K)[:, None] & p_mask[None, :]
     rows = src_ptr + (b * K + k[:, None]) * HW
     acc = tl.zeros((BLOCK_K, BLOCK_P), dtype=tl.float32)
-    for n in range(N):
-        oy, ox = _displacement(n, dil_ptr, True)
-        q = tl.minimum(tl.maximum(y + oy, 0), H - 1) * W + tl.minimum(tl.maximum(x + ox, 0), W - 1)
-        w = tl.load(w_ptr + (b * N + n) * HW + p, mask=p_mask, other=0.0).to(tl.float32)
-        m = tl.load(rows + q[None, :], mask=tile_mask, other=0.0).to(tl.float32)
-        acc += w[None, :] * m
+    for l in range(L):
+        d = tl.load(dil_ptr + l)
+        # Clamped rows above/below and columns left/right at distance d.
+        up = tl.maximum(y - d, 0) * W
+        mid = y * W
+        down = tl.minimum(y + d, H - 1) * W
+        left = tl.maximum(x - d, 0)
+        right = tl.minimum(x + d, W - 1)
+        w_ptrs = w_ptr + (b * 8 * L + l * 8) * HW + p
+        acc = _gather_add(acc, w_ptrs, rows, up + left, p_mask, tile_mask)
+        acc = _gather_add(acc, w_ptrs + HW, rows, up + x, p_mask, tile_mask)
+        acc = _gather_add(acc, w_ptrs + 2 * HW, rows, up + right, p_mask, tile_mask)
+        acc = _gather_add(acc, w_ptrs + 3 * HW, rows, mid + left, p_mask, tile_mask)
+        acc = _gather_add(acc, w_ptrs + 4 * HW, rows, mid + right, p_mask, tile_mask)
+        acc = _gather_add(acc, w_ptrs + 5 * HW, rows, down + left, p_mask, tile_mask)
+        acc = _gather_add(acc, w_ptrs + 6 * HW, rows, down + x, p_mask, tile_mask)
+        acc = _gather_add(acc, w_ptrs + 7 * HW, rows, down + right, p_mask, tile_mask)
     tl.store(out_ptr + (b * K + k[:, None]) * HW + p[None, :], acc, mask=tile_mask)
 
 
@@ -128,7 +146,7 @@ def propagate_(src: torch.Tensor, weights: torch.Tensor, dilations: torch.Tensor
     if src.numel() == 0:
         return
     block_p = 128
-    block_k = min(triton.next_power_of_2(K), 16)
+    block_k = min(triton.next_power_of_2(K), 32)
     grid = (triton.cdiv(H * W, block_p), triton.cdiv(K, block_k), B)
-    _propagate_kernel[grid](src, weights, dilations, out, K, H, W, 8 * dilations.numel(),
+    _propagate_kernel[grid](src, weights, dilations, out, K, H, W, dilations.numel(),
                             BLOCK_P=block_p, BLOCK_K=block_k, num_warps=4)

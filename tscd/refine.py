@@ -1,0 +1,137 @@
+"""Pseudo-label refinement with VARM (spec §4): an ``nn.Module`` around ``tscd.ops.varm_refine``
+and the training use ``refine_cams_with_bkg``, batched over images."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops._checks import check_dim_equal, check_same_device, check_tensor
+from .ops.varm import DEFAULT_DILATIONS, varm_refine
+
+
+class VARM(nn.Module):
+    """``forward(images (B, 3, H, W) in [0, 1], masks (B, K, h, w)) -> (B, K, H, W)``.
+
+    ``mode="varm"`` (TSCD) or ``"par"`` (AFA's PAR); no parameters, no gradient.
+    """
+
+    def __init__(self, dilations=DEFAULT_DILATIONS, num_iter: int = 10, mode: str = "varm", backend: str = "auto"):
+        super().__init__()
+        self.dilations = tuple(dilations)
+        self.num_iter = num_iter
+        self.mode = mode
+        self.backend = backend
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return varm_refine(images, masks, dilations=self.dilations, num_iter=self.num_iter, mode=self.mode,
+                           backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"dilations={self.dilations}, num_iter={self.num_iter}, mode={self.mode!r}"
+
+
+def _present_channels(cls_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the channel ids (background 0, class c at c) of background and the present
+    classes, ascending, padded to the largest count over the batch.
+
+    Returns (keys (B, Kp) long, valid (B, Kp) bool); padded entries are not valid.
+    """
+    b = cls_labels.shape[0]
+    present = torch.cat([cls_labels.new_ones(b, 1, dtype=torch.bool), cls_labels != 0], dim=1)
+    count = present.sum(dim=1)
+    # Present channels first, each group in ascending channel order.
+    channel = torch.arange(present.shape[1], device=present.device)
+    order = torch.argsort((~present) * present.shape[1] + channel, dim=1)
+    kp = int(count.max())
+    keys = order[:, :kp]
+    valid = torch.arange(kp, device=present.device) < count[:, None]
+    return keys, valid
+
+
+def _crop_mask(crop_boxes, b: int, h: int, w: int, device) -> torch.Tensor:
+    """(B, H, W) bool: inside each image's box (y0, y1, x0, x1), ends exclusive."""
+    boxes = torch.as_tensor(crop_boxes, device=device)
+    if boxes.shape != (b, 4) or boxes.is_floating_point() or boxes.dtype == torch.bool:
+        raise ValueError(f"crop_boxes must be an integer (B, 4) = ({b}, 4) array of (y0, y1, x0, x1), got "
+                         f"{tuple(boxes.shape)} {boxes.dtype}")
+    rows = torch.arange(h, device=device)[None, :, None]
+    cols = torch.arange(w, device=device)[None, None, :]
+    y0, y1, x0, x1 = (boxes[:, i, None, None] for i in range(4))
+    return (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+
+
+def refine_cams_with_bkg(
+    images: torch.Tensor,
+    cams: torch.Tensor,
+    cls_labels: torch.Tensor,
+    *,
+    high: float = 0.55,
+    low: float = 0.35,
+    ignore_index: int = 255,
+    crop_boxes=None,
+    downscale: float = 0.5,
+    refiner: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Refined pseudo labels from CAMs, the training use of spec §4 (AFA's ``refine_cams_with_bkg_v2``).
+
+    images: (B, 3, H, W), the de-normalised input in [0, 1]; cams: (B, K−1, h, w)
+    foreground CAMs in [0, 1] (any size, usually (H, W)); cls_labels: (B, K−1) image-level
+    labels (nonzero = present); crop_boxes: None (the whole image) or (B, 4) integers
+    (y0, y1, x0, x1) with exclusive ends, the region of each image that is not padding.
+    refiner: ``(images, masks) -> refined masks`` at the images' size, default ``VARM()``.
+
+    At size (⌊H·downscale⌋, ⌊W·downscale⌋) (bilinear, align_corners=False, as AFA) the CAMs
+    with a constant background channel prepended, once of value ``high`` and once ``low``,
+    restricted to background and the present classes, go through a softmax over those
+    channels and the refiner; the result is upsampled to (H, W) (bilinear,
+    align_corners=False) and its argmax mapped back to class ids. Final label (B, H, W)
+    long: the "high" label where it is foreground, 0 where both labels are background,
+    ``ignore_index`` where only the "low" label is foreground and outside the crop box.
+
+    Batched: every image keeps the channels of its present classes (padded to the largest
+    count in the batch); padded channels get logit −inf, hence probability 0, stay 0 under
+    the (linear) refinement and upsampling, and never win the argmax because the present
+    channels sum to a positive value at every pixel.
+    """
+    check_tensor("images", images, "(B, 3, H, W)", (4,))
+    if images.shape[1] != 3:
+        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    check_tensor("cams", cams, "(B, K-1, h, w)", (4,))
+    check_tensor("cls_labels", cls_labels, "(B, K-1)", (2,), floating=False)
+    b, _, h, w = images.shape
+    check_dim_equal("the batch sizes of images, cams and cls_labels", images=b, cams=cams.shape[0],
+                    cls_labels=cls_labels.shape[0])
+    check_dim_equal("the class counts of cams and cls_labels", cams=cams.shape[1], cls_labels=cls_labels.shape[1])
+    check_same_device(images=images, cams=cams, cls_labels=cls_labels)
+    small = (int(h * downscale), int(w * downscale))
+    if not 0 < downscale <= 1 or min(small) < 1:
+        raise ValueError(f"downscale must be in (0, 1] and leave at least one pixel of {h}x{w}, got {downscale}")
+    if refiner is None:
+        refiner = VARM()
+
+    keys, valid = _present_channels(cls_labels)
+    kp = keys.shape[1]
+    cams = cams.to(torch.promote_types(images.dtype, cams.dtype))
+    small_images = F.interpolate(images.to(cams.dtype), size=small, mode="bilinear", align_corners=False)
+    probs = []
+    for bkg in (high, low):
+        with_bkg = torch.cat([torch.full_like(cams[:, :1], bkg), cams], dim=1)
+        chosen = with_bkg.gather(1, keys[:, :, None, None].expand(-1, -1, *cams.shape[-2:]))
+        chosen = F.interpolate(chosen, size=small, mode="bilinear", align_corners=False)
+        probs.append(chosen.masked_fill(~valid[:, :, None, None], float("-inf")).softmax(dim=1))
+    # Both background levels share the image, hence the weights: refine them in one call.
+    with torch.no_grad():
+        refined = refiner(small_images, torch.cat(probs, dim=1))
+    refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
+    label_high, label_low = (
+        keys.gather(1, part.argmax(dim=1).flatten(1)).view(b, h, w) for part in refined.split(kp, dim=1)
+    )
+
+    label = label_high.masked_fill(label_high == 0, ignore_index)
+    label = label.masked_fill((label_high == 0) & (label_low == 0), 0)
+    if crop_boxes is not None:
+        label = label.masked_fill(~_crop_mask(crop_boxes, b, h, w, images.device), ignore_index)
+    return label
