@@ -30,6 +30,8 @@
 #define TSCD_ISA_CLONES
 #endif
 #define TSCD_INLINE inline __attribute__((always_inline))
+// The vector helpers are always inlined into the ISA clones, so no vector crosses an ABI boundary.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace {
 

@@ -1,0 +1,82 @@
+"""The tiled Gaussian-kernel product against a naive W·X built in float64."""
+import math
+
+import pytest
+import torch
+
+from tests.conftest import fused_backends
+from tscd.ops.gaussian import bilateral_features, gaussian_product, position_features
+
+BACKENDS = fused_backends()
+
+
+def naive(feats, x, cutoff=None):
+    f = feats.double()
+    d2 = ((f[:, :, :, None] - f[:, :, None, :]) ** 2).sum(1)
+    w = torch.exp(-0.5 * d2)
+    if cutoff is not None:
+        w = w * (d2 <= cutoff**2)
+    return w @ x.double().transpose(1, 2)
+
+
+def check(y, ref):
+    scale = max(1.0, ref.abs().max().item())
+    err = (y.double() - ref.transpose(1, 2)).abs().max().item() if y.numel() else 0.0
+    assert err <= 2e-6 * scale * math.sqrt(ref.shape[1] + 1), err
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("B,D,N,K", [(1, 5, 1, 1), (2, 5, 131, 3), (1, 2, 257, 1), (3, 8, 17, 5), (1, 1, 300, 70)])
+def test_product_matches_naive(backend, device, B, D, N, K):
+    g = torch.Generator().manual_seed(N + K)
+    feats = (torch.randn(B, D, N, generator=g) * 1.5).to(device)
+    x = torch.randn(B, K, N, generator=g).to(device)
+    y = gaussian_product(feats, x, backend=backend)
+    assert y.shape == (B, K, N) and y.dtype == torch.float32
+    check(y, naive(feats, x))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_second_input_in_the_same_sweep(backend, device):
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 5, 97, generator=g).to(device)
+    x, x2 = torch.randn(2, 4, 97, generator=g).to(device), torch.randn(2, 1, 97, generator=g).to(device)
+    y, y2 = gaussian_product(feats, x, x2, backend=backend)
+    check(y, naive(feats, x))
+    check(y2, naive(feats, x2))
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["torch"])
+def test_cutoff(backend, device):
+    # Positions spread wider than the cut-off, so the C++ backend also skips whole tiles; the
+    # cut-off lies between attainable distances (no rounding ties).
+    feats = position_features(1, 23, 31, 2.0, device)
+    x = torch.randn(1, 3, 23 * 31, generator=torch.Generator().manual_seed(1)).to(device)
+    y = gaussian_product(feats, x, cutoff=3.1, backend=backend)
+    check(y, naive(feats, x, cutoff=3.1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_half_inputs_and_features(backend, device):
+    images = torch.rand(1, 3, 5, 7, generator=torch.Generator().manual_seed(2)).to(device) * 255
+    feats = bilateral_features(images, 3.0, 20.0)
+    assert feats.shape == (1, 5, 35)
+    x = torch.rand(1, 2, 35, generator=torch.Generator().manual_seed(3)).to(device)
+    y = gaussian_product(feats, x.half(), backend=backend)
+    check(y, naive(feats, x.half().float()))
+
+
+def test_bad_inputs(device):
+    feats, x = torch.zeros(2, 5, 10), torch.zeros(2, 3, 10)
+    with pytest.raises(TypeError, match="feats"):
+        gaussian_product(feats.long(), x)
+    with pytest.raises(ValueError, match="x must have shape"):
+        gaussian_product(feats, x[0])
+    with pytest.raises(ValueError, match="pixel count N"):
+        gaussian_product(feats, x[:, :, :9])
+    with pytest.raises(ValueError, match="batch size B"):
+        gaussian_product(feats, x, torch.zeros(1, 1, 10))
+    with pytest.raises(ValueError, match="feature dimensions"):
+        gaussian_product(torch.zeros(2, 9, 10), x)
+    with pytest.raises(ValueError, match="cutoff"):
+        gaussian_product(feats, x, cutoff=0.0)
