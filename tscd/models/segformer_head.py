@@ -9,19 +9,16 @@ __all__ = ["SegFormerHead"]
 
 
 class MLP(nn.Module):
-    """Per-position linear embedding of a feature map: (B, C, h, w) → (B, E, h, w)."""
+    """Per-position linear embedding of a stage (holds ``proj``; applied inside ``SegFormerHead``)."""
 
     def __init__(self, input_dim: int, embed_dim: int):
         super().__init__()
         self.proj = nn.Linear(input_dim, embed_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        return self.proj(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
-
 
 class ConvBNReLU(nn.Module):
-    """1×1 conv without bias → BatchNorm → ReLU (names ``conv``/``bn`` as mmcv's ConvModule)."""
+    """1×1 conv without bias → BatchNorm → ReLU (names ``conv``/``bn`` as mmcv's ConvModule;
+    ``SegFormerHead`` applies the conv in its factored form)."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
@@ -30,16 +27,19 @@ class ConvBNReLU(nn.Module):
         self.act = nn.ReLU(inplace=True)
         nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
-
 
 class SegFormerHead(nn.Module):
     """Fuses the four encoder stages into segmentation logits at the stage-1 resolution.
 
     ``forward([c1, c2, c3, c4])`` with c_i (B, C_i, h_i, w_i) → (B, num_classes, h_1, w_1).
-    Each stage is embedded by a linear layer, upsampled (bilinear) to (h_1, w_1), and the
-    four are concatenated in the order c4, c3, c2, c1 (the released weights depend on it).
+    As SegFormer: each stage is embedded by a linear layer (``linear_c{i}``), upsampled
+    (bilinear) to (h_1, w_1), the four are concatenated in the order c4, c3, c2, c1 (the
+    released weights depend on it) and fused by a 1×1 conv (``linear_fuse``) + BN + ReLU.
+
+    Computed here in an equivalent, cheaper order: the fuse conv is linear and bilinear
+    upsampling acts per channel with weights summing to 1, so fuse(concat_i up(L_i c_i)) =
+    Σ_i up((W_i L_i) c_i), with W_i the fuse weight's block for stage i. Each stage then needs
+    one (C_i → E) product at its own resolution instead of a (4E → E) conv at stage-1 size.
     """
 
     def __init__(self, in_channels, embedding_dim: int = 256, num_classes: int = 21, dropout: float = 0.1):
@@ -54,10 +54,14 @@ class SegFormerHead(nn.Module):
 
     def forward(self, features) -> torch.Tensor:
         size = features[0].shape[-2:]
-        embedded = []
-        for i in (3, 2, 1, 0):
-            e = getattr(self, f"linear_c{i + 1}")(features[i])
+        fuse = self.linear_fuse.conv.weight.flatten(1).chunk(4, dim=1)  # blocks for c4, c3, c2, c1
+        fused = None
+        for block, i in zip(fuse, (3, 2, 1, 0)):
+            proj = getattr(self, f"linear_c{i + 1}").proj
+            weight, bias = block @ proj.weight, block @ proj.bias
+            z = F.conv2d(features[i], weight[:, :, None, None], bias)
             if i:
-                e = F.interpolate(e, size=size, mode="bilinear", align_corners=False)
-            embedded.append(e)
-        return self.linear_pred(self.dropout(self.linear_fuse(torch.cat(embedded, dim=1))))
+                z = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
+            fused = z if fused is None else fused + z
+        x = self.linear_fuse.act(self.linear_fuse.bn(fused))
+        return self.linear_pred(self.dropout(x))

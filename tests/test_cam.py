@@ -1,0 +1,143 @@
+"""tscd.cam: multi-scale CAM (§2), pseudo labels (§3), attention random walk (§5)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tscd.cam import (affinity_window, apply_crop_box, attention_random_walk, cam_to_label, multi_scale_cam,
+                      normalize_cam, pseudo_label)
+
+
+class LeftHalfCam(torch.nn.Module):
+    """CAM = image channels 0..C−1 on the left half of the columns only (not flip-equivariant);
+    records the input sizes it sees; returns a dummy attention of the input width."""
+
+    def __init__(self, classes=2):
+        super().__init__()
+        self.classes, self.sizes = classes, []
+
+    def forward(self, x, cam_only=False):
+        assert cam_only
+        self.sizes.append(tuple(x.shape))
+        cam = x[:, : self.classes].clone()
+        cam[..., x.shape[-1] // 2:] = 0
+        return cam, torch.full((x.shape[0], 1, 1), float(x.shape[-1]))
+
+
+def test_flip_recovers_the_right_half():
+    img = torch.zeros(1, 3, 8, 8)
+    img[0, 0] = torch.arange(64.0).view(8, 8) + 1
+    img[0, 1, 2:4, 5:7] = 5.0  # class 2 only on the right half
+    model = LeftHalfCam()
+    cam = multi_scale_cam(model, img, scales=[1.0])
+    assert model.sizes == [(2, 3, 8, 8)]
+    expected = torch.maximum(img[:, :2], torch.zeros(1))  # left from the image, right from the flip
+    expected = normalize_cam(expected)
+    torch.testing.assert_close(cam, expected)
+    assert cam[0, 1, 2:4, 5:7].min() > 0.99 and cam[0, 1].sum() == pytest.approx(4, abs=1e-3)
+
+
+def test_scales_are_resized_summed_and_normalised():
+    torch.manual_seed(0)
+    img = torch.rand(2, 3, 12, 10)
+    model = LeftHalfCam()
+    cam, attn = multi_scale_cam(model, img, scales=[1.0, 0.5, 1.5], return_attention=True)
+    assert model.sizes == [(4, 3, 12, 10), (4, 3, 6, 5), (4, 3, 18, 15)]
+    assert attn.shape == (2, 1, 1) and torch.all(attn == 15)  # largest scale, un-flipped half
+    # independent per-image, per-flip oracle
+    for b in range(2):
+        total = 0
+        for s in (1.0, 0.5, 1.5):
+            x = F.interpolate(img[b:b + 1], size=(int(12 * s), int(10 * s)), mode="bilinear", align_corners=False)
+            c1 = F.interpolate(model(x, True)[0], size=(12, 10), mode="bilinear", align_corners=False)
+            c2 = F.interpolate(model(x.flip(-1), True)[0], size=(12, 10), mode="bilinear", align_corners=False)
+            total = total + torch.maximum(c1, c2.flip(-1)).clamp_min(0)
+        total = total - total.amin(dim=(-2, -1), keepdim=True)
+        total = total / (total.amax(dim=(-2, -1), keepdim=True) + 1e-5)
+        torch.testing.assert_close(cam[b:b + 1], total)
+    assert cam.min() >= 0 and cam.max() <= 1
+
+
+def test_negative_scale_contributions_are_removed_by_relu():
+    class Signed(LeftHalfCam):
+        def forward(self, x, cam_only=False):
+            cam, attn = super().forward(x, cam_only)
+            return (-cam if x.shape[-1] == 4 else cam), attn
+
+    img = torch.rand(1, 3, 8, 8) + 0.5
+    with_neg = multi_scale_cam(Signed(), img, scales=[1.0, 0.5])
+    torch.testing.assert_close(with_neg, multi_scale_cam(Signed(), img, scales=[1.0]))
+
+
+def test_no_gradient():
+    img = torch.rand(1, 3, 8, 8, requires_grad=True)
+    assert not multi_scale_cam(LeftHalfCam(), img, scales=[1.0]).requires_grad
+
+
+def _hand_cam():
+    cam = torch.zeros(1, 3, 2, 4)
+    cam[0, 0] = torch.tensor([[0.9, 0.56, 0.55, 0.2], [0.0, 0.0, 0.0, 0.0]])
+    cam[0, 1] = torch.tensor([[0.1, 0.1, 0.1, 0.1], [0.36, 0.35, 0.46, 0.45]])
+    cam[0, 2] = torch.tensor([[0.95, 0.95, 0.95, 0.95], [0.95, 0.95, 0.95, 0.95]])  # absent class
+    return cam, torch.tensor([[1.0, 1.0, 0.0]])
+
+
+def test_pseudo_label_thresholds():
+    cam, labels = _hand_cam()
+    out = pseudo_label(cam, labels)
+    assert out.dtype == torch.int64
+    assert out.tolist() == [[[1, 1, 255, 0], [255, 0, 255, 255]]]
+    out = pseudo_label(cam, labels, crop_box=torch.tensor([[0, 2, 1, 3]]))
+    assert out.tolist() == [[[255, 1, 255, 255], [255, 0, 255, 255]]]
+
+
+def test_cam_to_label_background_score():
+    cam, labels = _hand_cam()
+    assert cam_to_label(cam, labels).tolist() == [[[1, 1, 1, 0], [0, 0, 2, 0]]]
+    assert cam_to_label(cam, labels, bkg_score=0.3).tolist() == [[[1, 1, 1, 0], [2, 2, 2, 2]]]
+
+
+def test_crop_box_and_errors():
+    label = torch.zeros(2, 3, 4, dtype=torch.long)
+    out = apply_crop_box(label, torch.tensor([[0, 3, 0, 4], [1, 2, 2, 4]]))
+    assert out[0].eq(0).all() and out[1].tolist() == [[255] * 4, [255, 255, 0, 0], [255] * 4]
+    with pytest.raises(ValueError, match=r"crop_box must have shape \(B, 4\)"):
+        apply_crop_box(label, torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="cls_labels"):
+        pseudo_label(torch.zeros(1, 3, 2, 2), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="low"):
+        pseudo_label(torch.zeros(1, 3, 2, 2), torch.ones(1, 3), high=0.3, low=0.5)
+
+
+def test_affinity_window_is_chebyshev():
+    win = affinity_window(3, 4, radius=1)
+    i, j = 0, 5  # (0,0) and (1,1)
+    assert win[i, j] and win[j, i] and not win[0, 2] and win.diagonal().all()
+    assert win.sum(1).tolist()[5] == 9
+
+
+def test_random_walk_hand_case():
+    """Grid 1×3, A = 1 between positions 0 and 1, ~0 elsewhere (radius 1 keeps 0–1 and 1–2)."""
+    a = torch.tensor([[[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    cam = torch.tensor([[[[0.9, 0.1, 0.2]], [[0.7, 0.7, 0.7]]]])  # 2 fg classes, class 2 absent
+    out = attention_random_walk(cam, a, torch.tensor([[1.0, 0.0]]), radius=1, bkg_score=0.35)
+    p = torch.softmax(torch.tensor([[0.35, 0.35, 0.35], [0.9, 0.1, 0.2]]), dim=0)  # (bkg, class 1)
+    expected = torch.stack([(p[:, 0] + p[:, 1]) / 2.1, (p[:, 0] + p[:, 1]) / 2.1, p[:, 2] / 1.1], dim=1)
+    assert out.shape == (1, 3, 1, 3)
+    torch.testing.assert_close(out[0, :2, 0], expected)
+    assert torch.all(out[0, 2] == 0)
+
+
+def test_random_walk_window_and_resizing():
+    torch.manual_seed(0)
+    a = torch.rand(1, 6, 6)
+    a = (a + a.transpose(1, 2)) / 2
+    cam = torch.rand(1, 2, 2, 3)
+    far = attention_random_walk(cam, a, torch.ones(1, 2), radius=0)  # only the diagonal survives
+    p = torch.cat([torch.full_like(cam[:, :1], 0.35), cam], 1).softmax(1)
+    diag = a[0].diagonal().view(1, 1, 2, 3) ** 2
+    torch.testing.assert_close(far, p * diag / (diag + 0.1))
+    big = attention_random_walk(F.interpolate(cam, size=(8, 12), mode="nearest"), a, torch.ones(1, 2),
+                                grid_size=(2, 3))
+    assert big.shape == (1, 3, 8, 12)
+    with pytest.raises(ValueError, match="grid_size"):
+        attention_random_walk(cam, torch.rand(1, 4, 4), torch.ones(1, 2))
