@@ -1,0 +1,116 @@
+"""tscd.refine: the VARM module and the batched pseudo-label refinement of spec §4."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import DEVICE, fused_backends
+from tscd.ops import varm_refine
+from tscd.refine import VARM, refine_cams_with_bkg
+
+REFINER_BACKENDS = ["torch"] + fused_backends()
+
+
+def _literal_per_image(images, cams, cls_labels, boxes, refiner, high=0.55, low=0.35, ignore=255):
+    """Spec §4's training use, one image at a time, as AFA's loop writes it."""
+    b, _, h, w = images.shape
+    small = (h // 2, w // 2)
+    small_images = F.interpolate(images, size=small, mode="bilinear", align_corners=False)
+    out = torch.full((b, h, w), ignore, dtype=torch.long, device=images.device)
+    for i in range(b):
+        keys = torch.nonzero(torch.cat([torch.ones(1, device=images.device), cls_labels[i].float()]))[:, 0]
+        labels = []
+        for bkg in (high, low):
+            with_bkg = torch.cat([torch.full((1, 1, h, w), bkg, device=images.device), cams[i : i + 1]], dim=1)
+            with_bkg = F.interpolate(with_bkg, size=small, mode="bilinear", align_corners=False)
+            refined = refiner(small_images[i : i + 1], with_bkg[:, keys].softmax(dim=1))
+            refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
+            labels.append(keys[refined.argmax(dim=1)][0])
+        label_high, label_low = labels
+        label = label_high.clone()
+        label[label_high == 0] = ignore
+        label[(label_high + label_low) == 0] = 0
+        y0, y1, x0, x1 = boxes[i]
+        out[i, y0:y1, x0:x1] = label[y0:y1, x0:x1]
+    return out
+
+
+@pytest.mark.parametrize("backend", REFINER_BACKENDS)
+def test_hand_made_case(backend):
+    # Three vertical stripes: black (no CAM: background), grey (class 4 at 0.45, between the
+    # thresholds: background for "high", class 4 for "low" -> ignore), white (class 2 at 0.9).
+    # Class 1 fires everywhere but is absent from the image labels; the crop box ends at row 14.
+    img = torch.zeros(1, 3, 16, 16, device=DEVICE)
+    img[..., 6:12] = 0.5
+    img[..., 12:] = 1.0
+    cams = torch.zeros(1, 4, 16, 16, device=DEVICE)
+    cams[0, 0] = 1.0
+    cams[0, 1, :, 12:] = 0.9
+    cams[0, 3, :, 6:12] = 0.45
+    cls_labels = torch.tensor([[0, 1, 0, 1]], device=DEVICE)
+    label = refine_cams_with_bkg(img, cams, cls_labels, crop_boxes=[[0, 14, 0, 16]], refiner=VARM(backend=backend))
+    expect = torch.full((1, 16, 16), 255, dtype=torch.long, device=DEVICE)
+    expect[0, :14, :6] = 0
+    expect[0, :14, 12:] = 2
+    assert label.dtype == torch.long
+    torch.testing.assert_close(label, expect)
+
+
+def _random_case(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    b, h, w = 3, 20, 18
+    # Smooth images and CAMs, so that the refinement has structure to follow.
+    images = F.interpolate(torch.rand(b, 3, 5, 5, generator=g), size=(h, w), mode="bilinear", align_corners=False)
+    cams = F.interpolate(torch.rand(b, 6, 4, 4, generator=g), size=(h, w), mode="bilinear", align_corners=False)
+    cls_labels = torch.tensor([[1, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 1, 1]], dtype=torch.float32)
+    boxes = torch.tensor([[0, 20, 0, 18], [3, 17, 2, 11], [0, 9, 5, 18]])
+    return images.to(DEVICE), cams.to(DEVICE), cls_labels.to(DEVICE), boxes.to(DEVICE)
+
+
+@pytest.mark.parametrize("backend", REFINER_BACKENDS)
+@pytest.mark.parametrize("mode", ["varm", "par"])
+def test_batched_equals_literal_per_image_loop(backend, mode):
+    images, cams, cls_labels, boxes = _random_case()
+    refiner = VARM(num_iter=3, mode=mode, backend=backend)
+    label = refine_cams_with_bkg(images, cams, cls_labels, crop_boxes=boxes, refiner=refiner)
+    expect = _literal_per_image(images, cams, cls_labels, boxes.tolist(), refiner)
+    assert (label != 255).any() and (label == 255).any() and (label == 0).any()
+    torch.testing.assert_close(label, expect)
+
+
+def test_without_crop_boxes_and_with_other_thresholds():
+    images, cams, cls_labels, boxes = _random_case(1)
+    refiner = VARM(num_iter=2, backend="torch")
+    whole = torch.tensor([[0, 20, 0, 18]] * 3)
+    for high, low in ((0.55, 0.35), (0.7, 0.2)):
+        label = refine_cams_with_bkg(images, cams, cls_labels, high=high, low=low, ignore_index=254, refiner=refiner)
+        expect = _literal_per_image(images, cams, cls_labels, whole.tolist(), refiner, high, low, 254)
+        torch.testing.assert_close(label, expect)
+
+
+def test_module_wraps_the_op():
+    images, cams = torch.rand(1, 3, 6, 7), torch.rand(1, 2, 3, 4)
+    module = VARM(dilations=(1, 3), num_iter=2, mode="par", backend="torch")
+    torch.testing.assert_close(
+        module(images, cams), varm_refine(images, cams, dilations=(1, 3), num_iter=2, mode="par", backend="torch")
+    )
+    assert "mode='par'" in repr(module) and not list(module.parameters())
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(images=torch.rand(3, 1, 20, 18)), r"images must have shape \(B, 3, H, W\)"),
+        (dict(cams=torch.rand(2, 6, 20, 18)), "batch sizes"),
+        (dict(cls_labels=torch.ones(3, 5)), "class counts of cams and cls_labels"),
+        (dict(crop_boxes=torch.zeros(3, 3, dtype=torch.long)), r"crop_boxes must be an integer \(B, 4\)"),
+        (dict(crop_boxes=torch.zeros(3, 4)), r"crop_boxes must be an integer \(B, 4\)"),
+        (dict(downscale=0.0), "downscale must be in"),
+        (dict(downscale=1.5), "downscale must be in"),
+    ],
+)
+def test_bad_inputs(change, match):
+    images, cams, cls_labels, _ = _random_case()
+    args = dict(images=images.cpu(), cams=cams.cpu(), cls_labels=cls_labels.cpu(), crop_boxes=None, downscale=0.5)
+    args.update(change)
+    with pytest.raises(ValueError, match=match):
+        refine_cams_with_bkg(args.pop("images"), args.pop("cams"), args.pop("cls_labels"), **args)
