@@ -3,3 +3,4 @@ from .affinity import AffinityLoss, affinity_targets  # noqa: F401
 from .segmentation import SegmentationLoss, segmentation_loss  # noqa: F401
 from .equivariance import EquivarianceLoss, equivariance_loss  # noqa: F401
 from .dense_energy import LATTICE_SCALE, DenseEnergyLoss  # noqa: F401
+from .scd import SelfCorrespondenceDistillation  # noqa: F401
