@@ -1,0 +1,113 @@
+"""dense_crf (spec §10): the exact backends against the naive float64 reference, and against
+pydensecrf2's permutohedral approximation when it is installed."""
+import importlib
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import fused_backends
+from tscd.ops.dense_crf import dense_crf, pydensecrf_available
+from tscd.ops.reference.dense_crf import dense_crf as reference
+
+BACKENDS = fused_backends()
+# The smoothness window of radius ⌈5σ⌉ leaves out weights below 4e-6.
+TOL = dict(rtol=0, atol=5e-5)
+
+
+def make_inputs(B, K, H, W, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(B, 3, H, W, generator=g) * 255
+    probs = torch.softmax(torch.randn(B, K, H, W, generator=g) * 2, dim=1)
+    return images.to(device), probs.to(device)
+
+
+# Small σ so that the window and the image borders both matter at these sizes.
+PARAMS = dict(smooth=(1.5, 3.0), appearance=(6.0, 20.0, 4.0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("B,K,H,W,iters", [(2, 3, 7, 9, 3), (1, 1, 5, 4, 2), (1, 4, 1, 13, 2), (1, 21, 6, 5, 1)])
+def test_matches_reference(backend, device, B, K, H, W, iters):
+    images, probs = make_inputs(B, K, H, W, device, seed=H * W + K)
+    expected = reference(images, probs.double(), iters, **PARAMS)
+    out = dense_crf(images, probs, num_iter=iters, backend=backend, **PARAMS)
+    assert out.shape == (B, K, H, W) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, **TOL)
+
+
+def test_cpp_window_on_a_larger_image(device):
+    # Wide enough that the smoothness window skips whole tiles in the cpp kernel.
+    if "cpp" not in BACKENDS:
+        pytest.skip("the cpp backend is unavailable here")
+    images, probs = make_inputs(1, 3, 40, 37, device, seed=1)
+    expected = reference(images, probs.double(), 2, **PARAMS)
+    torch.testing.assert_close(dense_crf(images, probs, num_iter=2, backend="cpp", **PARAMS).double(), expected, **TOL)
+
+
+@pytest.mark.parametrize("backend", ["torch"] + BACKENDS)
+def test_one_class_and_flat_image(backend, device):
+    images, probs = make_inputs(1, 1, 4, 5, device)
+    assert torch.all(dense_crf(images, probs, num_iter=2, backend=backend) == 1)
+    # A flat image and uniform unaries: every pixel keeps the uniform distribution.
+    flat = torch.full((1, 3, 4, 5), 100.0, device=device)
+    out = dense_crf(flat, torch.full((1, 3, 4, 5), 1 / 3, device=device), num_iter=2, backend=backend)
+    torch.testing.assert_close(out.double(), torch.full((1, 3, 4, 5), 1 / 3, dtype=torch.float64), **TOL)
+
+
+def test_zero_iterations_is_the_clamped_softmax(device):
+    images, probs = make_inputs(1, 3, 4, 5, device)
+    probs[0, 0, 0, 0] = 0.0
+    out = dense_crf(images, probs, num_iter=0, backend="torch")
+    expected = torch.softmax(torch.log(torch.clamp(probs, min=1e-5)), dim=1)
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.skipif(not pydensecrf_available(), reason="pydensecrf2 (optional extra tscd[crf]) is not installed")
+def test_agrees_with_pydensecrf_on_photographs():
+    import torch.nn.functional as F
+    from skimage import data
+
+    agreements = []
+    for name in ("astronaut", "chelsea", "coffee"):
+        img = torch.from_numpy(np.ascontiguousarray(getattr(data, name)())).permute(2, 0, 1)[None].float()
+        img = F.interpolate(img, size=(48, 64), mode="bilinear", align_corners=False).round()
+        # Blurred noisy unaries: a coarse, uncertain segmentation for the CRF to sharpen.
+        g = torch.Generator().manual_seed(0)
+        logits = F.interpolate(torch.randn(1, 5, 6, 8, generator=g) * 3, size=(48, 64), mode="bilinear")
+        probs = torch.softmax(logits + 0.5 * torch.randn(1, 5, 48, 64, generator=g), dim=1)
+        exact = dense_crf(img, probs, backend="cpp" if "cpp" in BACKENDS else "torch")
+        lattice = dense_crf(img, probs, backend="pydensecrf")
+        agreements.append((exact.argmax(1) == lattice.argmax(1)).double().mean().item())
+    assert min(agreements) >= 0.97, agreements
+
+
+def test_bad_inputs(device):
+    images, probs = make_inputs(1, 2, 4, 5, device)
+    with pytest.raises(ValueError, match="images must have shape"):
+        dense_crf(images[:, :1], probs)
+    with pytest.raises(TypeError, match="probs"):
+        dense_crf(images, probs.long())
+    with pytest.raises(ValueError, match="num_iter"):
+        dense_crf(images, probs, num_iter=-1)
+    with pytest.raises(ValueError, match="smooth"):
+        dense_crf(images, probs, smooth=(3.0,))
+    with pytest.raises(ValueError, match="appearance"):
+        dense_crf(images, probs, appearance=(0.0, 5.0, 4.0))
+    if not pydensecrf_available():
+        with pytest.raises(ValueError, match="pydensecrf2"):
+            dense_crf(images, probs, backend="pydensecrf")
+
+
+def test_auto_on_cpu_warns_once_when_exact(monkeypatch):
+    if pydensecrf_available():
+        pytest.skip("auto uses pydensecrf here")
+    module = importlib.import_module("tscd.ops.dense_crf")  # the attribute of tscd.ops is the function
+    monkeypatch.setattr(module, "_warned_slow", False)
+    images, probs = make_inputs(1, 2, 3, 3, "cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dense_crf(images, probs, num_iter=1)
+        dense_crf(images, probs, num_iter=1)
+    assert sum("O(N²)" in str(w.message) for w in caught) == 1

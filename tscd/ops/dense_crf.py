@@ -1,0 +1,122 @@
+"""Dense CRF post-processing, spec §10: fully connected mean-field inference with exact sums.
+
+Potts compatibility, symmetric kernel normalisation, self included, as pydensecrf's
+DenseCRF2D computes it but with the pairwise sums evaluated exactly by the tiled
+Gaussian-kernel product (``tscd.ops.gaussian``): per iteration one product with the
+appearance kernel over all pixel pairs and one with the smoothness kernel, which is summed
+in a window of radius ⌈5σ⌉ (the weights left out are below exp(−12.5) ≈ 4e-6). The
+normalisers ``n_i = (Σ_j k_ij)^(−1/2)`` are the same products with X = 1.
+
+Backends: ``torch`` (naive reference, small images), ``triton``, ``cpp``, and
+``pydensecrf`` (the permutohedral approximation of the optional ``pydensecrf2`` package).
+``auto`` picks the exact kernels on CUDA; on the CPU pydensecrf when it is installed, else
+the exact ``cpp`` kernels with a one-time warning that they take O(N²) time.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import warnings
+
+import numpy as np
+import torch
+
+from . import _checks
+from ._dispatch import resolve_backend
+from .gaussian import bilateral_features, fused_product, position_features
+from .reference import dense_crf as reference
+
+_warned_slow = False
+
+
+@functools.lru_cache(maxsize=None)
+def pydensecrf_available() -> bool:
+    return importlib.util.find_spec("pydensecrf") is not None
+
+
+def _exact(backend, images, probs, num_iter, smooth, appearance):
+    B, K, H, W = probs.shape
+    (s_xy, s_w), (a_xy, a_rgb, a_w) = smooth, appearance
+    terms = [
+        (s_w, position_features(B, H, W, s_xy, probs.device), math.ceil(5 * s_xy) / s_xy),
+        (a_w, bilateral_features(images, a_xy, a_rgb), None),
+    ]
+    ones = torch.ones(B, 1, H * W, device=probs.device)
+    norms = [fused_product(backend, f, ones, cutoff).rsqrt() for _, f, cutoff in terms]
+    unary = -torch.log(torch.clamp(probs.reshape(B, K, H * W).to(torch.float32), min=1e-5))
+    q = torch.softmax(-unary, dim=1)
+    for _ in range(num_iter):
+        logits = -unary
+        for (weight, feats, cutoff), norm in zip(terms, norms):
+            logits = logits + weight * norm * fused_product(backend, feats, norm * q, cutoff)
+        q = torch.softmax(logits, dim=1)
+    return q.reshape(B, K, H, W)
+
+
+def _pydensecrf(images, probs, num_iter, smooth, appearance):
+    import pydensecrf.densecrf as dcrf
+
+    B, K, H, W = probs.shape
+    out = np.empty((B, K, H * W), dtype=np.float32)
+    imgs = np.ascontiguousarray(images.detach().cpu().round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    unary = -np.log(np.maximum(probs.detach().cpu().to(torch.float32).numpy(), 1e-5)).reshape(B, K, H * W)
+    for b in range(B):
+        crf = dcrf.DenseCRF2D(W, H, K)
+        crf.setUnaryEnergy(np.ascontiguousarray(unary[b]))
+        crf.addPairwiseGaussian(sxy=smooth[0], compat=smooth[1])
+        crf.addPairwiseBilateral(sxy=appearance[0], srgb=appearance[1], rgbim=imgs[b], compat=appearance[2])
+        out[b] = np.asarray(crf.inference(num_iter), dtype=np.float32)
+    return torch.from_numpy(out).reshape(B, K, H, W).to(probs.device)
+
+
+def _check(images, probs, num_iter, smooth, appearance):
+    _checks.check_tensor("probs", probs, "(B, K, H, W)", (4,))
+    if not isinstance(images, torch.Tensor) or not (images.is_floating_point() or images.dtype == torch.uint8):
+        raise TypeError("images must be a float or uint8 torch.Tensor of shape (B, 3, H, W) in 0-255")
+    B, K, H, W = probs.shape
+    if tuple(images.shape) != (B, 3, H, W):
+        raise ValueError(f"images must have shape (B, 3, H, W) = {(B, 3, H, W)} to match probs, "
+                         f"got {tuple(images.shape)}")
+    if not isinstance(num_iter, int) or num_iter < 0:
+        raise ValueError(f"num_iter must be a non-negative int, got {num_iter!r}")
+    for name, params, n in (("smooth", smooth, 2), ("appearance", appearance, 3)):
+        if len(tuple(params)) != n or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in params):
+            raise ValueError(f"{name} must be {n} finite numbers, got {params!r}")
+        if not all(v > 0 for v in tuple(params)[:-1]):
+            raise ValueError(f"the widths σ in {name} must be positive, got {params!r}")
+    return _checks.check_same_device(images=images, probs=probs)
+
+
+def dense_crf(images: torch.Tensor, probs: torch.Tensor, *, num_iter: int = 10,
+              smooth: tuple[float, float] = (3.0, 3.0),
+              appearance: tuple[float, float, float] = (64.0, 5.0, 4.0),
+              backend: str = "auto") -> torch.Tensor:
+    """Mean-field dense CRF of spec §10: the refined probabilities Q, (B, K, H, W).
+
+    Args:
+        images: (B, 3, H, W) in 0–255, float or uint8.
+        probs: (B, K, H, W) class probabilities (e.g. a softmax), any float dtype.
+        num_iter: mean-field iterations.
+        smooth: (σ_xy, weight) of the smoothness kernel.
+        appearance: (σ_xy, σ_rgb, weight) of the appearance kernel.
+        backend: ``"auto" | "torch" | "triton" | "cpp" | "pydensecrf"``.
+
+    Returns float32 probabilities (float64 for the float64 torch reference); no gradient.
+    """
+    global _warned_slow
+    device = _check(images, probs, num_iter, smooth, appearance)
+    if backend == "pydensecrf" or (backend == "auto" and device.type == "cpu" and pydensecrf_available()):
+        if not pydensecrf_available():
+            raise ValueError("backend='pydensecrf' needs the optional package pydensecrf2 (pip install tscd[crf])")
+        return _pydensecrf(images, probs, num_iter, smooth, appearance)
+    resolved = resolve_backend("dense_crf", backend, device)
+    if backend == "auto" and device.type == "cpu" and not _warned_slow:
+        _warned_slow = True
+        warnings.warn("tscd.ops.dense_crf: exact O(N²) CRF on the CPU (slow at full resolution); "
+                      "install pydensecrf2 for the fast approximate one", RuntimeWarning, stacklevel=2)
+    with torch.no_grad():
+        if resolved == "torch":
+            dtype = _checks.compute_dtype(probs)
+            return reference.dense_crf(images, probs.to(dtype), num_iter, tuple(smooth), tuple(appearance))
+        return _exact(resolved, images, probs, num_iter, tuple(smooth), tuple(appearance))
