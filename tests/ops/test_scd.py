@@ -118,12 +118,19 @@ def test_teacher_gets_no_gradient(backend):
 
 
 @pytest.mark.parametrize("backend", fused_backends())
-def test_value_without_grad(backend):
-    """Without gradients the fused op takes its value-only path."""
-    inputs = make_inputs(2, 5, 7, 40, 33, seed=5)
+def test_value_without_grad(backend, monkeypatch):
+    """Under no_grad the fused op makes one value-only pass."""
+    import tscd.ops.scd as op_module
+
+    flags = []
+    original = op_module._PASSES[backend]
+    monkeypatch.setitem(op_module._PASSES, backend, lambda *args: flags.append(args[-1]) or original(*args))
+    t1, t2, s1, s2 = make_inputs(2, 5, 7, 40, 33, seed=5)
+    s1.requires_grad_()
     with torch.no_grad():
-        value = scd_loss(*inputs, backend=backend)
-    torch.testing.assert_close(value, scd_loss(*inputs, backend="torch"), rtol=1e-5, atol=1e-7)
+        value = scd_loss(t1, t2, s1, s2, backend=backend)
+    assert flags == [False]
+    torch.testing.assert_close(value, scd_loss(t1, t2, s1, s2, backend="torch").detach(), rtol=1e-5, atol=1e-7)
 
 
 def test_reference_gradcheck():

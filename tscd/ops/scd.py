@@ -50,7 +50,7 @@ def _normalise_backward(x_hat: torch.Tensor, norm: torch.Tensor, grad: torch.Ten
 
 class _ScdLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, scd_pass, t1, t2, s1, s2):
+    def forward(ctx, scd_pass, with_grad, t1, t2, s1, s2):
         (B, _, n1), n2 = s1.shape, s2.shape[2]
         t_hat1, _ = _normalise(t1)
         t_hat2, _ = _normalise(t2)
@@ -60,7 +60,6 @@ class _ScdLoss(torch.autograd.Function):
         batch_mean = (m1 * m2).sum(dim=1).mean()
         a = (batch_mean - torch.einsum("bci,bc->bi", t_hat1, m2)).contiguous()  # (B, N1)
         zeros = t_hat2.new_zeros(B, n2)
-        with_grad = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
         rowsum, grad1 = scd_pass(s_hat1, s_hat2, t_hat1, t_hat2, a, zeros, with_grad)
         if with_grad:
             _, grad2 = scd_pass(s_hat2, s_hat1, t_hat2, t_hat1, zeros, a, True)
@@ -76,7 +75,7 @@ class _ScdLoss(torch.autograd.Function):
         scale = grad_out.float() * (-1.0 / (B * n1 * s_hat2.shape[2]))
         g1 = _normalise_backward(s_hat1, norm1, grad1 * scale).to(ctx.dtypes[0])
         g2 = _normalise_backward(s_hat2, norm2, grad2 * scale).to(ctx.dtypes[1])
-        return None, None, None, g1, g2
+        return None, None, None, None, g1, g2
 
 
 def _flatten_checked(t1, t2, s1, s2) -> tuple[torch.Tensor, ...]:
@@ -120,4 +119,6 @@ def scd_loss(t1, t2, s1, s2, *, backend: str = "auto") -> torch.Tensor:
     chosen = resolve_backend("scd_loss", backend, s1.device)
     if chosen == "torch":
         return reference.scd_loss(t1, t2, s1, s2)
-    return _ScdLoss.apply(_PASSES[chosen], t1.detach(), t2.detach(), s1, s2)
+    # Inside forward grad mode is off and needs_input_grad ignores no_grad, so decide here.
+    with_grad = torch.is_grad_enabled() and (s1.requires_grad or s2.requires_grad)
+    return _ScdLoss.apply(_PASSES[chosen], with_grad, t1.detach(), t2.detach(), s1, s2)
