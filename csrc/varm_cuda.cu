@@ -2,8 +2,9 @@
 // declared in varm.cpp (same arguments, same results).
 #include "common.h"
 
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 namespace {
 
@@ -138,7 +139,7 @@ at::Tensor affinity_cuda(const at::Tensor& images, const at::Tensor& dilations, 
   const c10::cuda::CUDAGuard guard(images.device());
   auto out = at::empty({B, N, H, W}, images.options());
   if (out.numel() == 0) return out;
-  affinity_kernel<<<blocks_for(B * H * W), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  affinity_kernel<<<blocks_for(B * H * W), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       images.data_ptr<float>(), dilations.data_ptr<int>(), position_term.data_ptr<float>(), out.data_ptr<float>(),
       B, N, H, W, static_cast<float>(intensity_scale), static_cast<float>(variation_weight));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -155,7 +156,7 @@ void propagate_cuda(const at::Tensor& src, const at::Tensor& weights, const at::
   TORCH_CHECK(out.sizes() == src.sizes(), "out must have the shape of src");
   if (out.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(src.device());
-  propagate_kernel<<<blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  propagate_kernel<<<blocks_for(out.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       src.data_ptr<float>(), weights.data_ptr<float>(), dilations.data_ptr<int>(), out.data_ptr<float>(), B, K, N,
       H, W);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
