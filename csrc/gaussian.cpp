@@ -57,7 +57,7 @@ TSCD_INLINE void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 // 2^-d2 for 0 <= d2 <= limit (<= kMaxExponent), 0 beyond: with x = -d2 = n + r, n = round(x),
 // |r| <= 1/2, 2^r comes from a degree-6 least-squares polynomial (relative error ~1e-7 in
 // float32) and 2^n is added to its exponent bits.
-TSCD_INLINE vf exp2_neg(vf d2, float limit) {
+TSCD_INLINE vf exp2_neg(const vf& d2, float limit) {
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const vf x = -(d2 < limit ? d2 : vf{} + limit);
   const vf t = x + kRound;
