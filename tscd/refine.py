@@ -63,6 +63,7 @@ def _crop_mask(crop_boxes, b: int, h: int, w: int, device) -> torch.Tensor:
     return (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
 
 
+@torch.no_grad()
 def refine_cams_with_bkg(
     images: torch.Tensor,
     cams: torch.Tensor,
@@ -123,8 +124,7 @@ def refine_cams_with_bkg(
         chosen = F.interpolate(chosen, size=small, mode="bilinear", align_corners=False)
         probs.append(chosen.masked_fill(~valid[:, :, None, None], float("-inf")).softmax(dim=1))
     # Both background levels share the image, hence the weights: refine them in one call.
-    with torch.no_grad():
-        refined = refiner(small_images, torch.cat(probs, dim=1))
+    refined = refiner(small_images, torch.cat(probs, dim=1))
     refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
     label_high, label_low = (
         keys.gather(1, part.argmax(dim=1).flatten(1)).view(b, h, w) for part in refined.split(kp, dim=1)
