@@ -24,7 +24,9 @@ def _config_overrides(args) -> list[str]:
         overrides.append(f"train.max_iters={args.max_iters}")
     if getattr(args, "backend", None):
         overrides.append(f"train.backend={args.backend}")
-    return overrides
+    from .engine.eval_args import protocol_overrides
+
+    return overrides + protocol_overrides(args)
 
 
 def _config(args):
@@ -52,7 +54,8 @@ def _cuda() -> bool:
 
 
 def _print_metrics(m: dict) -> None:
-    keys = ("seg_miou", "cam_miou", "pseudo_miou", "aff_miou", "cls_f1")
+    keys = ("seg_miou", "seg_msf_miou", "seg_crf_miou", "seg_msf_crf_miou", "cam_miou", "pseudo_miou", "aff_miou",
+            "cls_f1")
     print("  ".join(f"{k}={m[k]:.4f}" for k in keys if k in m))
     per_class = m.get("per_class_iou", {})
     if per_class:
@@ -152,18 +155,16 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help="split to evaluate (default: data.val_split)")
     p.add_argument("--out", help="metrics JSON path (default: next to the checkpoint)")
     p.add_argument("--backend", choices=BACKEND_CHOICES)
+    from .engine.eval_args import add_protocol_args
+
+    add_protocol_args(p)
+    p.add_argument("--save-preds", metavar="DIR", help="write the final predictions as palette PNGs to DIR")
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
 
-def cmd_eval(args) -> int:
-    import torch
-
-    from .data import build_dataset
-    from .engine.evaluator import Evaluator
-    from .engine.trainer import eval_loader, pick_device, write_json_atomic
-    from .engine.visualize import save_grid
-    from .losses.objective import TSCDObjective
-
+def _trained_for(args):
+    """(model, cfg) of ``--checkpoint``: with ``--config`` if given, else the checkpoint's own
+    config; the command's overrides applied; backends set up."""
     cfg = _config(args) if args.config else None
     model, cfg, _ = _load_trained(args.checkpoint, cfg)
     if not args.config:  # the checkpoint's own config, with this command's overrides
@@ -174,13 +175,31 @@ def cmd_eval(args) -> int:
             set_key(tree, *parse_override(text))
         cfg = Config(tree)
     _apply_backend(cfg)
-    device = pick_device(cfg.train.device)
+    return model, cfg
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from .data import build_dataset
+    from .engine.evaluator import Evaluator
+    from .engine.inference import EvalProtocol, init_distributed, shard
+    from .engine.trainer import eval_loader, pick_device, write_json_atomic
+    from .engine.visualize import save_grid
+    from .losses.objective import TSCDObjective
+
+    model, cfg = _trained_for(args)
+    rank, world, device = init_distributed(pick_device(cfg.train.device))
     model.to(device)
     dataset = build_dataset(cfg, args.split or cfg.data.val_split, train=False)
-    evaluator = Evaluator(cfg, TSCDObjective(cfg).to(device), dataset.class_names, device)
+    evaluator = Evaluator(cfg, TSCDObjective(cfg).to(device), dataset.class_names, device,
+                          EvalProtocol.from_config(cfg), distributed=world > 1, progress=rank == 0,
+                          save_preds=args.save_preds)
     with torch.no_grad():
-        metrics = evaluator.run(model, eval_loader(dataset, cfg.eval.batch_size), cfg.eval.max_images,
-                                cfg.eval.num_vis)
+        metrics = evaluator.run(model, eval_loader(shard(dataset, rank, world, cfg.eval.max_images),
+                                                   cfg.eval.batch_size), None, cfg.eval.num_vis if rank == 0 else 0)
+    if rank != 0:
+        return 0
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else ckpt.with_name(ckpt.stem + "_eval.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -189,6 +208,42 @@ def cmd_eval(args) -> int:
     save_grid(evaluator.samples, out.with_suffix(".png"))
     _print_metrics(metrics)
     print(f"metrics: {out}  grid: {out.with_suffix('.png')}")
+    return 0
+
+
+# ---- pseudo-labels -----------------------------------------------------------------------
+def _add_pseudo_label_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file or built-in name (default: the checkpoint's own config)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data-root", help="dataset root folder (sets data.root)")
+    p.add_argument("--split", help="split to label (default: data.train_split)")
+    p.add_argument("--out", required=True, help="output folder for <name>.png (existing files are skipped)")
+    from .engine.eval_args import CRF_CHOICES, REFINE_CHOICES
+
+    p.add_argument("--refine", choices=REFINE_CHOICES, help="refinement of spec §4 (default: refine.mode)")
+    p.add_argument("--crf", choices=CRF_CHOICES, default="none",
+                   help="dense CRF on the confident pixels (default: none)")
+    p.add_argument("--backend", choices=BACKEND_CHOICES)
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+
+
+def cmd_pseudo_labels(args) -> int:
+    from .data import build_dataset
+    from .engine.inference import init_distributed
+    from .engine.pseudo_labels import export_pseudo_labels
+    from .engine.trainer import pick_device
+
+    model, cfg = _trained_for(args)
+    rank, world, device = init_distributed(pick_device(cfg.train.device))
+    dataset = build_dataset(cfg, args.split or cfg.data.train_split, train=False)
+    summary = export_pseudo_labels(model.to(device), dataset, args.out, cfg, refine=args.refine or cfg.refine.mode,
+                                   crf=args.crf, device=device, batch_size=cfg.eval.batch_size,
+                                   num_workers=cfg.data.num_workers, rank=rank, world=world)
+    if rank == 0:
+        miou = summary["pseudo_miou"]
+        print(f"{summary['written']} written, {summary['skipped']} already there, to {args.out}; pseudo-label "
+              + (f"mIoU {miou:.4f}, {summary['ignore_fraction']:.1%} of pixels uncertain" if miou is not None
+                 else "mIoU: no ground-truth masks"))
     return 0
 
 
@@ -237,6 +292,8 @@ COMMANDS = {
     "train": (_add_train_args, cmd_train, "train TSCD from image-level labels"),
     "eval": (_add_eval_args, cmd_eval, "evaluate a checkpoint (mIoU of seg, CAM, pseudo labels; cls F1)"),
     "infer": (_add_infer_args, cmd_infer, "segment images with a checkpoint"),
+    "pseudo-labels": (_add_pseudo_label_args, cmd_pseudo_labels,
+                      "write refined pseudo labels of a split as palette PNGs (for a second stage)"),
     "demo": (_add_demo_args, cmd_demo, "train + evaluate on the built-in synthetic dataset (CPU, ~12 min)"),
 }
 

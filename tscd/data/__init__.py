@@ -14,6 +14,7 @@ import torch
 
 from .base import DatasetError
 from .coco import COCODataset
+from .folder import FolderDataset
 from .synthetic import SyntheticDataset
 from .transforms import EvalTransform, TrainTransform, denormalize, normalize
 from .voc import VOCDataset
@@ -52,6 +53,16 @@ def _build_voc(cfg, split: str, train: bool):
 def _build_coco(cfg, split: str, train: bool):
     transform = train_transform(cfg) if train else EvalTransform(cfg.data.mean, cfg.data.std)
     return COCODataset(cfg.data.root, split, train, transform, cfg.data.label_file, cfg.seed)
+
+
+@register_dataset("folder")
+def _build_folder(cfg, split: str, train: bool):
+    transform = train_transform(cfg) if train else EvalTransform(cfg.data.mean, cfg.data.std)
+    dataset = FolderDataset(cfg.data.root, split, train, transform, cfg.seed)
+    if dataset.num_classes != cfg.data.num_classes:
+        raise DatasetError(f"{dataset.root / 'classes.txt'} lists {dataset.num_classes - 1} classes: pass "
+                           f"data.num_classes={dataset.num_classes} (background included)")
+    return dataset
 
 
 def build_dataset(cfg, split: str, train: bool):
@@ -106,5 +117,5 @@ def collate(items: list[dict]) -> dict:
 
 
 __all__ = ["DATASETS", "DatasetError", "register_dataset", "build_dataset", "StreamSampler", "collate",
-           "SyntheticDataset", "VOCDataset", "COCODataset", "TrainTransform", "EvalTransform",
+           "SyntheticDataset", "VOCDataset", "COCODataset", "FolderDataset", "TrainTransform", "EvalTransform",
            "normalize", "denormalize"]

@@ -28,7 +28,7 @@ def load_image(path: Path) -> np.ndarray:
     """uint8 (H, W, 3) RGB; a missing or corrupt file raises DatasetError naming it."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except FileNotFoundError:
         raise DatasetError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
@@ -41,7 +41,7 @@ def load_mask(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             if im.mode not in ("P", "L", "I", "I;16"):
                 raise DatasetError(f"mask {path} must be a palette or greyscale PNG of class indices, got mode {im.mode}")
-            return np.asarray(im).astype(np.int64)
+            return np.array(im).astype(np.int64)
     except FileNotFoundError:
         raise DatasetError(f"mask not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:

@@ -13,7 +13,9 @@ import torch.nn.functional as F
 
 from .. import cam as cam_utils
 from ..data.transforms import denormalize
+from .inference import EvalProtocol, progress_bar, reduce_counts
 from .metrics import ConfusionMatrix, MultiLabelF1
+from .pseudo_labels import save_predictions
 
 KINDS = ("seg", "cam", "pseudo", "aff")
 
@@ -22,24 +24,31 @@ class Evaluator:
     """``run(model, loader)`` -> metrics dict; ``samples`` keeps the first ``num_vis`` images
     (for :func:`tscd.engine.visualize.save_grid`). New output kinds add a confusion matrix."""
 
-    def __init__(self, cfg, objective, class_names, device):
+    def __init__(self, cfg, objective, class_names, device, protocol: EvalProtocol | None = None, *,
+                 distributed: bool = False, progress: bool = False, save_preds=None):
+        """``protocol``: segmentation inference (default: single scale, the training-time check);
+        ``distributed``: the loader holds this rank's shard, counts are all-reduced;
+        ``save_preds``: a folder for palette PNGs of the protocol's final prediction."""
         self.cfg, self.objective, self.class_names, self.device = cfg, objective, class_names, device
+        self.protocol = protocol or EvalProtocol()
+        self.distributed, self.progress, self.save_preds = distributed, progress, save_preds
         self.num_classes = cfg.data.num_classes
         self.samples: list[dict] = []
 
     @torch.no_grad()
-    def predict(self, model, images: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(cls logits (B,K-1), seg prediction (B,H,W), attn_pred) of one forward pass."""
-        cls, seg, _, attn_pred = model(images)
-        seg = F.interpolate(seg.float(), size=size, mode="bilinear", align_corners=False)
-        return cls, seg.argmax(1), attn_pred
+    def predict(self, model, images: torch.Tensor, size):
+        """(Forward, {kind: seg prediction (B,H,W)}) of the protocol: see tscd.engine.inference."""
+        return self.protocol.predict(model, images, size)
 
     @torch.no_grad()
     def run(self, model, loader, max_images: int | None = None, num_vis: int = 0) -> dict:
         was_training = model.training
         model.eval()
         c = self.cfg.cam
-        mats = {k: ConfusionMatrix(self.num_classes) for k in KINDS}
+        kinds = self.protocol.kinds() + KINDS[1:]
+        mats = {k: ConfusionMatrix(self.num_classes) for k in kinds}
+        bar = progress_bar(len(loader.dataset) if max_images is None else min(max_images, len(loader.dataset)),
+                           self.progress)
         f1 = MultiLabelF1()
         self.samples, seen, start = [], 0, time.time()
         for batch in loader:
@@ -47,16 +56,17 @@ class Evaluator:
             labels = batch["label"].to(self.device).float()
             masks = batch["mask"].to(self.device)
             box = batch["box"].to(self.device)
-            cls, pred, attn_pred = self.predict(model, images, masks.shape[-2:])
+            fwd, segs = self.predict(model, images, masks.shape[-2:])
+            cls, pred, attn_pred = fwd.cls, segs["seg"], fwd.attn_pred
             f1.update(cls, labels)
             cam = cam_utils.multi_scale_cam(model, images, tuple(c.scales))
             cam_label = cam_utils.cam_to_label(cam, labels, c.bkg_score)
             pseudo = self.objective.pseudo_labels(model, images, cam, labels, box, c.bkg_score, c.bkg_score)
-            stride = model.output_stride
-            grid = (-(-images.shape[-2] // stride), -(-images.shape[-1] // stride))
-            walk = cam_utils.attention_random_walk(cam, attn_pred, labels, grid_size=grid,
+            walk = cam_utils.attention_random_walk(cam, attn_pred, labels, grid_size=fwd.grid,
                                                    radius=self.cfg.loss.aff_radius, bkg_score=c.low)
-            for kind, p in zip(KINDS, (pred, cam_label, pseudo, walk.argmax(1))):
+            if self.save_preds is not None:
+                save_predictions(self.save_preds, batch["name"], segs[self.protocol.kinds()[-1]])
+            for kind, p in {**segs, "cam": cam_label, "pseudo": pseudo, "aff": walk.argmax(1)}.items():
                 if p.shape[-2:] != masks.shape[-2:]:
                     p = F.interpolate(p[:, None].float(), size=masks.shape[-2:], mode="nearest")[:, 0].long()
                 mats[kind].update(p, masks)
@@ -69,14 +79,21 @@ class Evaluator:
                                          "cam": heat.cpu().numpy(), "pseudo": pseudo[i].cpu().numpy(),
                                          "pred": pred[i].cpu().numpy(), "gt": masks[i].cpu().numpy()})
             seen += images.shape[0]
+            bar.update(images.shape[0])
             if max_images is not None and seen >= max_images:
                 break
+        bar.close()
         model.train(was_training)
-        metrics = {f"{k}_miou": mats[k].miou() for k in KINDS}
+        if self.distributed:
+            seen = reduce_counts(mats.values(), f1, seen)
+        metrics = {f"{k}_miou": mats[k].miou() for k in kinds}
         metrics["cls_f1"] = f1.f1()
         metrics["pixel_acc"] = mats["seg"].pixel_accuracy()
         metrics["per_class_iou"] = {name: (None if np.isnan(v) else float(v))
                                     for name, v in zip(self.class_names, mats["seg"].iou().tolist())}
+        metrics["per_class_iou_by_output"] = {k: {name: (None if np.isnan(v) else float(v))
+                                                  for name, v in zip(self.class_names, mats[k].iou().tolist())}
+                                              for k in kinds}
         metrics["num_images"] = seen
         metrics["eval_seconds"] = time.time() - start
         return metrics

@@ -168,8 +168,10 @@ class Trainer:
             return None
         return SummaryWriter(str(self.work_dir / "tb"))
 
-    def train(self) -> dict:
+    def train(self, stop_at: int | None = None) -> dict:
+        """Train to ``train.max_iters`` (or pause after iteration ``stop_at``, saving last.pth)."""
         cfg, t = self.cfg, self.cfg.train
+        end = t.max_iters if stop_at is None else min(stop_at, t.max_iters)
         if self.main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             (self.work_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -186,7 +188,7 @@ class Trainer:
         amp = t.bf16 and self.device.type == "cuda"
         self.net.train()
         try:
-            while self.step < t.max_iters:
+            while self.step < end:
                 batch = next(batches)
                 batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
                          for k, v in batch.items()}
@@ -224,7 +226,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         self.save()
-        if self.main and not metrics:
+        if self.main and not metrics and self.step == t.max_iters:
             metrics = self.evaluate()
         return metrics
 
@@ -234,12 +236,12 @@ class Trainer:
         if not self.main or (self.step % self.cfg.train.log_interval and self.step != 1):
             return
         lr = self.optimizer.param_groups[0]["lr"]
-        values = {k: float(v) for k, v in terms.items()}
+        values = {k: float(v.detach()) for k, v in terms.items()}
         if bar is not None:
-            bar.set_postfix({"loss": f"{float(total):.3f}", **{k: f"{v:.3g}" for k, v in values.items()},
+            bar.set_postfix({"loss": f"{float(total.detach()):.3f}", **{k: f"{v:.3g}" for k, v in values.items()},
                              "lr": f"{lr:.2e}"}, refresh=False)
         if self.writer is not None:
-            self.writer.add_scalar("train/loss", float(total), self.step)
+            self.writer.add_scalar("train/loss", float(total.detach()), self.step)
             self.writer.add_scalar("train/lr", lr, self.step)
             for k, v in values.items():
                 self.writer.add_scalar(f"train/{k}", v, self.step)

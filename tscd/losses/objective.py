@@ -78,6 +78,14 @@ class TSCDObjective(nn.Module):
             from .scd import SelfCorrespondenceDistillation
             self.scd = SelfCorrespondenceDistillation(num_samples=None if lc.scd_dense else lc.scd_samples)
 
+        r = self.refine_cfg
+        if r.mode not in ("varm", "par", "none"):
+            raise ValueError(f"refine.mode must be varm, par or none, got {r.mode!r}")
+        self.refiner = None
+        if r.mode != "none":
+            from ..refine import VARM
+            self.refiner = VARM(dilations=tuple(r.dilations), num_iter=r.num_iter, mode=r.mode)
+
     def in_stage1(self, step: int) -> bool:
         """Iteration ``step`` (1-based) trains L_cls only."""
         return step <= self.loss_cfg.stage1_iters
@@ -86,13 +94,11 @@ class TSCDObjective(nn.Module):
     def pseudo_labels(self, model, images: torch.Tensor, cam: torch.Tensor, labels: torch.Tensor,
                       box: torch.Tensor | None, high: float, low: float) -> torch.Tensor:
         """Refined (or plain, with ``refine.mode=none``) pseudo labels (B,H,W) of §3–§4."""
-        c, r = self.cam_cfg, self.refine_cfg
-        if r.mode == "none":
+        if self.refiner is None:
             return cam_utils.pseudo_label(cam, labels, box, high=high, low=low)
         from ..refine import refine_cams_with_bkg
         return refine_cams_with_bkg(denormalize(images, self.mean, self.std), cam, labels, high=high, low=low,
-                                    crop_box=box, scale=r.scale, mode=r.mode, num_iter=r.num_iter,
-                                    dilations=tuple(r.dilations))
+                                    crop_boxes=box, downscale=self.refine_cfg.scale, refiner=self.refiner)
 
     def forward(self, net: nn.Module, model: nn.Module, batch: dict, step: int):
         images, labels = batch["image"], batch["label"].float()

@@ -1,0 +1,174 @@
+"""Export of refined pseudo labels for a second, fully supervised stage (``tscd pseudo-labels``).
+
+For every image of a split, on the full image (no crop) and with that image's image-level
+labels: the multi-scale CAM of spec §2, the pseudo label of §3 refined by VARM or PAR (§4)
+or left plain (``refine="none"``), optionally a dense CRF (§10) on the confident pixels.
+Each label is written as ``OUT/<name>.png``, a VOC palette PNG of the image's size holding
+class ids with 255 where uncertain. Files are written atomically and existing ones are
+skipped, so an interrupted export resumes where it stopped. Where ground-truth masks exist
+the pseudo-label mIoU is reported (a 255 pixel counts as wrong, as in the evaluator).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import cam as cam_utils
+from ..data.base import load_mask
+from ..data.transforms import denormalize
+from .eval_args import REFINE_CHOICES
+from .inference import all_reduce_counts, dense_crf_probs, progress_bar, shard
+from .metrics import IGNORE, ConfusionMatrix
+from .visualize import PALETTE
+
+CRF_LABEL_CONFIDENCE = 0.7  # probability given to a pixel's label in the CRF's unary term
+
+
+def write_palette_png(mask: np.ndarray, path: Path) -> None:
+    """Atomically write (H, W) class ids as a palette PNG (through a hidden temporary file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="P")
+    image.putpalette(PALETTE.reshape(-1).tolist())
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        image.save(f, format="PNG")
+    os.replace(tmp, path)
+
+
+def save_predictions(folder, names, labels: torch.Tensor) -> None:
+    """``folder/<name>.png`` palette PNGs of labels (B, H, W), one per name."""
+    for name, label in zip(names, labels.cpu().numpy()):
+        write_palette_png(label, Path(folder) / f"{name}.png")
+
+
+def item_name(dataset, index: int) -> str:
+    """Name of item ``index`` without loading it when the dataset lists its names."""
+    names = getattr(dataset, "names", None)
+    return str(names[index]) if names is not None else str(dataset[index]["name"])
+
+
+def _stored_mask(dataset, name: str) -> np.ndarray | None:
+    """The ground-truth mask of ``name`` when the dataset has one on disk, else None."""
+    mask_path = getattr(dataset, "mask_path", None)
+    if mask_path is None:
+        return None
+    path = mask_path(name)
+    return load_mask(path) if path is not None and Path(path).is_file() else None
+
+
+def crf_on_labels(rgb: torch.Tensor, label: torch.Tensor, cls_labels: torch.Tensor, crf: str) -> torch.Tensor:
+    """Dense CRF on pseudo labels, one image at a time over background + its present classes.
+
+    The unary term gives a labelled pixel probability 0.7 for its label (the rest spread over
+    the other present classes) and an uncertain pixel a uniform distribution. Uncertain pixels
+    stay 255 in the result; the CRF re-decides the confident ones.
+    rgb (B, 3, H, W) in 0–255; label (B, H, W) int64; cls_labels (B, K−1). Returns (B, H, W).
+    """
+    out = label.clone()
+    for i in range(label.shape[0]):
+        keys = torch.cat([label.new_zeros(1), cls_labels[i].nonzero()[:, 0] + 1])  # channel -> class id
+        n = keys.numel()
+        lab = label[i]
+        sure = lab != IGNORE
+        onehot = (lab[None] == keys[:, None, None]).float()  # (n, H, W)
+        rest = (1 - CRF_LABEL_CONFIDENCE) / max(n - 1, 1)
+        probs = torch.where(sure[None], onehot * (CRF_LABEL_CONFIDENCE - rest) + rest,
+                            torch.full_like(onehot, 1.0 / n))
+        refined = dense_crf_probs(rgb[i:i + 1], probs[None], crf)[0].argmax(0)
+        out[i] = torch.where(sure, keys[refined], lab)
+    return out
+
+
+@torch.no_grad()
+def pseudo_labels_for_batch(model, images: torch.Tensor, cls_labels: torch.Tensor, cfg, refine: str = "varm",
+                            crf: str = "none") -> torch.Tensor:
+    """Pseudo labels (B, H, W) int64 (255 = uncertain) of normalised full images (B, 3, H, W)."""
+    if refine not in REFINE_CHOICES:
+        raise ValueError(f"refine must be one of {REFINE_CHOICES}, got {refine!r}")
+    c = cfg.cam
+    cls_labels = cls_labels.float()
+    cam = cam_utils.multi_scale_cam(model, images, tuple(c.scales))
+    rgb01 = denormalize(images.float(), tuple(cfg.data.mean), tuple(cfg.data.std))
+    if refine == "none":
+        label = cam_utils.pseudo_label(cam, cls_labels, None, high=c.high, low=c.low)
+    else:
+        from ..refine import VARM, refine_cams_with_bkg
+
+        r = cfg.refine
+        refiner = VARM(dilations=tuple(r.dilations), num_iter=r.num_iter, mode=refine)
+        label = refine_cams_with_bkg(rgb01, cam, cls_labels.long(), high=c.high, low=c.low, downscale=r.scale,
+                                     refiner=refiner)
+    if crf != "none":
+        label = crf_on_labels((rgb01 * 255).round(), label, cls_labels, crf)
+    return label
+
+
+def export_pseudo_labels(model, dataset, out_dir, cfg, *, refine: str = "varm", crf: str = "none",
+                         device="cpu", batch_size: int = 1, num_workers: int = 0, progress: bool = True,
+                         rank: int = 0, world: int = 1) -> dict:
+    """Write ``out_dir/<name>.png`` for every image of ``dataset`` (eval items: full images).
+
+    Images whose file exists are skipped (their stored labels still count towards the mIoU
+    when the dataset has the mask on disk). Under torchrun each rank takes every
+    ``world``-th missing image and the counts are summed over ranks. Returns a summary:
+    num_images, written, skipped, pseudo_miou (None without masks), per_class_iou,
+    ignore_fraction (of the evaluated pixels labelled 255), and writes it to
+    ``out_dir/summary.json`` (rank 0).
+    """
+    from ..data import collate
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    names = [item_name(dataset, i) for i in range(len(dataset))]
+    path_of = lambda name: out_dir / f"{name}.png"  # noqa: E731
+    todo = [i for i, name in enumerate(names) if not path_of(name).is_file()]
+    done = [i for i, name in enumerate(names) if path_of(name).is_file()]
+    k = dataset.num_classes
+    mat = ConfusionMatrix(k)
+    ignored = torch.zeros(2, dtype=torch.int64)  # (pixels labelled 255, pixels evaluated)
+
+    def count(label: torch.Tensor, mask: torch.Tensor) -> None:
+        mat.update(label, mask)
+        valid = (mask >= 0) & (mask < k)
+        ignored.add_(torch.tensor([int((valid & (label == IGNORE)).sum()), int(valid.sum())]))
+
+    for i in done[rank::world]:  # already written: count them where the mask is on disk
+        mask = _stored_mask(dataset, names[i])
+        if mask is not None:
+            count(torch.from_numpy(np.asarray(Image.open(path_of(names[i])), np.int64)), torch.from_numpy(mask))
+
+    part = shard(torch.utils.data.Subset(dataset, todo), rank, world)
+    loader = torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, collate_fn=collate,
+                                         num_workers=num_workers)
+    bar = progress_bar(len(part), progress and rank == 0, desc="pseudo-labels")
+    for batch in loader:
+        images = batch["image"].to(device)
+        label = pseudo_labels_for_batch(model, images, batch["label"].to(device), cfg, refine, crf).cpu()
+        for j, name in enumerate(batch["name"]):
+            write_palette_png(label[j].numpy(), path_of(name))
+        if "mask" in batch:
+            count(label, batch["mask"])
+        bar.update(images.shape[0])
+    bar.close()
+
+    all_reduce_counts([mat.mat, ignored])
+    has_masks = bool(mat.mat.sum())
+    iou = mat.iou().tolist()
+    summary = {
+        "num_images": len(names), "written": len(todo), "skipped": len(done), "refine": refine, "crf": crf,
+        "pseudo_miou": mat.miou() if has_masks else None,
+        "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(dataset.class_names, iou)}
+        if has_masks else {},
+        "ignore_fraction": float(ignored[0]) / max(int(ignored[1]), 1) if has_masks else None,
+    }
+    if rank == 0:
+        tmp = out_dir / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, out_dir / "summary.json")
+    return summary
