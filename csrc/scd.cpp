@@ -47,7 +47,6 @@ struct Batch {
 typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float)), aligned(alignof(float))));
 typedef uint32_t Bits __attribute__((vector_size(kLanes * sizeof(float)), aligned(alignof(float))));
 
-
 inline void load(Lanes& v, const float* p) { std::memcpy(&v, p, sizeof v); }
 
 // Rows [r0, r0 + kRows) against columns [j0, j1) (multiples of kLanes). psum (kRows) and

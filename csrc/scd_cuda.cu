@@ -6,8 +6,9 @@
 // stages kTileY columns of Y in shared memory at a time, so no Nx×Ny matrix exists.
 #include "common.h"
 
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 namespace {
 
@@ -87,7 +88,8 @@ std::tuple<at::Tensor, at::Tensor> scd_pass_cuda(const at::Tensor& xs_in, const 
   auto grad = with_grad ? at::empty({B, K, nx}, xs.options()) : at::empty({0}, xs.options());
   if (B == 0 || nx == 0) return {rowsum.zero_(), grad.zero_()};
 
-  const int64_t limit = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  int limit = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, xs.get_device()));
   int threads = 128;
   while (threads > 32 && shared_floats(K, C, threads, with_grad) * 4 > limit) threads /= 2;
   const int64_t bytes = shared_floats(K, C, threads, with_grad) * 4;
@@ -95,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor> scd_pass_cuda(const at::Tensor& xs_in, const 
   if (bytes > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(scd_pass_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
   const dim3 blocks((nx + threads - 1) / threads, B);
-  scd_pass_kernel<<<blocks, threads, bytes, at::cuda::getCurrentCUDAStream()>>>(
+  scd_pass_kernel<<<blocks, threads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
       xs.data_ptr<float>(), ys.data_ptr<float>(), xt.data_ptr<float>(), yt.data_ptr<float>(), ar.data_ptr<float>(),
       ac.data_ptr<float>(), rowsum.data_ptr<float>(), with_grad ? grad.data_ptr<float>() : nullptr, (int)K, (int)C,
       (int)nx, (int)ny, with_grad);
