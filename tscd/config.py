@@ -102,6 +102,11 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 1,
         "max_images": None,  # evaluate a prefix of the split (None = all)
         "num_vis": 6,  # rows of the PNG grid
+        # `tscd eval` protocol (tscd.engine.inference.EvalProtocol; training-time checks are single-scale)
+        "scales": [1.0],  # segmentation scales, max over scales (spec §10: [1.0, 0.5, 0.75])
+        "flip": False,  # average each scale's logits with the un-flipped logits of the flipped image
+        "crf": "none",  # auto | exact | pydensecrf | none: dense CRF on the final probabilities
+        "resize_long": None,  # resize the image so its long side is this (spec §10: 512)
     },
 }
 
