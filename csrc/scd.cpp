@@ -35,11 +35,12 @@ int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 struct Batch {
   const float* xs;  // (Nx_pad, K) rows of X, row-major
   const float* xt;  // (Nx_pad, C)
-  const float* ys;  // (K, Ny_pad) columns of Y, channel-major
-  const float* yt;  // (C, Ny_pad)
-  const float* ar;  // (Nx_pad)
-  const float* ac;  // (Ny_pad)
-  int64_t K, C, ny;
+  const float* ys;  // (Ny_pad / kLanes, K, kLanes) columns of Y in panels of kLanes
+  const float* yt;  // (Ny_pad / kLanes, C, kLanes)
+  const float* yrows;  // (Ny_pad, nk · kLanes) rows of ys, channels zero-padded
+  const float* ar;     // (Nx_pad)
+  const float* ac;     // (Ny_pad)
+  int64_t K, C, nk;    // nk: channel chunks of kLanes in yrows
 };
 
 // kLanes floats as one GCC/Clang vector: each clone lowers it to its widest registers. Only
@@ -49,23 +50,25 @@ typedef uint32_t Bits __attribute__((vector_size(kLanes * sizeof(float)), aligne
 
 inline void load(Lanes& v, const float* p) { std::memcpy(&v, p, sizeof v); }
 
-// Rows [r0, r0 + kRows) against columns [j0, j1) (multiples of kLanes). psum (kRows) and
-// pgrad (kRows, K) hold per-lane partial sums, reduced by the caller.
+// Rows [r0, r0 + kRows) against columns [j0, j1) (multiples of kLanes). psum (kRows) holds
+// per-lane partial row sums, reduced by the caller; pgrad (kRows, nk) the gradient sums of
+// channels [c·kLanes, (c+1)·kLanes).
 TSCD_SIMD_CLONES void micro_tiles(const Batch& d, int64_t r0, int64_t j0, int64_t j1, bool with_grad,
                                   Lanes* __restrict psum, Lanes* __restrict pgrad) {
-  const int64_t K = d.K, C = d.C, ny = d.ny;
+  const int64_t K = d.K, C = d.C, nk = d.nk;
   const float* __restrict xs = d.xs + r0 * K;
   const float* __restrict xt = d.xt + r0 * C;
+  float w[kRows][kTileCols];  // 1[s > 0] f of the tile
   for (int64_t j = j0; j < j1; j += kLanes) {
-    Lanes s[kRows] = {}, t[kRows] = {}, w[kRows];
+    Lanes s[kRows] = {}, t[kRows] = {};
     for (int64_t k = 0; k < K; ++k) {
       Lanes y;
-      load(y, d.ys + k * ny + j);
+      load(y, d.ys + j * K + k * kLanes);
       for (int64_t r = 0; r < kRows; ++r) s[r] += xs[r * K + k] * y;
     }
     for (int64_t c = 0; c < C; ++c) {
       Lanes y;
-      load(y, d.yt + c * ny + j);
+      load(y, d.yt + j * C + c * kLanes);
       for (int64_t r = 0; r < kRows; ++r) t[r] += xt[r * C + c] * y;
     }
     Lanes ac;
@@ -75,15 +78,22 @@ TSCD_SIMD_CLONES void micro_tiles(const Batch& d, int64_t r0, int64_t j0, int64_
       // 1[s > 0] f via the bits b of s: (b − 1) | b has its top bit set exactly for +0 and
       // negative s (GCC scalarises a vector float comparison here).
       const Bits b = (Bits)s[r];
-      w[r] = (Lanes)((Bits)f & ((((b - 1u) | b) >> 31) - 1u));
-      psum[r] += w[r] * s[r];
+      const Lanes wr = (Lanes)((Bits)f & ((((b - 1u) | b) >> 31) - 1u));
+      psum[r] += wr * s[r];
+      std::memcpy(&w[r][j - j0], &wr, sizeof wr);
     }
-    if (!with_grad) continue;
-    for (int64_t k = 0; k < K; ++k) {
+  }
+  if (!with_grad) return;
+  // Σ_j w[r][j] · ys_j with lanes over channels, once the whole tile's w is stored (reading
+  // single floats of a vector just stored would stall on store forwarding).
+  for (int64_t c = 0; c < nk; ++c) {
+    Lanes g[kRows] = {};
+    for (int64_t j = j0; j < j1; ++j) {
       Lanes y;
-      load(y, d.ys + k * ny + j);
-      for (int64_t r = 0; r < kRows; ++r) pgrad[r * K + k] += w[r] * y;
+      load(y, d.yrows + (j * nk + c) * kLanes);
+      for (int64_t r = 0; r < kRows; ++r) g[r] += w[r][j - j0] * y;
     }
+    for (int64_t r = 0; r < kRows; ++r) pgrad[r * nk + c] += g[r];
   }
 }
 
@@ -100,6 +110,20 @@ at::Tensor pad_last(const at::Tensor& x, int64_t n_pad) {
   return out;
 }
 
+// (B, C, N) → (B, N / kLanes, C, kLanes): the kLanes-column vectors of all channels that one
+// micro-tile reads lie next to each other (a power-of-two N would otherwise map every
+// channel's vector to the same cache set).
+at::Tensor panels(const at::Tensor& x) {
+  return x.view({x.size(0), x.size(1), x.size(2) / kLanes, kLanes}).permute({0, 2, 1, 3}).contiguous();
+}
+
+// (B, C, N) → (B, n_pad, c_pad): zero-padded rows.
+at::Tensor padded_rows(const at::Tensor& x, int64_t n_pad, int64_t c_pad) {
+  auto out = at::zeros({x.size(0), n_pad, c_pad}, x.options());
+  out.narrow(1, 0, x.size(2)).narrow(2, 0, x.size(1)).copy_(x.transpose(1, 2));
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor> scd_pass_cpu(const at::Tensor& xs, const at::Tensor& ys, const at::Tensor& xt,
                                                 const at::Tensor& yt, const at::Tensor& ar, const at::Tensor& ac,
                                                 bool with_grad) {
@@ -110,16 +134,17 @@ std::tuple<at::Tensor, at::Tensor> scd_pass_cpu(const at::Tensor& xs, const at::
               "scd_pass: inconsistent shapes");
   // Zero padding rows/columns give s = 0, so they add nothing to the sums or the gradient.
   const int64_t nx_pad = round_up(std::max<int64_t>(nx, 1), kRows), ny_pad = round_up(std::max<int64_t>(ny, 1), kLanes);
-  const auto xs_rows = pad_last(xs, nx_pad).transpose(1, 2).contiguous();
-  const auto xt_rows = pad_last(xt, nx_pad).transpose(1, 2).contiguous();
-  const auto ys_p = pad_last(ys, ny_pad), yt_p = pad_last(yt, ny_pad);
+  const int64_t nk = (K + kLanes - 1) / kLanes;
+  const auto xs_rows = padded_rows(xs, nx_pad, K), xt_rows = padded_rows(xt, nx_pad, C);
+  const auto ys_p = panels(pad_last(ys, ny_pad)), yt_p = panels(pad_last(yt, ny_pad));
+  const auto ys_rows = with_grad ? padded_rows(ys, ny_pad, nk * kLanes) : at::zeros({B, 0, 0}, ys.options());
   const auto ar_p = pad_last(ar.unsqueeze(1), nx_pad), ac_p = pad_last(ac.unsqueeze(1), ny_pad);
   auto rowsum = at::zeros({B, nx_pad}, xs.options());
   auto grad = with_grad ? at::zeros({B, K, nx_pad}, xs.options()) : at::empty({0}, xs.options());
 
   const int64_t groups = (nx_pad + kGroupRows - 1) / kGroupRows;
   at::parallel_for(0, B * groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> psum_buf(kGroupRows * kLanes), pgrad_buf(kGroupRows * K * kLanes);
+    std::vector<float> psum_buf(kGroupRows * kLanes), pgrad_buf(kGroupRows * nk * kLanes);
     Lanes* psum = reinterpret_cast<Lanes*>(psum_buf.data());
     Lanes* pgrad = reinterpret_cast<Lanes*>(pgrad_buf.data());
     for (int64_t task = begin; task < end; ++task) {
@@ -127,15 +152,16 @@ std::tuple<at::Tensor, at::Tensor> scd_pass_cpu(const at::Tensor& xs, const at::
       const int64_t g1 = std::min(g0 + kGroupRows, nx_pad);
       const Batch d{xs_rows.data_ptr<float>() + b * nx_pad * K, xt_rows.data_ptr<float>() + b * nx_pad * C,
                     ys_p.data_ptr<float>() + b * K * ny_pad,     yt_p.data_ptr<float>() + b * C * ny_pad,
+                    ys_rows.data_ptr<float>() + b * ys_rows.size(1) * ys_rows.size(2),
                     ar_p.data_ptr<float>() + b * nx_pad,         ac_p.data_ptr<float>() + b * ny_pad,
-                    K, C, ny_pad};
+                    K, C, nk};
       std::fill(psum_buf.begin(), psum_buf.end(), 0.f);
       std::fill(pgrad_buf.begin(), pgrad_buf.end(), 0.f);
       for (int64_t j0 = 0; j0 < ny_pad; j0 += kTileCols) {
         const int64_t j1 = std::min(j0 + kTileCols, ny_pad);
         for (int64_t r0 = g0; r0 < g1; r0 += kRows) {
           const int64_t q = r0 - g0;
-          micro_tiles(d, r0, j0, j1, with_grad, psum + q, pgrad + q * K);
+          micro_tiles(d, r0, j0, j1, with_grad, psum + q, pgrad + q * nk);
         }
       }
       float* out_sum = rowsum.data_ptr<float>() + b * nx_pad;
@@ -143,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor> scd_pass_cpu(const at::Tensor& xs, const at::
       if (!with_grad) continue;
       float* out_grad = grad.data_ptr<float>() + b * K * nx_pad;
       for (int64_t r = g0; r < g1; ++r)
-        for (int64_t k = 0; k < K; ++k) out_grad[k * nx_pad + r] = lane_sum(pgrad[(r - g0) * K + k]);
+        for (int64_t k = 0; k < K; ++k) out_grad[k * nx_pad + r] = pgrad_buf[(r - g0) * nk * kLanes + k];
     }
   });
   rowsum = rowsum.narrow(1, 0, nx);
