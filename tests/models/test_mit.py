@@ -34,9 +34,10 @@ def test_tscd_strides_give_output_stride_16_and_8():
     enc16 = build_backbone("mit_b0", stride=(4, 2, 2, 1))
     enc8 = build_backbone("mit_b0", stride=(4, 2, 1, 1))
     x = torch.randn(1, 3, 64, 96)
-    assert enc16(x)[0][3].shape[-2:] == (4, 6)
-    assert enc8(x)[0][3].shape[-2:] == (8, 12)
-    assert enc16(x)[1][-1].shape == (1, 8, 24, 24)
+    with torch.no_grad():
+        (feats16, logits16), (feats8, logits8) = enc16(x), enc8(x)
+    assert feats16[3].shape[-2:] == (4, 6) and logits16[-1].shape == (1, 8, 24, 24)
+    assert feats8[2].shape[-2:] == feats8[3].shape[-2:] == (8, 12) and logits8[-1].shape == (1, 8, 96, 96)
 
 
 def test_attention_logits_are_unscaled_qk_pooled_over_sr():
@@ -71,15 +72,32 @@ def test_last_stage_logits_feed_a_softmax_with_head_dim_scale():
     torch.testing.assert_close(out, attn.proj(ref))
 
 
+# encoder parameters in millions, as the SegFormer paper lists them (Table 1)
+PAPER_PARAMS = {"mit_b0": 3.3, "mit_b1": 13.1, "mit_b2": 24.2, "mit_b3": 44.0, "mit_b4": 60.8, "mit_b5": 81.4}
+
+
 @pytest.mark.parametrize("name", sorted(MIT_CONFIGS))
-def test_every_variant_builds_and_runs(name):
+def test_every_variant_structure_on_meta_device(name):
+    """All variants, built and run on the meta device (shapes only, no compute)."""
     cfg = MIT_CONFIGS[name]
+    with torch.device("meta"):
+        enc = build_backbone(name)
+        feats, logits = enc(torch.empty(1, 3, 64, 32))
+    assert sum(p.numel() for p in enc.parameters()) / 1e6 == pytest.approx(PAPER_PARAMS[name], abs=0.1)
+    assert [tuple(f.shape) for f in feats] == [(1, c, *hw) for c, hw in
+                                               zip(cfg.embed_dims, ((16, 8), (8, 4), (4, 2), (4, 2)))]
+    assert [len(getattr(enc, f"block{i}")) for i in range(1, 5)] == list(cfg.depths)
+    assert [a.shape[1] for a in logits] == [h for h, d in zip(cfg.num_heads, cfg.depths) for _ in range(d)]
+    assert logits[-1].shape == (1, 8, 8, 8) and logits[0].shape == (1, 1, 2, 2)
+
+
+@pytest.mark.parametrize("name", ["mit_b1", "mit_b2"])
+def test_larger_variants_run_for_real(name):
     enc = build_backbone(name).eval()
     with torch.no_grad():
-        feats, logits = enc(torch.randn(1, 3, 32, 32))
-    assert [f.shape[1] for f in feats] == list(cfg.embed_dims)
-    assert len(logits) == sum(cfg.depths)
-    assert sum(cfg.depths) == sum(len(getattr(enc, f"block{i}")) for i in range(1, 5))
+        feats, logits = enc(torch.randn(1, 3, 33, 47))
+    assert feats[3].shape == (1, 512, 3, 3) and torch.isfinite(feats[3]).all()
+    assert len(logits) == sum(MIT_CONFIGS[name].depths)
 
 
 def test_segformer_parameter_names():

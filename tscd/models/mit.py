@@ -192,7 +192,7 @@ class MixVisionTransformer(nn.Module):
         self.sr_ratios = list(sr_ratios)
         self.stride = [int(s) for s in stride]
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # stochastic depth decay
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # stochastic depth decay
         chans = [in_chans] + self.embed_dims
         first = 0
         for i in range(4):
