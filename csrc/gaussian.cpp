@@ -4,7 +4,10 @@
 //   feats (B, D, N) float32, already multiplied by sqrt(log2(e) / 2), so that
 //     W_ij = exp(-1/2 |f_i - f_j|^2) = 2^(-|feats_i - feats_j|^2);
 //   x (B, K, N) float32; cut2: pairs with |feats_i - feats_j|^2 > cut2 get weight 0
-//   (infinity: the exact sum over all pairs, self included).
+//   (infinity: the exact sum over all pairs, self included);
+//   width, radius: when width > 0, pixel i lies in row i / width and only pairs at most radius
+//   rows apart are visited, tile by tile (a hint: the caller's cut2 must already give the other
+//   pairs weight 0; used for windowed spatial kernels).
 //   Returns y (B, K, N) float32 with y[b, k, i] = sum_j W_ij x[b, k, j].
 //
 // Work split: at::parallel_for over (batch, block of BI = 128 rows); each task sweeps the
@@ -138,7 +141,8 @@ float box_gap2(const float* fi, int64_t ni, const float* fj, int64_t nj, int64_t
   return gap2;
 }
 
-at::Tensor gaussian_product_cpu(const at::Tensor& feats, const at::Tensor& x, double cut2) {
+at::Tensor gaussian_product_cpu(const at::Tensor& feats, const at::Tensor& x, double cut2, int64_t width,
+                                int64_t radius) {
   TSCD_CHECK_FLOAT(feats);
   TSCD_CHECK_FLOAT(x);
   TSCD_CHECK_CONTIGUOUS(feats);
@@ -166,8 +170,13 @@ at::Tensor gaussian_product_cpu(const at::Tensor& feats, const at::Tensor& x, do
       std::fill(fi.begin(), fi.end(), 0.0f);
       for (int64_t d = 0; d < D; ++d) std::copy(fb + d * N + i0, fb + d * N + i0 + ni, fi.data() + d * kBlockI);
       std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t j0 = 0; j0 < N; j0 += kBlockJ) {
-        const int64_t nj = std::min(kBlockJ, N - j0);
+      int64_t j_begin = 0, j_end = N;
+      if (width > 0) {
+        j_begin = std::max<int64_t>(0, i0 / width - radius) * width;
+        j_end = std::min(N, ((i0 + ni - 1) / width + radius + 1) * width);
+      }
+      for (int64_t j0 = j_begin; j0 < j_end; j0 += kBlockJ) {
+        const int64_t nj = std::min(kBlockJ, j_end - j0);
         if (pruned && box_gap2(fi.data(), ni, fb + j0, nj, N, D) > limit) continue;
         weight_tile(fi.data(), fb + j0, N, D, nj, limit, wt.data());
         accumulate_tile(xb + j0, N, K, wt.data(), nj, acc.data());
@@ -182,7 +191,7 @@ at::Tensor gaussian_product_cpu(const at::Tensor& feats, const at::Tensor& x, do
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(tscd, m) {
-  m.def("gaussian_product(Tensor feats, Tensor x, float cut2) -> Tensor");
+  m.def("gaussian_product(Tensor feats, Tensor x, float cut2, int width, int radius) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tscd, CPU, m) { m.impl("gaussian_product", &gaussian_product_cpu); }

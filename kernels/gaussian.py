@@ -4,8 +4,10 @@ Contract (shared with ``csrc/gaussian.cpp`` and ``csrc/gaussian_cuda.cu``; the c
 ``tscd/ops/gaussian.py`` prepares the inputs): ``feats`` (B, D, N) float32 already multiplied
 by ``sqrt(log2(e) / 2)``, so that ``W_ij = exp(-½‖f_i − f_j‖²) = 2^(−‖feats_i − feats_j‖²)``;
 ``x`` (B, K, N) in any float dtype (upcast to float32 after loading); pairs whose squared
-distance exceeds ``cut2`` get weight 0 (``inf``: every pair, self included).
-Returns ``y`` (B, K, N) float32.
+distance exceeds ``cut2`` get weight 0 (``inf``: every pair, self included). Row window
+``(width, radius)``: pixel i lies in row ``i // width`` and only column blocks within
+``radius`` rows of a program's rows are visited (a hint: ``cut2`` must already give the
+skipped pairs weight 0). Returns ``y`` (B, K, N) float32.
 
 One program owns a block of BLOCK_I rows and BLOCK_K channels of one image and sweeps all
 columns in blocks of BLOCK_J: the weight tile is computed from feature differences, then
@@ -22,7 +24,7 @@ from tscd.ops._dispatch import triton_interpreted
 
 @triton.jit
 def _gaussian_product_kernel(
-    f_ptr, x_ptr, y_ptr, N, K, cut2,
+    f_ptr, x_ptr, y_ptr, N, K, cut2, width, radius,
     D: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_i = tl.program_id(0)
@@ -35,9 +37,12 @@ def _gaussian_product_kernel(
     f_b = f_ptr + b * D * N
     x_b = x_ptr + b * K * N
     acc = tl.zeros((BLOCK_I, BLOCK_K), dtype=tl.float32)
-    for j0 in range(0, N, BLOCK_J):
+    i_last = tl.minimum(pid_i * BLOCK_I + BLOCK_I, N) - 1
+    j_begin = tl.maximum((pid_i * BLOCK_I) // width - radius, 0) * width
+    j_end = tl.minimum((i_last // width + radius + 1) * width, N)
+    for j0 in range(j_begin, j_end, BLOCK_J):
         offs_j = j0 + tl.arange(0, BLOCK_J)
-        mask_j = offs_j < N
+        mask_j = offs_j < j_end
         d2 = tl.zeros((BLOCK_I, BLOCK_J), dtype=tl.float32)
         for d in tl.static_range(D):
             fi = tl.load(f_b + d * N + offs_i, mask=mask_i, other=0.0)
@@ -56,8 +61,10 @@ def _gaussian_product_kernel(
     )
 
 
-def gaussian_product(feats: torch.Tensor, x: torch.Tensor, cut2: float) -> torch.Tensor:
-    """``y[b, k, i] = Σ_j 2^(−‖feats_i − feats_j‖²) x[b, k, j]`` (B, K, N) float32, see the module."""
+def gaussian_product(feats: torch.Tensor, x: torch.Tensor, cut2: float, width: int = 0, radius: int = 0) -> torch.Tensor:
+    """``y[b, k, i] = Σ_j 2^(−‖feats_i − feats_j‖²) x[b, k, j]`` (B, K, N) float32, see the module.
+
+    ``width`` ≤ 0: no row window."""
     B, K, N = x.shape
     D = feats.shape[1]
     feats = feats.contiguous()
@@ -70,8 +77,10 @@ def gaussian_product(feats: torch.Tensor, x: torch.Tensor, cut2: float) -> torch
     # The interpreter pays per tile, a GPU per register: bigger tiles only when interpreted.
     block = 128 if triton_interpreted() else 64
     grid = (triton.cdiv(N, block), triton.cdiv(K, block_k), B)
+    if width <= 0:  # no window: one row of N pixels
+        width, radius = N, 0
     _gaussian_product_kernel[grid](
-        feats, x, y, N, K, float(cut2),
+        feats, x, y, N, K, float(cut2), width, radius,
         D=D, BLOCK_I=block, BLOCK_J=block, BLOCK_K=block_k, num_warps=4,
     )
     return y

@@ -56,6 +56,17 @@ def test_cutoff(backend, device):
     check(y, naive(feats, x, cutoff=3.1))
 
 
+@pytest.mark.parametrize("backend", BACKENDS + ["torch"])
+@pytest.mark.parametrize("H,W,sigma", [(97, 3, 1.0), (40, 7, 0.6), (5, 60, 1.0)])
+def test_row_window_equals_cutoff_alone(backend, device, H, W, sigma):
+    # Positions p/σ with cut-off ⌈5σ⌉/σ: the row window skips only tiles of zero weights.
+    radius = math.ceil(5 * sigma)
+    feats = position_features(2, H, W, sigma, device)
+    x = torch.randn(2, 2, H * W, generator=torch.Generator().manual_seed(H)).to(device)
+    y = gaussian_product(feats, x, cutoff=radius / sigma + 1e-3, row_window=(W, radius), backend=backend)
+    check(y, naive(feats, x, cutoff=radius / sigma + 1e-3))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_half_inputs_and_features(backend, device):
     images = torch.rand(1, 3, 5, 7, generator=torch.Generator().manual_seed(2)).to(device) * 255
@@ -80,3 +91,5 @@ def test_bad_inputs(device):
         gaussian_product(torch.zeros(2, 9, 10), x)
     with pytest.raises(ValueError, match="cutoff"):
         gaussian_product(feats, x, cutoff=0.0)
+    with pytest.raises(ValueError, match="row_window"):
+        gaussian_product(feats, x, row_window=(3, 1))

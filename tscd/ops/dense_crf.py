@@ -38,18 +38,19 @@ def pydensecrf_available() -> bool:
 def _exact(backend, images, probs, num_iter, smooth, appearance):
     B, K, H, W = probs.shape
     (s_xy, s_w), (a_xy, a_rgb, a_w) = smooth, appearance
+    radius = math.ceil(5 * s_xy)  # the smoothness window, in pixels
     terms = [
-        (s_w, position_features(B, H, W, s_xy, probs.device), math.ceil(5 * s_xy) / s_xy),
-        (a_w, bilateral_features(images, a_xy, a_rgb), None),
+        (s_w, position_features(B, H, W, s_xy, probs.device), radius / s_xy, (W, radius)),
+        (a_w, bilateral_features(images, a_xy, a_rgb), None, None),
     ]
     ones = torch.ones(B, 1, H * W, device=probs.device)
-    norms = [fused_product(backend, f, ones, cutoff).rsqrt() for _, f, cutoff in terms]
+    norms = [fused_product(backend, f, ones, cutoff, window).rsqrt() for _, f, cutoff, window in terms]
     unary = -torch.log(torch.clamp(probs.reshape(B, K, H * W).to(torch.float32), min=1e-5))
     q = torch.softmax(-unary, dim=1)
     for _ in range(num_iter):
         logits = -unary
-        for (weight, feats, cutoff), norm in zip(terms, norms):
-            logits = logits + weight * norm * fused_product(backend, feats, norm * q, cutoff)
+        for (weight, feats, cutoff, window), norm in zip(terms, norms):
+            logits = logits + weight * norm * fused_product(backend, feats, norm * q, cutoff, window)
         q = torch.softmax(logits, dim=1)
     return q.reshape(B, K, H, W)
 

@@ -42,28 +42,35 @@ def bilateral_features(images: torch.Tensor, sigma_xy: float, sigma_rgb: float) 
     return torch.cat((pos, colours), dim=1)
 
 
-def fused_product(backend: str, feats: torch.Tensor, x: torch.Tensor, cutoff: float | None = None) -> torch.Tensor:
+def fused_product(backend: str, feats: torch.Tensor, x: torch.Tensor, cutoff: float | None = None,
+                  row_window: tuple[int, int] | None = None) -> torch.Tensor:
     """``W·x`` (B, K, N) float32 by the ``"triton"`` or ``"cpp"`` kernels (no checks, no autograd).
 
     ``feats`` (B, D, N) float32 (unscaled, as :func:`bilateral_features` makes them), ``x`` (B, K, N).
     ``cutoff``: pairs with ``‖f_i − f_j‖ > cutoff`` get weight 0 (None: every pair).
+    ``row_window`` = (width, radius): the pixels are in raster order with rows of ``width``, and
+    tiles more than ``radius`` rows apart are skipped. Only a speed hint: ``cutoff`` must
+    already give those pairs weight 0 (true for position features ``p/σ`` and ``cutoff ≤ radius/σ``).
     """
     feats = (feats.to(torch.float32) * _EXP2_SCALE).contiguous()
     cut2 = math.inf if cutoff is None else cutoff * cutoff * _EXP2_SCALE**2
+    width, radius = row_window if row_window is not None else (0, 0)
     if backend == "triton":
         from tscd.kernels.gaussian import gaussian_product as triton_product
 
-        return triton_product(feats, x, cut2)
-    return _cpp.ops().gaussian_product(feats, x.to(torch.float32).contiguous(), cut2)
+        return triton_product(feats, x, cut2, width, radius)
+    return _cpp.ops().gaussian_product(feats, x.to(torch.float32).contiguous(), cut2, width, radius)
 
 
 def gaussian_product(feats: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | None = None, *,
-                     cutoff: float | None = None, backend: str = "auto"):
+                     cutoff: float | None = None, row_window: tuple[int, int] | None = None,
+                     backend: str = "auto"):
     """``W·x`` (and ``W·x2`` from the same sweep), ``W_ij = exp(−½‖f_i − f_j‖²)``.
 
     feats (B, D, N) with D ≤ 8; x (B, K, N); x2 (B, K2, N) or None. Returns W·x, or the pair
     (W·x, W·x2) when x2 is given, in float32 (float64 for the float64 torch reference).
     ``cutoff``: pairs with ``‖f_i − f_j‖ > cutoff`` are left out (None: all pairs, exact).
+    ``row_window``: a speed hint for windowed spatial kernels, see :func:`fused_product`.
     """
     _checks.check_tensor("feats", feats, "(B, D, N)", (3,))
     _checks.check_tensor("x", x, "(B, K, N)", (3,))
@@ -78,11 +85,17 @@ def gaussian_product(feats: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | No
         raise ValueError(f"feats must have 1 to 8 feature dimensions D, got {feats.shape[1]}")
     if cutoff is not None and not cutoff > 0:
         raise ValueError(f"cutoff must be positive or None, got {cutoff}")
+    if row_window is not None and not (
+        len(row_window) == 2 and all(isinstance(v, int) for v in row_window)
+        and row_window[0] >= 1 and row_window[1] >= 0 and feats.shape[2] % row_window[0] == 0
+    ):
+        raise ValueError(f"row_window must be (width, radius) with width >= 1 dividing N and radius >= 0, "
+                         f"got {row_window!r}")
     backend = resolve_backend("gaussian_product", backend, device)
     xs = x if x2 is None else torch.cat((x, x2.to(x.dtype)), dim=1)
     if backend == "torch":
         dtype = _checks.compute_dtype(feats, xs)
         y = _reference_product(feats.to(dtype), xs.to(dtype), cutoff)
     else:
-        y = fused_product(backend, feats, xs, cutoff)
+        y = fused_product(backend, feats, xs, cutoff, row_window)
     return y if x2 is None else (y[:, : x.shape[1]], y[:, x.shape[1]:])
