@@ -61,12 +61,12 @@ def _torch_backend(monkeypatch):
 
 
 def test_schedule_and_weights():
-    cfg, model, objective, batch = _setup("loss.scd=0")
+    cfg, model, objective, batch = _setup()
     net = TwoViewNet(model)
     total, terms, _ = objective(net, model, batch, step=cfg.loss.stage1_iters)
     assert set(terms) == {"cls"} and total.item() == pytest.approx(terms["cls"].item())
     total, terms, aux = objective(net, model, batch, step=cfg.loss.stage1_iters + 1)
-    assert set(terms) == {"cls", "seg", "dense", "aff", "er"}
+    assert set(terms) == {"cls", "seg", "dense", "aff", "scd", "er"}
     w = cfg.loss
     expected = sum(terms[k].item() * w[k] for k in terms)
     assert total.item() == pytest.approx(expected, rel=1e-5)

@@ -115,8 +115,14 @@ def _train(cfg, work_dir: str | None, resume: bool) -> tuple[dict, Path]:
     return trainer.train(), work
 
 
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def cmd_train(args) -> int:
     metrics, work = _train(_config(args), args.work_dir, args.resume)
+    if not _is_main_process():
+        return 0
     if metrics:
         _print_metrics(metrics)
     print(f"checkpoint: {work / 'checkpoints' / 'last.pth'}  metrics: {work / 'metrics.json'}")

@@ -37,7 +37,7 @@ def test_load_errors_name_the_file(tmp_path):
 
 def test_resume_is_exact(tmp_path):
     """4 steps in one go == 2 steps, save, resume, 2 more (across the cls-only stage boundary)."""
-    cfg = lambda: load_config("synthetic", TINY + ["loss.scd=0"])  # noqa: E731
+    cfg = lambda: load_config("synthetic", TINY)  # noqa: E731
     full = Trainer(cfg(), tmp_path / "full", progress=False)
     full.train()
     Trainer(cfg(), tmp_path / "part", progress=False).train(stop_at=3)

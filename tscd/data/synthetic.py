@@ -10,6 +10,8 @@ the classes whose pixels survive occlusion, so labels and masks always agree.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -58,14 +60,14 @@ def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.nda
 
 def _background(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     """(H, W, 3) float image in [0, 1]: gratings in two random colours + noise + clutter."""
-    c1, c2 = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+    c1, c2 = rng.uniform(0, 1, 3).astype(np.float32), rng.uniform(0, 1, 3).astype(np.float32)
     wave = np.zeros((size, size), np.float32)
     for _ in range(rng.integers(1, 4)):
-        a, f, ph = rng.uniform(0, np.pi), rng.uniform(0.05, 0.35), rng.uniform(0, 2 * np.pi)
-        wave += np.sin(f * (xx * np.cos(a) + yy * np.sin(a)) + ph)
+        a, f, ph = (float(v) for v in (rng.uniform(0, np.pi), rng.uniform(0.05, 0.35), rng.uniform(0, 2 * np.pi)))
+        wave += np.sin(xx * (f * math.cos(a)) + yy * (f * math.sin(a)) + ph)
     t = (wave - wave.min()) / (np.ptp(wave) + 1e-6)
     img = c1 * (1 - t[..., None]) + c2 * t[..., None]
-    img += rng.normal(0, rng.uniform(0.02, 0.08), img.shape)
+    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(0.02, 0.08))
     # clutter: straight strokes and small blobs that belong to no class
     for _ in range(rng.integers(2, 7)):
         color = rng.uniform(0, 1, 3)
@@ -92,9 +94,11 @@ def generate(seed: int, split: str, index: int, size: int = 64, max_objects: int
         kind = int(rng.integers(1, len(CLASSES)))
         r = rng.uniform(0.13, 0.24) * size
         cy, cx = rng.uniform(r * 0.6, size - r * 0.6, 2)
-        a = rng.uniform(0, 2 * np.pi)
-        u = (xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)
-        v = -(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a)
+        a = float(rng.uniform(0, 2 * np.pi))
+        ca, sa = math.cos(a), math.sin(a)
+        dx, dy = xx - float(cx), yy - float(cy)
+        u = dx * ca + dy * sa
+        v = -dx * sa + dy * ca
         m = _shape_mask(kind, u, v, r)
         base, other = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
         tex = _texture(rng, yy, xx)[..., None]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +56,18 @@ def write_json_atomic(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _sigterm_as_interrupt():
+    """Treat SIGTERM (a scheduler's pre-emption, ``kill``) like Ctrl-C: save, then stop.
+    Returns the previous handler (None outside the main thread, where it cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def eval_loader(dataset, batch_size: int):
@@ -187,6 +201,7 @@ class Trainer:
             bar = tqdm(total=t.max_iters, initial=self.step, desc="train", dynamic_ncols=True, file=sys.stderr)
         amp = t.bf16 and self.device.type == "cuda"
         self.net.train()
+        previous_sigterm = _sigterm_as_interrupt()
         try:
             while self.step < end:
                 batch = next(batches)
@@ -221,6 +236,8 @@ class Trainer:
                       file=sys.stderr)
             raise
         finally:
+            if previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, previous_sigterm)
             if self.writer is not None:
                 self.writer.close()
         if bar is not None:
