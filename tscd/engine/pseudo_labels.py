@@ -108,6 +108,15 @@ def pseudo_labels_for_batch(model, images: torch.Tensor, cls_labels: torch.Tenso
     return label
 
 
+def _same_size_collate(items: list[dict]) -> dict:
+    from ..data import DatasetError, collate
+
+    sizes = {tuple(it["image"].shape) for it in items}
+    if len(sizes) > 1:
+        raise DatasetError(f"images of different sizes {sorted(sizes)} in one batch: set eval.batch_size=1")
+    return collate(items)
+
+
 def export_pseudo_labels(model, dataset, out_dir, cfg, *, refine: str = "varm", crf: str = "none",
                          device="cpu", batch_size: int = 1, num_workers: int = 0, progress: bool = True,
                          rank: int = 0, world: int = 1) -> dict:
@@ -120,8 +129,6 @@ def export_pseudo_labels(model, dataset, out_dir, cfg, *, refine: str = "varm", 
     ignore_fraction (of the evaluated pixels labelled 255), and writes it to
     ``out_dir/summary.json`` (rank 0).
     """
-    from ..data import collate
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
@@ -144,7 +151,7 @@ def export_pseudo_labels(model, dataset, out_dir, cfg, *, refine: str = "varm", 
             count(torch.from_numpy(np.asarray(Image.open(path_of(names[i])), np.int64)), torch.from_numpy(mask))
 
     part = shard(torch.utils.data.Subset(dataset, todo), rank, world)
-    loader = torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, collate_fn=collate,
+    loader = torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, collate_fn=_same_size_collate,
                                          num_workers=num_workers)
     bar = progress_bar(len(part), progress and rank == 0, desc="pseudo-labels")
     for batch in loader:
