@@ -55,7 +55,7 @@ TSCD_INLINE vf load(const float* p) {
   return v;
 }
 
-TSCD_INLINE void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+TSCD_INLINE void store(float* p, const vf& v) { std::memcpy(p, &v, sizeof v); }
 
 // 2^-d2 for 0 <= d2 <= limit (<= kMaxExponent), 0 beyond: with x = -d2 = n + r, n = round(x),
 // |r| <= 1/2, 2^r comes from a degree-6 least-squares polynomial (relative error ~1e-7 in
