@@ -71,11 +71,19 @@ class TSCD(nn.Module):
         return math.prod(self.encoder.stride)
 
     def attention_affinity(self, attention_logits: list[torch.Tensor]) -> torch.Tensor:
-        """A = sigmoid(attn_proj(concat of the last two blocks' logits)): (B, N, N), N = h₄·w₄."""
-        s = torch.cat(attention_logits[-2:], dim=1)
+        """A = sigmoid(attn_proj(S)) with S the last two blocks' logits concatenated on the head
+        axis (B, 16, N, N) (plus its transpose if symmetrised): (B, N, N), N = h₄·w₄.
+
+        attn_proj is a 1×1 conv, i.e. Σ_k w_k S_k + b, and the transpose commutes with the sum,
+        so it is computed as P + Pᵀ + b with P = Σ_k w_k S_k: no concatenated copy of S.
+        """
+        first, second = attention_logits[-2:]
+        b, heads, n, _ = first.shape
+        w = self.attn_proj.weight.flatten()
+        p = (w[:heads] @ first.flatten(2) + w[heads:] @ second.flatten(2)).view(b, n, n)
         if self.symmetrize_attention:
-            s = s + s.transpose(-2, -1)
-        return torch.sigmoid(self.attn_proj(s))[:, 0]
+            p = p + p.transpose(1, 2)
+        return torch.sigmoid(p + self.attn_proj.bias)
 
     def cam(self, features4: torch.Tensor) -> torch.Tensor:
         """Class activation maps of stage-4 features (B, C₄, h, w) → (B, K−1, h, w)."""
