@@ -103,78 +103,99 @@ float lane_sum(const Lanes& v) {
   return total;
 }
 
-// Zero-padded float32 copy of x (B, C, N) along the last dimension to n_pad.
-at::Tensor pad_last(const at::Tensor& x, int64_t n_pad) {
-  auto out = at::zeros({x.size(0), x.size(1), n_pad}, x.options());
-  out.narrow(2, 0, x.size(2)).copy_(x);
-  return out;
+// x (C, N) → out (n_pad, c_pad), rows of channels; out is zero-initialised.
+void pack_rows(const float* x, int64_t C, int64_t N, int64_t c_pad, float* out) {
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t n = 0; n < N; ++n) out[n * c_pad + c] = x[c * N + n];
 }
 
-// (B, C, N) → (B, N / kLanes, C, kLanes): the kLanes-column vectors of all channels that one
-// micro-tile reads lie next to each other (a power-of-two N would otherwise map every
-// channel's vector to the same cache set).
-at::Tensor panels(const at::Tensor& x) {
-  return x.view({x.size(0), x.size(1), x.size(2) / kLanes, kLanes}).permute({0, 2, 1, 3}).contiguous();
+// x (C, N) → out (n_pad / kLanes, C, kLanes): the kLanes-column vectors of all channels that a
+// micro-tile reads lie next to each other (with a power-of-two N, (C, N) rows would map every
+// channel's vector to the same cache set). out is zero-initialised.
+void pack_panels(const float* x, int64_t C, int64_t N, float* out) {
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t n = 0; n < N; ++n) out[(n / kLanes * C + c) * kLanes + n % kLanes] = x[c * N + n];
 }
 
-// (B, C, N) → (B, n_pad, c_pad): zero-padded rows.
-at::Tensor padded_rows(const at::Tensor& x, int64_t n_pad, int64_t c_pad) {
-  auto out = at::zeros({x.size(0), n_pad, c_pad}, x.options());
-  out.narrow(1, 0, x.size(2)).narrow(2, 0, x.size(1)).copy_(x.transpose(1, 2));
-  return out;
-}
+// The inputs in the layouts the micro-tiles read, zero-padded to nx_pad rows and ny_pad
+// columns (zero rows and columns have s = 0 and add nothing). Packed by plain serial loops:
+// the work is O(N·C), and each extra parallel region would cost a wake-up of the pool.
+struct Packed {
+  int64_t K, C, nx_pad, ny_pad, nk;
+  std::vector<float> xs, xt, ys, yt, yrows, ar, ac;
+
+  Packed(const at::Tensor& xs_in, const at::Tensor& ys_in, const at::Tensor& xt_in, const at::Tensor& yt_in,
+         const at::Tensor& ar_in, const at::Tensor& ac_in, bool with_grad)
+      : K(xs_in.size(1)), C(xt_in.size(1)), nx_pad(round_up(xs_in.size(2), kRows)),
+        ny_pad(round_up(ys_in.size(2), kLanes)), nk((K + kLanes - 1) / kLanes) {
+    const int64_t B = xs_in.size(0), nx = xs_in.size(2), ny = ys_in.size(2);
+    xs.assign(B * nx_pad * K, 0.f);
+    xt.assign(B * nx_pad * C, 0.f);
+    ys.assign(B * ny_pad * K, 0.f);
+    yt.assign(B * ny_pad * C, 0.f);
+    yrows.assign(with_grad ? B * ny_pad * nk * kLanes : 0, 0.f);
+    ar.assign(B * nx_pad, 0.f);
+    ac.assign(B * ny_pad, 0.f);
+    const auto xs_c = xs_in.contiguous(), ys_c = ys_in.contiguous(), xt_c = xt_in.contiguous();
+    const auto yt_c = yt_in.contiguous(), ar_c = ar_in.contiguous(), ac_c = ac_in.contiguous();
+    for (int64_t b = 0; b < B; ++b) {
+      pack_rows(xs_c.data_ptr<float>() + b * K * nx, K, nx, K, xs.data() + b * nx_pad * K);
+      pack_rows(xt_c.data_ptr<float>() + b * C * nx, C, nx, C, xt.data() + b * nx_pad * C);
+      pack_panels(ys_c.data_ptr<float>() + b * K * ny, K, ny, ys.data() + b * ny_pad * K);
+      pack_panels(yt_c.data_ptr<float>() + b * C * ny, C, ny, yt.data() + b * ny_pad * C);
+      if (with_grad)
+        pack_rows(ys_c.data_ptr<float>() + b * K * ny, K, ny, nk * kLanes, yrows.data() + b * ny_pad * nk * kLanes);
+      std::copy_n(ar_c.data_ptr<float>() + b * nx, nx, ar.data() + b * nx_pad);
+      std::copy_n(ac_c.data_ptr<float>() + b * ny, ny, ac.data() + b * ny_pad);
+    }
+  }
+
+  Batch batch(int64_t b) const {
+    const float* yr = yrows.empty() ? nullptr : yrows.data() + b * ny_pad * nk * kLanes;
+    return {xs.data() + b * nx_pad * K, xt.data() + b * nx_pad * C, ys.data() + b * ny_pad * K,
+            yt.data() + b * ny_pad * C, yr, ar.data() + b * nx_pad, ac.data() + b * ny_pad, K, C, nk};
+  }
+};
 
 std::tuple<at::Tensor, at::Tensor> scd_pass_cpu(const at::Tensor& xs, const at::Tensor& ys, const at::Tensor& xt,
                                                 const at::Tensor& yt, const at::Tensor& ar, const at::Tensor& ac,
                                                 bool with_grad) {
   for (const auto* x : {&xs, &ys, &xt, &yt, &ar, &ac}) TSCD_CHECK_FLOAT(*x);
-  const int64_t B = xs.size(0), K = xs.size(1), C = xt.size(1), nx = xs.size(2), ny = ys.size(2);
-  TORCH_CHECK(ys.size(1) == K && yt.size(1) == C && xt.size(2) == nx && yt.size(2) == ny &&
+  const int64_t B = xs.size(0), K = xs.size(1), nx = xs.size(2), ny = ys.size(2);
+  TORCH_CHECK(ys.size(1) == K && yt.size(1) == xt.size(1) && xt.size(2) == nx && yt.size(2) == ny &&
                   ar.size(1) == nx && ac.size(1) == ny,
               "scd_pass: inconsistent shapes");
-  // Zero padding rows/columns give s = 0, so they add nothing to the sums or the gradient.
-  const int64_t nx_pad = round_up(std::max<int64_t>(nx, 1), kRows), ny_pad = round_up(std::max<int64_t>(ny, 1), kLanes);
-  const int64_t nk = (K + kLanes - 1) / kLanes;
-  const auto xs_rows = padded_rows(xs, nx_pad, K), xt_rows = padded_rows(xt, nx_pad, C);
-  const auto ys_p = panels(pad_last(ys, ny_pad)), yt_p = panels(pad_last(yt, ny_pad));
-  const auto ys_rows = with_grad ? padded_rows(ys, ny_pad, nk * kLanes) : at::zeros({B, 0, 0}, ys.options());
-  const auto ar_p = pad_last(ar.unsqueeze(1), nx_pad), ac_p = pad_last(ac.unsqueeze(1), ny_pad);
-  auto rowsum = at::zeros({B, nx_pad}, xs.options());
-  auto grad = with_grad ? at::zeros({B, K, nx_pad}, xs.options()) : at::empty({0}, xs.options());
+  const Packed packed(xs, ys, xt, yt, ar, ac, with_grad);
+  const int64_t nk = packed.nk, ny_pad = packed.ny_pad;
+  auto rowsum = at::empty({B, nx}, xs.options());
+  auto grad = at::empty({B, K, with_grad ? nx : 0}, xs.options());
+  float* const out_sum = rowsum.data_ptr<float>();
+  float* const out_grad = grad.data_ptr<float>();
 
-  const int64_t groups = (nx_pad + kGroupRows - 1) / kGroupRows;
+  const int64_t groups = (nx + kGroupRows - 1) / kGroupRows;
   at::parallel_for(0, B * groups, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> psum_buf(kGroupRows * kLanes), pgrad_buf(kGroupRows * nk * kLanes);
     Lanes* psum = reinterpret_cast<Lanes*>(psum_buf.data());
     Lanes* pgrad = reinterpret_cast<Lanes*>(pgrad_buf.data());
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / groups, g0 = (task % groups) * kGroupRows;
-      const int64_t g1 = std::min(g0 + kGroupRows, nx_pad);
-      const Batch d{xs_rows.data_ptr<float>() + b * nx_pad * K, xt_rows.data_ptr<float>() + b * nx_pad * C,
-                    ys_p.data_ptr<float>() + b * K * ny_pad,     yt_p.data_ptr<float>() + b * C * ny_pad,
-                    ys_rows.data_ptr<float>() + b * ys_rows.size(1) * ys_rows.size(2),
-                    ar_p.data_ptr<float>() + b * nx_pad,         ac_p.data_ptr<float>() + b * ny_pad,
-                    K, C, nk};
+      const int64_t g1 = std::min(g0 + kGroupRows, packed.nx_pad);
+      const Batch d = packed.batch(b);
       std::fill(psum_buf.begin(), psum_buf.end(), 0.f);
       std::fill(pgrad_buf.begin(), pgrad_buf.end(), 0.f);
       for (int64_t j0 = 0; j0 < ny_pad; j0 += kTileCols) {
         const int64_t j1 = std::min(j0 + kTileCols, ny_pad);
-        for (int64_t r0 = g0; r0 < g1; r0 += kRows) {
-          const int64_t q = r0 - g0;
-          micro_tiles(d, r0, j0, j1, with_grad, psum + q, pgrad + q * nk);
-        }
+        for (int64_t r0 = g0; r0 < g1; r0 += kRows)
+          micro_tiles(d, r0, j0, j1, with_grad, psum + (r0 - g0), pgrad + (r0 - g0) * nk);
       }
-      float* out_sum = rowsum.data_ptr<float>() + b * nx_pad;
-      for (int64_t r = g0; r < g1; ++r) out_sum[r] = lane_sum(psum[r - g0]);
-      if (!with_grad) continue;
-      float* out_grad = grad.data_ptr<float>() + b * K * nx_pad;
-      for (int64_t r = g0; r < g1; ++r)
-        for (int64_t k = 0; k < K; ++k) out_grad[k * nx_pad + r] = pgrad_buf[(r - g0) * nk * kLanes + k];
+      for (int64_t r = g0; r < std::min(g1, nx); ++r) {
+        out_sum[b * nx + r] = lane_sum(psum[r - g0]);
+        if (!with_grad) continue;
+        for (int64_t k = 0; k < K; ++k) out_grad[(b * K + k) * nx + r] = pgrad_buf[(r - g0) * nk * kLanes + k];
+      }
     }
   });
-  rowsum = rowsum.narrow(1, 0, nx);
-  if (with_grad) grad = grad.narrow(2, 0, nx).contiguous();
-  return {rowsum.contiguous(), grad};
+  return {rowsum, grad};
 }
 
 }  // namespace
