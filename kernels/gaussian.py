@@ -61,7 +61,8 @@ def _gaussian_product_kernel(
     )
 
 
-def gaussian_product(feats: torch.Tensor, x: torch.Tensor, cut2: float, width: int = 0, radius: int = 0) -> torch.Tensor:
+def gaussian_product(feats: torch.Tensor, x: torch.Tensor, cut2: float, width: int = 0,
+                     radius: int = 0) -> torch.Tensor:
     """``y[b, k, i] = Σ_j 2^(−‖feats_i − feats_j‖²) x[b, k, j]`` (B, K, N) float32, see the module.
 
     ``width`` ≤ 0: no row window."""
