@@ -55,13 +55,14 @@ class SegFormerHead(nn.Module):
     def forward(self, features) -> torch.Tensor:
         size = features[0].shape[-2:]
         fuse = self.linear_fuse.conv.weight.flatten(1).chunk(4, dim=1)  # blocks for c4, c3, c2, c1
-        fused = None
+        by_size = {}  # stages of equal size are summed before one (linear) upsampling
         for block, i in zip(fuse, (3, 2, 1, 0)):
             proj = getattr(self, f"linear_c{i + 1}").proj
             weight, bias = block @ proj.weight, block @ proj.bias
             z = F.conv2d(features[i], weight[:, :, None, None], bias)
-            if i:
-                z = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
-            fused = z if fused is None else fused + z
+            key = tuple(z.shape[-2:])
+            by_size[key] = by_size[key] + z if key in by_size else z
+        fused = sum(z if z.shape[-2:] == size else F.interpolate(z, size=size, mode="bilinear", align_corners=False)
+                    for z in by_size.values())
         x = self.linear_fuse.act(self.linear_fuse.bn(fused))
         return self.linear_pred(self.dropout(x))
