@@ -8,10 +8,27 @@ names it), so a typo never silently does nothing. Values of overrides are parsed
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; this loader reads it as a float too."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.inf|\.Inf|\.INF|\.nan|\.NaN|\.NAN)$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -81,6 +98,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "optim": {
         "lr": 6e-5,
+        "head_lr_mult": 10.0,  # lr multiplier of the classifier + attn_proj and decoder groups (§1)
         "betas": [0.9, 0.999],
         "weight_decay": 0.01,
         "eps": 1e-8,
@@ -133,6 +151,23 @@ class Config(dict):
         return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self.items()}
 
 
+def _checked(old: Any, value: Any, path: str, source: str) -> Any:
+    """``value`` if its type fits the default ``old`` (ints are accepted for floats)."""
+    if old is None or value is None:
+        return value
+    number = (int, float)
+    if isinstance(old, bool) or isinstance(value, bool):
+        ok = isinstance(old, bool) and isinstance(value, bool)
+    elif isinstance(old, number):
+        ok = isinstance(value, number)
+        value = float(value) if ok and isinstance(old, float) else value
+    else:
+        ok = isinstance(value, type(old))
+    if not ok:
+        raise ConfigError(f"{source}: '{path}' expects a {type(old).__name__}, got {value!r}")
+    return value
+
+
 def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
     for key, value in update.items():
         path = f"{prefix}{key}"
@@ -143,7 +178,7 @@ def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
                 raise ConfigError(f"{source}: '{path}' is a section, expected a mapping, got {value!r}")
             _merge(base[key], value, source, path + ".")
         else:
-            base[key] = value
+            base[key] = _checked(base[key], value, path, source)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -152,7 +187,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override '{text}' is not of the form key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = _yaml(raw) if raw != "" else None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -170,7 +205,7 @@ def set_key(tree: dict, dotted: str, value: Any, source: str = "override") -> No
                     raise ConfigError(f"{source}: '{dotted}' is a section, not a value")
                 _merge(node[part], value, source, dotted + ".")
             else:
-                node[part] = value
+                node[part] = _checked(node[part], value, dotted, source)
         else:
             node = node[part]
 
@@ -202,7 +237,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     if path is not None:
         file = resolve_config_path(path)
         try:
-            loaded = yaml.safe_load(file.read_text()) or {}
+            loaded = _yaml(file.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{file}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(loaded, dict):

@@ -30,3 +30,14 @@ def test_unknown_keys_are_named(tmp_path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_values_are_type_checked_and_exponents_are_floats():
+    cfg = load_config(None, ["optim.lr=2e-4", "optim.warmup_iters=10", "optim.power=1"])
+    assert cfg.optim.lr == 2e-4 and isinstance(cfg.optim.power, float)
+    with pytest.raises(ConfigError, match="'optim.lr' expects a float, got 'fast'"):
+        load_config(None, ["optim.lr=fast"])
+    with pytest.raises(ConfigError, match="'train.bf16' expects a bool"):
+        load_config(None, ["train.bf16=1"])
+    with pytest.raises(ConfigError, match="'model.stride' expects a list"):
+        load_config(None, ["model.stride=4"])

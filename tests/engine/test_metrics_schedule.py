@@ -37,3 +37,17 @@ def test_warmup_then_poly():
     assert lr_factor(10, 100, 10, 1e-6, 1.0) == pytest.approx(0.9)
     assert lr_factor(100, 100, 10, 1e-6, 1.0) == 0.0
     assert math.isclose(lr_factor(50, 100, 0, 0, 2.0), 0.25)
+
+
+def test_optimizer_groups_follow_the_config():
+    from tscd.config import load_config
+    from tscd.engine.schedule import build_optimizer, build_scheduler
+    from tscd.engine.trainer import build_model
+
+    from . import TINY
+
+    cfg = load_config("synthetic", TINY + ["optim.lr=1e-3", "optim.head_lr_mult=3", "optim.warmup_iters=0"])
+    opt = build_optimizer(build_model(cfg), cfg)
+    build_scheduler(opt, cfg)
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == pytest.approx({"encoder": 1e-3, "encoder_norm": 0.0, "heads": 3e-3, "decoder": 3e-3})

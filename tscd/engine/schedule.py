@@ -17,6 +17,10 @@ def build_optimizer(model, cfg) -> torch.optim.AdamW:
     """AdamW on ``model.param_groups`` (each group keeps its ``lr_mult``)."""
     o = cfg.optim
     groups = [g for g in model.param_groups(lr=o.lr, weight_decay=o.weight_decay) if g["params"]]
+    for g in groups:
+        if g.get("name") in ("heads", "decoder"):  # spec §1: 10× the encoder's lr
+            g["lr_mult"] = o.head_lr_mult
+            g["lr"] = o.lr * o.head_lr_mult
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
 
 
