@@ -6,12 +6,16 @@ time and peak memory against size, and prints a Markdown table for the README.
 Time: ``triton.testing.do_bench`` on CUDA, a wall-clock loop on CPU; median and p20/p80.
 Peak memory: extra bytes allocated by the call above what existed before it —
 ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the process's peak resident set,
-reset through ``/proc/self/clear_refs`` just before the call.
+reset through ``/proc/self/clear_refs`` just before the call, with glibc told to serve every
+block above 64 KiB by mmap so that memory freed by earlier calls is returned to the system
+instead of being reused unseen (which would read as 0 MiB).
 """
 from __future__ import annotations
 
 import csv
+import ctypes
 import dataclasses
+import functools
 import gc
 import os
 import statistics
@@ -52,6 +56,13 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} missing from /proc/self/status")
 
 
+@functools.lru_cache(maxsize=None)
+def _return_freed_memory_to_system() -> None:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD (a fixed value also stops its growth)
+    libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
+
+
 def peak_memory_mib(fn: Callable[[], object], device: str) -> float:
     """Extra memory at the peak of one call of ``fn`` (MiB)."""
     gc.collect()
@@ -62,6 +73,8 @@ def peak_memory_mib(fn: Callable[[], object], device: str) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
+    _return_freed_memory_to_system()
+    gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM, the peak resident set, to the current one
     base = _rss_kib("VmRSS")
