@@ -3,7 +3,7 @@
 Sizes B×K×H×W: 2×21×256×256 (the ×0.5 size of a 512 crop), 2×21×160×160 (of a 320 crop)
 and 2×21×64×64; masks given at the image size, both modes. On CPU: torch reference vs cpp
 (Triton runs on CPU only under its interpreter, far too slow to time: it is timed on CUDA
-only). Usage: ``python bench/varm.py [--sizes 64 160 256] [--modes varm par]``.
+only). Usage: ``python bench/varm.py [--sizes 64 160 256] [--modes varm par] [--threads 1]``.
 """
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from tscd.ops import available_backends, varm_refine  # noqa: E402
 
 def _release_freed_memory() -> None:
     """Serve every allocation above 64 KiB by mmap, returned to the system when freed, so that
-    glibc does not keep earlier calls' buffers resident and hide the peak of the next call."""
+    glibc does not keep earlier calls' buffers resident and hide the peak of the next call.
+    (Every call then pays the page faults of its fresh buffers, as glibc's default does anyway
+    for blocks over 32 MiB such as the reference's (B, K, 48, H, W) tensors.)"""
     libc = ctypes.CDLL("libc.so.6")
     libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD (a fixed value also disables its growth)
     libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
@@ -34,7 +36,10 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["varm", "par"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--classes", type=int, default=21)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = default_device()
     if device == "cpu":
