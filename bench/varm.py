@@ -8,7 +8,6 @@ only). Usage: ``python bench/varm.py [--sizes 64 160 256] [--modes varm par] [--
 from __future__ import annotations
 
 import argparse
-import ctypes
 import sys
 from pathlib import Path
 
@@ -18,16 +17,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import default_device, measure, write_results  # noqa: E402
 
 from tscd.ops import available_backends, varm_refine  # noqa: E402
-
-
-def _release_freed_memory() -> None:
-    """Serve every allocation above 64 KiB by mmap, returned to the system when freed, so that
-    glibc does not keep earlier calls' buffers resident and hide the peak of the next call.
-    (Every call then pays the page faults of its fresh buffers, as glibc's default does anyway
-    for blocks over 32 MiB such as the reference's (B, K, 48, H, W) tensors.)"""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD (a fixed value also disables its growth)
-    libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
 
 
 def main() -> None:
@@ -42,8 +31,6 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     device = default_device()
-    if device == "cpu":
-        _release_freed_memory()
     backends = [b for b in available_backends(device) if device == "cuda" or b != "triton"]
     rows = []
     for size in args.sizes:
