@@ -61,6 +61,7 @@ def _return_freed_memory_to_system() -> None:
     libc = ctypes.CDLL("libc.so.6")
     libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD (a fixed value also stops its growth)
     libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
+    libc.malloc_trim(0)  # what was freed before the setting
 
 
 def peak_memory_mib(fn: Callable[[], object], device: str) -> float:
@@ -101,6 +102,8 @@ def time_ms(fn: Callable[[], object], device: str, min_reps: int = 3, budget_s: 
 
 def measure(op: str, backend: str, mode: str, size: str, fn: Callable[[], object], device: str, **kw) -> Row:
     """Time and peak memory of ``fn`` as one result row; an out-of-memory run gives inf."""
+    if device != "cuda":
+        _return_freed_memory_to_system()  # before the timing loop, whose blocks would be reused unseen
     try:
         median, p20, p80 = time_ms(fn, device, **kw)
         peak = peak_memory_mib(fn, device)

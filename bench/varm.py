@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import _return_freed_memory_to_system, default_device, measure, write_results  # noqa: E402
+from common import default_device, measure, write_results  # noqa: E402
 
 from tscd.ops import available_backends, varm_refine  # noqa: E402
 
@@ -31,10 +31,6 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     device = default_device()
-    if device == "cpu":
-        # Before the first timing too: otherwise glibc keeps the blocks freed by the timing
-        # loop in its heap and the first peaks read too low (even 0 MiB).
-        _return_freed_memory_to_system()
     backends = [b for b in available_backends(device) if device == "cuda" or b != "triton"]
     rows = []
     for size in args.sizes:
