@@ -22,7 +22,6 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
 from .eval_args import CRF_CHOICES
 
 
-
 def resize_long_side(images: torch.Tensor, long_side: int | None) -> torch.Tensor:
     """(B, 3, H, W) -> (B, 3, ⌊H·r⌋, ⌊W·r⌋) with r = long_side / max(H, W), bilinear.
 
