@@ -53,6 +53,8 @@ DEFAULTS: dict[str, Any] = {
             "num_train": 100000,  # fresh images: index -> image, never stored
             "num_val": 200,
             "max_objects": 3,
+            "radius": [0.13, 0.24],  # object size range, as a fraction of the image size
+            "clutter": 6,  # at most this many distractor strokes/blobs per background
             "seed": 0,
         },
     },

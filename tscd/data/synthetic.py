@@ -58,7 +58,7 @@ def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.nda
     return ((np.floor(s) + np.floor(t)) % 2).astype(np.float32)
 
 
-def _background(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+def _background(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray, clutter: int) -> np.ndarray:
     """(H, W, 3) float image in [0, 1]: gratings in two random colours + noise + clutter."""
     c1, c2 = rng.uniform(0, 1, 3).astype(np.float32), rng.uniform(0, 1, 3).astype(np.float32)
     wave = np.zeros((size, size), np.float32)
@@ -69,7 +69,7 @@ def _background(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndar
     img = c1 * (1 - t[..., None]) + c2 * t[..., None]
     img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(0.02, 0.08))
     # clutter: straight strokes and small blobs that belong to no class
-    for _ in range(rng.integers(2, 7)):
+    for _ in range(rng.integers(0, clutter + 1)):
         color = rng.uniform(0, 1, 3)
         if rng.random() < 0.5:
             y0, x0 = rng.uniform(0, size, 2)
@@ -84,15 +84,26 @@ def _background(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndar
     return img
 
 
-def generate(seed: int, split: str, index: int, size: int = 64, max_objects: int = 3):
+def _contrasting_colour(rng: np.random.Generator, behind: np.ndarray, min_distance: float = 0.35) -> np.ndarray:
+    """A random colour at least ``min_distance`` (mean absolute difference) from ``behind``,
+    so that an object is visible against what it covers (its shape stays the class cue)."""
+    for _ in range(20):
+        colour = rng.uniform(0, 1, 3)
+        if np.abs(colour - behind).mean() >= min_distance:
+            return colour
+    return np.where(behind > 0.5, 0.0, 1.0)
+
+
+def generate(seed: int, split: str, index: int, size: int = 64, max_objects: int = 3,
+             radius: tuple[float, float] = (0.13, 0.24), clutter: int = 6):
     """One image: (uint8 (H, W, 3), int64 mask (H, W) with class ids 0..5)."""
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    img = _background(rng, size, yy, xx)
+    img = _background(rng, size, yy, xx, clutter)
     mask = np.zeros((size, size), np.int64)
     for _ in range(rng.integers(1, max_objects + 1)):
         kind = int(rng.integers(1, len(CLASSES)))
-        r = rng.uniform(0.13, 0.24) * size
+        r = rng.uniform(*radius) * size
         cy, cx = rng.uniform(r * 0.6, size - r * 0.6, 2)
         a = float(rng.uniform(0, 2 * np.pi))
         ca, sa = math.cos(a), math.sin(a)
@@ -100,7 +111,9 @@ def generate(seed: int, split: str, index: int, size: int = 64, max_objects: int
         u = dx * ca + dy * sa
         v = -dx * sa + dy * ca
         m = _shape_mask(kind, u, v, r)
-        base, other = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+        behind = img[m].mean(0) if m.any() else np.full(3, 0.5)
+        base = _contrasting_colour(rng, behind)
+        other = _contrasting_colour(rng, behind)
         tex = _texture(rng, yy, xx)[..., None]
         img[m] = (base * (1 - tex) + other * tex)[m]
         mask[m] = kind
@@ -126,11 +139,12 @@ class SyntheticDataset(torch.utils.data.Dataset):
     class_names = CLASSES
 
     def __init__(self, split: str = "train", length: int = 1000, image_size: int = 64, max_objects: int = 3,
-                 seed: int = 0, transform=None, train: bool | None = None):
+                 seed: int = 0, transform=None, train: bool | None = None, radius=(0.13, 0.24), clutter: int = 6):
         if split not in _SPLIT_IDS:
             raise ValueError(f"synthetic split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
         self.split, self.length, self.size = split, int(length), int(image_size)
         self.max_objects, self.seed = int(max_objects), int(seed)
+        self.radius, self.clutter = (float(radius[0]), float(radius[1])), int(clutter)
         self.train = (split == "train") if train is None else train
         self.transform = transform or (TrainTransform(self.size) if self.train else EvalTransform())
 
@@ -142,7 +156,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} images")
         mask_pixels = lambda m: np.bincount(m.ravel(), minlength=self.num_classes)  # noqa: E731
-        img, mask = generate(self.seed, self.split, index, self.size, self.max_objects)
+        img, mask = generate(self.seed, self.split, index, self.size, self.max_objects, self.radius, self.clutter)
         counts = mask_pixels(mask)
         for c in np.nonzero((counts > 0) & (counts < _MIN_PIXELS))[0]:
             if c:  # slivers left by occlusion are too small to name: give them to the background
