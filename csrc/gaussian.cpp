@@ -16,7 +16,7 @@
 // time), then accumulated over the K channels by an outer-product micro-kernel into a
 // per-task (K, BI) accumulator. The inner loops use GCC vector types and are compiled for
 // AVX-512, AVX2 and baseline x86-64, chosen at load time.
-#include "common.h"
+#include "gaussian.h"
 
 #include <ATen/Parallel.h>
 
@@ -44,7 +44,7 @@ typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
 constexpr int64_t kBlockI = 128;   // rows per task (a multiple of 2 * kLanes)
 constexpr int64_t kBlockJ = 128;   // columns per tile (the weight tile fits in L1/L2)
-constexpr int64_t kMaxDims = 8;
+using tscd_gaussian::kMaxDims;
 constexpr int kRowsPerStep = 4;    // channels per micro-kernel step
 // Weights below 2^-125 are flushed to exactly 0 (they could not change a float32 sum).
 constexpr float kMaxExponent = 125.0f;
@@ -143,14 +143,7 @@ float box_gap2(const float* fi, int64_t ni, const float* fj, int64_t nj, int64_t
 
 at::Tensor gaussian_product_cpu(const at::Tensor& feats, const at::Tensor& x, double cut2, int64_t width,
                                 int64_t radius) {
-  TSCD_CHECK_FLOAT(feats);
-  TSCD_CHECK_FLOAT(x);
-  TSCD_CHECK_CONTIGUOUS(feats);
-  TSCD_CHECK_CONTIGUOUS(x);
-  TORCH_CHECK(feats.dim() == 3 && x.dim() == 3, "feats must be (B, D, N) and x (B, K, N)");
-  TORCH_CHECK(feats.size(0) == x.size(0) && feats.size(2) == x.size(2),
-              "feats (B, D, N) and x (B, K, N) must agree in B and N");
-  TORCH_CHECK(feats.size(1) <= kMaxDims, "at most ", kMaxDims, " feature dimensions, got ", feats.size(1));
+  tscd_gaussian::check_args(feats, x);
   const int64_t B = x.size(0), K = x.size(1), N = x.size(2), D = feats.size(1);
   auto y = at::empty_like(x);
   if (y.numel() == 0) return y;

@@ -5,7 +5,7 @@
 // One thread per row i and a chunk of kChunk channels held in registers; the block sweeps the
 // columns in tiles of kThreads, staging the tile's features and channel values in shared
 // memory, so every weight is computed once per channel chunk and never stored.
-#include "common.h"
+#include "gaussian.h"
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -14,7 +14,7 @@ namespace {
 
 constexpr int kThreads = 128;  // rows per block = columns per tile
 constexpr int kChunk = 32;     // channels per block
-constexpr int kMaxDims = 8;
+using tscd_gaussian::kMaxDims;
 
 __global__ void gaussian_product_kernel(const float* __restrict__ feats, const float* __restrict__ x,
                                         float* __restrict__ y, int N, int K, int D, float cut2, int width,
@@ -59,14 +59,7 @@ __global__ void gaussian_product_kernel(const float* __restrict__ feats, const f
 
 at::Tensor gaussian_product_cuda(const at::Tensor& feats, const at::Tensor& x, double cut2, int64_t width,
                                  int64_t radius) {
-  TSCD_CHECK_FLOAT(feats);
-  TSCD_CHECK_FLOAT(x);
-  TSCD_CHECK_CONTIGUOUS(feats);
-  TSCD_CHECK_CONTIGUOUS(x);
-  TORCH_CHECK(feats.dim() == 3 && x.dim() == 3, "feats must be (B, D, N) and x (B, K, N)");
-  TORCH_CHECK(feats.size(0) == x.size(0) && feats.size(2) == x.size(2),
-              "feats (B, D, N) and x (B, K, N) must agree in B and N");
-  TORCH_CHECK(feats.size(1) <= kMaxDims, "at most ", kMaxDims, " feature dimensions, got ", feats.size(1));
+  tscd_gaussian::check_args(feats, x);
   const c10::cuda::CUDAGuard guard(x.device());
   const int B = x.size(0), K = x.size(1), N = x.size(2), D = feats.size(1);
   auto y = at::empty_like(x);
