@@ -11,25 +11,10 @@ the 80 COCO categories (1..80), later instances painted over earlier ones.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from .base import MaskFolderDataset, read_names
-from .voc import check_root, find_name_list, load_label_file
+from .voc import VOCStyleDataset
 
 
-class COCODataset(MaskFolderDataset):
+class COCODataset(VOCStyleDataset):
     num_classes = 81
     class_names = ("background",) + tuple(f"class_{i}" for i in range(1, 81))
-
-    def __init__(self, root, split: str = "train", train: bool = True, transform=None, label_file=None,
-                 seed: int = 0):
-        root = check_root(root, "coco", ("JPEGImages", "SegmentationClass"))
-        names = read_names(find_name_list(root, split))
-        labels = load_label_file(label_file) if label_file else None
-        super().__init__(root, names, train, transform, labels, seed)
-
-    def image_path(self, name: str) -> Path:
-        return self.root / "JPEGImages" / f"{name}.jpg"
-
-    def mask_path(self, name: str) -> Path:
-        return self.root / "SegmentationClass" / f"{name}.png"
+    dataset_name, mask_dir, default_split = "coco", "SegmentationClass", "train"

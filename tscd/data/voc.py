@@ -52,14 +52,18 @@ def load_label_file(path) -> dict:
     return labels
 
 
-class VOCDataset(MaskFolderDataset):
-    num_classes = 21
-    class_names = VOC_CLASSES
+class VOCStyleDataset(MaskFolderDataset):
+    """A root laid out like VOC: ``JPEGImages/<name>.jpg``, ``<mask_dir>/<name>.png`` and name
+    lists per split. Subclasses set the dataset's name, its mask folder and default split."""
 
-    def __init__(self, root, split: str = "train_aug", train: bool = True, transform=None, label_file=None,
+    dataset_name: str
+    mask_dir: str
+    default_split: str
+
+    def __init__(self, root, split: str | None = None, train: bool = True, transform=None, label_file=None,
                  seed: int = 0):
-        root = check_root(root, "voc", ("JPEGImages", "SegmentationClassAug"))
-        names = read_names(find_name_list(root, split))
+        root = check_root(root, self.dataset_name, ("JPEGImages", self.mask_dir))
+        names = read_names(find_name_list(root, split or self.default_split))
         labels = load_label_file(label_file) if label_file else None
         super().__init__(root, names, train, transform, labels, seed)
 
@@ -67,4 +71,10 @@ class VOCDataset(MaskFolderDataset):
         return self.root / "JPEGImages" / f"{name}.jpg"
 
     def mask_path(self, name: str) -> Path:
-        return self.root / "SegmentationClassAug" / f"{name}.png"
+        return self.root / self.mask_dir / f"{name}.png"
+
+
+class VOCDataset(VOCStyleDataset):
+    num_classes = 21
+    class_names = VOC_CLASSES
+    dataset_name, mask_dir, default_split = "voc", "SegmentationClassAug", "train_aug"
