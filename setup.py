@@ -2,15 +2,15 @@
 
 The Triton sources in ``kernels/`` ship as ``tscd.kernels`` and the C++/CUDA sources in
 ``csrc/`` as package data of ``tscd.csrc`` (the extension is compiled just in time on first
-use). ``TSCD_BUILD_EXT=1`` compiles it ahead of time into ``tscd/_C*.so`` instead;
-``TSCD_FORCE_CUDA=1`` adds the CUDA sources even where no GPU is visible (CI compile check).
+use); the YAML files in ``configs/`` ship as ``tscd/configs``. ``TSCD_BUILD_EXT=1`` compiles
+the extension ahead of time into ``tscd/_C*.so`` instead; ``TSCD_FORCE_CUDA=1`` adds the CUDA sources even where no GPU is visible (CI compile check).
 """
 import glob
 import os
 
 from setuptools import find_packages, setup
 
-PACKAGE_DIR = {"tscd.kernels": "kernels", "tscd.csrc": "csrc"}
+PACKAGE_DIR = {"tscd.kernels": "kernels", "tscd.csrc": "csrc", "tscd.configs": "configs"}
 
 
 def extension_build():
@@ -35,7 +35,7 @@ ext_modules, cmdclass = extension_build()
 setup(
     packages=find_packages(include=["tscd", "tscd.*"]) + list(PACKAGE_DIR),
     package_dir=PACKAGE_DIR,
-    package_data={"tscd.csrc": ["*.cpp", "*.cu", "*.h", "*.cuh"]},
+    package_data={"tscd.csrc": ["*.cpp", "*.cu", "*.h", "*.cuh"], "tscd.configs": ["*.yaml"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )
