@@ -3,7 +3,8 @@
 The Triton sources in ``kernels/`` ship as ``tscd.kernels`` and the C++/CUDA sources in
 ``csrc/`` as package data of ``tscd.csrc`` (the extension is compiled just in time on first
 use); the YAML files in ``configs/`` ship as ``tscd/configs``. ``TSCD_BUILD_EXT=1`` compiles
-the extension ahead of time into ``tscd/_C*.so`` instead; ``TSCD_FORCE_CUDA=1`` adds the CUDA sources even where no GPU is visible (CI compile check).
+the extension ahead of time into ``tscd/_C*.so`` instead; ``TSCD_FORCE_CUDA=1`` adds the CUDA
+sources even where no GPU is visible (CI compile check).
 """
 import glob
 import os
