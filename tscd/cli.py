@@ -154,11 +154,16 @@ def cmd_demo(args) -> int:
 
 
 # ---- eval ------------------------------------------------------------------------------
-def _add_eval_args(p: argparse.ArgumentParser) -> None:
+def _add_checkpoint_split_args(p: argparse.ArgumentParser, split_help: str) -> None:
+    """The arguments of the commands that run a trained checkpoint over a dataset split."""
     p.add_argument("--config", help="YAML file or built-in name (default: the checkpoint's own config)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data-root", help="dataset root folder (sets data.root)")
-    p.add_argument("--split", help="split to evaluate (default: data.val_split)")
+    p.add_argument("--split", help=split_help)
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    _add_checkpoint_split_args(p, "split to evaluate (default: data.val_split)")
     p.add_argument("--out", help="metrics JSON path (default: next to the checkpoint)")
     p.add_argument("--backend", choices=BACKEND_CHOICES)
     from .engine.eval_args import add_protocol_args
@@ -219,10 +224,7 @@ def cmd_eval(args) -> int:
 
 # ---- pseudo-labels -----------------------------------------------------------------------
 def _add_pseudo_label_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file or built-in name (default: the checkpoint's own config)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data-root", help="dataset root folder (sets data.root)")
-    p.add_argument("--split", help="split to label (default: data.train_split)")
+    _add_checkpoint_split_args(p, "split to label (default: data.train_split)")
     p.add_argument("--out", required=True, help="output folder for <name>.png (existing files are skipped)")
     from .engine.eval_args import CRF_CHOICES, REFINE_CHOICES
 
