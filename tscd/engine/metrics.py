@@ -30,9 +30,6 @@ class ConfusionMatrix:
         p = torch.where((p >= 0) & (p < k), p, torch.full_like(p, k))  # column k: "no valid class"
         self.mat += torch.bincount(t * (k + 1) + p, minlength=k * (k + 1)).view(k, k + 1)
 
-    def merge(self, other: "ConfusionMatrix") -> None:
-        self.mat += other.mat
-
     def iou(self) -> torch.Tensor:
         """(K,) float64 IoU per class; NaN for a class absent from both truth and prediction."""
         m = self.mat.double()

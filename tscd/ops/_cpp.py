@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import functools
 import glob
-import logging
 import os
 import sys
 from pathlib import Path
 
 import torch
-
-logger = logging.getLogger(__name__)
 
 
 class ExtensionUnavailable(RuntimeError):
