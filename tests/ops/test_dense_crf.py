@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import fused_backends
+from tscd.ops import _dispatch
 from tscd.ops.dense_crf import dense_crf, pydensecrf_available
 from tscd.ops.reference.dense_crf import dense_crf as reference
 
@@ -103,7 +104,7 @@ def test_bad_inputs(device):
 def test_auto_on_cpu_warns_once_when_exact(monkeypatch):
     module = importlib.import_module("tscd.ops.dense_crf")  # the attribute of tscd.ops is the function
     monkeypatch.setattr(module, "pydensecrf_available", lambda: False)  # auto must pick an exact backend
-    monkeypatch.setattr(module, "_warned_slow", False)
+    monkeypatch.setattr(_dispatch, "_warned", set())
     images, probs = make_inputs(1, 2, 3, 3, "cpu")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -56,10 +56,11 @@ def available_backends(device: str | torch.device = "cpu") -> list[str]:
     return [b for b in BACKENDS if why_unusable(b, device_type) is None]
 
 
-def _warn_once(key: tuple, message: str) -> None:
+def warn_once(key: tuple, message: str, stacklevel: int = 4) -> None:
+    """A ``RuntimeWarning`` the first time ``key`` is seen in this process."""
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
 
 
 def _check_choice(backend, source: str) -> None:
@@ -86,7 +87,7 @@ def resolve_backend(op: str, backend: str, device: torch.device) -> str:
         candidate_reason = why_unusable(candidate, device_type)
         if candidate_reason is None:
             if reason is not None:
-                _warn_once(
+                warn_once(
                     (op, backend, device_type),
                     f"tscd.ops.{op}: backend {backend!r} cannot run on {device_type} tensors "
                     f"({reason}); using {candidate!r}",

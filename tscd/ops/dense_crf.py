@@ -17,18 +17,14 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
-import warnings
 
 import numpy as np
 import torch
 
 from . import _checks
-from ._dispatch import resolve_backend
+from ._dispatch import resolve_backend, warn_once
 from .gaussian import bilateral_features, fused_product, position_features
 from .reference import dense_crf as reference
-
-_warned_slow = False
-
 
 @functools.lru_cache(maxsize=None)
 def pydensecrf_available() -> bool:
@@ -105,17 +101,15 @@ def dense_crf(images: torch.Tensor, probs: torch.Tensor, *, num_iter: int = 10,
 
     Returns float32 probabilities (float64 for the float64 torch reference); no gradient.
     """
-    global _warned_slow
     device = _check(images, probs, num_iter, smooth, appearance)
     if backend == "pydensecrf" or (backend == "auto" and device.type == "cpu" and pydensecrf_available()):
         if not pydensecrf_available():
             raise ValueError("backend='pydensecrf' needs the optional package pydensecrf2 (pip install tscd[crf])")
         return _pydensecrf(images, probs, num_iter, smooth, appearance)
     resolved = resolve_backend("dense_crf", backend, device)
-    if backend == "auto" and device.type == "cpu" and not _warned_slow:
-        _warned_slow = True
-        warnings.warn("tscd.ops.dense_crf: exact O(N²) CRF on the CPU (slow at full resolution); "
-                      "install pydensecrf2 for the fast approximate one", RuntimeWarning, stacklevel=2)
+    if backend == "auto" and device.type == "cpu":
+        warn_once(("dense_crf", "exact on cpu"), "tscd.ops.dense_crf: exact O(N²) CRF on the CPU (slow at full "
+                  "resolution); install pydensecrf2 for the fast approximate one", stacklevel=3)
     with torch.no_grad():
         if resolved == "torch":
             dtype = _checks.compute_dtype(probs)
