@@ -1,7 +1,8 @@
 """One TSCD training step (forward + backward of the full stage-2 objective, B=2) with every
 op on the fused backends against the naive reference (``torch``).
 
-Sizes: the CPU demo (MiT-b0, strides [4,2,1,1], 64×64, K=6) and the VOC training crop
+Sizes: the CPU demo (hybrid_b0, strides [4,2,1,1], 64×64, K=6; ``demo_mit``: the same with
+MiT-b0) and the VOC training crop
 (MiT-B1, strides [4,2,2,1], 320×320, K=21); on CUDA also the paper's 512×512. The step
 covers the multi-scale CAM, VARM refinement, and the seg, dense energy, affinity, SCD and
 ER terms. Where the reference's N×N dense-energy matrix cannot fit in memory the row is
@@ -21,10 +22,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Row, default_device, device_name, measure, write_results  # noqa: E402
 
+_DEMO = ["model.stride=[4,2,1,1]", "model.pooling=topk", "loss.scd_scale=0.5", "cam.scales=[1.0]", "data.num_classes=6"]
 SIZES = {
     # name: (overrides, image size, number of classes)
-    "demo": (["model.backbone=mit_b0", "model.stride=[4,2,1,1]", "model.pooling=topk", "loss.scd_scale=0.5",
-              "cam.scales=[1.0]", "data.num_classes=6"], 64, 6),
+    "demo": (["model.backbone=hybrid_b0", *_DEMO], 64, 6),
+    "demo_mit": (["model.backbone=mit_b0", *_DEMO], 64, 6),
     "voc320": (["model.backbone=mit_b1", "model.stride=[4,2,2,1]", "data.num_classes=21"], 320, 21),
     "voc512": (["model.backbone=mit_b1", "model.stride=[4,2,2,1]", "data.num_classes=21"], 512, 21),
 }
@@ -78,8 +80,8 @@ def main() -> None:
 
     backends = args.backends.split(",") if args.backends else [
         b for b in available_backends(device) if device == "cuda" or b != "triton"]
-    sizes = args.sizes.split(",") if args.sizes else (["demo", "voc320", "voc512"] if device == "cuda"
-                                                       else ["demo", "voc320"])
+    sizes = args.sizes.split(",") if args.sizes else (["demo", "demo_mit", "voc320", "voc512"] if device == "cuda"
+                                                       else ["demo", "demo_mit", "voc320"])
     free = (torch.cuda.mem_get_info()[0] if device == "cuda"
             else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     rows = []

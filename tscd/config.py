@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
             "max_objects": 3,
             "radius": [0.13, 0.24],  # object size range, as a fraction of the image size
             "clutter": 6,  # at most this many distractor strokes/blobs per background
+            "textures": "random",  # random: any texture on any shape | class: a texture family per class
             "seed": 0,
         },
     },
@@ -101,6 +102,7 @@ DEFAULTS: dict[str, Any] = {
     "optim": {
         "lr": 6e-5,
         "head_lr_mult": 10.0,  # lr multiplier of the classifier + attn_proj and decoder groups (§1)
+        "norm_lr_mult": 0.0,  # lr multiplier of the encoder's LayerNorms (§1 freezes them: 0)
         "betas": [0.9, 0.999],
         "weight_decay": 0.01,
         "eps": 1e-8,

@@ -59,3 +59,23 @@ def test_registry_and_stream_sampler_resume():
     r0, r1 = iter(StreamSampler(10, 1, rank=0, world_size=2)), iter(StreamSampler(10, 1, rank=1, world_size=2))
     shards = [next(r0) for _ in range(5)] + [next(r1) for _ in range(5)]
     assert sorted(p for _, p in shards) == list(range(10))
+
+
+def test_class_textures_give_each_class_its_texture_family():
+    ds = SyntheticDataset("val", length=40, image_size=64, clutter=0, textures="class")
+    colours = {c: [] for c in range(1, len(CLASSES))}
+    for i in range(40):
+        img, mask = ds.raw(i)
+        for c in np.unique(mask):
+            if c:
+                colours[c].append(len(np.unique(img[mask == c].reshape(-1, 3), axis=0)))
+    # disks, crosses and rings are plain (one colour), squares and triangles two-coloured (checks,
+    # stripes); exceptions: two objects of a class in one image, or a tiny visible part
+    for c in (1, 4, 5):
+        assert np.mean(np.array(colours[c]) == 1) >= 0.7, CLASSES[c]
+    for c in (2, 3):
+        assert np.mean(np.array(colours[c]) >= 2) >= 0.9, CLASSES[c]
+    with np.testing.assert_raises_regex(ValueError, "textures"):
+        SyntheticDataset("val", length=1, textures="stripes")
+    with np.testing.assert_raises_regex(ValueError, "textures"):
+        generate(0, "val", 0, textures="plaid")

@@ -46,8 +46,10 @@ def test_optimizer_groups_follow_the_config():
 
     from . import TINY
 
-    cfg = load_config("synthetic", TINY + ["optim.lr=1e-3", "optim.head_lr_mult=3", "optim.warmup_iters=0"])
+    cfg = load_config("synthetic", TINY + ["optim.lr=1e-3", "optim.head_lr_mult=3", "optim.norm_lr_mult=0.5",
+                                          "optim.warmup_iters=0"])
     opt = build_optimizer(build_model(cfg), cfg)
     build_scheduler(opt, cfg)
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
-    assert lrs == pytest.approx({"encoder": 1e-3, "encoder_norm": 0.0, "heads": 3e-3, "decoder": 3e-3})
+    assert lrs == pytest.approx({"encoder": 1e-3, "encoder_norm": 5e-4, "heads": 3e-3, "decoder": 3e-3})
+    assert load_config().optim.norm_lr_mult == 0.0  # spec §1: frozen encoder norms by default

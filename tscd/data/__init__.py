@@ -41,7 +41,7 @@ def _build_synthetic(cfg, split: str, train: bool):
     length = s.num_train if split == "train" else s.num_val
     transform = train_transform(cfg) if train else EvalTransform(cfg.data.mean, cfg.data.std)
     return SyntheticDataset(split, length, s.image_size, s.max_objects, s.seed, transform, train,
-                            tuple(s.radius), s.clutter)
+                            tuple(s.radius), s.clutter, s.textures)
 
 
 @register_dataset("voc")

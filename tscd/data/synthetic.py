@@ -3,10 +3,11 @@
 Every image is a pure function of ``(seed, split, index)``, generated on the fly with
 vectorised numpy (about a millisecond at 64×64), so the training split can be a stream of
 fresh images. A class is a *shape* (disk, square, triangle, cross, ring); each object gets a
-random colour and a random texture (plain, stripes or checks), a random size, rotation and
-place; objects may occlude each other. Backgrounds mix random gratings, noise and clutter
-(lines and small blobs in random colours that belong to no class). Image-level labels are
-the classes whose pixels survive occlusion, so labels and masks always agree.
+random colour, a texture (plain, stripes or checks: random, or with ``textures="class"`` one
+family per class), a random size, rotation and place; objects may occlude each other.
+Backgrounds mix random gratings, noise and clutter (lines and small blobs in random colours
+that belong to no class). Image-level labels are the classes whose pixels survive occlusion,
+so labels and masks always agree.
 """
 from __future__ import annotations
 
@@ -44,18 +45,25 @@ def _shape_mask(kind: int, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray
     raise ValueError(f"unknown shape {kind}")
 
 
-def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """(H, W) pattern in [0, 1]: plain (zeros), stripes or checks with a random period."""
-    kind = rng.integers(3)
-    if kind == 0:
+TEXTURES = ("plain", "stripes", "checks")
+# textures="class": squares wear checks, triangles stripes, the others are plain (told apart by
+# shape alone); period, angle and colours stay random
+CLASS_TEXTURES = {1: "plain", 2: "checks", 3: "stripes", 4: "plain", 5: "plain"}
+
+
+def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, kind: str | None = None) -> np.ndarray:
+    """(H, W) pattern in [0, 1] of family ``kind`` (random when None) with a random period and angle."""
+    if kind is None:
+        kind = TEXTURES[rng.integers(len(TEXTURES))]
+    if kind == "plain":
         return np.zeros(yy.shape, np.float32)
     period = rng.uniform(3.0, 7.0)
     a = rng.uniform(0, np.pi)
     s = (xx * np.cos(a) + yy * np.sin(a)) / period
-    if kind == 1:
+    if kind == "stripes":
         return (np.floor(s) % 2).astype(np.float32)
     t = (-xx * np.sin(a) + yy * np.cos(a)) / period
-    return ((np.floor(s) + np.floor(t)) % 2).astype(np.float32)
+    return ((np.floor(s) + np.floor(t)) % 2).astype(np.float32)  # checks
 
 
 def _background(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray, clutter: int) -> np.ndarray:
@@ -95,8 +103,14 @@ def _contrasting_colour(rng: np.random.Generator, behind: np.ndarray, min_distan
 
 
 def generate(seed: int, split: str, index: int, size: int = 64, max_objects: int = 3,
-             radius: tuple[float, float] = (0.13, 0.24), clutter: int = 6):
-    """One image: (uint8 (H, W, 3), int64 mask (H, W) with class ids 0..5)."""
+             radius: tuple[float, float] = (0.13, 0.24), clutter: int = 6, textures: str = "random"):
+    """One image: (uint8 (H, W, 3), int64 mask (H, W) with class ids 0..5).
+
+    ``textures``: ``"random"`` (plain, stripes or checks for any object: only the shape tells
+    the class) or ``"class"`` (each class its own family, :data:`CLASS_TEXTURES`).
+    """
+    if textures not in ("random", "class"):
+        raise ValueError(f"textures must be 'random' or 'class', got {textures!r}")
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     img = _background(rng, size, yy, xx, clutter)
@@ -114,7 +128,7 @@ def generate(seed: int, split: str, index: int, size: int = 64, max_objects: int
         behind = img[m].mean(0) if m.any() else np.full(3, 0.5)
         base = _contrasting_colour(rng, behind)
         other = _contrasting_colour(rng, behind)
-        tex = _texture(rng, yy, xx)[..., None]
+        tex = _texture(rng, yy, xx, CLASS_TEXTURES[kind] if textures == "class" else None)[..., None]
         img[m] = (base * (1 - tex) + other * tex)[m]
         mask[m] = kind
     img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
@@ -139,12 +153,16 @@ class SyntheticDataset(torch.utils.data.Dataset):
     class_names = CLASSES
 
     def __init__(self, split: str = "train", length: int = 1000, image_size: int = 64, max_objects: int = 3,
-                 seed: int = 0, transform=None, train: bool | None = None, radius=(0.13, 0.24), clutter: int = 6):
+                 seed: int = 0, transform=None, train: bool | None = None, radius=(0.13, 0.24), clutter: int = 6,
+                 textures: str = "random"):
         if split not in _SPLIT_IDS:
             raise ValueError(f"synthetic split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
         self.split, self.length, self.size = split, int(length), int(image_size)
         self.max_objects, self.seed = int(max_objects), int(seed)
         self.radius, self.clutter = (float(radius[0]), float(radius[1])), int(clutter)
+        if textures not in ("random", "class"):
+            raise ValueError(f"synthetic textures must be 'random' or 'class', got {textures!r}")
+        self.textures = textures
         self.train = (split == "train") if train is None else train
         self.transform = transform or (TrainTransform(self.size) if self.train else EvalTransform())
 
@@ -156,7 +174,8 @@ class SyntheticDataset(torch.utils.data.Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} images")
         mask_pixels = lambda m: np.bincount(m.ravel(), minlength=self.num_classes)  # noqa: E731
-        img, mask = generate(self.seed, self.split, index, self.size, self.max_objects, self.radius, self.clutter)
+        img, mask = generate(self.seed, self.split, index, self.size, self.max_objects, self.radius, self.clutter,
+                             self.textures)
         counts = mask_pixels(mask)
         for c in np.nonzero((counts > 0) & (counts < _MIN_PIXELS))[0]:
             if c:  # slivers left by occlusion are too small to name: give them to the background

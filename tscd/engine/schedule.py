@@ -17,10 +17,11 @@ def build_optimizer(model, cfg) -> torch.optim.AdamW:
     """AdamW on ``model.param_groups`` (each group keeps its ``lr_mult``)."""
     o = cfg.optim
     groups = [g for g in model.param_groups(lr=o.lr, weight_decay=o.weight_decay) if g["params"]]
+    mults = {"heads": o.head_lr_mult, "decoder": o.head_lr_mult, "encoder_norm": o.norm_lr_mult}
     for g in groups:
-        if g.get("name") in ("heads", "decoder"):  # spec §1: 10× the encoder's lr
-            g["lr_mult"] = o.head_lr_mult
-            g["lr"] = o.lr * o.head_lr_mult
+        if g.get("name") in mults:  # spec §1: heads 10× the encoder's lr, encoder norms frozen
+            g["lr_mult"] = mults[g["name"]]
+            g["lr"] = o.lr * g["lr_mult"]
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
 
 

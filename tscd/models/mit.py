@@ -222,14 +222,20 @@ class MixVisionTransformer(nn.Module):
         return features, logits
 
 
-def build_backbone(name: str = "mit_b1", stride=(4, 2, 2, 1), drop_path_rate: float = 0.1,
-                   **kwargs) -> MixVisionTransformer:
-    """One of ``mit_b0`` … ``mit_b5`` with the given per-stage strides."""
-    if name not in MIT_CONFIGS:
-        raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(MIT_CONFIGS)}")
-    cfg = MIT_CONFIGS[name]
-    return MixVisionTransformer(cfg.embed_dims, cfg.depths, cfg.num_heads, cfg.mlp_ratios, cfg.sr_ratios,
-                                stride=stride, drop_path_rate=drop_path_rate, **kwargs)
+def build_backbone(name: str = "mit_b1", stride=(4, 2, 2, 1), drop_path_rate: float = 0.1, **kwargs) -> nn.Module:
+    """One of ``mit_b0`` … ``mit_b5`` (or the hybrid ``hybrid_b0``, see tscd.models.hybrid) with the
+    given per-stage strides."""
+    from .hybrid import HYBRID_CONFIGS, HybridEncoder
+
+    if name in MIT_CONFIGS:
+        cfg = MIT_CONFIGS[name]
+        return MixVisionTransformer(cfg.embed_dims, cfg.depths, cfg.num_heads, cfg.mlp_ratios, cfg.sr_ratios,
+                                    stride=stride, drop_path_rate=drop_path_rate, **kwargs)
+    if name in HYBRID_CONFIGS:
+        h = HYBRID_CONFIGS[name]
+        return HybridEncoder(h.embed_dims, h.conv_depths, h.depth4, h.num_heads4, stride=stride,
+                             drop_path_rate=drop_path_rate, **kwargs)
+    raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(MIT_CONFIGS) + sorted(HYBRID_CONFIGS)}")
 
 
 # ---- timm registry -------------------------------------------------------------------------
@@ -248,16 +254,19 @@ def _timm_entrypoint(variant: str, registered_as: str):
 
     entrypoint.__name__ = entrypoint.__qualname__ = registered_as
     entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f"MiT {variant[-2:]} encoder (tscd), kwargs as tscd.models.build_backbone."
+    entrypoint.__doc__ = f"{variant} encoder (tscd), kwargs as tscd.models.build_backbone."
     return entrypoint
 
 
 def _register_with_timm() -> dict[str, str]:
-    """Register mit_b0…b5 in timm under their own names, or ``tscd_<name>`` if timm has one."""
+    """Register mit_b0…b5 and hybrid_b0 in timm under their own names, or ``tscd_<name>`` if
+    timm has one."""
     from timm.models import is_model, model_entrypoint, register_model
 
+    from .hybrid import HYBRID_CONFIGS
+
     names = {}
-    for variant in MIT_CONFIGS:
+    for variant in [*MIT_CONFIGS, *HYBRID_CONFIGS]:
         name = variant
         if is_model(name) and model_entrypoint(name).__module__ != __name__:
             name = f"tscd_{variant}"

@@ -23,7 +23,8 @@ class TSCD(nn.Module):
     """TSCD / AFA network.
 
     Args:
-        backbone: ``"mit_b0"`` … ``"mit_b5"``.
+        backbone: ``"mit_b0"`` … ``"mit_b5"``, or ``"hybrid_b0"`` (convolutional stages 1–3 +
+            MiT-b0's stage 4; learns much faster from random initialisation, see tscd.models.hybrid).
         num_classes: K, background included (the classifier predicts the K−1 foreground classes).
         stride: per-stage strides of the encoder; (4, 2, 2, 1) gives a stride-16 last stage.
         pooling: image-level pooling of the classifier: ``"gmp"`` (global max of the stage-4
