@@ -100,6 +100,22 @@ def test_no_grad_and_float64(backend, device):
     torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_grad_sweeps_only_the_value(backend, device, monkeypatch):
+    """Under no_grad (a probs tensor that requires grad) the sweep carries the K value channels
+    only, not the 2K the backward needs."""
+    import tscd.ops.dense_energy as module
+
+    channels, product = [], module.fused_product
+    monkeypatch.setattr(module, "fused_product", lambda b, f, x: channels.append(x.shape[1]) or product(b, f, x))
+    images, probs, roi, ignore = make_inputs(1, 3, 4, 5, device, seed=2)
+    probs.requires_grad_(True)
+    with torch.no_grad():
+        dense_energy_loss(images, probs, roi, ignore, backend=backend)
+    dense_energy_loss(images, probs, roi, ignore, backend=backend).backward()
+    assert channels == [3, 6]
+
+
 def test_reference_gradcheck():
     # Finite differences would move the gate, which has no gradient: gate fixed at 1 (all ignored).
     images, probs, roi, ignore = make_inputs(2, 3, 3, 4, "cpu", seed=10)

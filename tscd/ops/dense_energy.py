@@ -33,14 +33,16 @@ class _DenseEnergy(torch.autograd.Function):
     """Value and gradient of the loss from flattened inputs; shared by the triton and cpp backends."""
 
     @staticmethod
-    def forward(ctx, probs, roi, ignore, feats, backend):
-        # probs (B, K, N) any float dtype; roi (B, N) float32; ignore (B, N) bool; feats (B, 5, N).
+    def forward(ctx, probs, roi, ignore, feats, backend, needs_grad):
+        # probs (B, K, N) any float dtype; roi (B, N) float32; ignore (B, N) bool; feats (B, 5, N);
+        # needs_grad: the caller will backpropagate (grad mode on and probs requires grad), so
+        # the one sweep also computes W·(g·S) for the backward.
         B, K = probs.shape[:2]
         ctx.probs_dtype = probs.dtype
         gate = _gate(probs.to(torch.float32), roi, ignore)
         s = probs.to(torch.float32) * roi[:, None]
         gs = s * gate[:, None]
-        if ctx.needs_input_grad[0]:
+        if needs_grad:
             y = fused_product(backend, feats, torch.cat((s, gs), dim=1))
             ws, wgs = y[:, :K], y[:, K:]
             ctx.save_for_backward(roi, gate, ws, wgs)
@@ -54,7 +56,7 @@ class _DenseEnergy(torch.autograd.Function):
         B = ws.shape[0]
         grad_s = (gate[:, None] * ws + wgs) * (-grad / B)
         grad_probs = (grad_s * roi[:, None]).to(ctx.probs_dtype)
-        return grad_probs, None, None, None, None
+        return grad_probs, None, None, None, None, None
 
 
 def _check(images, probs, roi, ignore, sigma_rgb, sigma_xy):
@@ -104,6 +106,7 @@ def dense_energy_loss(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tens
     B, K, H, W = probs.shape
     feats = bilateral_features(images, sigma_xy, sigma_rgb)
     loss = _DenseEnergy.apply(
-        probs.reshape(B, K, H * W), roi.to(torch.float32).reshape(B, H * W), ignore.reshape(B, H * W), feats, backend
+        probs.reshape(B, K, H * W), roi.to(torch.float32).reshape(B, H * W), ignore.reshape(B, H * W), feats, backend,
+        torch.is_grad_enabled() and probs.requires_grad,
     )
     return loss.to(out_dtype)
