@@ -176,3 +176,11 @@ def _plot(path: Path, rows: list[Row], title: str) -> None:
 
 def default_device() -> str:
     return os.environ.get("TSCD_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def timed_backends(device: str) -> list[str]:
+    """The tscd.ops backends worth timing on ``device``: all available ones, except Triton on the
+    CPU, where it runs only in its interpreter, which is not a timing."""
+    from tscd.ops import available_backends
+
+    return [b for b in available_backends(device) if device == "cuda" or b != "triton"]

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import default_device, measure, write_results  # noqa: E402
+from common import default_device, measure, timed_backends, write_results  # noqa: E402
 
-from tscd.ops import available_backends, dense_crf  # noqa: E402
+from tscd.ops import dense_crf  # noqa: E402
 from tscd.ops.dense_crf import pydensecrf_available  # noqa: E402
 
 K, ITERS = 21, 10
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="60x80,120x160")
     args = parser.parse_args()
     device = default_device()
-    exact = [b for b in available_backends(device) if b != "torch" and not (b == "triton" and device == "cpu")]
+    exact = [b for b in timed_backends(device) if b != "torch"]
     others = ["pydensecrf"] if pydensecrf_available() else []
     rows, agreement = [], []
     for size in args.sizes.split(","):

@@ -14,9 +14,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import default_device, measure, write_results  # noqa: E402
+from common import default_device, measure, timed_backends, write_results  # noqa: E402
 
-from tscd.ops import available_backends, dense_energy_loss  # noqa: E402
+from tscd.ops import dense_energy_loss  # noqa: E402
 from tscd.ops.gaussian import bilateral_features, gaussian_product  # noqa: E402
 
 B, K = 2, 21
@@ -45,9 +45,7 @@ def main() -> None:
                         help="skip the torch reference where it would need more memory than this")
     args = parser.parse_args()
     device = default_device()
-    fused = [b for b in available_backends(device) if b != "torch"]
-    if device == "cpu":  # triton on the CPU is the interpreter: not a timing
-        fused = [b for b in fused if b != "triton"]
+    fused = [b for b in timed_backends(device) if b != "torch"]
     rows, skipped = [], []
     for side in (int(s) for s in args.sizes.split(",")):
         size = f"{B}x{K}x{side}x{side}"

@@ -18,7 +18,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import default_device, measure, write_results  # noqa: E402
+from common import default_device, measure, timed_backends, write_results  # noqa: E402
 
 from tscd.ops import available_backends, scd_loss  # noqa: E402
 
@@ -49,10 +49,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         name = f"scd_{args.threads}thread"
     device = default_device()
-    fused = [b for b in available_backends(device) if b != "torch"]
+    fused = [b for b in timed_backends(device) if b != "torch"]
     skipped = []
-    if device == "cpu" and "triton" in fused:
-        fused.remove("triton")
+    if "triton" in available_backends(device) and "triton" not in fused:
         skipped.append("triton on the CPU: the Triton interpreter is far too slow to time")
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Row, default_device, device_name, measure, write_results  # noqa: E402
+from common import Row, default_device, device_name, measure, timed_backends, write_results  # noqa: E402
 
 _DEMO = ["model.stride=[4,2,1,1]", "model.pooling=topk", "loss.scd_scale=0.5", "cam.scales=[1.0]", "data.num_classes=6"]
 SIZES = {
@@ -76,10 +76,7 @@ def main() -> None:
     parser.add_argument("--backends", default=None, help="comma list (default: torch + the fused backends here)")
     args = parser.parse_args()
     device = default_device()
-    from tscd.ops import available_backends
-
-    backends = args.backends.split(",") if args.backends else [
-        b for b in available_backends(device) if device == "cuda" or b != "triton"]
+    backends = args.backends.split(",") if args.backends else timed_backends(device)
     sizes = args.sizes.split(",") if args.sizes else (["demo", "demo_mit", "voc320", "voc512"] if device == "cuda"
                                                        else ["demo", "demo_mit", "voc320"])
     free = (torch.cuda.mem_get_info()[0] if device == "cuda"

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import default_device, measure, write_results  # noqa: E402
+from common import default_device, measure, timed_backends, write_results  # noqa: E402
 
-from tscd.ops import available_backends, varm_refine  # noqa: E402
+from tscd.ops import varm_refine  # noqa: E402
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     device = default_device()
-    backends = [b for b in available_backends(device) if device == "cuda" or b != "triton"]
+    backends = timed_backends(device)
     rows = []
     for size in args.sizes:
         g = torch.Generator().manual_seed(0)
