@@ -49,6 +49,13 @@ TEXTURES = ("plain", "stripes", "checks")
 # textures="class": squares wear checks, triangles stripes, the others are plain (told apart by
 # shape alone); period, angle and colours stay random
 CLASS_TEXTURES = {1: "plain", 2: "checks", 3: "stripes", 4: "plain", 5: "plain"}
+TEXTURE_MODES = ("random", "class")
+
+
+def _check_textures(textures: str) -> str:
+    if textures not in TEXTURE_MODES:
+        raise ValueError(f"synthetic textures must be one of {TEXTURE_MODES}, got {textures!r}")
+    return textures
 
 
 def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, kind: str | None = None) -> np.ndarray:
@@ -109,8 +116,7 @@ def generate(seed: int, split: str, index: int, size: int = 64, max_objects: int
     ``textures``: ``"random"`` (plain, stripes or checks for any object: only the shape tells
     the class) or ``"class"`` (each class its own family, :data:`CLASS_TEXTURES`).
     """
-    if textures not in ("random", "class"):
-        raise ValueError(f"textures must be 'random' or 'class', got {textures!r}")
+    _check_textures(textures)
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     img = _background(rng, size, yy, xx, clutter)
@@ -160,9 +166,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
         self.split, self.length, self.size = split, int(length), int(image_size)
         self.max_objects, self.seed = int(max_objects), int(seed)
         self.radius, self.clutter = (float(radius[0]), float(radius[1])), int(clutter)
-        if textures not in ("random", "class"):
-            raise ValueError(f"synthetic textures must be 'random' or 'class', got {textures!r}")
-        self.textures = textures
+        self.textures = _check_textures(textures)
         self.train = (split == "train") if train is None else train
         self.transform = transform or (TrainTransform(self.size) if self.train else EvalTransform())
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .mit import Block, OverlapPatchEmbed, _tokens_to_map, init_segformer_weights
+from .mit import Block, OverlapPatchEmbed, _tokens_to_map, init_segformer_weights, layer_norm, stage_strides
 
 __all__ = ["HybridEncoder", "HYBRID_CONFIGS"]
 
@@ -60,19 +60,17 @@ class HybridEncoder(nn.Module):
     def __init__(self, embed_dims=(32, 64, 160, 256), conv_depths=(1, 1, 1), depth4: int = 2, num_heads4: int = 8,
                  stride=(4, 2, 2, 1), drop_path_rate: float = 0.1, mlp_ratio: int = 4, in_chans: int = 3):
         super().__init__()
-        if len(stride) != 4 or any(int(s) < 1 for s in stride):
-            raise ValueError(f"stride must be 4 positive ints (one per stage), got {stride}")
+        self.stride = stage_strides(stride)
         self.embed_dims = list(embed_dims)
-        self.stride = [int(s) for s in stride]
         self.num_heads = [0, 0, 0, num_heads4]
         chans = [in_chans] + self.embed_dims
         self.stages = nn.ModuleList(conv_stage(chans[i], chans[i + 1], self.stride[i], conv_depths[i])
                                     for i in range(3))
         self.patch_embed4 = OverlapPatchEmbed(3, self.stride[3], chans[3], chans[4])
         dpr = torch.linspace(0, drop_path_rate, depth4, device="cpu").tolist()
-        self.block4 = nn.ModuleList(Block(chans[4], num_heads4, mlp_ratio, True, dpr[j],
-                                          lambda d: nn.LayerNorm(d, eps=1e-6), 1) for j in range(depth4))
-        self.norm4 = nn.LayerNorm(chans[4], eps=1e-6)
+        self.block4 = nn.ModuleList(Block(chans[4], num_heads4, mlp_ratio, True, dpr[j], layer_norm, 1)
+                                    for j in range(depth4))
+        self.norm4 = layer_norm(chans[4])
         self.apply(init_segformer_weights)
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

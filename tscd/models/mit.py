@@ -39,6 +39,16 @@ def init_segformer_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+layer_norm = partial(nn.LayerNorm, eps=1e-6)  # SegFormer's LayerNorm
+
+
+def stage_strides(stride) -> list[int]:
+    """The four per-stage strides as ints (ValueError unless 4 positive ints)."""
+    if len(stride) != 4 or any(int(s) < 1 for s in stride):
+        raise ValueError(f"stride must be 4 positive ints (one per stage), got {stride}")
+    return [int(s) for s in stride]
+
+
 def _tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(B, N, C) tokens → (B, C, h, w) map."""
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
@@ -184,14 +194,11 @@ class MixVisionTransformer(nn.Module):
                  mlp_ratios=(4, 4, 4, 4), sr_ratios=(8, 4, 2, 1), stride=(4, 2, 2, 1),
                  drop_path_rate: float = 0.1, qkv_bias: bool = True, in_chans: int = 3):
         super().__init__()
-        if len(stride) != 4 or any(int(s) < 1 for s in stride):
-            raise ValueError(f"stride must be 4 positive ints (one per stage), got {stride}")
+        self.stride = stage_strides(stride)
         self.embed_dims = list(embed_dims)
         self.depths = list(depths)
         self.num_heads = list(num_heads)
         self.sr_ratios = list(sr_ratios)
-        self.stride = [int(s) for s in stride]
-        norm_layer = partial(nn.LayerNorm, eps=1e-6)
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # stochastic depth decay
         chans = [in_chans] + self.embed_dims
         first = 0
@@ -199,10 +206,10 @@ class MixVisionTransformer(nn.Module):
             setattr(self, f"patch_embed{i + 1}", OverlapPatchEmbed(
                 7 if i == 0 else 3, self.stride[i], chans[i], chans[i + 1]))
             setattr(self, f"block{i + 1}", nn.ModuleList(
-                Block(embed_dims[i], num_heads[i], mlp_ratios[i], qkv_bias, dpr[first + j], norm_layer,
+                Block(embed_dims[i], num_heads[i], mlp_ratios[i], qkv_bias, dpr[first + j], layer_norm,
                       sr_ratios[i])
                 for j in range(depths[i])))
-            setattr(self, f"norm{i + 1}", norm_layer(embed_dims[i]))
+            setattr(self, f"norm{i + 1}", layer_norm(embed_dims[i]))
             first += depths[i]
         self.apply(init_segformer_weights)
 
