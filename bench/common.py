@@ -20,8 +20,8 @@ import gc
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -56,7 +56,7 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} missing from /proc/self/status")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _return_freed_memory_to_system() -> None:
     libc = ctypes.CDLL("libc.so.6")
     libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD (a fixed value also stops its growth)
@@ -178,9 +178,9 @@ def default_device() -> str:
     return os.environ.get("TSCD_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
 
 
-def timed_backends(device: str) -> list[str]:
-    """The tscd.ops backends worth timing on ``device``: all available ones, except Triton on the
+def timed_backends(device: str, op: str) -> list[str]:
+    """The backends of ``op`` worth timing on ``device``: all available ones, except Triton on the
     CPU, where it runs only in its interpreter, which is not a timing."""
     from tscd.ops import available_backends
 
-    return [b for b in available_backends(device) if device == "cuda" or b != "triton"]
+    return [b for b in available_backends(device, op) if device == "cuda" or b != "triton"]

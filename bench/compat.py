@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from common import default_device, measure, write_results
+
 from tscd.losses.dense_energy import LATTICE_SCALE, DenseEnergyLoss
 
 

@@ -1,4 +1,4 @@
-"""Benchmark of dense CRF inference (spec §10): exact tiled sums against pydensecrf2.
+"""Benchmark of dense CRF inference (method §10): exact tiled sums against pydensecrf2.
 
 One photograph (scikit-image's astronaut) resized to each size, K=21 coarse noisy unaries,
 10 mean-field iterations, per image: time and peak memory of every exact backend that runs
@@ -18,8 +18,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import default_device, measure, timed_backends, write_results  # noqa: E402
 
-from tscd.ops import dense_crf  # noqa: E402
-from tscd.ops.dense_crf import pydensecrf_available  # noqa: E402
+from tscd.ops import can_run, dense_crf  # noqa: E402
 
 K, ITERS = 21, 10
 
@@ -41,8 +40,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="60x80,120x160")
     args = parser.parse_args()
     device = default_device()
-    exact = [b for b in timed_backends(device) if b != "torch"]
-    others = ["pydensecrf"] if pydensecrf_available() else []
+    exact = [b for b in timed_backends(device, "gaussian_product") if b != "torch"]  # the exact CRF's product
+    others = ["pydensecrf"] if can_run("pydensecrf", "cpu") else []
     rows, agreement = [], []
     for size in args.sizes.split(","):
         h, w = (int(v) for v in size.split("x"))

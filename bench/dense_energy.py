@@ -1,4 +1,4 @@
-"""Benchmark of the exact dense energy loss (spec §8) and of the bare Gaussian-kernel product.
+"""Benchmark of the exact dense energy loss (method §8) and of the bare Gaussian-kernel product.
 
 B=2, K=21 at 64², 128², 160² (×0.5 of 128, 256, 320 crops): forward, forward+backward, and
 the product W·X alone (K=21), for every fused backend that runs here, against the naive
@@ -45,7 +45,7 @@ def main() -> None:
                         help="skip the torch reference where it would need more memory than this")
     args = parser.parse_args()
     device = default_device()
-    fused = [b for b in timed_backends(device) if b != "torch"]
+    fused = [b for b in timed_backends(device, "dense_energy_loss") if b != "torch"]
     rows, skipped = [], []
     for side in (int(s) for s in args.sizes.split(",")):
         size = f"{B}x{K}x{side}x{side}"

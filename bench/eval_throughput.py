@@ -7,7 +7,7 @@ multi-scale CAM, the VARM-refined labels and the attention random walk, confusio
 streamed image by image. Rows:
 
 * ``single``: one forward pass at the image's size (the training-time check);
-* ``msf``: long side 512, scales 1.0/0.5/0.75 with flips (spec §10), no CRF;
+* ``msf``: long side 512, scales 1.0/0.5/0.75 with flips (method §10), no CRF;
 * ``msf+crf``: the same plus the dense CRF with each backend asked for (``--crf``):
   ``pydensecrf`` (what ``auto`` picks on a CPU when pydensecrf2 is installed) and ``exact``
   (triton on a GPU, the O(N²) C++ path on a CPU — minutes per image there, so it is timed on
@@ -35,10 +35,9 @@ from common import Row, default_device, device_name, measure, peak_memory_mib, w
 from tscd.config import load_config  # noqa: E402
 from tscd.data import build_dataset  # noqa: E402
 from tscd.data.voc import VOC_CLASSES  # noqa: E402
+from tscd.engine.builders import build_model, build_pseudo_labeler, eval_loader  # noqa: E402
 from tscd.engine.evaluator import Evaluator  # noqa: E402
 from tscd.engine.inference import EvalProtocol  # noqa: E402
-from tscd.engine.trainer import build_model, eval_loader  # noqa: E402
-from tscd.losses.objective import TSCDObjective  # noqa: E402
 
 H, W = 375, 500
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "immunohistochemistry")
@@ -80,13 +79,13 @@ def main() -> None:
         cfg = load_config("voc", ["data.name=folder", f"data.root={root}", "data.num_workers=0"])
         dataset = build_dataset(cfg, "val", train=False)
         model = build_model(cfg).to(device).eval()
-        objective = TSCDObjective(cfg).to(device)
+        pseudo_labeler = build_pseudo_labeler(cfg)
         msf = dict(scales=(1.0, 0.5, 0.75), flip=True, resize_long=512)
         cases = [("single", EvalProtocol(), "-"), ("msf", EvalProtocol(**msf), "-")]
         cases += [("msf+crf", EvalProtocol(**msf, crf=c), c) for c in args.crf.split(",") if c]
         rows, rates = [], []
         for mode, protocol, crf in cases:
-            evaluator = Evaluator(cfg, objective, dataset.class_names, device, protocol)
+            evaluator = Evaluator(cfg, pseudo_labeler, dataset.class_names, device, protocol)
             slow = crf == "exact" and device == "cpu"
             n = args.exact_images if slow else args.images
             size = f"{H}x{W} ({n} img)"

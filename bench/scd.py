@@ -1,4 +1,4 @@
-"""Benchmark of the self-correspondence distillation loss (spec §6).
+"""Benchmark of the self-correspondence distillation loss (method §6).
 
 B=2, C=20, K=21, N1 = N2 = N in 1600 (the 40×40 sampling of training), 4096, 9216, 16384
 (dense SCD of a 128×128 map): forward+backward ("full") and forward alone ("fwd", no
@@ -49,7 +49,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         name = f"scd_{args.threads}thread"
     device = default_device()
-    fused = [b for b in timed_backends(device) if b != "torch"]
+    fused = [b for b in timed_backends(device, "scd_loss") if b != "torch"]
     skipped = []
     if "triton" in available_backends(device) and "triton" not in fused:
         skipped.append("triton on the CPU: the Triton interpreter is far too slow to time")

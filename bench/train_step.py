@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from tscd.data.transforms import denormalize
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Row, default_device, device_name, measure, timed_backends, write_results  # noqa: E402
 
@@ -37,7 +39,8 @@ def _batch(size: int, num_classes: int, device: str) -> dict:
     labels = torch.zeros(2, num_classes - 1)
     labels[0, [0, 2 % (num_classes - 1)]] = 1
     labels[1, 1] = 1
-    return {"image": torch.randn(2, 3, size, size, generator=g).to(device), "label": labels.to(device),
+    image = torch.randn(2, 3, size, size, generator=g)
+    return {"image": image.to(device), "rgb": denormalize(image).to(device), "label": labels.to(device),
             "box": torch.tensor([[0, size, 0, size], [0, size, 8, size]], device=device)}
 
 
@@ -49,22 +52,19 @@ def _reference_dense_bytes(size: int, scale: float = 0.5) -> float:
 
 def step_fn(size_name: str, backend: str, device: str):
     from tscd.config import load_config
-    from tscd.engine.trainer import build_model
-    from tscd.losses.objective import TSCDObjective, TwoViewNet
+    from tscd.engine.builders import build_model, build_objective, build_pseudo_labeler
 
     overrides, size, k = SIZES[size_name]
-    cfg = load_config(None, overrides + ["data.name=synthetic"])
-    os.environ["TSCD_BACKEND"] = backend
+    cfg = load_config(None, overrides + ["data.name=synthetic"], {"train.backend": backend})
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
-    objective = TSCDObjective(cfg).to(device)
-    net = TwoViewNet(model)
+    objective = build_objective(cfg, build_pseudo_labeler(cfg)).to(device)
     batch = _batch(size, k, device)
     stage2 = cfg.loss.stage1_iters + 1
 
     def run():
         model.zero_grad(set_to_none=True)
-        total, _, _ = objective(net, model, batch, stage2)
+        total, _, _ = objective(model, model, batch, stage2)
         total.backward()
 
     return run
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--backends", default=None, help="comma list (default: torch + the fused backends here)")
     args = parser.parse_args()
     device = default_device()
-    backends = args.backends.split(",") if args.backends else timed_backends(device)
+    backends = args.backends.split(",") if args.backends else timed_backends(device, "scd_loss")
     sizes = args.sizes.split(",") if args.sizes else (["demo", "demo_mit", "voc320", "voc512"] if device == "cuda"
                                                        else ["demo", "demo_mit", "voc320"])
     free = (torch.cuda.mem_get_info()[0] if device == "cuda"

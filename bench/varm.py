@@ -1,4 +1,4 @@
-"""Benchmark of tscd.ops.varm_refine (spec §4, 10 iterations, default dilations).
+"""Benchmark of tscd.ops.varm_refine (method §4, 10 iterations, default dilations).
 
 Sizes B×K×H×W: 2×21×256×256 (the ×0.5 size of a 512 crop), 2×21×160×160 (of a 320 crop)
 and 2×21×64×64; masks given at the image size, both modes. On CPU: torch reference vs cpp
@@ -31,7 +31,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     device = default_device()
-    backends = timed_backends(device)
+    backends = timed_backends(device, "varm_refine")
     rows = []
     for size in args.sizes:
         g = torch.Generator().manual_seed(0)

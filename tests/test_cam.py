@@ -3,8 +3,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tscd.cam import (affinity_window, apply_crop_box, attention_random_walk, cam_to_label, multi_scale_cam,
-                      normalize_cam, pseudo_label)
+from tscd.cam import (
+    affinity_window,
+    apply_crop_box,
+    attention_random_walk,
+    cam_to_label,
+    crop_box_mask,
+    multi_scale_cam,
+    normalize_cam,
+    pseudo_label,
+)
 
 
 class LeftHalfCam(torch.nn.Module):
@@ -15,8 +23,7 @@ class LeftHalfCam(torch.nn.Module):
         super().__init__()
         self.classes, self.sizes = classes, []
 
-    def forward(self, x, cam_only=False):
-        assert cam_only
+    def forward_cam(self, x):
         self.sizes.append(tuple(x.shape))
         cam = x[:, : self.classes].clone()
         cam[..., x.shape[-1] // 2:] = 0
@@ -48,8 +55,8 @@ def test_scales_are_resized_summed_and_normalised():
         total = 0
         for s in (1.0, 0.5, 1.5):
             x = F.interpolate(img[b:b + 1], size=(int(12 * s), int(10 * s)), mode="bilinear", align_corners=False)
-            c1 = F.interpolate(model(x, True)[0], size=(12, 10), mode="bilinear", align_corners=False)
-            c2 = F.interpolate(model(x.flip(-1), True)[0], size=(12, 10), mode="bilinear", align_corners=False)
+            c1 = F.interpolate(model.forward_cam(x)[0], size=(12, 10), mode="bilinear", align_corners=False)
+            c2 = F.interpolate(model.forward_cam(x.flip(-1))[0], size=(12, 10), mode="bilinear", align_corners=False)
             total = total + torch.maximum(c1, c2.flip(-1)).clamp_min(0)
         total = total - total.amin(dim=(-2, -1), keepdim=True)
         total = total / (total.amax(dim=(-2, -1), keepdim=True) + 1e-5)
@@ -59,8 +66,8 @@ def test_scales_are_resized_summed_and_normalised():
 
 def test_negative_scale_contributions_are_removed_by_relu():
     class Signed(LeftHalfCam):
-        def forward(self, x, cam_only=False):
-            cam, attn = super().forward(x, cam_only)
+        def forward_cam(self, x):
+            cam, attn = super().forward_cam(x)
             return (-cam if x.shape[-1] == 4 else cam), attn
 
     img = torch.rand(1, 3, 8, 8) + 0.5
@@ -100,8 +107,11 @@ def test_crop_box_and_errors():
     label = torch.zeros(2, 3, 4, dtype=torch.long)
     out = apply_crop_box(label, torch.tensor([[0, 3, 0, 4], [1, 2, 2, 4]]))
     assert out[0].eq(0).all() and out[1].tolist() == [[255] * 4, [255, 255, 0, 0], [255] * 4]
-    with pytest.raises(ValueError, match=r"crop_box must have shape \(B, 4\)"):
-        apply_crop_box(label, torch.zeros(1, 4))
+    with pytest.raises(ValueError, match=r"crop_box must be an integer \(B, 4\) = \(2, 4\)"):
+        apply_crop_box(label, torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"crop_box must be an integer"):
+        apply_crop_box(label, torch.zeros(2, 4))
+    assert crop_box_mask([[1, 3, 0, 2]], 1, 4, 4).long().tolist() == [[[0] * 4, [1, 1, 0, 0], [1, 1, 0, 0], [0] * 4]]
     with pytest.raises(ValueError, match="cls_labels"):
         pseudo_label(torch.zeros(1, 3, 2, 2), torch.ones(1, 2))
     with pytest.raises(ValueError, match="low"):

@@ -64,3 +64,14 @@ def test_train_eval_infer_end_to_end(tmp_path, capsys):
     corrupt.write_bytes(b"\xff\xd8garbage")
     assert main(["infer", "--checkpoint", str(ckpt), str(corrupt), "--out", str(masks)]) == 1
     assert "corrupt.jpg" in _err(capsys)
+
+
+@pytest.mark.parametrize("root", ["runs/my data #1", "yes", "2024-01-01", "1:30", "null"])
+def test_flags_go_into_the_config_literally(root):
+    from tscd.cli import _config, build_parser
+
+    args = build_parser().parse_args(["train", "--config", "synthetic", "--data-root", root, "--max-iters", "7",
+                                      "--backend", "torch", "optim.lr=2e-4"])
+    cfg = _config(args)
+    assert cfg.data.root == root and cfg.train.max_iters == 7 and cfg.train.backend == "torch"
+    assert cfg.optim.lr == 2e-4

@@ -1,4 +1,4 @@
-"""Affinity loss of spec §5 on hand-made labels, against a brute-force loop."""
+"""Affinity loss of method §5 on hand-made labels, against a brute-force loop."""
 import itertools
 
 import pytest

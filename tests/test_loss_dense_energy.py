@@ -1,9 +1,9 @@
-"""tscd.losses.DenseEnergyLoss: the recipe's rescaling and weight around the exact op (spec §8)."""
+"""tscd.losses.DenseEnergyLoss: the recipe's rescaling and weight around the exact op (method §8)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import fused_backends
+from tests.utils import ALL
 from tscd.losses import LATTICE_SCALE, DenseEnergyLoss
 from tscd.ops.reference.dense_energy import dense_energy_loss as reference
 
@@ -27,7 +27,7 @@ def manual(images, probs, roi, label, weight, sigma_rgb, sigma_xy, scale):
     return weight * reference(images, probs.double(), roi, ignore, sigma_rgb, sigma_xy * scale)
 
 
-@pytest.mark.parametrize("backend", fused_backends() + ["torch"])
+@pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("label_dims", [3, 4])
 def test_matches_recipe(backend, label_dims):
     images, probs, roi, label = make_batch()

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 
 from tscd.config import load_config
 from tscd.data import build_dataset, collate
-from tscd.engine.trainer import build_model
+from tscd.engine.builders import build_model, build_objective, build_pseudo_labeler
 from tscd.losses.equivariance import equivariance_loss, live_cam
-from tscd.losses.objective import TSCDObjective, TwoViewNet, crop_roi
+from tscd.losses.objective import crop_roi
 from tscd.losses.segmentation import segmentation_loss
 
 from .engine import TINY
@@ -52,7 +52,7 @@ def _setup(*extra):
     torch.manual_seed(0)
     model = build_model(cfg)
     batch = collate([build_dataset(cfg, "train", True)[(i, i)] for i in range(2)])
-    return cfg, model, TSCDObjective(cfg), batch
+    return cfg, model, build_objective(cfg, build_pseudo_labeler(cfg)), batch
 
 
 @pytest.fixture(autouse=True)
@@ -62,13 +62,13 @@ def _torch_backend(monkeypatch):
 
 def test_schedule_and_weights():
     cfg, model, objective, batch = _setup()
-    net = TwoViewNet(model)
+    net = model
     total, terms, _ = objective(net, model, batch, step=cfg.loss.stage1_iters)
     assert set(terms) == {"cls"} and total.item() == pytest.approx(terms["cls"].item())
     total, terms, aux = objective(net, model, batch, step=cfg.loss.stage1_iters + 1)
     assert set(terms) == {"cls", "seg", "dense", "aff", "scd", "er"}
     w = cfg.loss
-    expected = sum(terms[k].item() * w[k] for k in terms)
+    expected = sum(terms[k].item() * getattr(w, k) for k in terms)
     assert total.item() == pytest.approx(expected, rel=1e-5)
     assert aux["pseudo"].shape == (2, 64, 64) and aux["cam"].shape == (2, 5, 64, 64)
     total.backward()
@@ -79,7 +79,7 @@ def test_schedule_and_weights():
 def test_terms_switch_off_and_refinement_modes():
     for mode in ("none", "par"):
         cfg, model, objective, batch = _setup("loss.scd=0", "loss.dense=0", "loss.er=0", f"refine.mode={mode}")
-        _, terms, _ = objective(TwoViewNet(model), model, batch, step=10)
+        _, terms, _ = objective(model, model, batch, step=10)
         assert set(terms) == {"cls", "seg", "aff"}
     with pytest.raises(ValueError, match="refine.mode"):
         _setup("loss.scd=0", "refine.mode=crf")

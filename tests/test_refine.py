@@ -1,17 +1,17 @@
-"""tscd.refine: the VARM module and the batched pseudo-label refinement of spec §4."""
+"""tscd.refine: the VARM module, the batched pseudo-label refinement of method §4 and the
+PseudoLabeler that training, evaluation and the export share."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import DEVICE, fused_backends
+from tests.utils import ALL, DEVICE
+from tscd import cam as cam_utils
 from tscd.ops import varm_refine
-from tscd.refine import VARM, refine_cams_with_bkg
-
-REFINER_BACKENDS = ["torch"] + fused_backends()
+from tscd.refine import VARM, PseudoLabeler, refine_cams_with_bkg
 
 
 def _literal_per_image(images, cams, cls_labels, boxes, refiner, high=0.55, low=0.35, ignore=255):
-    """Spec §4's training use, one image at a time, as AFA's loop writes it."""
+    """Method §4's training use, one image at a time, as AFA's loop writes it."""
     b, _, h, w = images.shape
     small = (h // 2, w // 2)
     small_images = F.interpolate(images, size=small, mode="bilinear", align_corners=False)
@@ -34,7 +34,7 @@ def _literal_per_image(images, cams, cls_labels, boxes, refiner, high=0.55, low=
     return out
 
 
-@pytest.mark.parametrize("backend", REFINER_BACKENDS)
+@pytest.mark.parametrize("backend", ALL)
 def test_hand_made_case(backend):
     # Three vertical stripes: black (no CAM: background), grey (class 4 at 0.45, between the
     # thresholds: background for "high", class 4 for "low" -> ignore), white (class 2 at 0.9).
@@ -66,7 +66,7 @@ def _random_case(seed=0):
     return images.to(DEVICE), cams.to(DEVICE), cls_labels.to(DEVICE), boxes.to(DEVICE)
 
 
-@pytest.mark.parametrize("backend", REFINER_BACKENDS)
+@pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("mode", ["varm", "par"])
 def test_batched_equals_literal_per_image_loop(backend, mode):
     images, cams, cls_labels, boxes = _random_case()
@@ -114,3 +114,38 @@ def test_bad_inputs(change, match):
     args.update(change)
     with pytest.raises(ValueError, match=match):
         refine_cams_with_bkg(args.pop("images"), args.pop("cams"), args.pop("cls_labels"), **args)
+
+
+class ColourModel(torch.nn.Module):
+    """A model whose CAM of six classes is the image's colours, twice (all multi_scale_cam needs)."""
+
+    def forward_cam(self, x):
+        return x.repeat(1, 2, 1, 1) * 4 - 1, torch.zeros(x.shape[0], 1, 1)
+
+
+@pytest.mark.parametrize("refine", ["varm", "par", "none"])
+def test_pseudo_labeler_is_cams_then_thresholds_then_refinement(refine):
+    images, cams, cls_labels, boxes = _random_case()
+    rgb = images
+    labeler = PseudoLabeler(scales=(1.0, 0.5), high=0.6, low=0.3, refine=refine, dilations=(1, 2), num_iter=3,
+                            downscale=0.5, backend="torch")
+    model = ColourModel()
+    got_cams, labels = labeler(model, images, rgb, cls_labels, boxes)
+    torch.testing.assert_close(got_cams, cam_utils.multi_scale_cam(model, images, (1.0, 0.5)))
+    if refine == "none":
+        expected = cam_utils.pseudo_label(got_cams, cls_labels, boxes, high=0.6, low=0.3)
+    else:
+        expected = refine_cams_with_bkg(rgb, got_cams, cls_labels, high=0.6, low=0.3, crop_boxes=boxes,
+                                        refiner=VARM((1, 2), 3, refine, "torch"))
+    assert torch.equal(labels, expected)
+    # one background score for both thresholds: a full label (evaluation)
+    full = labeler.labels(rgb, got_cams, cls_labels, boxes, high=0.45, low=0.45)
+    assert not ((full == 255) & cam_utils.crop_box_mask(boxes, *full.shape, device=full.device)).any()
+
+
+def test_pseudo_labeler_arguments():
+    with pytest.raises(ValueError, match="refine must be one of"):
+        PseudoLabeler(refine="crf")
+    with pytest.raises(ValueError, match="low"):
+        PseudoLabeler(high=0.3, low=0.5)
+    assert "refine='par'" in repr(PseudoLabeler(refine="par"))

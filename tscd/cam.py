@@ -1,5 +1,5 @@
-"""Class activation maps: multi-scale CAM (spec §2), pseudo labels (§3), and the attention
-random walk that refines CAMs with the learned affinity (§5).
+"""Class activation maps: multi-scale CAM (method §2), pseudo labels (§3), crop-box masks, and
+the attention random walk that refines CAMs with the learned affinity (§5).
 
 Conventions: ``cls_labels`` (B, K−1) is the multi-hot image label over the foreground classes;
 labels are class indices (0 background, 1…K−1 foreground, ``ignore_index`` 255); a crop box
@@ -12,12 +12,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .constants import IGNORE_INDEX
+
 __all__ = [
-    "multi_scale_cam", "normalize_cam", "cam_to_label", "pseudo_label", "apply_crop_box",
+    "multi_scale_cam", "normalize_cam", "cam_to_label", "pseudo_label", "crop_box_mask", "apply_crop_box",
     "affinity_window", "attention_random_walk",
 ]
-
-IGNORE_INDEX = 255
 
 
 def normalize_cam(cam: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -29,9 +29,9 @@ def normalize_cam(cam: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 @torch.no_grad()
 def multi_scale_cam(model, images: torch.Tensor, scales: Sequence[float] = (1.0, 0.5, 1.5),
                     return_attention: bool = False):
-    """Multi-scale, flip-augmented CAM of spec §2, without gradient.
+    """Multi-scale, flip-augmented CAM of method §2, without gradient.
 
-    ``model(x, cam_only=True)`` must return ``(cam (B, K−1, h, w), attn_pred)`` (as ``TSCD``).
+    ``model.forward_cam(x)`` must return ``(cam (B, K−1, h, w), attn_pred)`` (as ``TSCD``).
     For each scale s the image is resized to (⌊sH⌋, ⌊sW⌋) (bilinear) and run together with
     its horizontal flip; both CAMs are resized to (H, W), the flipped one un-flipped, and
     relu(max(cam, cam_flip)) is summed over scales, then normalised by ``normalize_cam``.
@@ -46,7 +46,7 @@ def multi_scale_cam(model, images: torch.Tensor, scales: Sequence[float] = (1.0,
     for s in scales:
         x = images if s == 1.0 else F.interpolate(images, size=(int(s * h), int(s * w)), mode="bilinear",
                                                   align_corners=False)
-        cam, attn = model(torch.cat([x, x.flip(-1)]), cam_only=True)
+        cam, attn = model.forward_cam(torch.cat([x, x.flip(-1)]))
         cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
         cam = torch.maximum(cam[:b], cam[b:].flip(-1)).relu()
         total = cam if total is None else total + cam
@@ -56,19 +56,28 @@ def multi_scale_cam(model, images: torch.Tensor, scales: Sequence[float] = (1.0,
     return (total, attention) if return_attention else total
 
 
-def apply_crop_box(label: torch.Tensor, crop_box: torch.Tensor | None,
-                   ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Set ``ignore_index`` outside each image's crop box. label: (B, H, W); crop_box: (B, 4)."""
+def crop_box_mask(crop_box, batch: int, height: int, width: int, device=None,
+                  name: str = "crop_box") -> torch.Tensor:
+    """(B, H, W) bool, True inside each image's crop box (y0, y1, x0, x1), ends exclusive.
+
+    ``crop_box``: an integer (B, 4) tensor or array; anything else raises ``ValueError`` naming
+    the argument ``name``.
+    """
+    boxes = torch.as_tensor(crop_box, device=device)
+    if boxes.shape != (batch, 4) or boxes.is_floating_point() or boxes.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer (B, 4) = ({batch}, 4) array of (y0, y1, x0, x1), got "
+                         f"{tuple(boxes.shape)} {boxes.dtype}")
+    rows = torch.arange(height, device=boxes.device)[None, :, None]
+    cols = torch.arange(width, device=boxes.device)[None, None, :]
+    y0, y1, x0, x1 = (boxes[:, i, None, None] for i in range(4))
+    return (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+
+
+def apply_crop_box(label: torch.Tensor, crop_box, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Set ``ignore_index`` outside each image's crop box. label: (B, H, W); crop_box: (B, 4) or None."""
     if crop_box is None:
         return label
-    crop_box = torch.as_tensor(crop_box, device=label.device)
-    if crop_box.shape != (label.shape[0], 4):
-        raise ValueError(f"crop_box must have shape (B, 4) = ({label.shape[0]}, 4) as (y0, y1, x0, x1), "
-                         f"got {tuple(crop_box.shape)}")
-    ys = torch.arange(label.shape[1], device=label.device).view(1, -1, 1)
-    xs = torch.arange(label.shape[2], device=label.device).view(1, 1, -1)
-    y0, y1, x0, x1 = (crop_box[:, i].view(-1, 1, 1) for i in range(4))
-    inside = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
+    inside = crop_box_mask(crop_box, *label.shape, device=label.device)
     return torch.where(inside, label, torch.full_like(label, ignore_index))
 
 
@@ -92,7 +101,7 @@ def cam_to_label(cam: torch.Tensor, cls_labels: torch.Tensor, bkg_score: float =
 
 def pseudo_label(cam: torch.Tensor, cls_labels: torch.Tensor, crop_box: torch.Tensor | None = None,
                  high: float = 0.55, low: float = 0.35, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Pseudo label of spec §3: class where max > high, ignore where low < max ≤ high,
+    """Pseudo label of method §3: class where max > high, ignore where low < max ≤ high,
     background where max ≤ low, ignore outside the crop box.
 
     cam: (B, K−1, H, W) in [0, 1]; cls_labels: (B, K−1); crop_box: (B, 4) or None.
@@ -115,7 +124,7 @@ def affinity_window(h: int, w: int, radius: int = 8, device=None) -> torch.Tenso
 def attention_random_walk(cam: torch.Tensor, attn_pred: torch.Tensor, cls_labels: torch.Tensor,
                           grid_size: tuple[int, int] | None = None, radius: int = 8,
                           bkg_score: float = 0.35, power: int = 2, eps: float = 0.1) -> torch.Tensor:
-    """Refine a CAM by one random-walk step on the learned affinity (spec §5, evaluation).
+    """Refine a CAM by one random-walk step on the learned affinity (method §5, evaluation).
 
     P = (A ⊙ window)^power with rows divided by (row sum + eps); the CAM, with a background
     channel of value ``bkg_score`` prepended and softmaxed over the present classes plus

@@ -1,18 +1,169 @@
-"""Training configuration: nested defaults, YAML files and ``key=value`` overrides.
+"""Training configuration: a typed dataclass schema, YAML files and ``key=value`` overrides.
 
-A configuration is a tree of plain values. :data:`DEFAULTS` holds every key that exists;
-a YAML file or an override may only change existing keys (an unknown key is an error that
-names it), so a typo never silently does nothing. Values of overrides are parsed as YAML
-(``optim.lr=4e-4``, ``model.stride=[4,2,1,1]``, ``refine.mode=par``).
+:class:`TSCDConfig` and its section dataclasses are the schema: every key, its type and its
+default. A config is built in an OmegaConf structured config from the defaults, a YAML file,
+``overrides`` and ``values``, and handed out as a plain :class:`TSCDConfig` (real lists). Rules:
+
+* an unknown key is a :class:`ConfigError` that names the source (the file, ``override``,
+  ``value``, ``stored config``) and the dotted key, so a typo never silently does nothing;
+* a value must have its field's Python type, list elements included: an int is accepted (and
+  stored) for a float, but bools and numbers never stand for each other and a string is never
+  converted (OmegaConf alone would take ``"3e-4"`` for a float, ``1`` for a bool and ``5`` for
+  ``"5"``, so values are checked first); a section takes a mapping of its keys;
+* override values (``"dotted.key=value"``) are YAML (``optim.lr=1e-3``, ``model.stride=[4,2,1,1]``,
+  ``eval.max_images=null``), except for string fields, which take the text after ``=`` literally
+  (``data.root=my data #1``; ``yes`` and ``2024-01-01`` stay strings; empty: None if optional);
+* ``values`` (dotted key -> Python value, e.g. command-line flags) are assigned as given;
+* strings are never interpolated: ``${...}`` stays as written.
 """
-from __future__ import annotations
-
-import copy
 import re
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, List, Mapping, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from .constants import IMAGENET_MEAN, IMAGENET_STD
+
+
+def _list(*items: Any) -> Any:
+    return field(default_factory=lambda: list(items))
+
+
+@dataclass
+class SyntheticConfig:
+    image_size: int = 64
+    num_train: int = 100000  # fresh images: index -> image, never stored
+    num_val: int = 200
+    max_objects: int = 3
+    radius: List[float] = _list(0.13, 0.24)  # object size range, as a fraction of the image size
+    clutter: int = 6  # at most this many distractor strokes/blobs per background
+    textures: str = "random"  # random: any texture on any shape | class: a texture family per class
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # a name of tscd.data.DATASETS
+    root: Optional[str] = None
+    train_split: str = "train"
+    val_split: str = "val"
+    num_classes: int = 6  # K, background included
+    batch_size: int = 16  # per process
+    num_workers: int = 0
+    crop_size: int = 64
+    scale_range: List[float] = _list(1.0, 1.0)  # random rescale of §9 ([0.5, 2.0] for VOC)
+    flip: bool = True
+    color_jitter: float = 0.0  # strength of brightness/contrast/saturation jitter; 0 = off
+    mean: List[float] = _list(*IMAGENET_MEAN)
+    std: List[float] = _list(*IMAGENET_STD)
+    label_file: Optional[str] = None  # optional .npy dict name -> class vector (VOC); else from masks
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "mit_b1"
+    stride: List[int] = _list(4, 2, 2, 1)
+    pooling: str = "gmp"  # gmp | gap | topk
+    topk_ratio: float = 0.25  # fraction of positions averaged by topk pooling
+    drop_path_rate: float = 0.1
+    embedding_dim: int = 256
+    pretrained: Optional[str] = None
+
+
+@dataclass
+class CamConfig:
+    scales: List[float] = _list(1.0, 0.5, 1.5)  # multi-scale CAM of §2 (each with its flip)
+    high: float = 0.55
+    low: float = 0.35
+    bkg_score: float = 0.45  # plain CAM labels for evaluation (§3)
+
+
+@dataclass
+class RefineConfig:
+    mode: str = "varm"  # varm | par | none
+    num_iter: int = 10
+    dilations: List[int] = _list(1, 2, 4, 8, 12, 24)
+    scale: float = 0.5  # refinement runs at this fraction of the crop size (§4)
+
+
+@dataclass
+class LossConfig:
+    stage1_iters: int = 2000  # iterations <= this: L_cls only (§9)
+    cls: float = 1.0
+    seg: float = 0.1
+    dense: float = 0.01
+    aff: float = 0.1
+    scd: float = 0.1
+    er: float = 0.1
+    er_released: bool = False  # True: the released code's inert ER (no gradient, first fg channel dropped)
+    # The exact dense energy sum is ~1/0.58 of the released lattice's, whose weight was 1e-7 (§8).
+    dense_weight: float = 5.8e-8
+    dense_sigma_rgb: float = 15.0
+    dense_sigma_xy: float = 100.0
+    dense_scale: float = 0.5
+    scd_samples: int = 40  # sampled positions per side; ignored when scd_dense
+    scd_dense: bool = False
+    scd_scale: float = 0.3  # the second view of §6
+    aff_radius: int = 8
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 6e-5
+    head_lr_mult: float = 10.0  # lr multiplier of the classifier + attn_proj and decoder groups (§1)
+    norm_lr_mult: float = 0.0  # lr multiplier of the encoder's LayerNorms (§1 freezes them: 0)
+    betas: List[float] = _list(0.9, 0.999)
+    weight_decay: float = 0.01
+    eps: float = 1e-8
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6
+    power: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    max_iters: int = 20000
+    log_interval: int = 20
+    eval_interval: int = 2000
+    ckpt_interval: int = 5000
+    device: str = "auto"  # auto | cpu | cuda
+    backend: str = "auto"  # tscd.ops backend of the ops every module of the run builds (auto | torch | triton | cpp)
+    bf16: bool = False  # autocast in bfloat16 (CUDA only)
+    num_threads: int = 0  # torch.set_num_threads; 0 = leave as is
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 1
+    max_images: Optional[int] = None  # evaluate a prefix of the split (None = all)
+    num_vis: int = 6  # rows of the PNG grid
+    # `tscd eval` protocol (tscd.engine.inference.EvalProtocol; training-time checks are single-scale)
+    scales: List[float] = _list(1.0)  # segmentation scales, max over scales (method §10: [1.0, 0.5, 0.75])
+    flip: bool = False  # average each scale's logits with the un-flipped logits of the flipped image
+    crf: str = "none"  # auto | exact | pydensecrf | none: dense CRF on the final probabilities
+    resize_long: Optional[int] = None  # resize the image so its long side is this (method §10: 512)
+
+
+@dataclass
+class TSCDConfig:
+    seed: int = 0
+    work_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration file, override or value that cannot be used (the message names the key)."""
+
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads ``1e-3`` (no dot) as a string; this loader reads it as a float too."""
@@ -26,235 +177,120 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _yaml(text: str):
+def _yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "work_dir": "runs/default",
-    "data": {
-        "name": "synthetic",  # a name of tscd.data.DATASETS
-        "root": None,
-        "train_split": "train",
-        "val_split": "val",
-        "num_classes": 6,  # K, background included
-        "batch_size": 16,  # per process
-        "num_workers": 0,
-        "crop_size": 64,
-        "scale_range": [1.0, 1.0],  # random rescale of §9 ([0.5, 2.0] for VOC)
-        "flip": True,
-        "color_jitter": 0.0,  # strength of brightness/contrast/saturation jitter; 0 = off
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "label_file": None,  # optional .npy dict name -> class vector (VOC); else from masks
-        "synthetic": {
-            "image_size": 64,
-            "num_train": 100000,  # fresh images: index -> image, never stored
-            "num_val": 200,
-            "max_objects": 3,
-            "radius": [0.13, 0.24],  # object size range, as a fraction of the image size
-            "clutter": 6,  # at most this many distractor strokes/blobs per background
-            "textures": "random",  # random: any texture on any shape | class: a texture family per class
-            "seed": 0,
-        },
-    },
-    "model": {
-        "backbone": "mit_b1",
-        "stride": [4, 2, 2, 1],
-        "pooling": "gmp",  # gmp | gap | topk
-        "topk_ratio": 0.25,  # fraction of positions averaged by topk pooling
-        "drop_path_rate": 0.1,
-        "embedding_dim": 256,
-        "pretrained": None,
-    },
-    "cam": {
-        "scales": [1.0, 0.5, 1.5],  # multi-scale CAM of §2 (each with its flip)
-        "high": 0.55,
-        "low": 0.35,
-        "bkg_score": 0.45,  # plain CAM labels for evaluation (§3)
-    },
-    "refine": {
-        "mode": "varm",  # varm | par | none
-        "num_iter": 10,
-        "dilations": [1, 2, 4, 8, 12, 24],
-        "scale": 0.5,  # refinement runs at this fraction of the crop size (§4)
-    },
-    "loss": {
-        "stage1_iters": 2000,  # iterations <= this: L_cls only (§9)
-        "cls": 1.0,
-        "seg": 0.1,
-        "dense": 0.01,
-        "aff": 0.1,
-        "scd": 0.1,
-        "er": 0.1,
-        "er_released": False,  # True: the released code's inert ER (no gradient, first fg channel dropped)
-        # The exact dense energy sum is ~1/0.58 of the released lattice's, whose weight was 1e-7 (§8).
-        "dense_weight": 5.8e-8,
-        "dense_sigma_rgb": 15.0,
-        "dense_sigma_xy": 100.0,
-        "dense_scale": 0.5,
-        "scd_samples": 40,  # sampled positions per side; ignored when scd_dense
-        "scd_dense": False,
-        "scd_scale": 0.3,  # the second view of §6
-        "aff_radius": 8,
-    },
-    "optim": {
-        "lr": 6e-5,
-        "head_lr_mult": 10.0,  # lr multiplier of the classifier + attn_proj and decoder groups (§1)
-        "norm_lr_mult": 0.0,  # lr multiplier of the encoder's LayerNorms (§1 freezes them: 0)
-        "betas": [0.9, 0.999],
-        "weight_decay": 0.01,
-        "eps": 1e-8,
-        "warmup_iters": 1500,
-        "warmup_ratio": 1e-6,
-        "power": 1.0,
-    },
-    "train": {
-        "max_iters": 20000,
-        "log_interval": 20,
-        "eval_interval": 2000,
-        "ckpt_interval": 5000,
-        "device": "auto",  # auto | cpu | cuda
-        "backend": "auto",  # tscd.ops backend for every op (sets TSCD_BACKEND)
-        "bf16": False,  # autocast in bfloat16 (CUDA only)
-        "num_threads": 0,  # torch.set_num_threads; 0 = leave as is
-    },
-    "eval": {
-        "batch_size": 1,
-        "max_images": None,  # evaluate a prefix of the split (None = all)
-        "num_vis": 6,  # rows of the PNG grid
-        # `tscd eval` protocol (tscd.engine.inference.EvalProtocol; training-time checks are single-scale)
-        "scales": [1.0],  # segmentation scales, max over scales (spec §10: [1.0, 0.5, 0.75])
-        "flip": False,  # average each scale's logits with the un-flipped logits of the flipped image
-        "crf": "none",  # auto | exact | pydensecrf | none: dense CRF on the final probabilities
-        "resize_long": None,  # resize the image so its long side is this (spec §10: 512)
-    },
-}
-
-
-class ConfigError(ValueError):
-    """A configuration file or override that cannot be used (the message names the key)."""
-
-
-class Config(dict):
-    """A dict with attribute access to its keys (``cfg.optim.lr``); nested dicts are Configs."""
-
-    def __init__(self, tree: dict | None = None):
-        super().__init__()
-        for key, value in (tree or {}).items():
-            self[key] = Config(value) if isinstance(value, dict) else value
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
-
-    def to_dict(self) -> dict:
-        return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self.items()}
-
-
-def _checked(old: Any, value: Any, path: str, source: str) -> Any:
-    """``value`` if its type fits the default ``old`` (ints are accepted for floats)."""
-    if old is None or value is None:
-        return value
-    number = (int, float)
-    if isinstance(old, bool) or isinstance(value, bool):
-        ok = isinstance(old, bool) and isinstance(value, bool)
-    elif isinstance(old, number):
-        ok = isinstance(value, number)
-        value = float(value) if ok and isinstance(old, float) else value
-    else:
-        ok = isinstance(value, type(old))
-    if not ok:
-        raise ConfigError(f"{source}: '{path}' expects a {type(old).__name__}, got {value!r}")
-    return value
-
-
-def _merge(base: dict, update: dict, source: str, prefix: str = "") -> None:
-    for key, value in update.items():
-        path = f"{prefix}{key}"
-        if key not in base:
-            raise ConfigError(f"{source}: unknown config key '{path}'")
-        if isinstance(base[key], dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{source}: '{path}' is a section, expected a mapping, got {value!r}")
-            _merge(base[key], value, source, path + ".")
-        else:
-            base[key] = _checked(base[key], value, path, source)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"a.b=value"`` -> ``("a.b", yaml value)``."""
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' is not of the form key=value")
-    key, raw = text.split("=", 1)
-    try:
-        value = _yaml(raw) if raw != "" else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
-
-
-def set_key(tree: dict, dotted: str, value: Any, source: str = "override") -> None:
-    """Set an existing entry ``a.b.c`` of ``tree``; unknown keys raise :class:`ConfigError`."""
-    node, parts = tree, dotted.split(".")
+def _field_type(key: str, source: str) -> Any:
+    """The declared type of the dotted ``key`` (a dataclass for a section); unknown keys raise."""
+    tp: Any = TSCDConfig
+    parts = key.split(".")
     for i, part in enumerate(parts):
-        if not isinstance(node, dict) or part not in node:
+        if part not in (fields := get_type_hints(tp) if is_dataclass(tp) else {}):
             raise ConfigError(f"{source}: unknown config key '{'.'.join(parts[: i + 1])}'")
-        if i == len(parts) - 1:
-            if isinstance(node[part], dict):
-                if not isinstance(value, dict):
-                    raise ConfigError(f"{source}: '{dotted}' is a section, not a value")
-                _merge(node[part], value, source, dotted + ".")
-            else:
-                node[part] = _checked(node[part], value, dotted, source)
-        else:
-            node = node[part]
+        tp = fields[part]
+    return tp
+
+
+def _typed(tp: Any, value: Any, key: str, source: str) -> Any:
+    """``value`` as a plain instance of the declared type ``tp``, which it must have (ints pass as floats)."""
+    if get_origin(tp) is Union:  # Optional[X]
+        if value is None:
+            return None
+        tp = get_args(tp)[0]
+    if get_origin(tp) is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{key}' expects a list, got {value!r}")
+        return [_typed(get_args(tp)[0], item, key, source) for item in value]
+    if isinstance(value, bool) != (tp is bool) or not isinstance(value, (int, float) if tp is float else tp):
+        raise ConfigError(f"{source}: '{key}' expects a {tp.__name__}, got {value!r}")
+    return tp(value)
+
+
+def _assign(node: DictConfig, key: str, value: Any, source: str) -> None:
+    tp = _field_type(key, source)
+    if is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: '{key}' is a section, expected a mapping, got {value!r}")
+        _merge(node, value, source, key + ".")
+        return
+    value = _typed(tp, value, key, source)
+    if isinstance(value, str):  # escaped, or OmegaConf would resolve "${...}" as an interpolation
+        value = re.sub(r"(\\*)\$\{", lambda m: m[1] * 2 + "\\${", value)
+    OmegaConf.update(node, key, value)
+
+
+def _merge(node: DictConfig, tree: Mapping, source: str, prefix: str = "") -> None:
+    for key, value in tree.items():
+        _assign(node, f"{prefix}{key}", value, source)
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    """``"a.b=value"`` -> ``("a.b", value)``: YAML, or the literal text for a string field."""
+    key, eq, raw = text.partition("=")
+    if not eq:
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    key = key.strip()
+    tp = _field_type(key, "override")
+    if tp in (str, Optional[str]):
+        return key, raw if raw or tp is str else None
+    try:
+        return key, _yaml(raw)
+    except yaml.YAMLError:
+        return key, raw  # rejected by the type check, which names the key
+
+
+def _build(tree: Mapping[str, Any], source: str, overrides: Iterable[str] = (),
+           values: Optional[Mapping[str, Any]] = None) -> DictConfig:
+    """The defaults, updated by the nested mapping ``tree``, ``key=value`` overrides, then ``values``."""
+    node = OmegaConf.structured(TSCDConfig)
+    _merge(node, tree, source)
+    for text in overrides:
+        _assign(node, *_parse_override(text), "override")
+    _merge(node, values or {}, "value")
+    return node
 
 
 def builtin_config_dir() -> Path:
-    """The shipped ``configs/`` folder (next to the package in a checkout or editable install)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "configs", here.parent / "configs"):
-        if candidate.is_dir():
-            return candidate
-    raise ConfigError(f"cannot find the built-in configs next to {here}")
+    """The shipped YAML configs, ``tscd/configs`` (next to this module)."""
+    return Path(__file__).resolve().parent / "configs"
 
 
-def resolve_config_path(name: str | Path) -> Path:
-    """A path to a YAML file, or the name of a built-in config (``synthetic``, ``voc``, ``coco``)."""
+def resolve_config_path(name: Union[str, Path]) -> Path:
+    """A path to a YAML file, or a built-in config's name (``synthetic``, ``voc``, ``coco``, ``folder``)."""
     path = Path(name)
     if path.is_file():
         return path
-    if path.suffix == "" and path.parent == Path("."):
-        builtin = builtin_config_dir() / f"{name}.yaml"
-        if builtin.is_file():
-            return builtin
+    builtin = builtin_config_dir() / f"{name}.yaml"
+    if path.suffix == "" and path.parent == Path(".") and builtin.is_file():
+        return builtin
     raise ConfigError(f"config file not found: {name}")
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Defaults, updated by the YAML file ``path`` (if any), then by ``key=value`` overrides."""
-    tree = copy.deepcopy(DEFAULTS)
-    if path is not None:
-        file = resolve_config_path(path)
-        try:
-            loaded = _yaml(file.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{file}: not valid YAML ({str(err).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{file}: expected a mapping at the top level")
-        _merge(tree, loaded, str(file))
-    for text in overrides:
-        key, value = parse_override(text)
-        set_key(tree, key, value)
-    return Config(tree)
+def load_config(path: Union[str, Path, None] = None, overrides: Iterable[str] = (),
+                values: Optional[Mapping[str, Any]] = None) -> TSCDConfig:
+    """The defaults, updated by the YAML file ``path`` (if any), ``key=value`` overrides, then ``values``."""
+    file = None if path is None else resolve_config_path(path)
+    try:
+        tree = _yaml(file.read_text()) if file else {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{file}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(tree, (Mapping, type(None))):
+        raise ConfigError(f"{file}: expected a mapping at the top level, got {type(tree).__name__}")
+    return OmegaConf.to_object(_build(tree or {}, str(file), overrides, values))
 
 
-def config_from_dict(tree: dict) -> Config:
-    """A Config from a stored dict (e.g. a checkpoint's), filled up with today's defaults."""
-    merged = copy.deepcopy(DEFAULTS)
-    _merge(merged, tree, "stored config")
-    return Config(merged)
+def config_from_dict(tree: Mapping[str, Any]) -> TSCDConfig:
+    """A config from a stored nested dict (e.g. a checkpoint's), filled up with today's defaults."""
+    return OmegaConf.to_object(_build(tree, "stored config"))
+
+
+def apply(cfg: TSCDConfig, overrides: Iterable[str] = (),
+          values: Optional[Mapping[str, Any]] = None) -> TSCDConfig:
+    """A new config: ``cfg`` updated by ``key=value`` overrides, then ``values`` (``cfg`` is unchanged)."""
+    return OmegaConf.to_object(_build(asdict(cfg), "config", overrides, values))
+
+
+def to_dict(cfg: TSCDConfig) -> dict:
+    """``cfg`` as nested dicts and lists of plain values (``yaml.safe_dump``-able)."""
+    return OmegaConf.to_container(_build(asdict(cfg), "config"), resolve=True)

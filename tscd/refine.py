@@ -1,13 +1,17 @@
-"""Pseudo-label refinement with VARM (spec §4): an ``nn.Module`` around ``tscd.ops.varm_refine``
-and the training use ``refine_cams_with_bkg``, batched over images."""
+"""Pseudo labels (method §2–§4): the refiner module around ``tscd.ops.varm_refine``,
+``refine_cams_with_bkg`` (the training use of VARM, batched over images) and
+:class:`PseudoLabeler`, the one path from a model and a batch to pseudo labels that training,
+evaluation and the pseudo-label export share."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cam as cam_utils
+from .constants import IGNORE_INDEX, REFINE_MODES
 from .ops._checks import check_dim_equal, check_same_device, check_tensor
 from .ops.varm import DEFAULT_DILATIONS, varm_refine
 
@@ -51,18 +55,6 @@ def _present_channels(cls_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return keys, valid
 
 
-def _crop_mask(crop_boxes, b: int, h: int, w: int, device) -> torch.Tensor:
-    """(B, H, W) bool: inside each image's box (y0, y1, x0, x1), ends exclusive."""
-    boxes = torch.as_tensor(crop_boxes, device=device)
-    if boxes.shape != (b, 4) or boxes.is_floating_point() or boxes.dtype == torch.bool:
-        raise ValueError(f"crop_boxes must be an integer (B, 4) = ({b}, 4) array of (y0, y1, x0, x1), got "
-                         f"{tuple(boxes.shape)} {boxes.dtype}")
-    rows = torch.arange(h, device=device)[None, :, None]
-    cols = torch.arange(w, device=device)[None, None, :]
-    y0, y1, x0, x1 = (boxes[:, i, None, None] for i in range(4))
-    return (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
-
-
 @torch.no_grad()
 def refine_cams_with_bkg(
     images: torch.Tensor,
@@ -71,12 +63,12 @@ def refine_cams_with_bkg(
     *,
     high: float = 0.55,
     low: float = 0.35,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     crop_boxes=None,
     downscale: float = 0.5,
     refiner: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Refined pseudo labels from CAMs, the training use of spec §4 (AFA's ``refine_cams_with_bkg_v2``).
+    """Refined pseudo labels from CAMs, the training use of method §4 (AFA's ``refine_cams_with_bkg_v2``).
 
     images: (B, 3, H, W), the de-normalised input in [0, 1]; cams: (B, K−1, h, w)
     foreground CAMs in [0, 1] (any size, usually (H, W)); cls_labels: (B, K−1) image-level
@@ -133,5 +125,64 @@ def refine_cams_with_bkg(
     label = label_high.masked_fill(label_high == 0, ignore_index)
     label = label.masked_fill((label_high == 0) & (label_low == 0), 0)
     if crop_boxes is not None:
-        label = label.masked_fill(~_crop_mask(crop_boxes, b, h, w, images.device), ignore_index)
+        label = label.masked_fill(~cam_utils.crop_box_mask(crop_boxes, b, h, w, images.device, "crop_boxes"),
+                                  ignore_index)
     return label
+
+
+class PseudoLabeler:
+    """Model + batch → CAMs → thresholds → refinement → pseudo labels (method §2–§4).
+
+    Args:
+        scales: the multi-scale CAM's scales (each run with its flip, §2).
+        high, low: the background scores of §3: a pixel is its class where the CAM exceeds
+            ``high``, uncertain (ignore) between ``low`` and ``high``, background below ``low``.
+        refine: ``"varm"`` (TSCD), ``"par"`` (AFA) or ``"none"`` (plain CAM labels of §3).
+        dilations, num_iter: the refiner's neighbourhood and iteration count.
+        downscale: the refinement runs at this fraction of the image size (§4).
+        backend: the ``tscd.ops`` backend of the refinement.
+
+    ``cams(model, images)`` gives the CAMs, ``labels(rgb, cams, cls_labels, crop_boxes)`` the labels
+    from them, and calling the object does both. Runs without gradient.
+    """
+
+    def __init__(self, scales: Sequence[float] = (1.0, 0.5, 1.5), high: float = 0.55, low: float = 0.35,
+                 refine: str = "varm", dilations=DEFAULT_DILATIONS, num_iter: int = 10, downscale: float = 0.5,
+                 backend: str = "auto"):
+        if refine not in REFINE_MODES:
+            raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
+        if not low <= high:
+            raise ValueError(f"low ({low}) must not exceed high ({high})")
+        self.scales, self.high, self.low, self.downscale, self.refine = tuple(scales), high, low, downscale, refine
+        self.refiner = None if refine == "none" else VARM(dilations, num_iter, refine, backend)
+
+    @torch.no_grad()
+    def cams(self, model, images: torch.Tensor) -> torch.Tensor:
+        """Multi-scale CAMs (B, K−1, H, W) in [0, 1] of normalised images (B, 3, H, W)."""
+        return cam_utils.multi_scale_cam(model, images, self.scales)
+
+    @torch.no_grad()
+    def labels(self, rgb: torch.Tensor, cams: torch.Tensor, cls_labels: torch.Tensor, crop_boxes=None,
+               high: float | None = None, low: float | None = None) -> torch.Tensor:
+        """Pseudo labels (B, H, W) int64 (``IGNORE_INDEX`` where uncertain or outside the crop box).
+
+        rgb: (B, 3, H, W) the images in [0, 1]; cams: (B, K−1, H, W); cls_labels: (B, K−1);
+        crop_boxes: (B, 4) or None. ``high``/``low`` replace the thresholds for this call
+        (evaluation asks for full labels with high = low).
+        """
+        high = self.high if high is None else high
+        low = self.low if low is None else low
+        if self.refiner is None:
+            return cam_utils.pseudo_label(cams, cls_labels, crop_boxes, high=high, low=low)
+        return refine_cams_with_bkg(rgb, cams, cls_labels, high=high, low=low, crop_boxes=crop_boxes,
+                                    downscale=self.downscale, refiner=self.refiner)
+
+    def __call__(self, model, images: torch.Tensor, rgb: torch.Tensor, cls_labels: torch.Tensor,
+                 crop_boxes=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cams (B, K−1, H, W), labels (B, H, W)) of normalised images and their [0, 1] view ``rgb``."""
+        cams = self.cams(model, images)
+        return cams, self.labels(rgb, cams, cls_labels, crop_boxes)
+
+    def __repr__(self) -> str:
+        return (f"PseudoLabeler(scales={self.scales}, high={self.high}, low={self.low}, refine={self.refine!r}, "
+                f"downscale={self.downscale}, refiner={self.refiner})")

@@ -77,7 +77,8 @@ def test_bad_rows_name_file_and_line(tmp_path, rows, message):
 def test_mask_size_mismatch(tmp_path):
     root = make_folder(tmp_path / "d")
     Image.fromarray(np.zeros((30, 50), np.uint8), mode="L").save(root / "masks" / "a.png")
-    with pytest.raises(DatasetError, match=r"val.csv line 2: mask .*a.png is \(30, 50\), its image .*a.jpg is \(40, 50\)"):
+    with pytest.raises(DatasetError,
+                       match=r"val.csv line 2: mask .*a.png is \(30, 50\), its image .*a.jpg is \(40, 50\)"):
         FolderDataset(root, "val", train=False)
 
 

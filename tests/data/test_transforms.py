@@ -1,7 +1,8 @@
 import numpy as np
 import torch
 
-from tscd.data.transforms import IGNORE, TrainTransform, denormalize, random_crop
+from tscd.constants import IGNORE_INDEX as IGNORE
+from tscd.data.transforms import EvalTransform, TrainTransform, denormalize, random_crop
 
 
 def _coded_image(h, w):
@@ -33,8 +34,10 @@ def test_train_transform_keeps_image_and_mask_aligned():
     img, mask = _coded_image(30, 40)
     t = TrainTransform(32, scale_range=(0.5, 2.0), flip=True)
     for seed in range(10):
-        image, m, box = t(img, mask, np.random.default_rng(seed))
-        rgb = (denormalize(image[None])[0] * 255).round()
+        item = t(img, mask, np.random.default_rng(seed))
+        m, box = item["mask"], item["box"]
+        rgb = (item["rgb"] * 255).round()
+        assert torch.equal(item["rgb"], denormalize(item["image"][None])[0])
         y0, y1, x0, x1 = box.tolist()
         region = m[y0:y1, x0:x1]
         assert (region != IGNORE).all()
@@ -50,5 +53,12 @@ def test_train_transform_is_reproducible_from_its_rng():
     a = t(img, mask, np.random.default_rng(5))
     state = torch.get_rng_state()
     b = t(img, mask, np.random.default_rng(5))
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+    assert a.keys() == b.keys() == {"image", "rgb", "mask", "box"} and all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(state, torch.get_rng_state())  # the global generator is untouched
+
+
+def test_eval_transform_keeps_the_whole_image():
+    img, mask = _coded_image(13, 17)
+    item = EvalTransform()(img, mask)
+    assert item["box"].tolist() == [0, 13, 0, 17] and torch.equal(item["mask"], torch.from_numpy(mask).long())
+    torch.testing.assert_close(item["rgb"] * 255, torch.from_numpy(img).permute(2, 0, 1).float(), atol=1e-3, rtol=0)

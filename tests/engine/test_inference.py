@@ -1,4 +1,4 @@
-"""Evaluation protocol of spec §10: multi-scale + flip inference, CRF step, streamed and sharded
+"""Evaluation protocol of method §10: multi-scale + flip inference, CRF step, streamed and sharded
 confusion matrices, `tscd eval` flags."""
 import json
 import os
@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tscd.config import load_config
+from tscd.config import config_from_dict, load_config, to_dict
 from tscd.data import build_dataset
-from tscd.engine import inference
+from tscd.data.transforms import denormalize
+from tscd.engine import distributed, inference
+from tscd.engine.builders import build_model, build_pseudo_labeler, eval_loader
 from tscd.engine.evaluator import Evaluator
-from tscd.engine.inference import EvalProtocol, crf_backend, multi_scale_forward, resize_long_side
-from tscd.engine.trainer import build_model, eval_loader
-from tscd.losses.objective import TSCDObjective
+from tscd.engine.inference import EvalProtocol, multi_scale_forward, resize_long_side
 
 from . import TINY
 
@@ -40,13 +40,13 @@ def hand_written_msf(model, image, long_side):
     x = F.interpolate(image, size=(int(h * ratio), int(w * ratio)), mode="bilinear", align_corners=False)
     per_scale = []
     with torch.no_grad():
-        seg = model(torch.cat([x, x.flip(-1)]))[1]
+        seg = model(torch.cat([x, x.flip(-1)])).seg
         single = seg[:1]
         size = seg.shape[-2:]
         per_scale.append((seg[0] + seg[1].flip(-1)) / 2)
         for s in SCALES[1:]:
             xs = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
-            seg = F.interpolate(model(torch.cat([xs, xs.flip(-1)]))[1], size=size, mode="bilinear",
+            seg = F.interpolate(model(torch.cat([xs, xs.flip(-1)])).seg, size=size, mode="bilinear",
                                 align_corners=False)
             per_scale.append((seg[0] + seg[1].flip(-1)) / 2)
     return single, torch.stack(per_scale).max(0).values[None]
@@ -74,7 +74,7 @@ def test_single_scale_protocol_is_one_plain_forward_pass(model):
     images = torch.randn(1, 3, 64, 72)
     fwd, preds = EvalProtocol().predict(model, images, (64, 72))
     with torch.no_grad():
-        cls, seg, _, _ = model(images)
+        cls, seg, _, _, _ = model(images)
     assert list(preds) == ["seg"] and torch.equal(fwd.msf, fwd.seg)
     torch.testing.assert_close(fwd.cls, cls)
     expected = F.interpolate(seg, size=(64, 72), mode="bilinear", align_corners=False).argmax(1)
@@ -84,41 +84,35 @@ def test_single_scale_protocol_is_one_plain_forward_pass(model):
 def test_crf_step_gets_the_image_in_0_255_and_the_upsampled_softmax(model, monkeypatch):
     calls = []
 
-    def stand_in(rgb, probs, choice):
-        calls.append((rgb, probs, choice))
+    def stand_in(rgb, probs, backend):
+        calls.append((rgb, probs, backend))
         return probs.flip(1)  # any change of the argmax shows the result is used
 
-    monkeypatch.setattr(inference, "dense_crf_probs", stand_in)
+    monkeypatch.setattr(inference, "dense_crf", stand_in)
     images = torch.randn(1, 3, 64, 80)
     protocol = EvalProtocol(scales=(1.0, 0.5), flip=True, crf="exact", resize_long=96)
-    fwd, preds = protocol.predict(model, images, (64, 80))
+    with pytest.raises(ValueError, match="pass rgb"):
+        protocol.predict(model, images, (64, 80))
+    fwd, preds = protocol.predict(model, images, (64, 80), denormalize(images))
     assert list(preds) == ["seg", "seg_msf", "seg_msf_crf"]
     rgb, probs, choice = calls[0]
     assert choice == "exact" and rgb.shape == (1, 3, 64, 80) and probs.shape == (1, 6, 64, 80)
-    from tscd.data.transforms import denormalize
-
     torch.testing.assert_close(rgb, (denormalize(images) * 255).round())
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 64, 80))
     assert torch.equal(preds["seg_msf_crf"], probs.flip(1).argmax(1))
     assert EvalProtocol(crf="auto").kinds() == ("seg", "seg_crf")
 
 
-def test_crf_choices_map_to_dense_crf_backends():
-    assert crf_backend("exact", "cpu") == "cpp" and crf_backend("exact", "cuda") == "triton"
-    assert crf_backend("auto", "cpu") == "auto" and crf_backend("pydensecrf", "cpu") == "pydensecrf"
-    assert crf_backend("none", "cpu") is None
-    with pytest.raises(ValueError, match="crf must be one of"):
-        crf_backend("fast", "cpu")
-
-
-def test_exact_crf_choice_runs_the_op():
+def test_exact_crf_choice_is_an_exact_dense_crf_backend():
+    from tscd.ops import backends
     from tscd.ops.dense_crf import dense_crf
 
+    assert backends.resolve("dense_crf", "exact", "cpu") in ("cpp", "torch")  # never the approximation
     torch.manual_seed(2)
     rgb = torch.randint(0, 256, (1, 3, 9, 11)).float()
     probs = torch.randn(1, 3, 9, 11).softmax(1)
-    out = inference.dense_crf_probs(rgb, probs, "exact")
-    torch.testing.assert_close(out, dense_crf(rgb, probs, backend="torch"), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dense_crf(rgb, probs, backend="exact"), dense_crf(rgb, probs, backend="torch"),
+                               atol=1e-4, rtol=1e-4)
 
 
 def test_protocol_arguments_are_checked():
@@ -137,22 +131,23 @@ def test_resize_long_side():
 
 
 def test_config_and_flags_build_the_protocol():
-    from tscd.cli import build_parser
-    from tscd.engine.eval_args import protocol_overrides
+    from tscd.cli import build_parser, flag_values
 
     voc = EvalProtocol.from_config(load_config("voc"))
     assert voc == EvalProtocol(scales=SCALES, flip=True, crf="auto", resize_long=512)
     args = build_parser().parse_args(["eval", "--checkpoint", "x.pth", "--scales", "1.0,0.5", "--no-flip",
                                       "--crf", "none", "--resize-long", "0"])
-    cfg = load_config("voc", protocol_overrides(args))
+    assert flag_values(args) == {"eval.scales": [1.0, 0.5], "eval.flip": False, "eval.crf": "none",
+                                 "eval.resize_long": 0}
+    cfg = load_config("voc", values=flag_values(args))
     assert EvalProtocol.from_config(cfg) == EvalProtocol(scales=(1.0, 0.5), flip=False, crf="none")
     with pytest.raises(ValueError, match="--scales"):
-        protocol_overrides(build_parser().parse_args(["eval", "--checkpoint", "x", "--scales", "1,big"]))
+        flag_values(build_parser().parse_args(["eval", "--checkpoint", "x", "--scales", "1,big"]))
 
 
 def _evaluate(cfg, model, protocol, max_images=None, **kw):
     dataset = build_dataset(cfg, "val", train=False)
-    evaluator = Evaluator(cfg, TSCDObjective(cfg), dataset.class_names, "cpu", protocol, **kw)
+    evaluator = Evaluator(cfg, build_pseudo_labeler(cfg), dataset.class_names, "cpu", protocol, **kw)
     return evaluator.run(model, eval_loader(dataset, 1), max_images)
 
 
@@ -175,16 +170,14 @@ def test_streamed_confusion_matrix_equals_all_predictions_at_once(cfg, model, tm
 
 
 def _shard_worker(rank, world, init_file, cfg_tree, state, protocol, out):
-    from tscd.config import Config
-
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    cfg = Config(cfg_tree)
+    cfg = config_from_dict(cfg_tree)
     model = build_model(cfg).eval()
     model.load_state_dict(state)
     dataset = build_dataset(cfg, "val", train=False)
-    part = inference.shard(dataset, rank, world, max_images=3)
-    evaluator = Evaluator(cfg, TSCDObjective(cfg), dataset.class_names, "cpu", protocol, distributed=True)
+    part = distributed.shard(dataset, rank, world, max_images=3)
+    evaluator = Evaluator(cfg, build_pseudo_labeler(cfg), dataset.class_names, "cpu", protocol, distributed=True)
     metrics = evaluator.run(model, eval_loader(part, 1))
     if rank == 0:
         out.write_text(json.dumps(metrics))
@@ -195,7 +188,7 @@ def test_sharded_evaluation_equals_single_process(cfg, model, tmp_path):
     protocol = EvalProtocol(scales=(1.0, 0.75), flip=True)
     single = _evaluate(cfg, model, protocol, max_images=3)
     out = tmp_path / "metrics.json"
-    torch.multiprocessing.spawn(_shard_worker, args=(2, str(tmp_path / "init"), cfg.to_dict(), model.state_dict(),
+    torch.multiprocessing.spawn(_shard_worker, args=(2, str(tmp_path / "init"), to_dict(cfg), model.state_dict(),
                                                      protocol, out), nprocs=2)
     sharded = json.loads(out.read_text())
     for key in ("seg_miou", "seg_msf_miou", "cam_miou", "pseudo_miou", "aff_miou", "cls_f1", "num_images"):
@@ -207,7 +200,7 @@ def test_eval_command_with_protocol_flags(cfg, model, tmp_path):
     from tscd.engine import checkpoint as ckpt_io
 
     ckpt = tmp_path / "model.pth"
-    ckpt_io.atomic_save({"model": model.state_dict(), "config": cfg.to_dict(),
+    ckpt_io.atomic_save({"model": model.state_dict(), "config": to_dict(cfg),
                          "class_names": list(build_dataset(cfg, "val", train=False).class_names)}, ckpt)
     out, preds = tmp_path / "m.json", tmp_path / "preds"
     rc = main(["eval", "--checkpoint", str(ckpt), "--scales", "1.0,0.75", "--flip", "--crf", "none",

@@ -41,8 +41,8 @@ def test_warmup_then_poly():
 
 def test_optimizer_groups_follow_the_config():
     from tscd.config import load_config
+    from tscd.engine.builders import build_model
     from tscd.engine.schedule import build_optimizer, build_scheduler
-    from tscd.engine.trainer import build_model
 
     from . import TINY
 
@@ -52,4 +52,4 @@ def test_optimizer_groups_follow_the_config():
     build_scheduler(opt, cfg)
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs == pytest.approx({"encoder": 1e-3, "encoder_norm": 5e-4, "heads": 3e-3, "decoder": 3e-3})
-    assert load_config().optim.norm_lr_mult == 0.0  # spec §1: frozen encoder norms by default
+    assert load_config().optim.norm_lr_mult == 0.0  # method §1: frozen encoder norms by default

@@ -7,12 +7,11 @@ import torch
 from PIL import Image
 
 from tscd import cam as cam_utils
-from tscd.config import load_config
+from tscd.config import load_config, to_dict
 from tscd.data import build_dataset
-from tscd.data.transforms import denormalize
 from tscd.engine import pseudo_labels as pl
+from tscd.engine.builders import build_model, build_pseudo_labeler
 from tscd.engine.metrics import ConfusionMatrix
-from tscd.engine.trainer import build_model
 from tscd.refine import VARM, refine_cams_with_bkg
 
 from ..data.test_folder import make_folder
@@ -33,7 +32,7 @@ def setup(tmp_path):
 
 def test_export_writes_palette_pngs_of_the_image_size(setup):
     cfg, model, dataset, out = setup
-    summary = pl.export_pseudo_labels(model, dataset, out, cfg, refine="varm", progress=False)
+    summary = pl.export_pseudo_labels(build_pseudo_labeler(cfg, "varm"), model, dataset, out, progress=False)
     assert summary["written"] == 2 and summary["skipped"] == 0
     for name, (h, w) in SIZES.items():
         png = Image.open(out / f"{name}.png")
@@ -42,7 +41,8 @@ def test_export_writes_palette_pngs_of_the_image_size(setup):
         present = {0, 255} | {c + 1 for c in np.nonzero(dataset.labels[name])[0].tolist()}
         assert values <= present, name
     with pytest.raises(ValueError, match="different sizes .* set eval.batch_size=1"):
-        pl.export_pseudo_labels(model, dataset, out.parent / "other", cfg, batch_size=2, progress=False)
+        pl.export_pseudo_labels(build_pseudo_labeler(cfg), model, dataset, out.parent / "other", batch_size=2,
+                                progress=False)
     assert not list(out.glob(".*"))  # no temporary file left
     # mIoU over the images that have a mask (only "a"), 255 counting as wrong
     mat = ConfusionMatrix(4)
@@ -53,52 +53,55 @@ def test_export_writes_palette_pngs_of_the_image_size(setup):
 
 def test_export_resumes(setup, monkeypatch):
     cfg, model, dataset, out = setup
-    first = pl.export_pseudo_labels(model, dataset, out, cfg, refine="none", progress=False)
+    labeler = build_pseudo_labeler(cfg, "none")
+    first = pl.export_pseudo_labels(labeler, model, dataset, out, progress=False)
     before = {n: (out / f"{n}.png").read_bytes() for n in SIZES}
     calls = []
     original = pl.pseudo_labels_for_batch
 
-    def counting(model, images, *args, **kw):
+    def counting(labeler, model, images, *args, **kw):
         calls.append(images.shape)
-        return original(model, images, *args, **kw)
+        return original(labeler, model, images, *args, **kw)
 
     monkeypatch.setattr(pl, "pseudo_labels_for_batch", counting)
-    again = pl.export_pseudo_labels(model, dataset, out, cfg, refine="none", progress=False)
+    again = pl.export_pseudo_labels(labeler, model, dataset, out, progress=False)
     assert calls == [] and again["written"] == 0 and again["skipped"] == 2
     assert again["pseudo_miou"] == pytest.approx(first["pseudo_miou"])  # stored labels still count
     (out / "b.png").unlink()
-    third = pl.export_pseudo_labels(model, dataset, out, cfg, refine="none", progress=False)
+    third = pl.export_pseudo_labels(labeler, model, dataset, out, progress=False)
     assert third["written"] == 1 and calls == [(1, 3, *SIZES["b"])]
     assert {n: (out / f"{n}.png").read_bytes() for n in SIZES} == before
 
 
-def test_batch_labels_follow_spec_2_to_4(setup):
+def test_batch_labels_follow_method_2_to_4(setup):
     cfg, model, dataset, _ = setup
     item = dataset[0]
-    images, labels = item["image"][None], item["label"][None]
+    images, rgb, labels = item["image"][None], item["rgb"][None], item["label"][None]
     cam = cam_utils.multi_scale_cam(model, images, tuple(cfg.cam.scales))
     r = cfg.refine
-    expected = refine_cams_with_bkg(denormalize(images), cam, labels.long(), high=cfg.cam.high, low=cfg.cam.low,
+    expected = refine_cams_with_bkg(rgb, cam, labels.long(), high=cfg.cam.high, low=cfg.cam.low,
                                     downscale=r.scale, refiner=VARM(tuple(r.dilations), r.num_iter, "par"))
-    assert torch.equal(pl.pseudo_labels_for_batch(model, images, labels, cfg, refine="par"), expected)
+    labels_of = lambda refine: pl.pseudo_labels_for_batch(build_pseudo_labeler(cfg, refine), model, images, rgb,  # noqa: E731
+                                                          labels)
+    assert torch.equal(labels_of("par"), expected)
     plain = cam_utils.pseudo_label(cam, labels, None, high=cfg.cam.high, low=cfg.cam.low)
-    assert torch.equal(pl.pseudo_labels_for_batch(model, images, labels, cfg, refine="none"), plain)
-    with pytest.raises(ValueError, match="refine must be one of"):
-        pl.pseudo_labels_for_batch(model, images, labels, cfg, refine="crf")
+    assert torch.equal(labels_of("none"), plain)
+    with pytest.raises(ValueError, match="refine.mode must be one of"):
+        build_pseudo_labeler(cfg, "crf")
 
 
 def test_crf_on_labels_keeps_uncertain_pixels(monkeypatch):
     seen = {}
 
-    def stand_in(rgb, probs, choice):
-        seen["probs"] = probs
+    def stand_in(rgb, probs, backend):
+        seen["probs"], seen["backend"] = probs, backend
         return probs.roll(1, dims=1)  # channel c -> c+1: every confident label changes
 
-    monkeypatch.setattr(pl, "dense_crf_probs", stand_in)
+    monkeypatch.setattr(pl, "dense_crf", stand_in)
     label = torch.tensor([[[0, 3, 255], [3, 255, 0]]])
     cls_labels = torch.tensor([[0.0, 0.0, 1.0]])  # class 3 present: channels (0, 3)
     out = pl.crf_on_labels(torch.zeros(1, 3, 2, 3), label, cls_labels, "exact")
-    assert out.tolist() == [[[3, 0, 255], [0, 255, 3]]]
+    assert out.tolist() == [[[3, 0, 255], [0, 255, 3]]] and seen["backend"] == "exact"
     probs = seen["probs"][0]
     assert probs.shape == (2, 2, 3)
     torch.testing.assert_close(probs[:, 0, 0], torch.tensor([0.7, 0.3]))
@@ -111,7 +114,7 @@ def test_pseudo_labels_command(setup, capsys):
 
     cfg, model, _, out = setup
     ckpt = out.parent / "model.pth"
-    ckpt_io.atomic_save({"model": model.state_dict(), "config": cfg.to_dict()}, ckpt)
+    ckpt_io.atomic_save({"model": model.state_dict(), "config": to_dict(cfg)}, ckpt)
     args = ["pseudo-labels", "--config", "folder", "--checkpoint", str(ckpt), "--data-root", cfg.data.root,
             "--split", "val", "--out", str(out), "--refine", "par", *OVERRIDES]
     assert main(args) == 0

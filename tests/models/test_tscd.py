@@ -17,28 +17,43 @@ def model():
 
 def test_outputs_for_odd_input(model):
     x = torch.randn(2, 3, 97, 65)
-    cls, seg, logits, attn_pred = model(x)
+    out = model(x)
     h4, w4 = math.ceil(97 / 16), math.ceil(65 / 16)
-    assert cls.shape == (2, 4)
-    assert seg.shape == (2, 5, math.ceil(97 / 4), math.ceil(65 / 4))
+    assert out.cls.shape == (2, 4)
+    assert out.seg.shape == (2, 5, math.ceil(97 / 4), math.ceil(65 / 4))
+    assert out.attn_pred.shape == (2, h4 * w4, h4 * w4)
+    assert torch.all((out.attn_pred > 0) & (out.attn_pred < 1))
+    assert out.seg_small is None and out.cam_small is None
+    _, logits = model.encoder(x)
     assert len(logits) == 8 and logits[-1].shape == (2, 8, h4 * w4, h4 * w4)
-    assert attn_pred.shape == (2, h4 * w4, h4 * w4)
-    assert torch.all((attn_pred > 0) & (attn_pred < 1))
-    cam, attn_cam = model(x, cam_only=True)
+    cam, attn_cam = model.forward_cam(x)
     assert cam.shape == (2, 4, h4, w4)
     assert cam.requires_grad  # the caller decides (no_grad for pseudo labels, live for ER)
     model.eval()
     with torch.no_grad():
-        _, _, _, a_eval = model(x)
-        cam_eval, a2 = model(x, cam_only=True)
+        a_eval = model(x).attn_pred
+        cam_eval, a2 = model.forward_cam(x)
     model.train()
     torch.testing.assert_close(a_eval, a2)
+
+
+def test_two_view_forward(model):
+    torch.manual_seed(3)
+    x, small = torch.randn(2, 3, 64, 48), torch.randn(2, 3, 48, 32)
+    model.eval()
+    with torch.no_grad():
+        both, alone, view2 = model(x, small), model(x), model.forward_cam(small)
+    model.train()
+    for name in ("cls", "seg", "attn_pred"):
+        torch.testing.assert_close(getattr(both, name), getattr(alone, name))
+    torch.testing.assert_close(both.cam_small, view2.cam)
+    assert both.seg_small.shape == (2, 5, 12, 8)
 
 
 def test_output_stride_and_stride_config():
     m = TSCD("mit_b0", num_classes=3, stride=(4, 2, 1, 1))
     assert m.output_stride == 8
-    cam, attn = m(torch.randn(1, 3, 64, 64), cam_only=True)
+    cam, attn = m.forward_cam(torch.randn(1, 3, 64, 64))
     assert cam.shape == (1, 2, 8, 8) and attn.shape == (1, 64, 64)
 
 
@@ -105,32 +120,30 @@ def test_state_dict_names(model):
 
 
 def test_param_groups(model):
-    groups = model.param_groups(lr=1e-4, weight_decay=0.01)
-    assert [g["name"] for g in groups] == ["encoder", "encoder_norm", "heads", "decoder"]
-    assert [g["lr"] for g in groups] == pytest.approx([1e-4, 0.0, 1e-3, 1e-3])
-    ids = [id(p) for g in groups for p in g["params"]]
+    groups = model.param_groups()
+    assert list(groups) == ["encoder", "encoder_norm", "heads", "decoder"]
+    ids = [id(p) for params in groups.values() for p in params]
     assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()}
     names = {id(p): n for n, p in model.named_parameters()}
-    assert all("norm" in names[id(p)] for p in groups[1]["params"])
-    assert all("norm" not in names[id(p)] and names[id(p)].startswith("encoder.") for p in groups[0]["params"])
-    assert {names[id(p)] for p in groups[2]["params"]} == {"classifier.weight", "attn_proj.weight", "attn_proj.bias"}
-    torch.optim.AdamW(groups, lr=1e-4)  # accepted as is
+    assert all("norm" in names[id(p)] for p in groups["encoder_norm"])
+    assert all("norm" not in names[id(p)] and names[id(p)].startswith("encoder.") for p in groups["encoder"])
+    assert {names[id(p)] for p in groups["heads"]} == {"classifier.weight", "attn_proj.weight", "attn_proj.bias"}
 
 
 def test_total_loss_reaches_every_parameter():
     torch.manual_seed(0)
     m = TSCD("mit_b0", num_classes=4, drop_path_rate=0.0)
     x = torch.randn(2, 3, 64, 48)
-    cls, seg, _, attn_pred = m(x)
+    cls, seg, attn_pred, _, _ = m(x)
     labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
     pseudo = torch.randint(0, 4, (2, 64, 48))
     seg_up = F.interpolate(seg, size=(64, 48), mode="bilinear", align_corners=False)
     loss = (F.multilabel_soft_margin_loss(cls, labels) + 0.1 * F.cross_entropy(seg_up, pseudo)
             + 0.1 * AffinityLoss()(attn_pred, pseudo))
     loss.backward()
-    for group in m.param_groups():
-        for p in group["params"]:
-            assert p.grad is not None and p.grad.abs().sum() > 0, group["name"]
+    for name, params in m.param_groups().items():
+        for p in params:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
 def test_bad_arguments():

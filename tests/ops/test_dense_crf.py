@@ -1,18 +1,16 @@
-"""dense_crf (spec §10): the exact backends against the naive float64 reference, and against
+"""dense_crf (method §10): the exact backends against the naive float64 reference, and against
 pydensecrf2's permutohedral approximation when it is installed."""
-import importlib
 import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import fused_backends
-from tscd.ops import _dispatch
-from tscd.ops.dense_crf import dense_crf, pydensecrf_available
+from tests.utils import ALL, FUSED, require
+from tscd.ops import backends
+from tscd.ops.dense_crf import dense_crf
 from tscd.ops.reference.dense_crf import dense_crf as reference
 
-BACKENDS = fused_backends()
 # The smoothness window of radius ⌈5σ⌉ leaves out weights below 4e-6.
 TOL = dict(rtol=0, atol=5e-5)
 
@@ -28,7 +26,7 @@ def make_inputs(B, K, H, W, device, seed=0):
 PARAMS = dict(smooth=(1.5, 3.0), appearance=(6.0, 20.0, 4.0))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("B,K,H,W,iters", [(2, 3, 7, 9, 3), (1, 1, 5, 4, 2), (1, 4, 1, 13, 2), (1, 21, 6, 5, 1)])
 def test_matches_reference(backend, device, B, K, H, W, iters):
     images, probs = make_inputs(B, K, H, W, device, seed=H * W + K)
@@ -40,14 +38,13 @@ def test_matches_reference(backend, device, B, K, H, W, iters):
 
 def test_cpp_window_on_a_larger_image(device):
     # Wide enough that the smoothness window skips whole tiles in the cpp kernel.
-    if "cpp" not in BACKENDS:
-        pytest.skip("the cpp backend is unavailable here")
+    require("cpp")
     images, probs = make_inputs(1, 3, 40, 37, device, seed=1)
     expected = reference(images, probs.double(), 2, **PARAMS)
     torch.testing.assert_close(dense_crf(images, probs, num_iter=2, backend="cpp", **PARAMS).double(), expected, **TOL)
 
 
-@pytest.mark.parametrize("backend", ["torch"] + BACKENDS)
+@pytest.mark.parametrize("backend", ALL)
 def test_one_class_and_flat_image(backend, device):
     images, probs = make_inputs(1, 1, 4, 5, device)
     assert torch.all(dense_crf(images, probs, num_iter=2, backend=backend) == 1)
@@ -65,9 +62,10 @@ def test_zero_iterations_is_the_clamped_softmax(device):
     torch.testing.assert_close(out, expected)
 
 
-@pytest.mark.skipif(not pydensecrf_available(), reason="pydensecrf2 (optional extra tscd[crf]) is not installed")
 def test_agrees_with_pydensecrf_on_photographs():
     import torch.nn.functional as F
+
+    require("pydensecrf", "cpu")
     from skimage import data
 
     agreements = []
@@ -78,7 +76,7 @@ def test_agrees_with_pydensecrf_on_photographs():
         g = torch.Generator().manual_seed(0)
         logits = F.interpolate(torch.randn(1, 5, 6, 8, generator=g) * 3, size=(48, 64), mode="bilinear")
         probs = torch.softmax(logits + 0.5 * torch.randn(1, 5, 48, 64, generator=g), dim=1)
-        exact = dense_crf(img, probs, backend="cpp" if "cpp" in BACKENDS else "torch")
+        exact = dense_crf(img, probs, backend="exact")
         lattice = dense_crf(img, probs, backend="pydensecrf")
         agreements.append((exact.argmax(1) == lattice.argmax(1)).double().mean().item())
     assert min(agreements) >= 0.97, agreements
@@ -96,15 +94,34 @@ def test_bad_inputs(device):
         dense_crf(images, probs, smooth=(3.0,))
     with pytest.raises(ValueError, match="appearance"):
         dense_crf(images, probs, appearance=(0.0, 5.0, 4.0))
-    if not pydensecrf_available():
-        with pytest.raises(ValueError, match="pydensecrf2"):
-            dense_crf(images, probs, backend="pydensecrf")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        dense_crf(images, probs, backend="lattice")
+
+
+def _without_pydensecrf(monkeypatch):
+    """This process as if pydensecrf2 were not installed; the warnings not yet given."""
+    usable = backends.why_unusable
+    monkeypatch.setattr(backends, "why_unusable",
+                        lambda b, d: "pydensecrf2 is not installed" if b == "pydensecrf" else usable(b, d))
+    monkeypatch.setattr(backends, "_warned", set())
+    monkeypatch.delenv("TSCD_BACKEND", raising=False)
+
+
+def test_pydensecrf_is_an_ordinary_backend(monkeypatch):
+    images, probs = make_inputs(1, 2, 4, 5, "cpu")
+    if backends.can_run("pydensecrf", "cpu"):
+        out = dense_crf(images, probs, num_iter=2, backend="pydensecrf")
+        assert out.shape == probs.shape and torch.allclose(out.sum(1), torch.ones(1, 4, 5), atol=1e-5)
+    # "exact" never picks it; without it, a request falls back to an exact backend with one warning
+    assert backends.resolve("dense_crf", "exact", "cpu") != "pydensecrf"
+    _without_pydensecrf(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="backend 'pydensecrf' cannot run on cpu tensors .*pydensecrf2"):
+        out = dense_crf(images, probs, num_iter=2, backend="pydensecrf")
+    torch.testing.assert_close(out.double(), reference(images, probs.double(), 2), **TOL)
 
 
 def test_auto_on_cpu_warns_once_when_exact(monkeypatch):
-    module = importlib.import_module("tscd.ops.dense_crf")  # the attribute of tscd.ops is the function
-    monkeypatch.setattr(module, "pydensecrf_available", lambda: False)  # auto must pick an exact backend
-    monkeypatch.setattr(_dispatch, "_warned", set())
+    _without_pydensecrf(monkeypatch)  # auto must pick an exact backend
     images, probs = make_inputs(1, 2, 3, 3, "cpu")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

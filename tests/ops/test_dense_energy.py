@@ -1,13 +1,10 @@
-"""dense_energy_loss (spec §8): every fused backend against the naive reference."""
+"""dense_energy_loss (method §8): every fused backend against the naive reference."""
 import pytest
 import torch
 
-from tests.conftest import fused_backends
-from tests.tolerance import assert_within_reference_error
+from tests.utils import ALL, FUSED, assert_within_reference_error
 from tscd.ops import dense_energy_loss
 from tscd.ops.reference.dense_energy import dense_energy_loss as reference
-
-BACKENDS = fused_backends()
 
 
 def make_inputs(B, K, H, W, device, seed=0, ignore_frac=0.2):
@@ -26,7 +23,7 @@ def value_and_grad(fn, probs, *args, **kw):
     return loss.detach(), grad
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("B,K,H,W", [(2, 3, 7, 9), (1, 1, 1, 1), (1, 4, 1, 23), (2, 2, 13, 1), (1, 21, 11, 13)])
 def test_matches_reference(backend, device, B, K, H, W):
     images, probs, roi, ignore = make_inputs(B, K, H, W, device, seed=H * W + K)
@@ -39,7 +36,7 @@ def test_matches_reference(backend, device, B, K, H, W):
     assert_within_reference_error(grad, ref32_grad, ref_grad, torch.float32, what="grad")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_probs(backend, device, dtype):
     images, probs, roi, ignore = make_inputs(2, 3, 6, 7, device, seed=5)
@@ -53,7 +50,7 @@ def test_half_probs(backend, device, dtype):
     assert_within_reference_error(grad, ref_h_grad, ref_grad, dtype, what="grad")
 
 
-@pytest.mark.parametrize("backend", BACKENDS + ["torch"])
+@pytest.mark.parametrize("backend", ALL)
 def test_float_roi_equals_bool_roi(backend, device):
     images, probs, roi, ignore = make_inputs(1, 3, 5, 6, device, seed=6)
     a = dense_energy_loss(images, probs, roi, ignore, backend=backend)
@@ -61,7 +58,7 @@ def test_float_roi_equals_bool_roi(backend, device):
     torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("backend", BACKENDS + ["torch"])
+@pytest.mark.parametrize("backend", ALL)
 def test_all_ignored_and_empty_roi(backend, device):
     images, probs, roi, ignore = make_inputs(2, 3, 5, 4, device, seed=7)
     probs = probs.detach().requires_grad_()
@@ -75,7 +72,7 @@ def test_all_ignored_and_empty_roi(backend, device):
     assert loss.item() == 0.0 and grad.abs().max().item() == 0.0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FUSED)
 def test_pixel_swap_invariance(backend, device):
     # W is symmetric and depends on positions only through differences: transposing the image
     # (swapping x and y) and flipping it leave the loss unchanged.
@@ -90,7 +87,7 @@ def test_pixel_swap_invariance(backend, device):
     torch.testing.assert_close(flipped, base, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FUSED)
 def test_no_grad_and_float64(backend, device):
     images, probs, roi, ignore = make_inputs(1, 2, 4, 5, device, seed=9)
     with torch.no_grad():
@@ -100,7 +97,7 @@ def test_no_grad_and_float64(backend, device):
     torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FUSED)
 def test_no_grad_sweeps_only_the_value(backend, device, monkeypatch):
     """Under no_grad (a probs tensor that requires grad) the sweep carries the K value channels
     only, not the 2K the backward needs."""
@@ -124,8 +121,8 @@ def test_reference_gradcheck():
     assert torch.autograd.gradcheck(lambda p: reference(images, p, roi, ignore, 15.0, 3.0), (probs,))
 
 
-def test_reference_gradient_is_spec_formula():
-    # ∂L/∂P = roi · (−1/B)(g·WS + W(g·S)) with the gate held constant (spec §8).
+def test_reference_gradient_is_method_formula():
+    # ∂L/∂P = roi · (−1/B)(g·WS + W(g·S)) with the gate held constant (method §8).
     B, K, H, W = 2, 3, 4, 5
     images, probs, roi, ignore = make_inputs(B, K, H, W, "cpu", seed=11, ignore_frac=0.3)
     probs = probs.double()

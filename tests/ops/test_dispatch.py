@@ -1,11 +1,12 @@
-"""Backend dispatch: explicit choice, TSCD_BACKEND override, fallback warning, bad names."""
+"""The backend registry: explicit choice, TSCD_BACKEND as the default of auto, fallback
+warning, bad names, availability reasons, the debug log of each choice."""
+import logging
 import warnings
 
 import pytest
 import torch
 
-import tscd.ops.scd as scd_module
-from tscd.ops import _dispatch, available_backends, scd_loss
+from tscd.ops import available_backends, backends, scd_loss
 
 
 def _inputs():
@@ -16,38 +17,47 @@ def _inputs():
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Records which backend's pass scd_loss ran ("torch" for the reference)."""
+    """Records which backend ran scd_loss ("torch" for the reference)."""
     seen = []
-    for name, original in list(scd_module._PASSES.items()):
-        monkeypatch.setitem(scd_module._PASSES, name, lambda *a, _n=name, _o=original: seen.append(_n) or _o(*a))
+    import tscd.ops.scd as scd_module
+
+    primitives = backends.primitives
+    monkeypatch.setattr(scd_module, "primitives", lambda b: seen.append(b) or primitives(b))
     reference = scd_module.reference.scd_loss
     monkeypatch.setattr(scd_module.reference, "scd_loss", lambda *a: seen.append("torch") or reference(*a))
     monkeypatch.delenv("TSCD_BACKEND", raising=False)
+    monkeypatch.setattr(backends, "_warned", set())
     return seen
 
 
-@pytest.mark.parametrize("backend", available_backends("cpu"))
+@pytest.mark.parametrize("backend", available_backends("cpu", "scd_loss"))
 def test_explicit_backend_is_honoured(calls, backend):
     scd_loss(*_inputs(), backend=backend)
     assert set(calls) == {backend}
 
 
 def test_auto_on_cpu_prefers_cpp(calls):
+    if not backends.can_run("cpp", "cpu"):
+        pytest.skip(f"backend 'cpp' unavailable: {backends.why_unusable('cpp', 'cpu')}")
     scd_loss(*_inputs())
     assert set(calls) == {"cpp"}
 
 
-def test_env_overrides_auto_only(calls, monkeypatch):
+def test_env_is_only_the_default_of_auto(calls, monkeypatch):
     monkeypatch.setenv("TSCD_BACKEND", "torch")
     scd_loss(*_inputs())
     assert calls == ["torch"]
     scd_loss(*_inputs(), backend="cpp")
     assert set(calls[1:]) == {"cpp"}
+    monkeypatch.setenv("TSCD_BACKEND", "pydensecrf")  # not a backend of scd_loss: auto as if unset
+    assert backends.resolve("scd_loss", "auto", "cpu") == backends.resolve("dense_energy_loss", "exact", "cpu")
 
 
 def test_invalid_names(monkeypatch):
     with pytest.raises(ValueError, match="backend must be one of"):
         scd_loss(*_inputs(), backend="fast")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        scd_loss(*_inputs(), backend="pydensecrf")  # a backend, but not one of this op
     monkeypatch.setenv("TSCD_BACKEND", "gpu")
     with pytest.raises(ValueError, match="TSCD_BACKEND must be one of"):
         scd_loss(*_inputs())
@@ -55,10 +65,26 @@ def test_invalid_names(monkeypatch):
 
 def test_unusable_backend_falls_back_with_one_warning(calls, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    monkeypatch.setattr(_dispatch, "_warned", set())
     with pytest.warns(RuntimeWarning, match="backend 'triton' cannot run on cpu tensors"):
         scd_loss(*_inputs(), backend="triton")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         scd_loss(*_inputs(), backend="triton")
-    assert set(calls) == {"cpp"}
+    assert set(calls) == {backends.resolve("scd_loss", "auto", "cpu")}
+
+
+def test_reasons_and_availability(monkeypatch):
+    assert backends.why_unusable("torch", "meta") is None and backends.can_run("torch", "cpu")
+    assert "no cpp kernels for meta tensors" in backends.why_unusable("cpp", "meta")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "TRITON_INTERPRET=1" in backends.why_unusable("triton", "cpu")
+    assert "triton" not in available_backends("cpu")
+    assert set(available_backends("cpu", "scd_loss")) <= {"torch", "triton", "cpp"}
+    assert backends.resolve("scd_loss", "auto", "meta") == "torch"
+
+
+def test_each_choice_is_logged_at_debug(caplog, monkeypatch):
+    monkeypatch.delenv("TSCD_BACKEND", raising=False)
+    with caplog.at_level(logging.DEBUG, logger="tscd.ops"):
+        scd_loss(*_inputs(), backend="torch")
+    assert "tscd.ops.scd_loss on cpu tensors: torch (requested 'torch')" in caplog.text

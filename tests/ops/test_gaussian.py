@@ -4,10 +4,8 @@ import math
 import pytest
 import torch
 
-from tests.conftest import fused_backends
+from tests.utils import ALL, FUSED
 from tscd.ops.gaussian import bilateral_features, gaussian_product, position_features
-
-BACKENDS = fused_backends()
 
 
 def naive(feats, x, cutoff=None):
@@ -25,7 +23,7 @@ def check(y, ref):
     assert err <= 2e-6 * scale * math.sqrt(ref.shape[1] + 1), err
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("B,D,N,K", [(1, 5, 1, 1), (2, 5, 131, 3), (1, 2, 257, 1), (3, 8, 17, 5), (1, 1, 300, 70)])
 def test_product_matches_naive(backend, device, B, D, N, K):
     g = torch.Generator().manual_seed(N + K)
@@ -36,7 +34,7 @@ def test_product_matches_naive(backend, device, B, D, N, K):
     check(y, naive(feats, x))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FUSED)
 def test_second_input_in_the_same_sweep(backend, device):
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(2, 5, 97, generator=g).to(device)
@@ -46,7 +44,7 @@ def test_second_input_in_the_same_sweep(backend, device):
     check(y2, naive(feats, x2))
 
 
-@pytest.mark.parametrize("backend", BACKENDS + ["torch"])
+@pytest.mark.parametrize("backend", ALL)
 def test_cutoff(backend, device):
     # Positions spread wider than the cut-off, so the C++ backend also skips whole tiles; the
     # cut-off lies between attainable distances (no rounding ties).
@@ -56,7 +54,7 @@ def test_cutoff(backend, device):
     check(y, naive(feats, x, cutoff=3.1))
 
 
-@pytest.mark.parametrize("backend", BACKENDS + ["torch"])
+@pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("H,W,sigma", [(97, 3, 1.0), (40, 7, 0.6), (5, 60, 1.0)])
 def test_row_window_equals_cutoff_alone(backend, device, H, W, sigma):
     # Positions p/σ with cut-off ⌈5σ⌉/σ: the row window skips only tiles of zero weights.
@@ -67,7 +65,7 @@ def test_row_window_equals_cutoff_alone(backend, device, H, W, sigma):
     check(y, naive(feats, x, cutoff=radius / sigma + 1e-3))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FUSED)
 def test_half_inputs_and_features(backend, device):
     images = torch.rand(1, 3, 5, 7, generator=torch.Generator().manual_seed(2)).to(device) * 255
     feats = bilateral_features(images, 3.0, 20.0)

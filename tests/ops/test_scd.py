@@ -1,9 +1,8 @@
-"""scd_loss: every fused backend against the naive reference (spec §6)."""
+"""scd_loss: every fused backend against the naive reference (method §6)."""
 import pytest
 import torch
 
-from tests.conftest import fused_backends
-from tests.tolerance import assert_within_reference_error
+from tests.utils import ALL, FUSED, assert_within_reference_error
 from tscd.ops import scd_loss
 from tscd.ops.reference import scd as reference
 
@@ -70,7 +69,7 @@ def _compare(inputs, backend, dtype):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("backend", fused_backends())
+@pytest.mark.parametrize("backend", FUSED)
 def test_matches_reference(backend, shape):
     inputs = make_inputs(*shape)
     _assert_margin(*inputs[2:])
@@ -78,7 +77,7 @@ def test_matches_reference(backend, shape):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("backend", fused_backends())
+@pytest.mark.parametrize("backend", FUSED)
 def test_half_inputs(backend, dtype):
     t1, t2, s1, s2 = make_inputs(2, 6, 5, 35, 12, seed=1)
     _assert_margin(s1, s2)
@@ -86,7 +85,7 @@ def test_half_inputs(backend, dtype):
     _compare(as_maps, backend, dtype)
 
 
-@pytest.mark.parametrize("backend", ["torch"] + fused_backends())
+@pytest.mark.parametrize("backend", ALL)
 def test_maps_equal_flattened(backend):
     t1, t2, s1, s2 = make_inputs(2, 3, 4, 12, 20, seed=2)
     maps = scd_loss(t1.unflatten(2, (3, 4)), t2.unflatten(2, (4, 5)), s1.unflatten(2, (3, 4)),
@@ -94,7 +93,7 @@ def test_maps_equal_flattened(backend):
     torch.testing.assert_close(maps, scd_loss(t1, t2, s1, s2, backend=backend))
 
 
-@pytest.mark.parametrize("backend", ["torch"] + fused_backends())
+@pytest.mark.parametrize("backend", ALL)
 def test_zero_vectors_stay_finite(backend):
     t1, t2, s1, s2 = make_inputs(2, 5, 6, 30, 17, seed=3)
     for x, positions in ((t1, [0, 7]), (t2, [3]), (s1, [1, 7, 20]), (s2, [0, 16])):
@@ -107,7 +106,7 @@ def test_zero_vectors_stay_finite(backend):
     assert (g1[:, :, [1, 7, 20]] == 0).all()
 
 
-@pytest.mark.parametrize("backend", ["torch"] + fused_backends())
+@pytest.mark.parametrize("backend", ALL)
 def test_teacher_gets_no_gradient(backend):
     t1, t2, s1, s2 = make_inputs(1, 3, 4, 9, 8, seed=4)
     t1.requires_grad_()
@@ -117,14 +116,19 @@ def test_teacher_gets_no_gradient(backend):
     assert t1.grad is None and t2.grad is None and s1.grad is not None
 
 
-@pytest.mark.parametrize("backend", fused_backends())
+@pytest.mark.parametrize("backend", FUSED)
 def test_value_without_grad(backend, monkeypatch):
     """Under no_grad the fused op makes one value-only pass."""
     import tscd.ops.scd as op_module
 
     flags = []
-    original = op_module._PASSES[backend]
-    monkeypatch.setitem(op_module._PASSES, backend, lambda *args: flags.append(args[-1]) or original(*args))
+    primitives = op_module.primitives
+
+    class Recording:
+        def __init__(self, name):
+            self.scd_pass = lambda *args: flags.append(args[-1]) or primitives(name).scd_pass(*args)
+
+    monkeypatch.setattr(op_module, "primitives", Recording)
     t1, t2, s1, s2 = make_inputs(2, 5, 7, 40, 33, seed=5)
     s1.requires_grad_()
     with torch.no_grad():

@@ -1,16 +1,14 @@
-"""VARM / PAR refinement (spec §4): every fused backend against the torch reference, and the
-reference against a per-pixel transcription of the spec."""
+"""VARM / PAR refinement (method §4): every fused backend against the torch reference, and the
+reference against a per-pixel transcription of the method (docs/method.md)."""
 import math
 
 import pytest
 import torch
 
-from tests.conftest import DEVICE, fused_backends
-from tests.tolerance import assert_within_reference_error
+from tests.utils import ALL, DEVICE, FUSED, assert_within_reference_error
 from tscd.ops import varm_affinity, varm_refine
 from tscd.ops.reference import varm as ref
 
-BACKENDS = fused_backends()
 MODES = ("varm", "par")
 
 
@@ -27,8 +25,8 @@ def _masks(b, k, h, w, seed=1, dtype=torch.float32):
 # ---------------------------------------------------------------- the reference itself
 
 
-def _spec_affinity_at(img, y, x, dilations, mode):
-    """w_n at one pixel of one image (3, H, W), float64, transcribed from spec §4 with loops."""
+def _method_affinity_at(img, y, x, dilations, mode):
+    """w_n at one pixel of one image (3, H, W), float64, transcribed from method §4 with loops."""
     _, h, w = img.shape
 
     def at(yy, xx):
@@ -51,13 +49,13 @@ def _spec_affinity_at(img, y, x, dilations, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_reference_affinity_matches_spec_per_pixel(mode):
+def test_reference_affinity_matches_method_per_pixel(mode):
     img = _images(1, 5, 7, dtype=torch.float64).cpu()
     dilations = (1, 2, 4)
     w = ref.varm_affinity(img, dilations, mode)
     for y in range(5):
         for x in range(7):
-            torch.testing.assert_close(w[0, :, y, x], _spec_affinity_at(img[0], y, x, dilations, mode))
+            torch.testing.assert_close(w[0, :, y, x], _method_affinity_at(img[0], y, x, dilations, mode))
 
 
 def test_reference_propagation_is_replicate_padded_dilated_sum():
@@ -88,7 +86,7 @@ SHAPES = [  # (B, K, H, W, mask h, mask w)
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_affinity_matches_reference(backend, mode, shape):
@@ -115,21 +113,21 @@ def _check_refine(backend, shape, mode, num_iter):
     )
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_refine_matches_reference(backend, mode, shape):
     _check_refine(backend, shape, mode, num_iter=2)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("num_iter", [0, 1, 10])
 def test_refine_iteration_counts(backend, mode, num_iter):
     _check_refine(backend, (1, 21, 7, 9, 4, 5), mode, num_iter)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("mode", MODES)
 def test_flat_region_has_no_nan(backend, mode):
     # Constant image on the left half, constant per row on the bottom rows: zero local std.
@@ -147,7 +145,7 @@ def test_flat_region_has_no_nan(backend, mode):
     assert torch.isfinite(varm_affinity(flat, mode=mode, backend=backend)).all()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_computed_in_float32(backend, dtype):
     img, masks = _images(2, 7, 11, dtype=dtype), _masks(2, 3, 4, 6, dtype=dtype)
@@ -159,7 +157,7 @@ def test_half_inputs_computed_in_float32(backend, dtype):
     )
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", FUSED)
 def test_custom_dilations_and_mixed_dtypes(backend):
     img, masks = _images(1, 8, 6, dtype=torch.float64), _masks(1, 2, 8, 6)
     out = varm_refine(img, masks, dilations=(3, 1), num_iter=2, mode="par", backend=backend)
@@ -169,7 +167,7 @@ def test_custom_dilations_and_mixed_dtypes(backend):
     assert varm_affinity(img, dilations=(3, 1), backend=backend).shape == (1, 16, 8, 6)
 
 
-@pytest.mark.parametrize("backend", ["torch"] + BACKENDS)
+@pytest.mark.parametrize("backend", ALL)
 def test_no_gradient_and_inputs_untouched(backend):
     img = _images(1, 5, 6).requires_grad_()
     masks = _masks(1, 2, 5, 6).requires_grad_()

@@ -7,7 +7,7 @@ in 0–255, values channel-major (K, H, W); ``out``/``outs`` are filled in place
 Unlike the original, the sum is **exact** — every pixel pair, self included, no
 permutohedral lattice — computed tile by tile by the fused Gaussian-kernel product. It is
 multiplied by :data:`~tscd.losses.dense_energy.LATTICE_SCALE` (0.58, the ratio of the
-released lattice's output to the exact sum, spec §8) so that loss weights tuned on the
+released lattice's output to the exact sum, method §8) so that loss weights tuned on the
 lattice keep their meaning. Wrong lengths or dtypes raise ``ValueError``/``TypeError``
 where the SWIG module would read or write out of bounds.
 """

@@ -13,8 +13,8 @@ class DenseEnergyLoss(_ExactDenseEnergyLoss):
     ``forward(images, segmentations, ROIs, seg_label)``: images (B, 3, H, W) in 0–255,
     segmentations (B, K, H, W) probabilities, ROIs (B, H, W) crop-box masks, seg_label
     (B, 1, H, W) with 255 where unlabelled. Returns ``weight · 0.58 · L_dense`` — the family's
-    magnitude (its lattice sums ≈ 0.58 × the exact ones, spec §8) — computed exactly, with the
-    correct gradient of spec §8, as a 0-dim tensor on the inputs' device (the family returns a
+    magnitude (its lattice sums ≈ 0.58 × the exact ones, method §8) — computed exactly, with the
+    correct gradient of method §8, as a 0-dim tensor on the inputs' device (the family returns a
     (1,) CPU tensor and a gradient that is exact only where the gate is uniform).
     """
 

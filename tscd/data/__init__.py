@@ -1,15 +1,15 @@
 """Datasets by name (``DATASETS``), the seeded sample stream used for training, and collation.
 
 A dataset builder takes ``(cfg, split, train)`` and returns a Dataset whose items are dicts
-with ``image`` (3,H,W) normalised, ``label`` (K-1,) multi-hot, ``box`` (4,) crop box
-(y0, y1, x0, x1), ``name`` and, outside training, ``mask`` (H,W) with 255 = ignore.
+with ``image`` (3,H,W) normalised, ``rgb`` (3,H,W) the same pixels in [0, 1] (what the
+refinement and the dense energy loss look at), ``label`` (K-1,) multi-hot, ``box`` (4,) crop
+box (y0, y1, x0, x1), ``name`` and, outside training, ``mask`` (H,W) with 255 = ignore.
 New datasets register with :func:`register_dataset`.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
-import numpy as np
 import torch
 
 from .base import DatasetError

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..constants import IGNORE_INDEX
 from .transforms import EvalTransform, TrainTransform
 
 
@@ -36,11 +37,12 @@ def load_image(path: Path) -> np.ndarray:
 
 
 def load_mask(path: Path) -> np.ndarray:
-    """int64 (H, W) class indices (palette PNG or grey PNG; 255 = ignore)."""
+    """int64 (H, W) class indices (palette PNG or grey PNG; ``IGNORE_INDEX`` = ignore)."""
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L", "I", "I;16"):
-                raise DatasetError(f"mask {path} must be a palette or greyscale PNG of class indices, got mode {im.mode}")
+                raise DatasetError(f"mask {path} must be a palette or greyscale PNG of class indices, "
+                                   f"got mode {im.mode}")
             return np.array(im).astype(np.int64)
     except FileNotFoundError:
         raise DatasetError(f"mask not found: {path}") from None
@@ -78,7 +80,7 @@ class MaskFolderDataset(torch.utils.data.Dataset):
             if name not in self.labels:
                 raise DatasetError(f"no image-level label for '{name}' in the label file")
             return np.asarray(self.labels[name], np.float32).reshape(-1)[: self.num_classes - 1]
-        valid = mask[(mask != 255)]
+        valid = mask[(mask != IGNORE_INDEX)]
         if valid.size and valid.max() >= self.num_classes:
             raise DatasetError(f"mask {self.mask_path(name)} has class {valid.max()} >= {self.num_classes}")
         counts = np.bincount(valid.ravel(), minlength=self.num_classes)
@@ -94,8 +96,7 @@ class MaskFolderDataset(torch.utils.data.Dataset):
             raise DatasetError(f"mask {self.mask_path(name)} is {mask.shape}, its image is {img.shape[:2]}")
         label = torch.from_numpy(self._label(name, mask))
         if self.train:
-            image, _, box = self.transform(img, None, np.random.default_rng([self.seed, 7, int(aug_seed)]))
-            return {"image": image, "label": label, "box": box, "name": name}
-        image, mask_t = self.transform(img, mask)
-        return {"image": image, "label": label, "mask": mask_t,
-                "box": torch.tensor([0, img.shape[0], 0, img.shape[1]]), "name": name}
+            fields = self.transform(img, None, np.random.default_rng([self.seed, 7, int(aug_seed)]))
+        else:
+            fields = self.transform(img, mask)
+        return {**fields, "label": label, "name": name}

@@ -1,4 +1,4 @@
-"""COCO 2014 with per-pixel class masks converted from the instance annotations (spec §11).
+"""COCO 2014 with per-pixel class masks converted from the instance annotations (method §11).
 
 Layout under ``root``::
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..constants import IGNORE_INDEX
 from .base import DatasetError, MaskFolderDataset, load_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -140,12 +141,11 @@ class FolderDataset(MaskFolderDataset):
                 self._check_mask(name, item["mask"])
             return item
         img = load_image(self.image_path(name))  # no mask: every pixel is ignored in evaluation
-        image, mask = self.transform(img, np.full(img.shape[:2], 255, np.int64))
-        return {"image": image, "label": torch.from_numpy(self.labels[name]), "mask": mask,
-                "box": torch.tensor([0, img.shape[0], 0, img.shape[1]]), "name": name}
+        fields = self.transform(img, np.full(img.shape[:2], IGNORE_INDEX, np.int64))
+        return {**fields, "label": torch.from_numpy(self.labels[name]), "name": name}
 
     def _check_mask(self, name: str, mask) -> None:
-        bad = (mask != 255) & ((mask < 0) | (mask >= self.num_classes))
+        bad = (mask != IGNORE_INDEX) & ((mask < 0) | (mask >= self.num_classes))
         if bool(bad.any()):
             raise DatasetError(f"mask {self.mask_path(name)} has class {int(mask[bad].max())}, but "
                                f"classes.txt defines {self.num_classes - 1} classes (ids 1..{self.num_classes - 1})")

@@ -16,6 +16,7 @@ import math
 import numpy as np
 import torch
 
+from ..constants import IGNORE_INDEX
 from .transforms import EvalTransform, TrainTransform
 
 CLASSES = ("background", "disk", "square", "triangle", "cross", "ring")
@@ -141,15 +142,16 @@ def generate(seed: int, split: str, index: int, size: int = 64, max_objects: int
     return img, mask
 
 
-def labels_from_mask(mask: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+def labels_from_mask(mask: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Multi-hot (K-1,) float32 vector of the foreground classes present in ``mask``."""
     counts = np.bincount(mask[mask != ignore_index].ravel(), minlength=num_classes)[:num_classes]
     return (counts[1:] > 0).astype(np.float32)
 
 
 class SyntheticDataset(torch.utils.data.Dataset):
-    """Synthetic shapes (K = 6). Items: dict(image (3,H,W) normalised, label (K-1,),
-    box (4,) = (y0, y1, x0, x1) of the valid region, name; and mask (H,W) outside training).
+    """Synthetic shapes (K = 6). Items: dict(image (3,H,W) normalised, rgb (3,H,W) in [0, 1],
+    label (K-1,), box (4,) = (y0, y1, x0, x1) of the valid region, name; and mask (H,W)
+    outside training).
 
     ``dataset[i]`` or ``dataset[(i, aug_seed)]`` (the seeded form makes augmentation
     reproducible; see :class:`tscd.data.StreamSampler`).
@@ -191,8 +193,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
         img, mask = self.raw(int(index))
         label = labels_from_mask(mask, self.num_classes)
         if self.train:
-            image, _, box = self.transform(img, None, np.random.default_rng([self.seed, 7, int(aug_seed)]))
-            return {"image": image, "label": torch.from_numpy(label), "box": box, "name": f"{self.split}_{index:06d}"}
-        image, mask_t = self.transform(img, mask)
-        return {"image": image, "label": torch.from_numpy(label), "mask": mask_t,
-                "box": torch.tensor([0, mask.shape[0], 0, mask.shape[1]]), "name": f"{self.split}_{index:06d}"}
+            fields = self.transform(img, None, np.random.default_rng([self.seed, 7, int(aug_seed)]))
+        else:
+            fields = self.transform(img, mask)
+        return {**fields, "label": torch.from_numpy(label), "name": f"{self.split}_{index:06d}"}

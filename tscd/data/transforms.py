@@ -1,4 +1,4 @@
-"""Augmentation of spec §9 and normalisation, on uint8 HWC numpy images.
+"""Augmentation of method §9 and normalisation, on uint8 HWC numpy images.
 
 Training: random rescale by a factor in ``scale_range`` (bilinear image, nearest mask),
 horizontal flip, optional colour jitter (torchvision v2), normalisation, then a random crop
@@ -6,6 +6,10 @@ padded with zeros (the normalised mean colour) that returns the *crop box* — t
 crop covered by the image; refinement and losses treat everything outside it as ignore.
 Randomness comes from an explicit ``numpy.random.Generator`` so that a sample's augmentation
 is reproducible from its seed.
+
+Both transforms return the fields of a dataset item: ``image`` (3,H,W) normalised, ``rgb``
+(3,H,W) the same pixels in [0, 1] (what refinement and the dense energy loss look at; padding
+is the mean colour), ``box`` (4,) and, when a mask was given, ``mask`` (H,W).
 """
 from __future__ import annotations
 
@@ -14,9 +18,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IGNORE = 255
+from ..constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 
 def normalize(img: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
@@ -29,6 +31,13 @@ def denormalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> t
     m = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     s = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     return (images * s + m).clamp(0, 1)
+
+
+def _fields(image: torch.Tensor, mean, std, box: torch.Tensor, mask: torch.Tensor | None) -> dict:
+    fields = {"image": image, "rgb": denormalize(image[None], mean, std)[0], "box": box}
+    if mask is not None:
+        fields["mask"] = mask
+    return fields
 
 
 def random_crop(image: torch.Tensor, mask: torch.Tensor | None, size: int, rng: np.random.Generator):
@@ -45,7 +54,7 @@ def random_crop(image: torch.Tensor, mask: torch.Tensor | None, size: int, rng: 
     canvas[:, oy:oy + h, ox:ox + w] = image
     out = canvas[:, cy:cy + size, cx:cx + size]
     if mask is not None:
-        mcanvas = mask.new_full((ph, pw), IGNORE)
+        mcanvas = mask.new_full((ph, pw), IGNORE_INDEX)
         mcanvas[oy:oy + h, ox:ox + w] = mask
         mask = mcanvas[cy:cy + size, cx:cx + size]
     y0, x0 = max(oy - cy, 0), max(ox - cx, 0)
@@ -66,8 +75,8 @@ class TrainTransform:
             if color_jitter > 0 else None
         self.mean, self.std = mean, std
 
-    def __call__(self, img: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator):
-        """img uint8 (H,W,3), mask (H,W) or None -> (image (3,S,S), mask (S,S) or None, box (4,))."""
+    def __call__(self, img: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator) -> dict:
+        """img uint8 (H,W,3), mask (H,W) or None -> item fields (S×S crop, see the module)."""
         image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
         target = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask)).long()
         lo, hi = self.scale_range
@@ -87,8 +96,8 @@ class TrainTransform:
             torch.set_rng_state(torch_rng.get_state())
             image = self.jitter(image)
             torch.set_rng_state(state)
-        image = normalize(image, self.mean, self.std)
-        return random_crop(image, target, self.crop_size, rng)
+        image, target, box = random_crop(normalize(image, self.mean, self.std), target, self.crop_size, rng)
+        return _fields(image, self.mean, self.std, box, target)
 
 
 class EvalTransform:
@@ -97,6 +106,8 @@ class EvalTransform:
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.mean, self.std = mean, std
 
-    def __call__(self, img: np.ndarray, mask: np.ndarray):
+    def __call__(self, img: np.ndarray, mask: np.ndarray) -> dict:
+        """img uint8 (H,W,3), mask (H,W) -> item fields (the whole image, see the module)."""
         image = normalize(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), self.mean, self.std)
-        return image, torch.from_numpy(np.ascontiguousarray(mask)).long()
+        box = torch.tensor([0, img.shape[0], 0, img.shape[1]])
+        return _fields(image, self.mean, self.std, box, torch.from_numpy(np.ascontiguousarray(mask)).long())

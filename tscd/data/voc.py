@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012 + SBD (spec §11).
+"""PASCAL VOC 2012 + SBD (method §11).
 
 Layout under ``root``::
 

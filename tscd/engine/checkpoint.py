@@ -1,13 +1,13 @@
 """Checkpoints written atomically, and the random states needed to resume exactly."""
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .io import atomic_write
 
 
 class CheckpointError(ValueError):
@@ -15,21 +15,8 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj, path) -> None:
-    """torch.save into a temporary file of the same folder, fsync, then ``os.replace``: a
-    reader sees either the old complete file or the new complete file, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` through :func:`tscd.engine.io.atomic_write`: never a partial checkpoint."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def rng_state() -> dict:

@@ -1,4 +1,4 @@
-"""Evaluation of spec §10, streamed image by image: confusion matrices for the segmentation
+"""Evaluation of method §10, streamed image by image: confusion matrices for the segmentation
 output, the plain CAM labels (background at ``cam.bkg_score``), the refined pseudo labels
 (refinement of §4 with one background score: a full label) and the attention random-walk
 labels (§5), plus the image-level F1. Ground-truth image labels drive the CAM-based labels,
@@ -6,39 +6,49 @@ as in AFA's evaluation."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .. import cam as cam_utils
-from ..data.transforms import denormalize
-from .inference import EvalProtocol, progress_bar, reduce_counts
+from ..data import build_dataset
+from ..refine import PseudoLabeler
+from .builders import build_pseudo_labeler, eval_loader, pick_device
+from .distributed import all_reduce_counts, init_distributed, shard
+from .inference import EvalProtocol, progress_bar
+from .io import write_json
 from .metrics import ConfusionMatrix, MultiLabelF1
 from .pseudo_labels import save_predictions
+from .visualize import save_grid
 
 KINDS = ("seg", "cam", "pseudo", "aff")
+
+
+def reduce_counts(mats, f1: MultiLabelF1, seen: int) -> int:
+    """All-reduce confusion matrices and F1 counts in place over the ranks; the total image count."""
+    extra = torch.tensor([f1.tp, f1.fp, f1.fn, seen], dtype=torch.int64)
+    all_reduce_counts([m.mat for m in mats] + [extra])
+    f1.tp, f1.fp, f1.fn = (int(v) for v in extra[:3])
+    return int(extra[3])
 
 
 class Evaluator:
     """``run(model, loader)`` -> metrics dict; ``samples`` keeps the first ``num_vis`` images
     (for :func:`tscd.engine.visualize.save_grid`). New output kinds add a confusion matrix."""
 
-    def __init__(self, cfg, objective, class_names, device, protocol: EvalProtocol | None = None, *,
-                 distributed: bool = False, progress: bool = False, save_preds=None):
-        """``protocol``: segmentation inference (default: single scale, the training-time check);
-        ``distributed``: the loader holds this rank's shard, counts are all-reduced;
-        ``save_preds``: a folder for palette PNGs of the protocol's final prediction."""
-        self.cfg, self.objective, self.class_names, self.device = cfg, objective, class_names, device
+    def __init__(self, cfg, pseudo_labeler: PseudoLabeler, class_names, device, protocol: EvalProtocol | None = None,
+                 *, distributed: bool = False, progress: bool = False, save_preds=None):
+        """``pseudo_labeler``: the CAMs and refined labels (with the one background score
+        ``cam.bkg_score``); ``protocol``: segmentation inference (default: single scale, the
+        training-time check); ``distributed``: the loader holds this rank's shard, counts are
+        all-reduced; ``save_preds``: a folder for palette PNGs of the protocol's final prediction."""
+        self.cfg, self.pseudo_labeler, self.class_names, self.device = cfg, pseudo_labeler, class_names, device
         self.protocol = protocol or EvalProtocol()
         self.distributed, self.progress, self.save_preds = distributed, progress, save_preds
         self.num_classes = cfg.data.num_classes
         self.samples: list[dict] = []
-
-    @torch.no_grad()
-    def predict(self, model, images: torch.Tensor, size):
-        """(Forward, {kind: seg prediction (B,H,W)}) of the protocol: see tscd.engine.inference."""
-        return self.protocol.predict(model, images, size)
 
     @torch.no_grad()
     def run(self, model, loader, max_images: int | None = None, num_vis: int = 0) -> dict:
@@ -52,16 +62,16 @@ class Evaluator:
         f1 = MultiLabelF1()
         self.samples, seen, start = [], 0, time.time()
         for batch in loader:
-            images = batch["image"].to(self.device)
+            images, rgb = batch["image"].to(self.device), batch["rgb"].to(self.device)
             labels = batch["label"].to(self.device).float()
             masks = batch["mask"].to(self.device)
             box = batch["box"].to(self.device)
-            fwd, segs = self.predict(model, images, masks.shape[-2:])
+            fwd, segs = self.protocol.predict(model, images, masks.shape[-2:], rgb)
             cls, pred, attn_pred = fwd.cls, segs["seg"], fwd.attn_pred
             f1.update(cls, labels)
-            cam = cam_utils.multi_scale_cam(model, images, tuple(c.scales))
+            cam = self.pseudo_labeler.cams(model, images)
             cam_label = cam_utils.cam_to_label(cam, labels, c.bkg_score)
-            pseudo = self.objective.pseudo_labels(model, images, cam, labels, box, c.bkg_score, c.bkg_score)
+            pseudo = self.pseudo_labeler.labels(rgb, cam, labels, box, high=c.bkg_score, low=c.bkg_score)
             walk = cam_utils.attention_random_walk(cam, attn_pred, labels, grid_size=fwd.grid,
                                                    radius=self.cfg.loss.aff_radius, bkg_score=c.low)
             if self.save_preds is not None:
@@ -72,7 +82,7 @@ class Evaluator:
                 mats[kind].update(p, masks)
             for i in range(images.shape[0]):
                 if len(self.samples) < num_vis:
-                    img = (denormalize(images[i:i + 1], self.cfg.data.mean, self.cfg.data.std)[0] * 255)
+                    img = rgb[i] * 255
                     present = labels[i].bool()
                     heat = cam[i][present].amax(0) if present.any() else torch.zeros_like(cam[i, 0])
                     self.samples.append({"image": img.permute(1, 2, 0).byte().cpu().numpy(),
@@ -97,3 +107,24 @@ class Evaluator:
         metrics["num_images"] = seen
         metrics["eval_seconds"] = time.time() - start
         return metrics
+
+
+def run_evaluation(model, cfg, split: str, out, *, checkpoint=None, save_preds=None) -> dict | None:
+    """``tscd eval``: evaluate ``model`` on ``split`` with the protocol of ``cfg.eval``; rank 0
+    writes the metrics JSON to ``out`` and the grid next to it and returns the metrics (other
+    ranks of a torchrun: None)."""
+    rank, world, device = init_distributed(pick_device(cfg.train.device))
+    model.to(device)
+    dataset = build_dataset(cfg, split, train=False)
+    evaluator = Evaluator(cfg, build_pseudo_labeler(cfg), dataset.class_names, device, EvalProtocol.from_config(cfg),
+                          distributed=world > 1, progress=rank == 0, save_preds=save_preds)
+    loader = eval_loader(shard(dataset, rank, world, cfg.eval.max_images), cfg.eval.batch_size)
+    with torch.no_grad():
+        metrics = evaluator.run(model, loader, None, cfg.eval.num_vis if rank == 0 else 0)
+    if rank != 0:
+        return None
+    if checkpoint is not None:
+        metrics["checkpoint"] = str(checkpoint)
+    write_json(metrics, out)
+    save_grid(evaluator.samples, Path(out).with_suffix(".png"))
+    return metrics

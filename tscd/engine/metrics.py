@@ -1,10 +1,10 @@
-"""Evaluation metrics of spec §10: confusion-matrix IoU (streamed image by image) and the
+"""Evaluation metrics of method §10: confusion-matrix IoU (streamed image by image) and the
 image-level classification F1."""
 from __future__ import annotations
 
 import torch
 
-IGNORE = 255
+from ..constants import IGNORE_INDEX
 
 
 class ConfusionMatrix:
@@ -14,7 +14,7 @@ class ConfusionMatrix:
     prediction outside 0..K-1 (e.g. an "ignore" pseudo label) counts as wrong for its row.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = IGNORE):
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.mat = torch.zeros(num_classes, num_classes + 1, dtype=torch.int64)
 

@@ -1,8 +1,9 @@
 """Export of refined pseudo labels for a second, fully supervised stage (``tscd pseudo-labels``).
 
 For every image of a split, on the full image (no crop) and with that image's image-level
-labels: the multi-scale CAM of spec §2, the pseudo label of §3 refined by VARM or PAR (§4)
-or left plain (``refine="none"``), optionally a dense CRF (§10) on the confident pixels.
+labels: the :class:`~tscd.refine.PseudoLabeler` (multi-scale CAM of method §2, the pseudo
+label of §3 refined by VARM or PAR (§4) or left plain), optionally a dense CRF (§10) on the
+confident pixels.
 Each label is written as ``OUT/<name>.png``, a VOC palette PNG of the image's size holding
 class ids with 255 where uncertain. Files are written atomically and existing ones are
 skipped, so an interrupted export resumes where it stopped. Where ground-truth masks exist
@@ -10,34 +11,25 @@ the pseudo-label mIoU is reported (a 255 pixel counts as wrong, as in the evalua
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .. import cam as cam_utils
+from ..constants import IGNORE_INDEX
+from ..data import DatasetError, build_dataset, collate
 from ..data.base import load_mask
-from ..data.transforms import denormalize
-from .eval_args import REFINE_CHOICES
-from .inference import all_reduce_counts, dense_crf_probs, progress_bar, shard
-from .metrics import IGNORE, ConfusionMatrix
-from .visualize import PALETTE
+from ..ops.dense_crf import dense_crf
+from ..refine import PseudoLabeler
+from .builders import build_pseudo_labeler, pick_device
+from .distributed import all_reduce_counts, init_distributed, shard
+from .inference import progress_bar
+from .io import write_json
+from .metrics import ConfusionMatrix
+from .visualize import write_palette_png
 
 CRF_LABEL_CONFIDENCE = 0.7  # probability given to a pixel's label in the CRF's unary term
-
-
-def write_palette_png(mask: np.ndarray, path: Path) -> None:
-    """Atomically write (H, W) class ids as a palette PNG (through a hidden temporary file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="P")
-    image.putpalette(PALETTE.reshape(-1).tolist())
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        image.save(f, format="PNG")
-    os.replace(tmp, path)
 
 
 def save_predictions(folder, names, labels: torch.Tensor) -> None:
@@ -66,7 +58,8 @@ def crf_on_labels(rgb: torch.Tensor, label: torch.Tensor, cls_labels: torch.Tens
 
     The unary term gives a labelled pixel probability 0.7 for its label (the rest spread over
     the other present classes) and an uncertain pixel a uniform distribution. Uncertain pixels
-    stay 255 in the result; the CRF re-decides the confident ones.
+    stay ``IGNORE_INDEX`` in the result; the CRF re-decides the confident ones. ``crf``: the
+    ``tscd.ops.dense_crf`` backend request.
     rgb (B, 3, H, W) in 0–255; label (B, H, W) int64; cls_labels (B, K−1). Returns (B, H, W).
     """
     out = label.clone()
@@ -74,52 +67,37 @@ def crf_on_labels(rgb: torch.Tensor, label: torch.Tensor, cls_labels: torch.Tens
         keys = torch.cat([label.new_zeros(1), cls_labels[i].nonzero()[:, 0] + 1])  # channel -> class id
         n = keys.numel()
         lab = label[i]
-        sure = lab != IGNORE
+        sure = lab != IGNORE_INDEX
         onehot = (lab[None] == keys[:, None, None]).float()  # (n, H, W)
         rest = (1 - CRF_LABEL_CONFIDENCE) / max(n - 1, 1)
         probs = torch.where(sure[None], onehot * (CRF_LABEL_CONFIDENCE - rest) + rest,
                             torch.full_like(onehot, 1.0 / n))
-        refined = dense_crf_probs(rgb[i:i + 1], probs[None], crf)[0].argmax(0)
+        refined = dense_crf(rgb[i:i + 1], probs[None], backend=crf)[0].argmax(0)
         out[i] = torch.where(sure, keys[refined], lab)
     return out
 
 
 @torch.no_grad()
-def pseudo_labels_for_batch(model, images: torch.Tensor, cls_labels: torch.Tensor, cfg, refine: str = "varm",
-                            crf: str = "none") -> torch.Tensor:
-    """Pseudo labels (B, H, W) int64 (255 = uncertain) of normalised full images (B, 3, H, W)."""
-    if refine not in REFINE_CHOICES:
-        raise ValueError(f"refine must be one of {REFINE_CHOICES}, got {refine!r}")
-    c = cfg.cam
-    cls_labels = cls_labels.float()
-    cam = cam_utils.multi_scale_cam(model, images, tuple(c.scales))
-    rgb01 = denormalize(images.float(), tuple(cfg.data.mean), tuple(cfg.data.std))
-    if refine == "none":
-        label = cam_utils.pseudo_label(cam, cls_labels, None, high=c.high, low=c.low)
-    else:
-        from ..refine import VARM, refine_cams_with_bkg
-
-        r = cfg.refine
-        refiner = VARM(dilations=tuple(r.dilations), num_iter=r.num_iter, mode=refine)
-        label = refine_cams_with_bkg(rgb01, cam, cls_labels.long(), high=c.high, low=c.low, downscale=r.scale,
-                                     refiner=refiner)
+def pseudo_labels_for_batch(labeler: PseudoLabeler, model, images: torch.Tensor, rgb: torch.Tensor,
+                            cls_labels: torch.Tensor, crf: str = "none") -> torch.Tensor:
+    """Pseudo labels (B, H, W) int64 (``IGNORE_INDEX`` = uncertain) of full images: normalised
+    (B, 3, H, W) and their [0, 1] view ``rgb``."""
+    _, label = labeler(model, images, rgb, cls_labels.float())
     if crf != "none":
-        label = crf_on_labels((rgb01 * 255).round(), label, cls_labels, crf)
+        label = crf_on_labels((rgb.float() * 255).round(), label, cls_labels.float(), crf)
     return label
 
 
 def _same_size_collate(items: list[dict]) -> dict:
-    from ..data import DatasetError, collate
-
     sizes = {tuple(it["image"].shape) for it in items}
     if len(sizes) > 1:
         raise DatasetError(f"images of different sizes {sorted(sizes)} in one batch: set eval.batch_size=1")
     return collate(items)
 
 
-def export_pseudo_labels(model, dataset, out_dir, cfg, *, refine: str = "varm", crf: str = "none",
-                         device="cpu", batch_size: int = 1, num_workers: int = 0, progress: bool = True,
-                         rank: int = 0, world: int = 1) -> dict:
+def export_pseudo_labels(labeler: PseudoLabeler, model, dataset, out_dir, *, crf: str = "none", device="cpu",
+                         batch_size: int = 1, num_workers: int = 0, progress: bool = True, rank: int = 0,
+                         world: int = 1) -> dict:
     """Write ``out_dir/<name>.png`` for every image of ``dataset`` (eval items: full images).
 
     Images whose file exists are skipped (their stored labels still count towards the mIoU
@@ -143,7 +121,7 @@ def export_pseudo_labels(model, dataset, out_dir, cfg, *, refine: str = "varm", 
     def count(label: torch.Tensor, mask: torch.Tensor) -> None:
         mat.update(label, mask)
         valid = (mask >= 0) & (mask < k)
-        ignored.add_(torch.tensor([int((valid & (label == IGNORE)).sum()), int(valid.sum())]))
+        ignored.add_(torch.tensor([int((valid & (label == IGNORE_INDEX)).sum()), int(valid.sum())]))
 
     for i in done[rank::world]:  # already written: count them where the mask is on disk
         mask = _stored_mask(dataset, names[i])
@@ -156,7 +134,8 @@ def export_pseudo_labels(model, dataset, out_dir, cfg, *, refine: str = "varm", 
     bar = progress_bar(len(part), progress and rank == 0, desc="pseudo-labels")
     for batch in loader:
         images = batch["image"].to(device)
-        label = pseudo_labels_for_batch(model, images, batch["label"].to(device), cfg, refine, crf).cpu()
+        label = pseudo_labels_for_batch(labeler, model, images, batch["rgb"].to(device), batch["label"].to(device),
+                                        crf).cpu()
         for j, name in enumerate(batch["name"]):
             write_palette_png(label[j].numpy(), path_of(name))
         if "mask" in batch:
@@ -168,14 +147,23 @@ def export_pseudo_labels(model, dataset, out_dir, cfg, *, refine: str = "varm", 
     has_masks = bool(mat.mat.sum())
     iou = mat.iou().tolist()
     summary = {
-        "num_images": len(names), "written": len(todo), "skipped": len(done), "refine": refine, "crf": crf,
+        "num_images": len(names), "written": len(todo), "skipped": len(done), "refine": labeler.refine, "crf": crf,
         "pseudo_miou": mat.miou() if has_masks else None,
         "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(dataset.class_names, iou)}
         if has_masks else {},
         "ignore_fraction": float(ignored[0]) / max(int(ignored[1]), 1) if has_masks else None,
     }
     if rank == 0:
-        tmp = out_dir / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, out_dir / "summary.json")
+        write_json(summary, out_dir / "summary.json")
     return summary
+
+
+def run_export(model, cfg, split: str, out_dir, *, refine: str | None = None, crf: str = "none") -> dict:
+    """``tscd pseudo-labels``: export the pseudo labels of ``split`` (refinement ``refine``,
+    default ``refine.mode``) with the pseudo-labeller of ``cfg``; the summary of
+    :func:`export_pseudo_labels`. Under torchrun the ranks share the work."""
+    rank, world, device = init_distributed(pick_device(cfg.train.device))
+    dataset = build_dataset(cfg, split, train=False)
+    return export_pseudo_labels(build_pseudo_labeler(cfg, refine), model.to(device), dataset, out_dir, crf=crf,
+                                device=device, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
+                                rank=rank, world=world)

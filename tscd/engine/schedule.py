@@ -1,4 +1,6 @@
-"""AdamW over the model's parameter groups, linear warm-up then poly decay (spec §9)."""
+"""The optimiser and its schedule (method §1, §9): AdamW over the model's parameter groups with
+their learning-rate multipliers and weight decay — the one owner of that policy — and linear
+warm-up then poly decay."""
 from __future__ import annotations
 
 import torch
@@ -14,14 +16,17 @@ def lr_factor(step: int, max_iters: int, warmup_iters: int, warmup_ratio: float,
 
 
 def build_optimizer(model, cfg) -> torch.optim.AdamW:
-    """AdamW on ``model.param_groups`` (each group keeps its ``lr_mult``)."""
+    """AdamW on the non-empty groups of ``model.param_groups()``.
+
+    Per group (method §1, with the multipliers of ``optim``): encoder lr × 1; encoder norms
+    lr × ``norm_lr_mult`` (0: frozen) without weight decay; heads and decoder lr ×
+    ``head_lr_mult`` (10). Each group carries its ``name`` and ``lr_mult``.
+    """
     o = cfg.optim
-    groups = [g for g in model.param_groups(lr=o.lr, weight_decay=o.weight_decay) if g["params"]]
-    mults = {"heads": o.head_lr_mult, "decoder": o.head_lr_mult, "encoder_norm": o.norm_lr_mult}
-    for g in groups:
-        if g.get("name") in mults:  # spec §1: heads 10× the encoder's lr, encoder norms frozen
-            g["lr_mult"] = mults[g["name"]]
-            g["lr"] = o.lr * g["lr_mult"]
+    policy = {"encoder": (1.0, o.weight_decay), "encoder_norm": (o.norm_lr_mult, 0.0),
+              "heads": (o.head_lr_mult, o.weight_decay), "decoder": (o.head_lr_mult, o.weight_decay)}
+    groups = [{"name": name, "params": params, "lr": o.lr * policy[name][0], "lr_mult": policy[name][0],
+               "weight_decay": policy[name][1]} for name, params in model.param_groups().items() if params]
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
 
 

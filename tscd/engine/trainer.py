@@ -1,4 +1,4 @@
-"""The training loop: a thin driver around ``TSCDObjective`` (no loss math here).
+"""The training job: a thin loop around ``TSCDObjective`` (no loss math here).
 
 Writes under the work dir: ``checkpoints/last.pth`` (+ ``iter_<n>.pth`` every
 ``train.ckpt_interval``), ``metrics.json`` (latest evaluation and the whole history),
@@ -7,11 +7,9 @@ installed. Under torchrun, only rank 0 logs, evaluates and writes.
 """
 from __future__ import annotations
 
-import json
-import os
+import logging
 import random
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,41 +19,23 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from ..config import to_dict
 from ..data import StreamSampler, build_dataset, collate
-from ..losses.objective import TSCDObjective, TwoViewNet
 from . import checkpoint as ckpt_io
+from .builders import build_model, build_objective, build_pseudo_labeler, eval_loader, pick_device, setup_runtime
+from .distributed import init_distributed
 from .evaluator import Evaluator
+from .io import atomic_write, write_json
 from .schedule import build_optimizer, build_scheduler
 from .visualize import save_grid
 
-
-def build_model(cfg):
-    from ..models import TSCD
-
-    m = cfg.model
-    return TSCD(backbone=m.backbone, num_classes=cfg.data.num_classes, stride=tuple(m.stride), pooling=m.pooling,
-                embedding_dim=m.embedding_dim, pretrained=m.pretrained, topk_ratio=m.topk_ratio,
-                drop_path_rate=m.drop_path_rate)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("train.device is cuda but no GPU is visible")
-    return torch.device(name)
+logger = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def write_json_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def _raise_interrupt(signum, frame):
@@ -70,35 +50,20 @@ def _sigterm_as_interrupt():
     return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
-def eval_loader(dataset, batch_size: int):
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-
-
 class Trainer:
     """``Trainer(cfg, work_dir, resume=False).train()`` -> the last metrics dict."""
 
     def __init__(self, cfg, work_dir, resume: bool = False, progress: bool = True):
         self.cfg, self.work_dir, self.progress = cfg, Path(work_dir), progress
-        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if self.distributed and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        self.rank = dist.get_rank() if self.distributed else 0
-        self.world = dist.get_world_size() if self.distributed else 1
-        self.main = self.rank == 0
-        t = cfg.train
-        if t.num_threads:
-            torch.set_num_threads(int(t.num_threads))
-        if t.backend != "auto":
-            os.environ["TSCD_BACKEND"] = t.backend
-        self.device = pick_device(t.device)
-        if self.distributed and self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(self.device)
+        setup_runtime(cfg)
+        self.rank, self.world, self.device = init_distributed(pick_device(cfg.train.device))
+        self.distributed, self.main = self.world > 1, self.rank == 0
         seed_everything(cfg.seed + self.rank)
 
         self.model = build_model(cfg).to(self.device)
-        self.objective = TSCDObjective(cfg).to(self.device)
-        net = TwoViewNet(self.model)
+        self.pseudo_labeler = build_pseudo_labeler(cfg)
+        self.objective = build_objective(cfg, self.pseudo_labeler).to(self.device)
+        net = self.model
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids, find_unused_parameters=True)
@@ -136,7 +101,7 @@ class Trainer:
         ckpt_io.atomic_save({
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "step": self.step, "rng": rng,
-            "history": self.history, "wall_time": self.wall_time(), "config": self.cfg.to_dict(),
+            "history": self.history, "wall_time": self.wall_time(), "config": to_dict(self.cfg),
             "class_names": list(self.train_set.class_names),
         }, path)
         return path
@@ -147,11 +112,11 @@ class Trainer:
     # ---- evaluation --------------------------------------------------------------------
     def evaluate(self) -> dict:
         e = self.cfg.eval
-        evaluator = Evaluator(self.cfg, self.objective, self.val_set.class_names, self.device)
+        evaluator = Evaluator(self.cfg, self.pseudo_labeler, self.val_set.class_names, self.device)
         metrics = evaluator.run(self.model, eval_loader(self.val_set, e.batch_size), e.max_images, e.num_vis)
         metrics.update(iteration=self.step, wall_time=round(self.wall_time(), 1))
         self.history = [h for h in self.history if h["iteration"] != self.step] + [metrics]
-        write_json_atomic({"latest": metrics, "history": self.history}, self.work_dir / "metrics.json")
+        write_json({"latest": metrics, "history": self.history}, self.work_dir / "metrics.json")
         grid = self.work_dir / "vis" / f"iter_{self.step:06d}.png"
         save_grid(evaluator.samples, grid)
         if self.writer is not None:
@@ -164,7 +129,7 @@ class Trainer:
 
     # ---- loop ----------------------------------------------------------------------------
     def _loader(self):
-        c, t = self.cfg.data, self.cfg.train
+        c = self.cfg.data
         sampler = StreamSampler(len(self.train_set), self.cfg.seed, start=self.step * c.batch_size * self.world,
                                 rank=self.rank, world_size=self.world)
         loader = torch.utils.data.DataLoader(self.train_set, batch_size=c.batch_size, sampler=sampler,
@@ -188,7 +153,8 @@ class Trainer:
         end = t.max_iters if stop_at is None else min(stop_at, t.max_iters)
         if self.main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            (self.work_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            config_text = yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()
+            atomic_write(self.work_dir / "config.yaml", lambda f: f.write(config_text))
         self.writer = self._open_writer()
         self._t0 = time.time()
         batches = self._loader()  # creating the iterator draws from the RNG: restore after it
@@ -198,7 +164,7 @@ class Trainer:
         bar = None
         if self.main and self.progress:
             from tqdm import tqdm
-            bar = tqdm(total=t.max_iters, initial=self.step, desc="train", dynamic_ncols=True, file=sys.stderr)
+            bar = tqdm(total=t.max_iters, initial=self.step, desc="train", dynamic_ncols=True)
         amp = t.bf16 and self.device.type == "cuda"
         self.net.train()
         previous_sigterm = _sigterm_as_interrupt()
@@ -220,8 +186,7 @@ class Trainer:
                 self._log(bar, total, terms)
                 if self.main and (self.step % t.eval_interval == 0 or self.step == t.max_iters):
                     metrics = self.evaluate()
-                    if bar is not None:
-                        bar.write(self._summary(metrics))
+                    logger.info(self._summary(metrics))
                 if self.distributed and self.step % t.eval_interval == 0:
                     dist.barrier()
                 if t.ckpt_interval and self.step % t.ckpt_interval == 0 and self.step != t.max_iters:
@@ -232,8 +197,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             if self.main:
-                print(f"interrupted at iteration {self.step}; saved {path} (continue with --resume)",
-                      file=sys.stderr)
+                logger.warning("interrupted at iteration %d; saved %s (continue with --resume)", self.step, path)
             raise
         finally:
             if previous_sigterm is not None:
@@ -269,3 +233,15 @@ class Trainer:
                 f"pseudo {m['pseudo_miou']:.3f} | aff {m['aff_miou']:.3f} | cls F1 {m['cls_f1']:.3f} "
                 f"| {m['wall_time']:.0f} s")
 
+
+
+def run_training(cfg, work_dir=None, resume: bool = False) -> tuple[dict, Path]:
+    """Train ``cfg`` into ``work_dir`` (default: ``cfg.work_dir``); (last metrics, work dir).
+
+    ``resume`` continues from ``WORK_DIR/checkpoints/last.pth``, which must exist.
+    """
+    work = Path(work_dir or cfg.work_dir)
+    if resume and not (work / "checkpoints" / "last.pth").is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {work / 'checkpoints' / 'last.pth'}")
+    cfg.work_dir = str(work)
+    return Trainer(cfg, work, resume=resume).train(), work

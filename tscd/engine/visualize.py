@@ -1,13 +1,17 @@
-"""PNG output: palette masks, overlays and the evaluation grid
-(image | CAM | refined pseudo label | prediction | ground truth)."""
+"""Pictures: the VOC palette, overlays, the evaluation grid (image | CAM | refined pseudo label |
+prediction | ground truth), the mIoU curve and palette PNG files, each written atomically."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-IGNORE = 255
+from ..constants import IGNORE_INDEX
+from .io import atomic_write
+
+logger = logging.getLogger(__name__)
 
 
 def voc_palette() -> np.ndarray:
@@ -22,7 +26,7 @@ def voc_palette() -> np.ndarray:
             b |= ((cid >> 2) & 1) << (7 - j)
             cid >>= 3
         pal[c] = (r, g, b)
-    pal[IGNORE] = (255, 255, 255)
+    pal[IGNORE_INDEX] = (255, 255, 255)
     return pal
 
 
@@ -34,18 +38,18 @@ def colorize(mask: np.ndarray) -> np.ndarray:
     return PALETTE[np.clip(mask, 0, 255).astype(np.uint8)]
 
 
-def save_palette_png(mask: np.ndarray, path) -> None:
-    """A palette ("P" mode) PNG whose pixel values are the class ids."""
-    im = Image.fromarray(mask.astype(np.uint8), mode="P")
-    im.putpalette(PALETTE.reshape(-1).tolist())
-    im.save(path)
+def write_palette_png(mask: np.ndarray, path) -> Path:
+    """(H, W) class ids as a palette ("P" mode) PNG whose pixel values are the ids."""
+    image = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="P")
+    image.putpalette(PALETTE.reshape(-1).tolist())
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend class colours over an image (H,W,3 uint8); background and ignore stay the image."""
     col = colorize(mask).astype(np.float32)
     out = image.astype(np.float32)
-    fg = (mask > 0) & (mask != IGNORE)
+    fg = (mask > 0) & (mask != IGNORE_INDEX)
     out[fg] = (1 - alpha) * out[fg] + alpha * col[fg]
     return out.clip(0, 255).astype(np.uint8)
 
@@ -81,15 +85,22 @@ def save_grid(samples: list[dict], path, min_cell: int = 128) -> None:
         for j, cell in enumerate(cells):
             tile = Image.fromarray(cell).resize((cell_w, cell_h), Image.NEAREST)
             canvas.paste(tile, (j * cell_w, head + i * cell_h))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    atomic_write(path, lambda file: canvas.save(file, format="PNG"))
 
 
-def save_curve(history: list[dict], path, keys=("seg_miou", "cam_miou", "pseudo_miou", "aff_miou")) -> None:
-    """mIoU against iterations, one line per metric, from a ``metrics.json`` history."""
+def save_curve(history: list[dict], path, keys=("seg_miou", "cam_miou", "pseudo_miou", "aff_miou")) -> bool:
+    """mIoU against iterations, one line per metric, from a ``metrics.json`` history.
+
+    Returns whether a curve was written: not without history, nor without matplotlib (the
+    optional extra ``tscd[plot]``).
+    """
     if not history:
-        return
-    import matplotlib
+        return False
+    try:
+        import matplotlib
+    except ImportError:
+        logger.info("no curve: matplotlib is not installed (pip install tscd[plot])")
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -104,5 +115,6 @@ def save_curve(history: list[dict], path, keys=("seg_miou", "cam_miou", "pseudo_
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda file: fig.savefig(file, format="png", dpi=110))
     plt.close(fig)
+    return True

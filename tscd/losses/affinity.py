@@ -1,4 +1,4 @@
-"""Affinity loss from attention (spec §5, from AFA): the learned affinity A = attn_pred is pulled
+"""Affinity loss from attention (method §5, from AFA): the learned affinity A = attn_pred is pulled
 to 1 for pairs of stride-16 positions with the same pseudo label and to 0 for different labels,
 within a (2r+1)×(2r+1) window."""
 from __future__ import annotations
@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cam import IGNORE_INDEX, affinity_window
+from ..cam import affinity_window
+from ..constants import IGNORE_INDEX
 
 __all__ = ["AffinityLoss", "affinity_targets"]
 

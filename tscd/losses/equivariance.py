@@ -1,4 +1,4 @@
-"""Equivariance regularisation of spec §7 between the full view and the 0.3× view."""
+"""Equivariance regularisation of method §7 between the full view and the 0.3× view."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Self-correspondence distillation loss module (spec §6) with the released code's sampling."""
+"""Self-correspondence distillation loss module (method §6) with the released code's sampling."""
 from __future__ import annotations
 
 import torch

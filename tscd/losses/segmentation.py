@@ -1,11 +1,11 @@
-"""Segmentation loss of spec §8: the background and foreground pixels weigh half each."""
+"""Segmentation loss of method §8: the background and foreground pixels weigh half each."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE = 255
+from ..constants import IGNORE_INDEX
 
 
 def _masked_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -15,7 +15,7 @@ def _masked_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) ->
     return total / valid.clamp(min=1)
 
 
-def segmentation_loss(seg_logits: torch.Tensor, label: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
+def segmentation_loss(seg_logits: torch.Tensor, label: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """``½·CE(seg, bkg-only label) + ½·CE(seg, fg-only label)``.
 
     seg_logits (B,K,h,w), upsampled bilinearly to the label's size; label (B,H,W) int64 with
@@ -30,7 +30,7 @@ def segmentation_loss(seg_logits: torch.Tensor, label: torch.Tensor, ignore_inde
 
 
 class SegmentationLoss(nn.Module):
-    def __init__(self, ignore_index: int = IGNORE):
+    def __init__(self, ignore_index: int = IGNORE_INDEX):
         super().__init__()
         self.ignore_index = ignore_index
 

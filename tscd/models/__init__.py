@@ -1,10 +1,11 @@
-"""TSCD network: MiT encoder (registered with timm), SegFormer head, TSCD model, checkpoints."""
+"""TSCD network: encoders (MiT, hybrid; timm registry), SegFormer head, TSCD model, checkpoints."""
 from .checkpoint import CheckpointMismatchError, load_checkpoint
-from .mit import MIT_CONFIGS, TIMM_NAMES, MixVisionTransformer, build_backbone
+from .mit import MIT_CONFIGS, MixVisionTransformer
+from .registry import BACKBONES, TIMM_NAMES, build_backbone
 from .segformer_head import SegFormerHead
-from .tscd import POOLINGS, TSCD
+from .tscd import PARAM_GROUPS, POOLINGS, TSCD, CAMOutput, TSCDOutput
 
 __all__ = [
-    "MIT_CONFIGS", "TIMM_NAMES", "MixVisionTransformer", "build_backbone", "SegFormerHead", "TSCD",
-    "POOLINGS", "load_checkpoint", "CheckpointMismatchError",
+    "BACKBONES", "MIT_CONFIGS", "TIMM_NAMES", "MixVisionTransformer", "build_backbone", "SegFormerHead", "TSCD",
+    "TSCDOutput", "CAMOutput", "POOLINGS", "PARAM_GROUPS", "load_checkpoint", "CheckpointMismatchError",
 ]

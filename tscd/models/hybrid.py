@@ -4,9 +4,10 @@ MiT learns slowly from random initialisation: on the synthetic demo, MiT-b0 sits
 label prior for hundreds of iterations, while a BatchNorm CNN of the same size starts to
 learn within a hundred (measured in the README). ``hybrid_b0`` keeps what TSCD needs from the
 transformer — stage 4 is MiT-b0's (two blocks, eight heads, width 256), so the attention
-affinity of spec §5 comes from the same attention logits — and replaces stages 1–3 with
+affinity of method §5 comes from the same attention logits — and replaces stages 1–3 with
 conv–BN–ReLU layers of MiT-b0's widths, the hybrid design of the ViT paper (Dosovitskiy et
-al., 2021). It has the interface of :class:`~tscd.models.mit.MixVisionTransformer`.
+al., 2021). It has the interface of :class:`~tscd.models.mit.MixVisionTransformer`; the layers it shares
+with MiT live in :mod:`tscd.models.layers`.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .mit import Block, OverlapPatchEmbed, _tokens_to_map, init_segformer_weights, layer_norm, stage_strides
+from .layers import Block, OverlapPatchEmbed, init_segformer_weights, layer_norm, stage_strides, tokens_to_map
 
 __all__ = ["HybridEncoder", "HYBRID_CONFIGS"]
 
@@ -82,5 +83,5 @@ class HybridEncoder(nn.Module):
         for blk in self.block4:
             x, a = blk(x, h, w)
             logits.append(a)
-        features.append(_tokens_to_map(self.norm4(x), h, w).contiguous())
+        features.append(tokens_to_map(self.norm4(x), h, w).contiguous())
         return features, logits

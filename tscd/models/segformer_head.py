@@ -1,4 +1,4 @@
-"""SegFormer's all-MLP decoder (spec §1), with the module names of the released checkpoints."""
+"""SegFormer's all-MLP decoder (method §1), with the module names of the released checkpoints."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""The TSCD network (spec §1): MiT encoder, SegFormer head, CAM classifier, attention affinity.
+"""The TSCD network (method §1): MiT encoder, SegFormer head, CAM classifier, attention affinity.
 
 Module names follow the released AFA/TSCD code (``encoder``, ``decoder``, ``classifier``,
 ``attn_proj``), so their checkpoints load with ``tscd.models.load_checkpoint``.
@@ -6,17 +6,42 @@ Module names follow the released AFA/TSCD code (``encoder``, ``decoder``, ``clas
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mit import build_backbone
+from .registry import build_backbone
 from .segformer_head import SegFormerHead
 
-__all__ = ["TSCD", "POOLINGS"]
+__all__ = ["TSCD", "TSCDOutput", "CAMOutput", "POOLINGS", "PARAM_GROUPS"]
 
 POOLINGS = ("gmp", "gap", "topk")
+#: The parameter groups of :meth:`TSCD.param_groups`, in order.
+PARAM_GROUPS = ("encoder", "encoder_norm", "heads", "decoder")
+
+
+class TSCDOutput(NamedTuple):
+    """What :meth:`TSCD.forward` returns (N = h₄·w₄, the stage-4 positions).
+
+    cls (B, K−1) image logits; seg (B, K, ⌈H/4⌉, ⌈W/4⌉) segmentation logits; attn_pred (B, N, N)
+    the attention affinity of method §5; with a second view x′ (method §6) also seg_small, its
+    segmentation logits, and cam_small (B, K−1, h₄′, w₄′), its CAM — all with gradient.
+    """
+
+    cls: torch.Tensor
+    seg: torch.Tensor
+    attn_pred: torch.Tensor
+    seg_small: torch.Tensor | None = None
+    cam_small: torch.Tensor | None = None
+
+
+class CAMOutput(NamedTuple):
+    """What :meth:`TSCD.forward_cam` returns: cam (B, K−1, h₄, w₄) and attn_pred (B, N, N)."""
+
+    cam: torch.Tensor
+    attn_pred: torch.Tensor
 
 
 class TSCD(nn.Module):
@@ -99,36 +124,34 @@ class TSCD(nn.Module):
         k = max(1, math.ceil(self.topk_ratio * cam.shape[-1]))
         return cam.topk(k, dim=-1).values.mean(dim=-1)
 
-    def forward(self, x: torch.Tensor, cam_only: bool = False):
-        """x: (B, 3, H, W), normalised image.
-
-        Returns ``(cls_logits (B, K−1), seg_logits (B, K, ⌈H/4⌉, ⌈W/4⌉), attention_logits,
-        attn_pred (B, N, N))`` with N the number of stage-4 positions, or with
-        ``cam_only=True`` ``(cam (B, K−1, h₄, w₄), attn_pred)`` (the decoder is skipped; the
-        CAM keeps its gradient: wrap in ``torch.no_grad()`` for pseudo labels).
-        """
+    def forward(self, x: torch.Tensor, x_small: torch.Tensor | None = None) -> TSCDOutput:
+        """The trainable forward of normalised images x (B, 3, H, W) and, in a training step of
+        method §6, of their second view x_small (B, 3, H′, W′) too (one call, so that DDP wraps
+        the model itself). See :class:`TSCDOutput`."""
         features, attention_logits = self.encoder(x)
         attn_pred = self.attention_affinity(attention_logits)
-        if cam_only:
-            return self.cam(features[3]), attn_pred
         seg = self.decoder(features)
-        return self._image_logits(features[3]), seg, attention_logits, attn_pred
+        cls = self._image_logits(features[3])
+        if x_small is None:
+            return TSCDOutput(cls, seg, attn_pred)
+        features_small, _ = self.encoder(x_small)
+        return TSCDOutput(cls, seg, attn_pred, self.decoder(features_small), self.cam(features_small[3]))
 
-    def param_groups(self, lr: float = 6e-5, weight_decay: float = 0.01) -> list[dict]:
-        """The four AdamW groups of spec §1, as dicts for ``torch.optim.AdamW``.
+    def forward_cam(self, x: torch.Tensor) -> CAMOutput:
+        """CAM and attention affinity of normalised images x (B, 3, H, W); the decoder is skipped.
 
-        encoder (lr), encoder norms (lr 0, no decay: every encoder parameter whose name
-        contains "norm", i.e. all LayerNorms, as AFA), classifier + attn_proj (10·lr),
-        decoder (10·lr). Each dict carries its ``name`` and its ``lr_mult`` for schedulers.
+        The CAM keeps its gradient: wrap in ``torch.no_grad()`` for pseudo labels.
         """
+        features, attention_logits = self.encoder(x)
+        return CAMOutput(self.cam(features[3]), self.attention_affinity(attention_logits))
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters by the groups of method §1 (:data:`PARAM_GROUPS`): encoder weights,
+        encoder norms (every encoder parameter whose name contains "norm", i.e. all LayerNorms,
+        as AFA), the heads (classifier + attn_proj), the decoder. Their learning rates and weight
+        decay are the optimiser's policy (``tscd.engine.schedule.build_optimizer``)."""
         encoder, norms = [], []
         for name, p in self.encoder.named_parameters():
             (norms if "norm" in name else encoder).append(p)
-        spec = [
-            ("encoder", encoder, 1.0, weight_decay),
-            ("encoder_norm", norms, 0.0, 0.0),
-            ("heads", [*self.classifier.parameters(), *self.attn_proj.parameters()], 10.0, weight_decay),
-            ("decoder", list(self.decoder.parameters()), 10.0, weight_decay),
-        ]
-        return [{"name": n, "params": ps, "lr": lr * m, "lr_mult": m, "weight_decay": wd}
-                for n, ps, m, wd in spec]
+        heads = [*self.classifier.parameters(), *self.attn_proj.parameters()]
+        return dict(zip(PARAM_GROUPS, (encoder, norms, heads, list(self.decoder.parameters()))))

@@ -1,4 +1,4 @@
-"""Dense CRF post-processing, spec §10: fully connected mean-field inference with exact sums.
+"""Dense CRF post-processing, method §10: fully connected mean-field inference with exact sums.
 
 Potts compatibility, symmetric kernel normalisation, self included, as pydensecrf's
 DenseCRF2D computes it but with the pairwise sums evaluated exactly by the tiled
@@ -10,25 +10,19 @@ normalisers ``n_i = (Σ_j k_ij)^(−1/2)`` are the same products with X = 1.
 Backends: ``torch`` (naive reference, small images), ``triton``, ``cpp``, and
 ``pydensecrf`` (the permutohedral approximation of the optional ``pydensecrf2`` package).
 ``auto`` picks the exact kernels on CUDA; on the CPU pydensecrf when it is installed, else
-the exact ``cpp`` kernels with a one-time warning that they take O(N²) time.
+the exact ``cpp`` kernels with a one-time warning that they take O(N²) time; ``exact`` never
+picks pydensecrf.
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
 import math
 
-import numpy as np
 import torch
 
 from . import _checks
-from ._dispatch import resolve_backend, warn_once
+from .backends import primitives, resolve, warn_once
 from .gaussian import bilateral_features, fused_product, position_features
 from .reference import dense_crf as reference
-
-@functools.lru_cache(maxsize=None)
-def pydensecrf_available() -> bool:
-    return importlib.util.find_spec("pydensecrf") is not None
 
 
 def _exact(backend, images, probs, num_iter, smooth, appearance):
@@ -49,22 +43,6 @@ def _exact(backend, images, probs, num_iter, smooth, appearance):
             logits = logits + weight * norm * fused_product(backend, feats, norm * q, cutoff, window)
         q = torch.softmax(logits, dim=1)
     return q.reshape(B, K, H, W)
-
-
-def _pydensecrf(images, probs, num_iter, smooth, appearance):
-    import pydensecrf.densecrf as dcrf
-
-    B, K, H, W = probs.shape
-    out = np.empty((B, K, H * W), dtype=np.float32)
-    imgs = np.ascontiguousarray(images.detach().cpu().round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
-    unary = -np.log(np.maximum(probs.detach().cpu().to(torch.float32).numpy(), 1e-5)).reshape(B, K, H * W)
-    for b in range(B):
-        crf = dcrf.DenseCRF2D(W, H, K)
-        crf.setUnaryEnergy(np.ascontiguousarray(unary[b]))
-        crf.addPairwiseGaussian(sxy=smooth[0], compat=smooth[1])
-        crf.addPairwiseBilateral(sxy=appearance[0], srgb=appearance[1], rgbim=imgs[b], compat=appearance[2])
-        out[b] = np.asarray(crf.inference(num_iter), dtype=np.float32)
-    return torch.from_numpy(out).reshape(B, K, H, W).to(probs.device)
 
 
 def _check(images, probs, num_iter, smooth, appearance):
@@ -89,7 +67,7 @@ def dense_crf(images: torch.Tensor, probs: torch.Tensor, *, num_iter: int = 10,
               smooth: tuple[float, float] = (3.0, 3.0),
               appearance: tuple[float, float, float] = (64.0, 5.0, 4.0),
               backend: str = "auto") -> torch.Tensor:
-    """Mean-field dense CRF of spec §10: the refined probabilities Q, (B, K, H, W).
+    """Mean-field dense CRF of method §10: the refined probabilities Q, (B, K, H, W).
 
     Args:
         images: (B, 3, H, W) in 0–255, float or uint8.
@@ -97,20 +75,18 @@ def dense_crf(images: torch.Tensor, probs: torch.Tensor, *, num_iter: int = 10,
         num_iter: mean-field iterations.
         smooth: (σ_xy, weight) of the smoothness kernel.
         appearance: (σ_xy, σ_rgb, weight) of the appearance kernel.
-        backend: ``"auto" | "torch" | "triton" | "cpp" | "pydensecrf"``.
+        backend: ``"auto" | "exact" | "torch" | "triton" | "cpp" | "pydensecrf"`` (:mod:`tscd.ops.backends`).
 
     Returns float32 probabilities (float64 for the float64 torch reference); no gradient.
     """
     device = _check(images, probs, num_iter, smooth, appearance)
-    if backend == "pydensecrf" or (backend == "auto" and device.type == "cpu" and pydensecrf_available()):
-        if not pydensecrf_available():
-            raise ValueError("backend='pydensecrf' needs the optional package pydensecrf2 (pip install tscd[crf])")
-        return _pydensecrf(images, probs, num_iter, smooth, appearance)
-    resolved = resolve_backend("dense_crf", backend, device)
-    if backend == "auto" and device.type == "cpu":
+    resolved = resolve("dense_crf", backend, device.type)
+    if backend == "auto" and device.type == "cpu" and resolved != "pydensecrf":
         warn_once(("dense_crf", "exact on cpu"), "tscd.ops.dense_crf: exact O(N²) CRF on the CPU (slow at full "
                   "resolution); install pydensecrf2 for the fast approximate one", stacklevel=3)
     with torch.no_grad():
+        if resolved == "pydensecrf":
+            return primitives(resolved).dense_crf(images, probs, num_iter, *map(float, smooth), *map(float, appearance))
         if resolved == "torch":
             dtype = _checks.compute_dtype(probs)
             return reference.dense_crf(images, probs.to(dtype), num_iter, tuple(smooth), tuple(appearance))

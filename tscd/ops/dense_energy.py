@@ -1,4 +1,4 @@
-"""Exact dense energy (CRF) loss, spec §8, on the tiled Gaussian-kernel product.
+"""Exact dense energy (CRF) loss, method §8, on the tiled Gaussian-kernel product.
 
 ``L = −(1/B) Σ_b Σ_{i,k} S_ik g_i (W S)_ik`` with ``S = P·roi``, ``W_ij = exp(−‖p_i−p_j‖²/(2σ_xy²)
 − ‖I_i−I_j‖²/(2σ_rgb²))`` over every pixel pair (self included) and the gate
@@ -18,7 +18,7 @@ import math
 import torch
 
 from . import _checks
-from ._dispatch import resolve_backend
+from .backends import resolve
 from .gaussian import bilateral_features, fused_product
 from .reference import dense_energy as reference
 
@@ -85,7 +85,7 @@ def _check(images, probs, roi, ignore, sigma_rgb, sigma_xy):
 
 def dense_energy_loss(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor, ignore: torch.Tensor, *,
                       sigma_rgb: float = 15.0, sigma_xy: float = 50.0, backend: str = "auto") -> torch.Tensor:
-    """Exact dense energy loss of spec §8 (no weight, no rescaling): a 0-dim tensor.
+    """Exact dense energy loss of method §8 (no weight, no rescaling): a 0-dim tensor.
 
     Args:
         images: (B, 3, H, W) in 0–255, float or uint8 (no gradient).
@@ -93,13 +93,13 @@ def dense_energy_loss(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tens
         roi: (B, H, W) crop-box mask in {0, 1}, bool or float.
         ignore: (B, H, W) bool, True where the gate is forced to 1 (unlabelled pixels).
         sigma_rgb, sigma_xy: kernel widths in colour (0–255) and pixel units.
-        backend: ``"auto" | "torch" | "triton" | "cpp"``.
+        backend: ``"auto" | "exact" | "torch" | "triton" | "cpp"`` (:mod:`tscd.ops.backends`).
 
     The loss is float32 (float64 for float64 probs); the gradient flows to ``probs`` only,
     with the gate held constant. The fused backends never build the N×N kernel matrix.
     """
     device = _check(images, probs, roi, ignore, sigma_rgb, sigma_xy)
-    backend = resolve_backend("dense_energy_loss", backend, device)
+    backend = resolve("dense_energy_loss", backend, device.type)
     out_dtype = torch.float64 if probs.dtype == torch.float64 else torch.float32
     if backend == "torch":
         return reference.dense_energy_loss(images, probs, roi, ignore, sigma_rgb, sigma_xy).to(out_dtype)

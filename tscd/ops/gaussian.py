@@ -3,10 +3,11 @@
 ``Y = W·X`` with ``W_ij = exp(−½‖f_i − f_j‖²)`` over per-pixel feature vectors ``f`` (the
 pixel's coordinates and colours, each divided by its σ), summed exactly over every pair,
 self included, without ever building the N×N matrix W: the fused backends compute W tile by
-tile from feature differences and accumulate in float32 (``kernels/gaussian.py``,
-``csrc/gaussian.cpp``, ``csrc/gaussian_cuda.cu``).
+tile from feature differences and accumulate in float32 (the ``gaussian_product`` primitive of
+:mod:`tscd.kernels.primitives`).
 
-This is an internal primitive for the ops' autograd Functions: it has no gradient of its own.
+It serves the dense energy loss, dense CRF inference and ``tscd.compat.bilateralfilter``; the
+ops' autograd Functions call :func:`fused_product`, which has no gradient of its own.
 """
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import math
 
 import torch
 
-from . import _checks, _cpp
-from ._dispatch import resolve_backend
-from .reference.dense_energy import gaussian_product as _reference_product
+from . import _checks
+from .backends import primitives, resolve
+from .reference.gaussian import gaussian_product as _reference_product
 
 # Features multiplied by this make the kernels' 2^(−‖f_i − f_j‖²) equal exp(−½‖f_i − f_j‖²).
 _EXP2_SCALE = math.sqrt(0.5 * math.log2(math.e))
@@ -44,7 +45,7 @@ def bilateral_features(images: torch.Tensor, sigma_xy: float, sigma_rgb: float) 
 
 def fused_product(backend: str, feats: torch.Tensor, x: torch.Tensor, cutoff: float | None = None,
                   row_window: tuple[int, int] | None = None) -> torch.Tensor:
-    """``W·x`` (B, K, N) float32 by the ``"triton"`` or ``"cpp"`` kernels (no checks, no autograd).
+    """``W·x`` (B, K, N) float32 by a fused backend's primitive (no checks, no autograd).
 
     ``feats`` (B, D, N) float32 (unscaled, as :func:`bilateral_features` makes them), ``x`` (B, K, N).
     ``cutoff``: pairs with ``‖f_i − f_j‖ > cutoff`` get weight 0 (None: every pair).
@@ -55,11 +56,7 @@ def fused_product(backend: str, feats: torch.Tensor, x: torch.Tensor, cutoff: fl
     feats = (feats.to(torch.float32) * _EXP2_SCALE).contiguous()
     cut2 = math.inf if cutoff is None else cutoff * cutoff * _EXP2_SCALE**2
     width, radius = row_window if row_window is not None else (0, 0)
-    if backend == "triton":
-        from tscd.kernels.gaussian import gaussian_product as triton_product
-
-        return triton_product(feats, x, cut2, width, radius)
-    return _cpp.ops().gaussian_product(feats, x.to(torch.float32).contiguous(), cut2, width, radius)
+    return primitives(backend).gaussian_product(feats, x.to(torch.float32).contiguous(), cut2, width, radius)
 
 
 def gaussian_product(feats: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | None = None, *,
@@ -91,7 +88,7 @@ def gaussian_product(feats: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | No
     ):
         raise ValueError(f"row_window must be (width, radius) with width >= 1 dividing N and radius >= 0, "
                          f"got {row_window!r}")
-    backend = resolve_backend("gaussian_product", backend, device)
+    backend = resolve("gaussian_product", backend, device.type)
     xs = x if x2 is None else torch.cat((x, x2.to(x.dtype)), dim=1)
     if backend == "torch":
         dtype = _checks.compute_dtype(feats, xs)

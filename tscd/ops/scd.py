@@ -1,9 +1,10 @@
-"""Self-correspondence distillation loss (spec §6) with backend dispatch.
+"""Self-correspondence distillation loss (method §6) with backend dispatch.
 
 The fused backends never build the N1×N2 correspondence matrices. With unit-normalised
 columns T̂, T̂′, Ŝ, Ŝ′ the centred teacher correspondence is, by the closed forms of §6,
 ``f_ij = T̂_i·T̂′_j + a_i`` with ``a_i = mean_b(m_b·m′_b) − T̂_i·m′_b`` (O(N) work here);
-only the pairwise relu term goes through the backend's ``scd_pass`` primitive, which
+only the pairwise relu term goes through the backend's ``scd_pass`` primitive
+(:mod:`tscd.kernels.primitives`), which
 sweeps tiles of (i, j) pairs and returns per-row sums and, on request, the per-row
 gradient sums ``Σ_j 1[s_ij>0] f_ij Ŝ′_j``. Because the loss is a scalar, its gradient is
 fixed up to the incoming scale, so the forward computes both student gradients in the
@@ -14,25 +15,11 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks, _cpp
-from ._dispatch import resolve_backend
+from . import _checks
+from .backends import primitives, resolve
 from .reference import scd as reference
 
 EPS = reference.EPS
-
-
-def _triton_pass(*args):
-    from tscd.kernels import scd as kernels
-
-    return kernels.scd_pass(*args)
-
-
-def _cpp_pass(*args):
-    return _cpp.ops().scd_pass(*args)
-
-
-# backend -> scd_pass(xs, ys, xt, yt, ar, ac, with_grad) -> (rowsum (B,Nx), grad (B,K,Nx))
-_PASSES = {"triton": _triton_pass, "cpp": _cpp_pass}
 
 
 def _normalise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +37,7 @@ def _normalise_backward(x_hat: torch.Tensor, norm: torch.Tensor, grad: torch.Ten
 
 class _ScdLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, scd_pass, with_grad, t1, t2, s1, s2):
+    def forward(ctx, backend, with_grad, t1, t2, s1, s2):
         (B, _, n1), n2 = s1.shape, s2.shape[2]
         t_hat1, _ = _normalise(t1)
         t_hat2, _ = _normalise(t2)
@@ -60,6 +47,7 @@ class _ScdLoss(torch.autograd.Function):
         batch_mean = (m1 * m2).sum(dim=1).mean()
         a = (batch_mean - torch.einsum("bci,bc->bi", t_hat1, m2)).contiguous()  # (B, N1)
         zeros = t_hat2.new_zeros(B, n2)
+        scd_pass = primitives(backend).scd_pass
         rowsum, grad1 = scd_pass(s_hat1, s_hat2, t_hat1, t_hat2, a, zeros, with_grad)
         if with_grad:
             _, grad2 = scd_pass(s_hat2, s_hat1, t_hat2, t_hat1, zeros, a, True)
@@ -103,22 +91,22 @@ def _flatten_checked(t1, t2, s1, s2) -> tuple[torch.Tensor, ...]:
 
 
 def scd_loss(t1, t2, s1, s2, *, backend: str = "auto") -> torch.Tensor:
-    """Self-correspondence distillation loss of spec §6 as a 0-dim tensor.
+    """Self-correspondence distillation loss of method §6 as a 0-dim tensor.
 
     Args:
         t1: teacher map of view 1, (B, C, H1, W1) or flattened (B, C, N1); no gradient.
         t2: teacher map of view 2, (B, C, H2, W2) or (B, C, N2); no gradient.
         s1: student map of view 1, (B, K, H1, W1) or (B, K, N1).
         s2: student map of view 2, (B, K, H2, W2) or (B, K, N2).
-        backend: ``"auto" | "torch" | "triton" | "cpp"``.
+        backend: ``"auto" | "exact" | "torch" | "triton" | "cpp"`` (:mod:`tscd.ops.backends`).
 
     ``−1/(B·N1·N2) Σ relu(Ŝ_i·Ŝ′_j)·f_ij`` with the row-centred, batch-offset teacher
     correspondence f. Fused backends compute in float32 and return the promoted input dtype.
     """
     t1, t2, s1, s2 = _flatten_checked(t1, t2, s1, s2)
-    chosen = resolve_backend("scd_loss", backend, s1.device)
+    chosen = resolve("scd_loss", backend, s1.device.type)
     if chosen == "torch":
         return reference.scd_loss(t1, t2, s1, s2)
     # Inside forward grad mode is off and needs_input_grad ignores no_grad, so decide here.
     with_grad = torch.is_grad_enabled() and (s1.requires_grad or s2.requires_grad)
-    return _ScdLoss.apply(_PASSES[chosen], with_grad, t1.detach(), t2.detach(), s1, s2)
+    return _ScdLoss.apply(chosen, with_grad, t1.detach(), t2.detach(), s1, s2)

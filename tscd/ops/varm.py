@@ -1,4 +1,4 @@
-"""Variation-aware refinement (VARM) of spec §4 and its PAR baseline, as one operator.
+"""Variation-aware refinement (VARM) of method §4 and its PAR baseline, as one operator.
 
 ``varm_refine(images, masks)`` resizes the masks to the image size (bilinear,
 align_corners=True) and applies ``num_iter`` times ``M(p) <- sum_n w_n(p) M(clamp(p + n))``
@@ -9,21 +9,17 @@ over the N = 8·len(dilations) clamped neighbours n, with the per-pixel weights
 - ``mode="par"``:  ``w_n = softmax_n(a_n) + 0.01·softmax_n(position_n)``, intensity term /0.3.
 
 The refinement runs without gradient: outputs never require grad. The fused backends
-(triton, cpp) compute in float32 through two primitives with identical arguments,
-``affinity`` and ``propagate_`` (see ``kernels/varm.py`` and ``csrc/varm.cpp``); this module
-holds the logic they share (upcasting, resizing, constants, the ping-pong buffers). Their
-memory is O(B·(N + 2K)·H·W).
+(triton, cpp) compute in float32 through two primitives, ``varm_affinity`` and
+``varm_propagate_`` (:mod:`tscd.kernels.primitives`); this module holds the logic they share
+(upcasting, resizing, constants, the ping-pong buffers). Their memory is O(B·(N + 2K)·H·W).
 """
 from __future__ import annotations
-
-from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from . import _cpp
 from ._checks import check_dim_equal, check_same_device, check_tensor
-from ._dispatch import resolve_backend
+from .backends import primitives, resolve
 from .reference import varm as reference
 
 DEFAULT_DILATIONS = (1, 2, 4, 8, 12, 24)
@@ -31,20 +27,6 @@ MODES = ("varm", "par")
 # Per mode: the factor of the intensity term, the weight of the subtracted variation softmax
 # and the weight of the added position softmax.
 _CONSTANTS = {"varm": (4.0, 0.01, 0.0), "par": (1.0 / 0.3, 0.0, 0.01)}
-
-
-class _Primitives(NamedTuple):
-    affinity: Callable  # (images, dilations, intensity_scale, variation_weight, position_term) -> weights
-    propagate_: Callable  # (src, weights, dilations, out) -> None
-
-
-def _primitives(backend: str) -> _Primitives:
-    if backend == "triton":
-        from tscd.kernels import varm as kernels
-
-        return _Primitives(kernels.affinity, kernels.propagate_)
-    ops = _cpp.ops()
-    return _Primitives(ops.varm_affinity, ops.varm_propagate_)
 
 
 def _check_options(dilations, num_iter: int | None, mode: str) -> tuple[int, ...]:
@@ -68,36 +50,36 @@ def _check_images(images) -> None:
         raise ValueError(f"images must have shape (B, 3, H, W) with 3 colour channels, got {tuple(images.shape)}")
 
 
-def _fused_affinity(prims: _Primitives, images: torch.Tensor, dilations: tuple[int, ...], mode: str):
+def _fused_affinity(backend: str, images: torch.Tensor, dilations: tuple[int, ...], mode: str):
     """(weights (B, N, H, W) float32, dilations as an int32 tensor on the images' device)."""
     device = images.device
     scale, variation_weight, position_weight = _CONSTANTS[mode]
     dil = torch.tensor(dilations, dtype=torch.int32, device=device)
     position = position_weight * F.softmax(reference.position_logits(dilations), dim=0)
     position = position.to(device=device, dtype=torch.float32)
-    weights = prims.affinity(images.float().contiguous(), dil, scale, variation_weight, position)
+    weights = primitives(backend).varm_affinity(images.float().contiguous(), dil, scale, variation_weight, position)
     return weights, dil
 
 
 def varm_affinity(images: torch.Tensor, *, dilations=DEFAULT_DILATIONS, mode: str = "varm",
                   backend: str = "auto") -> torch.Tensor:
-    """Per-pixel neighbour weights of spec §4.
+    """Per-pixel neighbour weights of method §4.
 
     images: (B, 3, H, W) with values in [0, 1]. Returns (B, N, H, W) in the images' dtype,
     N = 8·len(dilations), neighbours dilation-major with the 8 offsets in row-major order.
     """
     _check_images(images)
     dilations = _check_options(dilations, None, mode)
-    which = resolve_backend("varm_affinity", backend, images.device)
+    which = resolve("varm_affinity", backend, images.device.type)
     with torch.no_grad():
         if which == "torch":
             return reference.varm_affinity(images, dilations, mode)
-        return _fused_affinity(_primitives(which), images, dilations, mode)[0].to(images.dtype)
+        return _fused_affinity(which, images, dilations, mode)[0].to(images.dtype)
 
 
 def varm_refine(images: torch.Tensor, masks: torch.Tensor, *, dilations=DEFAULT_DILATIONS, num_iter: int = 10,
                 mode: str = "varm", backend: str = "auto") -> torch.Tensor:
-    """Refine masks along the image, spec §4.
+    """Refine masks along the image, method §4.
 
     images: (B, 3, H, W) with values in [0, 1]; masks: (B, K, h, w), any size (resized to
     (H, W) bilinearly with align_corners=True). Returns (B, K, H, W) in the promoted dtype of
@@ -109,20 +91,20 @@ def varm_refine(images: torch.Tensor, masks: torch.Tensor, *, dilations=DEFAULT_
     check_same_device(images=images, masks=masks)
     dilations = _check_options(dilations, num_iter, mode)
     dtype = torch.promote_types(images.dtype, masks.dtype)
-    which = resolve_backend("varm_refine", backend, images.device)
+    which = resolve("varm_refine", backend, images.device.type)
     with torch.no_grad():
         if which == "torch":
             return reference.varm_refine(images.to(dtype), masks.to(dtype), dilations, num_iter, mode)
-        prims = _primitives(which)
         masks = masks.float()
         if masks.shape[-2:] != images.shape[-2:]:
             masks = F.interpolate(masks, size=images.shape[-2:], mode="bilinear", align_corners=True)
         if num_iter == 0:
             return masks.to(dtype, copy=True)
-        weights, dil = _fused_affinity(prims, images, dilations, mode)
+        weights, dil = _fused_affinity(which, images, dilations, mode)
+        propagate_ = primitives(which).varm_propagate_
         src = masks.contiguous()
         buffers = [torch.empty_like(src) for _ in range(min(num_iter, 2))]
         for i in range(num_iter):
-            prims.propagate_(src, weights, dil, buffers[i % 2])
+            propagate_(src, weights, dil, buffers[i % 2])
             src = buffers[i % 2]
         return src.to(dtype)

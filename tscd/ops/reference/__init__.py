@@ -1,1 +1,1 @@
-"""Naive PyTorch references of the ops, written straight from the spec: the test oracle."""
+"""Naive PyTorch references of the ops, written straight from the method (docs/method.md): the test oracle."""

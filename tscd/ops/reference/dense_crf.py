@@ -1,4 +1,4 @@
-"""Naive reference of dense CRF inference, spec §10 (fully connected mean field, Potts,
+"""Naive reference of dense CRF inference, method §10 (fully connected mean field, Potts,
 symmetric normalisation, self included). Builds both N×N kernels: small images only."""
 from __future__ import annotations
 

@@ -1,28 +1,16 @@
-"""Naive reference of the dense energy (CRF) loss, spec §8, and of the Gaussian-kernel product.
+"""Naive reference of the dense energy (CRF) loss, method §8.
 
-Both build the full N×N matrix W (B·N² numbers): for small inputs and tests only. They run in
-the dtype they are given; autograd provides the gradients.
+It builds the full N×N matrix W (B·N² numbers): for small inputs and tests only. It runs in
+the dtype it is given; autograd provides the gradients.
 """
 from __future__ import annotations
 
 import torch
 
 
-def gaussian_product(feats: torch.Tensor, x: torch.Tensor, cutoff: float | None = None) -> torch.Tensor:
-    """``W·x`` with ``W_ij = exp(−½‖f_i − f_j‖²)`` (0 where ``‖f_i − f_j‖ > cutoff``).
-
-    feats (B, D, N), x (B, K, N) -> (B, K, N).
-    """
-    d2 = ((feats[:, :, :, None] - feats[:, :, None, :]) ** 2).sum(1)  # (B, N, N)
-    w = torch.exp(-0.5 * d2)
-    if cutoff is not None:
-        w = torch.where(d2 <= cutoff * cutoff, w, torch.zeros_like(w))
-    return torch.einsum("bkj,bij->bki", x, w)
-
-
 def dense_energy_loss(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor, ignore: torch.Tensor,
                       sigma_rgb: float = 15.0, sigma_xy: float = 50.0) -> torch.Tensor:
-    """``L = −(1/B) Σ_b Σ_{i,k} S_ik g_i (W S)_ik`` exactly as spec §8, computed in ``probs.dtype``.
+    """``L = −(1/B) Σ_b Σ_{i,k} S_ik g_i (W S)_ik`` exactly as method §8, computed in ``probs.dtype``.
 
     images (B, 3, H, W) in 0–255; probs (B, K, H, W); roi (B, H, W) in {0, 1}; ignore (B, H, W)
     bool. ``W_ij = exp(−‖p_i−p_j‖²/(2σ_xy²) − ‖I_i−I_j‖²/(2σ_rgb²))`` over pixel coordinates p;

@@ -1,4 +1,4 @@
-"""Naive self-correspondence distillation loss (spec §6): builds the N1×N2 matrices."""
+"""Naive self-correspondence distillation loss (method §6): builds the N1×N2 matrices."""
 from __future__ import annotations
 
 import torch

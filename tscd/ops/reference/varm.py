@@ -1,4 +1,4 @@
-"""Naive PyTorch reference of the variation-aware refinement (VARM) and PAR, spec §4.
+"""Naive PyTorch reference of the variation-aware refinement (VARM) and PAR, method §4.
 
 Written literally: the 8·len(dilations) clamped neighbours of every pixel are gathered into
 (B, C, N, H, W) tensors. Runs in the dtype of its inputs.
@@ -43,7 +43,7 @@ def position_logits(dilations, dtype=torch.float64, device=None) -> torch.Tensor
 
 
 def varm_affinity(images: torch.Tensor, dilations, mode: str = "varm") -> torch.Tensor:
-    """Neighbour weights w_n(p) of spec §4.
+    """Neighbour weights w_n(p) of method §4.
 
     images: (B, 3, H, W) in [0, 1]. Returns (B, N, H, W), N = 8·len(dilations).
     """

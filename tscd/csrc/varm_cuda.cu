@@ -1,6 +1,6 @@
-// Variation-aware refinement (VARM) and PAR, spec §4: CUDA kernels of the two primitives
-// declared in varm.cpp (same arguments, same results).
-#include "common.h"
+// Variation-aware refinement (VARM) and PAR (contract in varm.h): CUDA kernels of the two
+// primitives declared in varm.cpp.
+#include "varm.h"
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -8,8 +8,9 @@
 
 namespace {
 
-__constant__ int kDy[8] = {-1, -1, -1, 0, 0, 1, 1, 1};
-__constant__ int kDx[8] = {-1, 0, 1, -1, 1, -1, 0, 1};
+using tscd::varm::kRing;
+using tscd::varm::ring_dx;
+using tscd::varm::ring_dy;
 
 constexpr int kThreads = 256;
 
@@ -19,7 +20,7 @@ __device__ __forceinline__ int clampi(int i, int n) { return min(max(i, 0), n - 
 // averaged over the 3 channels. inv[c] = intensity_scale / (σ_c + 1e-8).
 __device__ __forceinline__ void neighbour_logits(const float* img, const int* dil, int n, int y, int x, int H,
                                                  int W, const float inv[3], bool variation, float& a, float& v) {
-  const int d = dil[n >> 3], dy = d * kDy[n & 7], dx = d * kDx[n & 7];
+  const int d = dil[n >> 3], dy = d * ring_dy(n & 7), dx = d * ring_dx(n & 7);
   const int ys = clampi(y + dy, H), xs = clampi(x + dx, W);
   // One row down / one column right in the neighbour image J_n, both clamped.
   const int yd = clampi(min(y + 1, H - 1) + dy, H), xr = clampi(min(x + 1, W - 1) + dx, W);
@@ -55,13 +56,13 @@ __global__ void affinity_kernel(const float* __restrict__ images, const int* __r
   float mean[3] = {0.f, 0.f, 0.f}, inv[3] = {0.f, 0.f, 0.f};
   for (int n = 0; n < N; ++n) {
     const int d = dil[n >> 3];
-    const int q = clampi(y + d * kDy[n & 7], H) * W + clampi(x + d * kDx[n & 7], W);
+    const int q = clampi(y + d * ring_dy(n & 7), H) * W + clampi(x + d * ring_dx(n & 7), W);
     for (int c = 0; c < 3; ++c) mean[c] += img[c * HW + q];
   }
   for (int c = 0; c < 3; ++c) mean[c] /= N;
   for (int n = 0; n < N; ++n) {
     const int d = dil[n >> 3];
-    const int q = clampi(y + d * kDy[n & 7], H) * W + clampi(x + d * kDx[n & 7], W);
+    const int q = clampi(y + d * ring_dy(n & 7), H) * W + clampi(x + d * ring_dx(n & 7), W);
     for (int c = 0; c < 3; ++c) {
       const float dev = img[c * HW + q] - mean[c];
       inv[c] += dev * dev;
@@ -108,34 +109,27 @@ __global__ void propagate_kernel(const float* __restrict__ src, const float* __r
   float acc = 0.f;
   for (int n = 0; n < N; ++n) {
     const int d = dil[n >> 3];
-    acc += w[(long long)n * HW] * s[clampi(y + d * kDy[n & 7], H) * W + clampi(x + d * kDx[n & 7], W)];
+    acc += w[(long long)n * HW] * s[clampi(y + d * ring_dy(n & 7), H) * W + clampi(x + d * ring_dx(n & 7), W)];
   }
   out[idx] = acc;
 }
 
-void check_cuda_float4d(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda() && t.dim() == 4, name, " must be a 4-D CUDA tensor");
-  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32 (the Python layer upcasts)");
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-}
-
-void check_dilations(const at::Tensor& dilations, const at::Tensor& like) {
-  TORCH_CHECK(dilations.dim() == 1 && dilations.numel() > 0 && dilations.scalar_type() == at::kInt &&
-                  dilations.is_contiguous() && dilations.device() == like.device(),
-              "dilations must be a non-empty contiguous 1-D int32 tensor on the device of the images");
+// What the CUDA kernels need beyond the shared checks: dilations (and position_term) contiguous
+// on the images' device.
+void check_on_device(const at::Tensor& t, const char* name, const at::Tensor& images, const char* images_name) {
+  tscd::check_contiguous(t, name);
+  tscd::check_same_device(t, name, images, images_name);
 }
 
 inline unsigned blocks_for(long long count) { return static_cast<unsigned>((count + kThreads - 1) / kThreads); }
 
 at::Tensor affinity_cuda(const at::Tensor& images, const at::Tensor& dilations, double intensity_scale,
                          double variation_weight, const at::Tensor& position_term) {
-  check_cuda_float4d(images, "images");
-  TORCH_CHECK(images.size(1) == 3, "images must have 3 channels");
-  check_dilations(dilations, images);
-  const int64_t N = 8 * dilations.numel(), B = images.size(0), H = images.size(2), W = images.size(3);
-  TORCH_CHECK(position_term.numel() == N && position_term.scalar_type() == at::kFloat &&
-                  position_term.is_contiguous() && position_term.device() == images.device(),
-              "position_term must be a contiguous float32 tensor with one value per neighbour");
+  tscd::check_cuda(images, "images");
+  tscd::varm::check_affinity_args(images, dilations, position_term);
+  check_on_device(dilations, "dilations", images, "images");
+  check_on_device(position_term, "position_term", images, "images");
+  const int64_t N = kRing * dilations.numel(), B = images.size(0), H = images.size(2), W = images.size(3);
   const c10::cuda::CUDAGuard guard(images.device());
   auto out = at::empty({B, N, H, W}, images.options());
   if (out.numel() == 0) return out;
@@ -147,13 +141,12 @@ at::Tensor affinity_cuda(const at::Tensor& images, const at::Tensor& dilations, 
 }
 
 void propagate_cuda(const at::Tensor& src, const at::Tensor& weights, const at::Tensor& dilations, at::Tensor out) {
-  check_cuda_float4d(src, "src");
-  check_cuda_float4d(weights, "weights");
-  check_cuda_float4d(out, "out");
-  check_dilations(dilations, src);
-  const int64_t N = 8 * dilations.numel(), B = src.size(0), K = src.size(1), H = src.size(2), W = src.size(3);
-  TORCH_CHECK(weights.sizes() == at::IntArrayRef({B, N, H, W}), "weights must have shape (B, N, H, W)");
-  TORCH_CHECK(out.sizes() == src.sizes(), "out must have the shape of src");
+  tscd::check_cuda(src, "src");
+  tscd::check_cuda(weights, "weights");
+  tscd::check_cuda(out, "out");
+  tscd::varm::check_propagate_args(src, weights, dilations, out);
+  check_on_device(dilations, "dilations", src, "src");
+  const int64_t N = kRing * dilations.numel(), B = src.size(0), K = src.size(1), H = src.size(2), W = src.size(3);
   if (out.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(src.device());
   propagate_kernel<<<blocks_for(out.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(

@@ -1,27 +1,17 @@
-// Pairwise pass of the self-correspondence distillation loss (spec §6), CPU kernel.
+// Pairwise pass of the self-correspondence distillation loss (contract in scd.h): schema and
+// CPU kernel.
 //
-// scd_pass(xs (B,K,Nx), ys (B,K,Ny), xt (B,C,Nx), yt (B,C,Ny), ar (B,Nx), ac (B,Ny), with_grad)
-// with unit-normalised float32 columns, for every pair (i, j) of one batch element:
-//   s_ij = xs_i · ys_j,   f_ij = xt_i · yt_j + ar_i + ac_j
-// and returns
-//   rowsum (B,Nx):  Σ_j relu(s_ij) f_ij
-//   grad (B,K,Nx):  Σ_j 1[s_ij > 0] f_ij ys_j      (empty unless with_grad)
-// without materialising any Nx×Ny matrix. The Python layer calls it twice (rows of view 1
-// against view 2 and the transpose) to get the loss and both student gradients.
-#include "common.h"
+// The inputs are packed into zero-padded row / panel layouts; at::parallel_for runs over
+// (batch, group of kGroupRows rows), each group sweeping column tiles of kTileCols with a
+// kRows × kLanes register micro-tile, whose loop is compiled for AVX-512, AVX2 and baseline
+// x86-64, chosen at load time (TSCD_ISA_CLONES).
+#include "scd.h"
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstring>
 #include <vector>
-
-// x86-64 builds get an AVX2/FMA and an AVX-512 clone of the hot loop, picked at load time.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define TSCD_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define TSCD_SIMD_CLONES
-#endif
 
 namespace {
 
@@ -53,8 +43,8 @@ inline void load(Lanes& v, const float* p) { std::memcpy(&v, p, sizeof v); }
 // Rows [r0, r0 + kRows) against columns [j0, j1) (multiples of kLanes). psum (kRows) holds
 // per-lane partial row sums, reduced by the caller; pgrad (kRows, nk) the gradient sums of
 // channels [c·kLanes, (c+1)·kLanes).
-TSCD_SIMD_CLONES void micro_tiles(const Batch& d, int64_t r0, int64_t j0, int64_t j1, bool with_grad,
-                                  Lanes* __restrict psum, Lanes* __restrict pgrad) {
+TSCD_ISA_CLONES void micro_tiles(const Batch& d, int64_t r0, int64_t j0, int64_t j1, bool with_grad,
+                                 Lanes* __restrict psum, Lanes* __restrict pgrad) {
   const int64_t K = d.K, C = d.C, nk = d.nk;
   const float* __restrict xs = d.xs + r0 * K;
   const float* __restrict xt = d.xt + r0 * C;
@@ -160,11 +150,8 @@ struct Packed {
 std::tuple<at::Tensor, at::Tensor> scd_pass_cpu(const at::Tensor& xs, const at::Tensor& ys, const at::Tensor& xt,
                                                 const at::Tensor& yt, const at::Tensor& ar, const at::Tensor& ac,
                                                 bool with_grad) {
-  for (const auto* x : {&xs, &ys, &xt, &yt, &ar, &ac}) TSCD_CHECK_FLOAT(*x);
-  const int64_t B = xs.size(0), K = xs.size(1), nx = xs.size(2), ny = ys.size(2);
-  TORCH_CHECK(ys.size(1) == K && yt.size(1) == xt.size(1) && xt.size(2) == nx && yt.size(2) == ny &&
-                  ar.size(1) == nx && ac.size(1) == ny,
-              "scd_pass: inconsistent shapes");
+  tscd::scd::check_args(xs, ys, xt, yt, ar, ac);
+  const int64_t B = xs.size(0), K = xs.size(1), nx = xs.size(2);
   const Packed packed(xs, ys, xt, yt, ar, ac, with_grad);
   const int64_t nk = packed.nk, ny_pad = packed.ny_pad;
   auto rowsum = at::empty({B, nx}, xs.options());

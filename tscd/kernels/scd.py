@@ -1,22 +1,20 @@
-"""Triton pairwise pass of the self-correspondence distillation loss (spec §6).
+"""Triton pairwise pass of the self-correspondence distillation loss (method §6):
+``torch.ops.tscd_triton.scd_pass``, contract in :mod:`tscd.kernels.primitives`.
 
-``scd_pass`` has the contract of the C++ ``tscd::scd_pass`` (see ``csrc/scd.cpp``): for
-unit-normalised float32 columns xs (B,K,Nx), ys (B,K,Ny), xt (B,C,Nx), yt (B,C,Ny) and
-offsets ar (B,Nx), ac (B,Ny), with ``s_ij = xs_i·ys_j`` and ``f_ij = xt_i·yt_j + ar_i + ac_j``:
-rowsum (B,Nx) = Σ_j relu(s_ij) f_ij and, if asked, grad (B,K,Nx) = Σ_j 1[s_ij>0] f_ij ys_j.
 One program owns BLOCK_X rows and sweeps all columns in BLOCK_Y tiles; no Nx×Ny storage.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from .primitives import register_fakes
+from .utils import interpreted, padded
+
 
 def _configs() -> list[triton.Config]:
-    if os.environ.get("TRITON_INTERPRET") == "1":  # few big tiles: the interpreter pays per step
+    if interpreted():  # few big tiles: the interpreter pays per step
         return [triton.Config({"BLOCK_X": 128, "BLOCK_Y": 128})]
     return [
         triton.Config({"BLOCK_X": 64, "BLOCK_Y": 64}, num_warps=4),
@@ -67,12 +65,11 @@ def _scd_pass_kernel(
                  mask=row_ok[:, None] & (ks[None, :] < K))
 
 
-def _padded(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
-
-
-def scd_pass(xs, ys, xt, yt, ar, ac, with_grad: bool):
-    """(rowsum (B, Nx), grad (B, K, Nx) or an empty tensor); all inputs float32 contiguous."""
+@torch.library.custom_op("tscd_triton::scd_pass", mutates_args=())
+def scd_pass(xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor, ar: torch.Tensor,
+             ac: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rowsum (B, Nx), grad (B, K, Nx) or (B, K, 0)); inputs float32."""
+    xs, ys, xt, yt, ar, ac = (t.contiguous() for t in (xs, ys, xt, yt, ar, ac))
     B, K, nx = xs.shape
     C, ny = xt.shape[1], ys.shape[2]
     rowsum = torch.empty(B, nx, device=xs.device, dtype=torch.float32)
@@ -80,6 +77,9 @@ def scd_pass(xs, ys, xt, yt, ar, ac, with_grad: bool):
     grid = lambda meta: (triton.cdiv(nx, meta["BLOCK_X"]), B)  # noqa: E731
     _scd_pass_kernel[grid](
         xs, ys, xt, yt, ar, ac, rowsum, grad, K, C, nx, ny,
-        WITH_GRAD=with_grad, KP=_padded(K), CP=_padded(C),
+        WITH_GRAD=with_grad, KP=padded(K), CP=padded(C),
     )
     return rowsum, grad
+
+
+register_fakes("tscd_triton", ("scd_pass",))

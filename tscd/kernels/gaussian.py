@@ -1,13 +1,5 @@
-"""Triton kernel of the tiled Gaussian-kernel product ``Y = W·X`` (flash-attention style).
-
-Contract (shared with ``csrc/gaussian.cpp`` and ``csrc/gaussian_cuda.cu``; the caller in
-``tscd/ops/gaussian.py`` prepares the inputs): ``feats`` (B, D, N) float32 already multiplied
-by ``sqrt(log2(e) / 2)``, so that ``W_ij = exp(-½‖f_i − f_j‖²) = 2^(−‖feats_i − feats_j‖²)``;
-``x`` (B, K, N) in any float dtype (upcast to float32 after loading); pairs whose squared
-distance exceeds ``cut2`` get weight 0 (``inf``: every pair, self included). Row window
-``(width, radius)``: pixel i lies in row ``i // width`` and only column blocks within
-``radius`` rows of a program's rows are visited (a hint: ``cut2`` must already give the
-skipped pairs weight 0). Returns ``y`` (B, K, N) float32.
+"""Triton kernel of the tiled Gaussian-kernel product ``Y = W·X`` (flash-attention style):
+``torch.ops.tscd_triton.gaussian_product``, contract in :mod:`tscd.kernels.primitives`.
 
 One program owns a block of BLOCK_I rows and BLOCK_K channels of one image and sweeps all
 columns in blocks of BLOCK_J: the weight tile is computed from feature differences, then
@@ -19,7 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from tscd.ops._dispatch import triton_interpreted
+from .primitives import register_fakes
+from .utils import interpreted, padded
 
 
 @triton.jit
@@ -61,11 +54,9 @@ def _gaussian_product_kernel(
     )
 
 
-def gaussian_product(feats: torch.Tensor, x: torch.Tensor, cut2: float, width: int = 0,
-                     radius: int = 0) -> torch.Tensor:
-    """``y[b, k, i] = Σ_j 2^(−‖feats_i − feats_j‖²) x[b, k, j]`` (B, K, N) float32, see the module.
-
-    ``width`` ≤ 0: no row window."""
+@torch.library.custom_op("tscd_triton::gaussian_product", mutates_args=())
+def gaussian_product(feats: torch.Tensor, x: torch.Tensor, cut2: float, width: int, radius: int) -> torch.Tensor:
+    """``y[b, k, i] = Σ_j 2^(−‖feats_i − feats_j‖²) x[b, k, j]`` (B, K, N) float32; ``width`` ≤ 0: no row window."""
     B, K, N = x.shape
     D = feats.shape[1]
     feats = feats.contiguous()
@@ -74,9 +65,9 @@ def gaussian_product(feats: torch.Tensor, x: torch.Tensor, cut2: float, width: i
     if y.numel() == 0:
         return y
     # Channels padded to >= 16 for tl.dot; wide channel counts are split over programs.
-    block_k = min(64, max(16, triton.next_power_of_2(K)))
+    block_k = min(64, padded(K))
     # The interpreter pays per tile, a GPU per register: bigger tiles only when interpreted.
-    block = 128 if triton_interpreted() else 64
+    block = 128 if interpreted() else 64
     grid = (triton.cdiv(N, block), triton.cdiv(K, block_k), B)
     if width <= 0:  # no window: one row of N pixels
         width, radius = N, 0
@@ -85,3 +76,6 @@ def gaussian_product(feats: torch.Tensor, x: torch.Tensor, cut2: float, width: i
         D=D, BLOCK_I=block, BLOCK_J=block, BLOCK_K=block_k, num_warps=4,
     )
     return y
+
+
+register_fakes("tscd_triton", ("gaussian_product",))

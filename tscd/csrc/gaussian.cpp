@@ -1,21 +1,11 @@
-// Tiled Gaussian-kernel product Y = W·X on the CPU, W never materialised.
-//
-// Contract (shared with the Triton and CUDA kernels; tscd/ops/gaussian.py prepares the inputs):
-//   feats (B, D, N) float32, already multiplied by sqrt(log2(e) / 2), so that
-//     W_ij = exp(-1/2 |f_i - f_j|^2) = 2^(-|feats_i - feats_j|^2);
-//   x (B, K, N) float32; cut2: pairs with |feats_i - feats_j|^2 > cut2 get weight 0
-//   (infinity: the exact sum over all pairs, self included);
-//   width, radius: when width > 0, pixel i lies in row i / width and only pairs at most radius
-//   rows apart are visited, tile by tile (a hint: the caller's cut2 must already give the other
-//   pairs weight 0; used for windowed spatial kernels).
-//   Returns y (B, K, N) float32 with y[b, k, i] = sum_j W_ij x[b, k, j].
+// Tiled Gaussian-kernel product Y = W·X (contract in gaussian.h): schema and CPU kernel.
 //
 // Work split: at::parallel_for over (batch, block of BI = 128 rows); each task sweeps the
 // columns in blocks of BJ = 128. For one tile the BJ x BI weights are written to a per-task
 // buffer (squared distances from feature differences, a polynomial 2^-d2, 16 lanes at a
 // time), then accumulated over the K channels by an outer-product micro-kernel into a
 // per-task (K, BI) accumulator. The inner loops use GCC vector types and are compiled for
-// AVX-512, AVX2 and baseline x86-64, chosen at load time.
+// AVX-512, AVX2 and baseline x86-64, chosen at load time (TSCD_ISA_CLONES).
 #include "gaussian.h"
 
 #include <ATen/Parallel.h>
@@ -26,13 +16,6 @@
 #include <cstring>
 #include <vector>
 
-// Compile the inner loops for several ISAs and pick one at load time (x86-64 GCC only).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define TSCD_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define TSCD_ISA_CLONES
-#endif
-#define TSCD_INLINE inline __attribute__((always_inline))
 // The vector helpers are always inlined into the ISA clones, so no vector crosses an ABI boundary.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
@@ -44,7 +27,7 @@ typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
 constexpr int64_t kBlockI = 128;   // rows per task (a multiple of 2 * kLanes)
 constexpr int64_t kBlockJ = 128;   // columns per tile (the weight tile fits in L1/L2)
-using tscd_gaussian::kMaxDims;
+using tscd::gaussian::kMaxDims;
 constexpr int kRowsPerStep = 4;    // channels per micro-kernel step
 // Weights below 2^-125 are flushed to exactly 0 (they could not change a float32 sum).
 constexpr float kMaxExponent = 125.0f;
@@ -143,7 +126,7 @@ float box_gap2(const float* fi, int64_t ni, const float* fj, int64_t nj, int64_t
 
 at::Tensor gaussian_product_cpu(const at::Tensor& feats, const at::Tensor& x, double cut2, int64_t width,
                                 int64_t radius) {
-  tscd_gaussian::check_args(feats, x);
+  tscd::gaussian::check_args(feats, x);
   const int64_t B = x.size(0), K = x.size(1), N = x.size(2), D = feats.size(1);
   auto y = at::empty_like(x);
   if (y.numel() == 0) return y;

@@ -1,6 +1,5 @@
-// Tiled Gaussian-kernel product Y = W·X: the CUDA kernel of the operator declared in
-// gaussian.cpp (same contract: feats pre-scaled so that W_ij = 2^-|f_i - f_j|^2, weights beyond
-// cut2 are 0, the optional row window, float32 in and out).
+// Tiled Gaussian-kernel product Y = W·X (contract in gaussian.h): CUDA kernel of the
+// operator declared in gaussian.cpp.
 //
 // One thread per row i and a chunk of kChunk channels held in registers; the block sweeps the
 // columns in tiles of kThreads, staging the tile's features and channel values in shared
@@ -14,7 +13,7 @@ namespace {
 
 constexpr int kThreads = 128;  // rows per block = columns per tile
 constexpr int kChunk = 32;     // channels per block
-using tscd_gaussian::kMaxDims;
+using tscd::gaussian::kMaxDims;
 
 __global__ void gaussian_product_kernel(const float* __restrict__ feats, const float* __restrict__ x,
                                         float* __restrict__ y, int N, int K, int D, float cut2, int width,
@@ -59,7 +58,7 @@ __global__ void gaussian_product_kernel(const float* __restrict__ feats, const f
 
 at::Tensor gaussian_product_cuda(const at::Tensor& feats, const at::Tensor& x, double cut2, int64_t width,
                                  int64_t radius) {
-  tscd_gaussian::check_args(feats, x);
+  tscd::gaussian::check_args(feats, x);
   const c10::cuda::CUDAGuard guard(x.device());
   const int B = x.size(0), K = x.size(1), N = x.size(2), D = feats.size(1);
   auto y = at::empty_like(x);

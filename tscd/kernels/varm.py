@@ -1,12 +1,11 @@
-"""Triton kernels of the variation-aware refinement (VARM) and PAR, spec §4.
+"""Triton kernels of the variation-aware refinement (VARM) and PAR, method §4: the primitives
+``torch.ops.tscd_triton.varm_affinity`` and ``varm_propagate_`` (contracts in
+:mod:`tscd.kernels.primitives`).
 
-Two primitives with the arguments of the C++ operators ``tscd::varm_affinity`` and
-``tscd::varm_propagate_`` (``tscd/ops/varm.py`` drives either):
-
-- :func:`affinity`: one program per block of pixels holds a (pixels × neighbours) tile of the
+- :func:`varm_affinity`: one program per block of pixels holds a (pixels × neighbours) tile of the
   neighbour values of one channel at a time, so the standard deviation, both logit sets and
   both softmaxes over the N = 8·L neighbours are computed in one pass, writing only (B, N, H, W).
-- :func:`propagate_`: one propagation step; every program gathers the N clamped neighbours
+- :func:`varm_propagate_`: one propagation step; every program gathers the N clamped neighbours
   of a block of pixels for a block of channels on the fly.
 
 All tensors are float32 and contiguous.
@@ -16,6 +15,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from .primitives import register_fakes
 
 
 @triton.jit
@@ -104,15 +105,15 @@ def _propagate_kernel(
     tile_mask = (k < K)[:, None] & p_mask[None, :]
     rows = src_ptr + (b * K + k[:, None]) * HW
     acc = tl.zeros((BLOCK_K, BLOCK_P), dtype=tl.float32)
-    for l in range(L):
-        d = tl.load(dil_ptr + l)
+    for level in range(L):
+        d = tl.load(dil_ptr + level)
         # Clamped rows above/below and columns left/right at distance d.
         up = tl.maximum(y - d, 0) * W
         mid = y * W
         down = tl.minimum(y + d, H - 1) * W
         left = tl.maximum(x - d, 0)
         right = tl.minimum(x + d, W - 1)
-        w_ptrs = w_ptr + (b * 8 * L + l * 8) * HW + p
+        w_ptrs = w_ptr + (b * 8 * L + level * 8) * HW + p
         acc = _gather_add(acc, w_ptrs, rows, up + left, p_mask, tile_mask)
         acc = _gather_add(acc, w_ptrs + HW, rows, up + x, p_mask, tile_mask)
         acc = _gather_add(acc, w_ptrs + 2 * HW, rows, up + right, p_mask, tile_mask)
@@ -124,8 +125,9 @@ def _propagate_kernel(
     tl.store(out_ptr + (b * K + k[:, None]) * HW + p[None, :], acc, mask=tile_mask)
 
 
-def affinity(images: torch.Tensor, dilations: torch.Tensor, intensity_scale: float, variation_weight: float,
-             position_term: torch.Tensor) -> torch.Tensor:
+@torch.library.custom_op("tscd_triton::varm_affinity", mutates_args=())
+def varm_affinity(images: torch.Tensor, dilations: torch.Tensor, intensity_scale: float, variation_weight: float,
+                  position_term: torch.Tensor) -> torch.Tensor:
     """images (B, 3, H, W), dilations (L,) int32, position_term (N,) -> weights (B, N, H, W)."""
     B, _, H, W = images.shape
     N = 8 * dilations.numel()
@@ -140,7 +142,8 @@ def affinity(images: torch.Tensor, dilations: torch.Tensor, intensity_scale: flo
     return out
 
 
-def propagate_(src: torch.Tensor, weights: torch.Tensor, dilations: torch.Tensor, out: torch.Tensor) -> None:
+@torch.library.custom_op("tscd_triton::varm_propagate_", mutates_args=("out",))
+def varm_propagate_(src: torch.Tensor, weights: torch.Tensor, dilations: torch.Tensor, out: torch.Tensor) -> None:
     """One step ``out(p) = sum_n w_n(p) src(clamp(p + n))``; src/out (B, K, H, W), weights (B, N, H, W)."""
     B, K, H, W = src.shape
     if src.numel() == 0:
@@ -150,3 +153,6 @@ def propagate_(src: torch.Tensor, weights: torch.Tensor, dilations: torch.Tensor
     grid = (triton.cdiv(H * W, block_p), triton.cdiv(K, block_k), B)
     _propagate_kernel[grid](src, weights, dilations, out, K, H, W, dilations.numel(),
                             BLOCK_P=block_p, BLOCK_K=block_k, num_warps=4)
+
+
+register_fakes("tscd_triton", ("varm_affinity", "varm_propagate_"))

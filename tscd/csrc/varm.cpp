@@ -1,13 +1,6 @@
-// Variation-aware refinement (VARM) and PAR, spec §4: schemas and CPU kernels.
-//
-// Two primitives, shared with the Triton backend (tscd/ops/varm.py drives both):
-//   varm_affinity(images (B,3,H,W), dilations (L,) int32, intensity_scale, variation_weight,
-//                 position_term (N,)) -> weights (B,N,H,W),  N = 8·L
-//     w_n = softmax_n(a_n) − variation_weight·softmax_n(v_n) + position_term[n]
-//   varm_propagate_(src (B,K,H,W), weights (B,N,H,W), dilations, out (B,K,H,W)) -> ()
-//     out(p) = Σ_n w_n(p)·src(clamp(p + n))        (one iteration)
-// All tensors float32 and contiguous (the Python layer upcasts); work is split over image rows.
-#include "common.h"
+// Variation-aware refinement (VARM) and PAR (contract in varm.h): schemas and CPU kernels.
+// Both primitives split the work over image rows (at::parallel_for over (batch, row)).
+#include "varm.h"
 
 #include <ATen/Parallel.h>
 
@@ -18,23 +11,19 @@
 
 namespace {
 
-// The 8 offsets (dy, dx) of a 3×3 neighbourhood without its centre, row-major.
-constexpr int kDy[8] = {-1, -1, -1, 0, 0, 1, 1, 1};
-constexpr int kDx[8] = {-1, 0, 1, -1, 1, -1, 0, 1};
+using tscd::varm::kRing;
 
 inline int64_t clamp_index(int64_t i, int64_t n) { return std::min(std::max(i, int64_t{0}), n - 1); }
 
-// Neighbour displacements (d·dy, d·dx), dilation-major.
+// Neighbour displacements (d·dy, d·dx) of checked dilations, dilation-major.
 struct Offsets {
   std::vector<int64_t> dy, dx;
   explicit Offsets(const at::Tensor& dilations) {
-    TORCH_CHECK(dilations.dim() == 1 && dilations.numel() > 0 && dilations.scalar_type() == at::kInt,
-                "dilations must be a non-empty 1-D int32 tensor");
     auto d = dilations.contiguous();
     for (int64_t l = 0; l < d.numel(); ++l) {
-      for (int o = 0; o < 8; ++o) {
-        dy.push_back(int64_t{d.data_ptr<int>()[l]} * kDy[o]);
-        dx.push_back(int64_t{d.data_ptr<int>()[l]} * kDx[o]);
+      for (int o = 0; o < kRing; ++o) {
+        dy.push_back(int64_t{d.data_ptr<int>()[l]} * tscd::varm::ring_dy(o));
+        dx.push_back(int64_t{d.data_ptr<int>()[l]} * tscd::varm::ring_dx(o));
       }
     }
   }
@@ -84,23 +73,15 @@ void softmax_columns(float* rows, int64_t count, int64_t w, float* col_max, floa
     for (int64_t x = 0; x < w; ++x) rows[n * w + x] *= col_sum[x];
 }
 
-void check_float4d(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 4, name, " must be 4-D");
-  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32 (the Python layer upcasts)");
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-}
-
 at::Tensor affinity_cpu(const at::Tensor& images, const at::Tensor& dilations, double intensity_scale,
                         double variation_weight, const at::Tensor& position_term) {
-  check_float4d(images, "images");
-  TORCH_CHECK(images.size(1) == 3, "images must have 3 channels");
+  tscd::varm::check_affinity_args(images, dilations, position_term);
   const Offsets off(dilations);
   const int64_t N = off.size(), B = images.size(0), H = images.size(2), W = images.size(3), HW = H * W;
-  TORCH_CHECK(position_term.numel() == N && position_term.scalar_type() == at::kFloat,
-              "position_term must be float32 with one value per neighbour");
   auto out = at::empty({B, N, H, W}, images.options());
   const float* img = images.data_ptr<float>();
-  const float* pos = position_term.contiguous().data_ptr<float>();
+  const auto pos_c = position_term.contiguous();  // kept alive: pos must not dangle
+  const float* pos = pos_c.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   const float scale = static_cast<float>(intensity_scale);
   const float vw = static_cast<float>(variation_weight);
@@ -175,13 +156,9 @@ at::Tensor affinity_cpu(const at::Tensor& images, const at::Tensor& dilations, d
 }
 
 void propagate_cpu(const at::Tensor& src, const at::Tensor& weights, const at::Tensor& dilations, at::Tensor out) {
-  check_float4d(src, "src");
-  check_float4d(weights, "weights");
-  check_float4d(out, "out");
+  tscd::varm::check_propagate_args(src, weights, dilations, out);
   const Offsets off(dilations);
   const int64_t N = off.size(), B = src.size(0), K = src.size(1), H = src.size(2), W = src.size(3), HW = H * W;
-  TORCH_CHECK(weights.sizes() == at::IntArrayRef({B, N, H, W}), "weights must have shape (B, N, H, W)");
-  TORCH_CHECK(out.sizes() == src.sizes(), "out must have the shape of src");
   const float* s = src.data_ptr<float>();
   const float* wt = weights.data_ptr<float>();
   float* o = out.data_ptr<float>();

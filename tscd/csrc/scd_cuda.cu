@@ -1,10 +1,9 @@
-// Pairwise pass of the self-correspondence distillation loss (spec §6), CUDA kernel.
-// Same contract as the CPU kernel in scd.cpp (schema declared there); named scd_cuda.cu so
-// that its object file does not collide with scd.cpp's.
-//   rowsum (B,Nx) = Σ_j relu(s_ij) f_ij,  grad (B,K,Nx) = Σ_j 1[s_ij>0] f_ij ys_j  (if with_grad)
-// with s_ij = xs_i·ys_j and f_ij = xt_i·yt_j + ar_i + ac_j. One thread owns one row i; a block
-// stages kTileY columns of Y in shared memory at a time, so no Nx×Ny matrix exists.
-#include "common.h"
+// Pairwise pass of the self-correspondence distillation loss (contract in scd.h): CUDA kernel
+// of the operator declared in scd.cpp.
+//
+// One thread owns one row i; a block stages kTileY columns of Y in shared memory at a time,
+// so no Nx×Ny matrix exists.
+#include "scd.h"
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -76,16 +75,13 @@ __global__ void scd_pass_kernel(const float* __restrict__ xs, const float* __res
 std::tuple<at::Tensor, at::Tensor> scd_pass_cuda(const at::Tensor& xs_in, const at::Tensor& ys_in,
                                                  const at::Tensor& xt_in, const at::Tensor& yt_in,
                                                  const at::Tensor& ar_in, const at::Tensor& ac_in, bool with_grad) {
-  for (const auto* x : {&xs_in, &ys_in, &xt_in, &yt_in, &ar_in, &ac_in}) TSCD_CHECK_FLOAT(*x);
+  tscd::scd::check_args(xs_in, ys_in, xt_in, yt_in, ar_in, ac_in);
   const c10::cuda::CUDAGuard guard(xs_in.device());
   const auto xs = xs_in.contiguous(), ys = ys_in.contiguous(), xt = xt_in.contiguous(), yt = yt_in.contiguous();
   const auto ar = ar_in.contiguous(), ac = ac_in.contiguous();
   const int64_t B = xs.size(0), K = xs.size(1), C = xt.size(1), nx = xs.size(2), ny = ys.size(2);
-  TORCH_CHECK(ys.size(1) == K && yt.size(1) == C && xt.size(2) == nx && yt.size(2) == ny &&
-                  ar.size(1) == nx && ac.size(1) == ny,
-              "scd_pass: inconsistent shapes");
   auto rowsum = at::empty({B, nx}, xs.options());
-  auto grad = with_grad ? at::empty({B, K, nx}, xs.options()) : at::empty({0}, xs.options());
+  auto grad = at::empty({B, K, with_grad ? nx : 0}, xs.options());
   if (B == 0 || nx == 0) return {rowsum.zero_(), grad.zero_()};
 
   int limit = 0;

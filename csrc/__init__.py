@@ -1,1 +1,0 @@
-"""C++/CUDA sources of the tscd extension, shipped as package data (see tscd.ops._cpp)."""

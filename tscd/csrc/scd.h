@@ -1,0 +1,42 @@
+// Pairwise pass of the self-correspondence distillation loss (method §6): the contract and
+// argument checks that the CPU (scd.cpp) and CUDA (scd_cuda.cu) kernels share.
+//
+// scd_pass(xs (B,K,Nx), ys (B,K,Ny), xt (B,C,Nx), yt (B,C,Ny), ar (B,Nx), ac (B,Ny), with_grad)
+// with unit-normalised float32 columns, for every pair (i, j) of one batch element:
+//   s_ij = xs_i · ys_j,   f_ij = xt_i · yt_j + ar_i + ac_j
+// and returns
+//   rowsum (B,Nx):  Σ_j relu(s_ij) f_ij
+//   grad (B,K,Nx):  Σ_j 1[s_ij > 0] f_ij ys_j      (empty unless with_grad)
+// without materialising any Nx×Ny matrix. The Python layer calls it twice (rows of view 1
+// against view 2 and the transpose) to get the loss and both student gradients. Inputs need
+// not be contiguous: the kernels make contiguous copies.
+#pragma once
+#include "common.h"
+
+namespace tscd::scd {
+
+// float32 inputs whose sizes agree as in the contract above.
+inline void check_args(const at::Tensor& xs, const at::Tensor& ys, const at::Tensor& xt, const at::Tensor& yt,
+                       const at::Tensor& ar, const at::Tensor& ac) {
+  check_dim(xs, "xs", 3, "(B, K, Nx)");
+  check_dim(ys, "ys", 3, "(B, K, Ny)");
+  check_dim(xt, "xt", 3, "(B, C, Nx)");
+  check_dim(yt, "yt", 3, "(B, C, Ny)");
+  check_dim(ar, "ar", 2, "(B, Nx)");
+  check_dim(ac, "ac", 2, "(B, Ny)");
+  check_float32(xs, "xs");
+  check_float32(ys, "ys");
+  check_float32(xt, "xt");
+  check_float32(yt, "yt");
+  check_float32(ar, "ar");
+  check_float32(ac, "ac");
+  const int64_t B = xs.size(0), K = xs.size(1), C = xt.size(1), nx = xs.size(2), ny = ys.size(2);
+  const bool batch_ok = ys.size(0) == B && xt.size(0) == B && yt.size(0) == B && ar.size(0) == B && ac.size(0) == B;
+  const bool rows_ok = xt.size(2) == nx && ar.size(1) == nx && yt.size(2) == ny && ac.size(1) == ny;
+  TORCH_CHECK(batch_ok && rows_ok && ys.size(1) == K && yt.size(1) == C,
+              "scd_pass: inconsistent shapes, expected xs (B, K, Nx), ys (B, K, Ny), xt (B, C, Nx), yt (B, C, Ny), "
+              "ar (B, Nx), ac (B, Ny), got ",
+              xs.sizes(), ", ", ys.sizes(), ", ", xt.sizes(), ", ", yt.sizes(), ", ", ar.sizes(), ", ", ac.sizes());
+}
+
+}  // namespace tscd::scd

@@ -1,0 +1,99 @@
+"""Everything a job builds from a configuration: device and threads, the model, the pseudo-labeller,
+the objective, loaders, and a trained model from its checkpoint.
+
+The configuration's ``train.backend`` goes into the constructors of the modules that run
+``tscd.ops`` (refiner, dense energy loss, SCD); nothing here touches ``TSCD_BACKEND``.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..config import TSCDConfig, config_from_dict
+from ..constants import REFINE_MODES
+from ..data import collate
+from ..losses.objective import TSCDObjective
+from ..models import TSCD, load_checkpoint
+from ..refine import PseudoLabeler
+from . import checkpoint as ckpt_io
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` (CUDA when visible, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("train.device is cuda but no GPU is visible")
+    return torch.device(name)
+
+
+def setup_runtime(cfg: TSCDConfig) -> None:
+    """Process settings a run needs: ``train.num_threads``; Triton's interpreter when the
+    backend is triton without a GPU (it must be set before the kernels are first imported)."""
+    if cfg.train.num_threads:
+        torch.set_num_threads(int(cfg.train.num_threads))
+    if cfg.train.backend == "triton" and not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def build_model(cfg: TSCDConfig) -> TSCD:
+    m = cfg.model
+    return TSCD(backbone=m.backbone, num_classes=cfg.data.num_classes, stride=tuple(m.stride), pooling=m.pooling,
+                embedding_dim=m.embedding_dim, pretrained=m.pretrained, topk_ratio=m.topk_ratio,
+                drop_path_rate=m.drop_path_rate)
+
+
+def build_pseudo_labeler(cfg: TSCDConfig, refine: str | None = None) -> PseudoLabeler:
+    """The pseudo-labeller of ``cam`` and ``refine`` (``refine`` replaces ``refine.mode``)."""
+    mode = cfg.refine.mode if refine is None else refine
+    if mode not in REFINE_MODES:
+        raise ValueError(f"refine.mode must be one of {', '.join(REFINE_MODES)}, got {mode!r}")
+    c, r = cfg.cam, cfg.refine
+    return PseudoLabeler(scales=tuple(c.scales), high=c.high, low=c.low, refine=mode, dilations=tuple(r.dilations),
+                         num_iter=r.num_iter, downscale=r.scale, backend=cfg.train.backend)
+
+
+def build_objective(cfg: TSCDConfig, pseudo_labeler: PseudoLabeler) -> TSCDObjective:
+    lc = cfg.loss
+    return TSCDObjective(
+        pseudo_labeler, {t: getattr(lc, t) for t in ("cls", "seg", "dense", "aff", "scd", "er")},
+        stage1_iters=lc.stage1_iters, dense_weight=lc.dense_weight, dense_sigma_rgb=lc.dense_sigma_rgb,
+        dense_sigma_xy=lc.dense_sigma_xy, dense_scale=lc.dense_scale,
+        scd_samples=None if lc.scd_dense else lc.scd_samples, scd_scale=lc.scd_scale, aff_radius=lc.aff_radius,
+        er_released=lc.er_released, backend=cfg.train.backend)
+
+
+def eval_loader(dataset, batch_size: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+
+#: Settings a checkpoint's weights depend on: a config that differs in one of them cannot load it.
+MODEL_KEYS = (("data", "num_classes"), ("model", "backbone"), ("model", "stride"))
+
+
+def load_trained(checkpoint, cfg: TSCDConfig | None = None) -> tuple[TSCD, TSCDConfig, list[str]]:
+    """(model, cfg, class_names) of one of our training checkpoints.
+
+    Without ``cfg`` the checkpoint's stored config is used; with one, it must agree with the
+    stored config on :data:`MODEL_KEYS` (a ``CheckpointError`` names the key otherwise).
+    """
+    state = ckpt_io.load(checkpoint)
+    stored = config_from_dict(state["config"]) if "config" in state else None
+    if cfg is None:
+        if stored is None:
+            raise ckpt_io.CheckpointError(f"{checkpoint} carries no config: pass --config")
+        cfg = stored
+    elif stored is not None:
+        for section, key in MODEL_KEYS:
+            trained, asked = getattr(getattr(stored, section), key), getattr(getattr(cfg, section), key)
+            if trained != asked:
+                raise ckpt_io.CheckpointError(f"{checkpoint} was trained with {section}.{key}={trained}, "
+                                              f"the config says {asked}")
+    model = build_model(cfg)
+    try:
+        load_checkpoint(model, state["model"])
+    except ValueError as err:
+        raise ckpt_io.CheckpointError(f"{checkpoint} does not fit the model: {str(err).splitlines()[0]}") from None
+    names = state.get("class_names") or [f"class_{i}" for i in range(cfg.data.num_classes)]
+    return model, cfg, names

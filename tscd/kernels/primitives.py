@@ -1,0 +1,56 @@
+"""The primitives every fused backend implements: their contracts and fake (meta) kernels.
+
+The C++/CUDA extension defines them as ``torch.ops.tscd.<name>`` and the Triton kernels as
+``torch.ops.tscd_triton.<name>``, with identical schemas. All tensors are float32 and
+contiguous unless stated (the op layer upcasts); ``dilations`` is int32.
+
+- ``gaussian_product(feats (B,D,N), x (B,K,N), cut2, width, radius) -> y (B,K,N)``:
+  ``y[b,k,i] = Σ_j 2^(−‖feats_i − feats_j‖²) x[b,k,j]`` over every pair, self included; ``feats``
+  is pre-scaled so that this equals ``exp(−½‖f_i − f_j‖²)``; pairs with squared distance above
+  ``cut2`` weigh 0 (``inf``: none); with ``width > 0`` pixel i lies in row ``i // width`` and
+  only pairs at most ``radius`` rows apart are visited (a speed hint: ``cut2`` must already
+  give the others weight 0). D ≤ 8.
+- ``scd_pass(xs (B,K,Nx), ys (B,K,Ny), xt (B,C,Nx), yt (B,C,Ny), ar (B,Nx), ac (B,Ny), with_grad)
+  -> (rowsum (B,Nx), grad (B,K,Nx) or (B,K,0))``: with ``s_ij = xs_i·ys_j`` and
+  ``f_ij = xt_i·yt_j + ar_i + ac_j``, ``rowsum_i = Σ_j relu(s_ij) f_ij`` and
+  ``grad_i = Σ_j 1[s_ij > 0] f_ij ys_j`` (method §6); inputs may be non-contiguous.
+- ``varm_affinity(images (B,3,H,W), dilations (L,), intensity_scale, variation_weight,
+  position_term (8L,)) -> weights (B,8L,H,W)``: ``softmax_n(a_n) − variation_weight·softmax_n(v_n)
+  + position_term[n]`` over the 8L clamped neighbours (method §4).
+- ``varm_propagate_(src (B,K,H,W), weights (B,8L,H,W), dilations, out (B,K,H,W)) -> ()``:
+  ``out(p) = Σ_n w_n(p) src(clamp(p + n))``, one refinement step written into ``out``.
+
+The fake kernels below give the output shapes for ``torch.compile`` and ``torch.library.opcheck``.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def gaussian_product(feats: torch.Tensor, x: torch.Tensor, cut2: float, width: int, radius: int) -> torch.Tensor:
+    return x.new_empty(x.shape, dtype=torch.float32)
+
+
+def scd_pass(xs, ys, xt, yt, ar, ac, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, channels, rows = xs.shape
+    rowsum = xs.new_empty((batch, rows), dtype=torch.float32)
+    return rowsum, xs.new_empty((batch, channels, rows if with_grad else 0), dtype=torch.float32)
+
+
+def varm_affinity(images, dilations, intensity_scale: float, variation_weight: float, position_term) -> torch.Tensor:
+    batch, _, height, width = images.shape
+    return images.new_empty((batch, 8 * dilations.shape[0], height, width), dtype=torch.float32)
+
+
+def varm_propagate_(src, weights, dilations, out) -> None:
+    return None
+
+
+FAKES = {"gaussian_product": gaussian_product, "scd_pass": scd_pass, "varm_affinity": varm_affinity,
+         "varm_propagate_": varm_propagate_}
+
+
+def register_fakes(namespace: str, names=tuple(FAKES)) -> None:
+    """Register the fake kernels of ``names`` for ``torch.ops.<namespace>.*`` (the operators must exist)."""
+    for name in names:
+        torch.library.register_fake(f"{namespace}::{name}")(FAKES[name])

@@ -1,0 +1,71 @@
+"""The encoders by name: :func:`build_backbone`, and their entries in timm's model registry.
+
+``mit_b0`` … ``mit_b5`` (:mod:`tscd.models.mit`) and ``hybrid_b0`` (:mod:`tscd.models.hybrid`)
+are registered with timm when this module is imported, so ``timm.create_model("mit_b1",
+stride=(4, 2, 2, 1))`` builds them. A name timm already defines is registered as
+``tscd_<name>`` instead (logged at DEBUG); :data:`TIMM_NAMES` says under which name each
+variant went.
+"""
+from __future__ import annotations
+
+import logging
+
+from timm.models import is_model, model_entrypoint, register_model
+from torch import nn
+
+from .hybrid import HYBRID_CONFIGS, HybridEncoder
+from .mit import MIT_CONFIGS, MixVisionTransformer
+
+__all__ = ["BACKBONES", "build_backbone", "TIMM_NAMES"]
+
+logger = logging.getLogger(__name__)
+
+BACKBONES = (*MIT_CONFIGS, *HYBRID_CONFIGS)
+
+
+def build_backbone(name: str = "mit_b1", stride=(4, 2, 2, 1), drop_path_rate: float = 0.1, **kwargs) -> nn.Module:
+    """One of ``mit_b0`` … ``mit_b5`` (or the hybrid ``hybrid_b0``) with the given per-stage strides."""
+    if name in MIT_CONFIGS:
+        cfg = MIT_CONFIGS[name]
+        return MixVisionTransformer(cfg.embed_dims, cfg.depths, cfg.num_heads, cfg.mlp_ratios, cfg.sr_ratios,
+                                    stride=stride, drop_path_rate=drop_path_rate, **kwargs)
+    if name in HYBRID_CONFIGS:
+        h = HYBRID_CONFIGS[name]
+        return HybridEncoder(h.embed_dims, h.conv_depths, h.depth4, h.num_heads4, stride=stride,
+                             drop_path_rate=drop_path_rate, **kwargs)
+    raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(MIT_CONFIGS) + sorted(HYBRID_CONFIGS)}")
+
+
+def _timm_entrypoint(variant: str, registered_as: str):
+    def entrypoint(pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None,
+                   **kwargs):
+        model = build_backbone(variant, **kwargs)
+        if pretrained:
+            if not isinstance(pretrained, str):
+                raise ValueError(f"{registered_as}: nothing is downloaded; pass pretrained='path/to/"
+                                 f"{variant}.pth' (a SegFormer ImageNet file) instead of True")
+            from .checkpoint import load_checkpoint
+            load_checkpoint(model, pretrained)
+        return model
+
+    entrypoint.__name__ = entrypoint.__qualname__ = registered_as
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f"{variant} encoder (tscd), kwargs as tscd.models.build_backbone."
+    return entrypoint
+
+
+def _register_with_timm() -> dict[str, str]:
+    names = {}
+    for variant in BACKBONES:
+        name = variant
+        if is_model(name) and model_entrypoint(name).__module__ != __name__:
+            name = f"tscd_{variant}"
+            logger.debug("timm already defines %r; the tscd encoder is registered as %r", variant, name)
+        if not is_model(name):
+            globals()[name] = register_model(_timm_entrypoint(variant, name))  # timm lists it in __all__
+        names[variant] = name
+    return names
+
+
+TIMM_NAMES = _register_with_timm()
+"""The timm model name of each variant (normally the variant's own name)."""

@@ -1,0 +1,155 @@
+"""The backends of ``tscd.ops``: which can run where, the primitives each provides, and the choice.
+
+- ``torch``: the naive PyTorch reference of every op (``tscd/ops/reference``), the oracle.
+- ``triton``: the Triton kernels of :mod:`tscd.kernels` as ``torch.ops.tscd_triton.*``; on CUDA,
+  or on the CPU under its interpreter (``TRITON_INTERPRET=1``).
+- ``cpp``: the C++ extension as ``torch.ops.tscd.*``; on the CPU, and on CUDA when it was
+  compiled with the CUDA sources.
+- ``pydensecrf``: the permutohedral dense CRF of the optional ``pydensecrf2`` package as
+  ``torch.ops.tscd_pydensecrf.dense_crf`` (``dense_crf`` only; approximate).
+
+The fused backends share one set of primitives with identical schemas
+(:mod:`tscd.kernels.primitives`): an op asks :func:`primitives` for the namespace of the
+backend :func:`resolve` chose and calls ``.gaussian_product``, ``.scd_pass``, ... on it.
+
+An op's ``backend`` argument is ``"auto"``, ``"exact"`` (auto among the exact backends) or the
+name of one of the op's backends. ``auto`` follows the environment variable ``TSCD_BACKEND``
+when it is set (a user default; the library never sets it), else the op's order on the
+tensors' device: triton, cpp, torch on CUDA; cpp, torch on the CPU, where the dense CRF prefers
+pydensecrf. A named backend that cannot run falls back to the first usable one of that order
+with one warning per (op, backend, device). Each choice is logged at DEBUG on ``tscd.ops``.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import logging
+import os
+import warnings
+from typing import NamedTuple
+
+import torch
+
+from . import _extension
+
+logger = logging.getLogger("tscd.ops")
+
+
+class Backend(NamedTuple):
+    name: str
+    exact: bool  # computes the op's sums exactly (pydensecrf approximates them)
+    namespace: str | None  # torch.ops namespace of its primitives (None: the reference)
+    modules: tuple[str, ...]  # modules whose import registers those primitives
+
+
+_REGISTRY = {b.name: b for b in (
+    Backend("torch", True, None, ()),
+    Backend("triton", True, "tscd_triton", ("tscd.kernels.gaussian", "tscd.kernels.scd", "tscd.kernels.varm")),
+    Backend("cpp", True, "tscd", ()),
+    Backend("pydensecrf", False, "tscd_pydensecrf", ("tscd.kernels.pydensecrf",)),
+)}
+BACKENDS = tuple(_REGISTRY)
+_FUSED = ("torch", "triton", "cpp")
+#: The backends of each public op.
+OP_BACKENDS: dict[str, tuple[str, ...]] = {
+    "gaussian_product": _FUSED, "scd_loss": _FUSED, "varm_affinity": _FUSED, "varm_refine": _FUSED,
+    "dense_energy_loss": _FUSED, "dense_crf": _FUSED + ("pydensecrf",),
+}
+_REQUESTS = ("auto", "exact")
+_DEVICE_ORDER = {"cuda": ("triton", "cpp", "torch"), "cpu": ("cpp", "torch")}
+_PREFERRED = {("dense_crf", "cpu"): ("pydensecrf",)}  # tried before the device's order
+_warned: set[tuple] = set()
+
+
+@functools.cache
+def _importable(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def why_unusable(backend: str, device_type: str) -> str | None:
+    """None when ``backend`` can run on tensors of ``device_type``, else the reason it cannot."""
+    if backend == "torch":
+        return None
+    if device_type not in _DEVICE_ORDER:
+        return f"no {backend} kernels for {device_type} tensors"
+    if backend == "triton":
+        if not _importable("triton"):
+            return "triton is not installed"
+        if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            return "triton runs on CPU tensors only with TRITON_INTERPRET=1"
+        return None
+    if backend == "pydensecrf":
+        return None if _importable("pydensecrf") else "pydensecrf2 is not installed (pip install tscd[crf])"
+    reason = _extension.load_failure()
+    if reason is not None:
+        return f"the C++ extension is unavailable ({reason})"
+    if device_type == "cuda" and not _extension.has_cuda_kernels():
+        return "the C++ extension was compiled without CUDA"
+    return None
+
+
+def can_run(backend: str, device: str | torch.device) -> bool:
+    """Whether ``backend`` can run on tensors of ``device`` in this process."""
+    return why_unusable(backend, torch.device(device).type) is None
+
+
+def available_backends(device: str | torch.device = "cpu", op: str | None = None) -> list[str]:
+    """The backends (of ``op``, or of any op) that can run on tensors of ``device``."""
+    names = OP_BACKENDS[op] if op is not None else BACKENDS
+    return [b for b in names if can_run(b, device)]
+
+
+def warn_once(key: tuple, message: str, stacklevel: int = 4) -> None:
+    """A ``RuntimeWarning`` the first time ``key`` is seen in this process."""
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
+
+
+def _order(op: str, device_type: str, exact_only: bool) -> tuple[str, ...]:
+    order = _PREFERRED.get((op, device_type), ()) + _DEVICE_ORDER.get(device_type, ("torch",))
+    return tuple(b for b in order if b in OP_BACKENDS[op] and (_REGISTRY[b].exact or not exact_only))
+
+
+def _requested(op: str, backend) -> str:
+    """The request after validation, with ``TSCD_BACKEND`` in place of ``auto``."""
+    choices = _REQUESTS + OP_BACKENDS[op]
+    if backend not in choices:
+        raise ValueError(f"backend must be one of {choices}, got {backend!r}")
+    if backend == "auto":
+        default = os.environ.get("TSCD_BACKEND") or "auto"
+        if default not in _REQUESTS + BACKENDS:
+            raise ValueError(f"TSCD_BACKEND must be one of {_REQUESTS + BACKENDS}, got {default!r}")
+        backend = default if default in choices else "auto"
+    return backend
+
+
+@torch.compiler.assume_constant_result
+def resolve(op: str, backend: str, device_type: str) -> str:
+    """The backend that runs ``op`` on ``device_type`` tensors for the request ``backend``.
+
+    Its primitives are registered on return. Under ``torch.compile`` the choice is made once,
+    while tracing, and becomes a constant of the graph.
+    """
+    request = _requested(op, backend)
+    order = _order(op, device_type, exact_only=request == "exact")
+    chosen = reason = None
+    if request in _REGISTRY:
+        reason = why_unusable(request, device_type)
+        chosen = request if reason is None else None
+        order = tuple(b for b in order if b != request)
+    if chosen is None:
+        chosen = next(b for b in order if why_unusable(b, device_type) is None)
+        if reason is not None:
+            warn_once((op, request, device_type), f"tscd.ops.{op}: backend {request!r} cannot run on {device_type} "
+                      f"tensors ({reason}); using {chosen!r}")
+    for module in _REGISTRY[chosen].modules:
+        importlib.import_module(module)
+    logger.debug("tscd.ops.%s on %s tensors: %s (requested %r)", op, device_type, chosen, backend)
+    return chosen
+
+
+def primitives(backend: str):
+    """The ``torch.ops`` namespace of a fused backend's primitives (after :func:`resolve` chose it)."""
+    return getattr(torch.ops, _REGISTRY[backend].namespace)
