@@ -79,3 +79,17 @@ def test_sigterm_saves_last_checkpoint_and_exits_130(tmp_path):
     state = ckpt_io.load(work / "checkpoints" / "last.pth")
     assert state["step"] >= 1
     assert f"interrupted at iteration {state['step']}" in err and "--resume" in err
+
+
+def test_atomic_writes_keep_the_usual_permissions(tmp_path):
+    from tscd.engine.io import atomic_write, write_json
+
+    old = os.umask(0o022)
+    try:
+        path = write_json({"a": 1}, tmp_path / "sub" / "m.json")
+        assert (path.stat().st_mode & 0o777) == 0o644 and path.read_text() == '{\n  "a": 1\n}'
+        with pytest.raises(RuntimeError):
+            atomic_write(path, lambda f: (f.write(b"partial"), (_ for _ in ()).throw(RuntimeError("disk full"))))
+        assert path.read_text() == '{\n  "a": 1\n}' and [p.name for p in path.parent.iterdir()] == ["m.json"]
+    finally:
+        os.umask(old)

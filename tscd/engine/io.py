@@ -12,16 +12,24 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(file)`` on a temporary file next to ``path``, fsync, then replace ``path``.
 
-    The folder is created if needed; on any failure the temporary file is removed and ``path``
-    is left as it was.
+    The folder is created if needed; the file gets the permissions a plain ``open`` would give it
+    (0o666 less the umask; ``mkstemp`` alone would make it private); on any failure the temporary
+    file is removed and ``path`` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
