@@ -62,3 +62,4 @@ def test_eval_transform_keeps_the_whole_image():
     item = EvalTransform()(img, mask)
     assert item["box"].tolist() == [0, 13, 0, 17] and torch.equal(item["mask"], torch.from_numpy(mask).long())
     torch.testing.assert_close(item["rgb"] * 255, torch.from_numpy(img).permute(2, 0, 1).float(), atol=1e-3, rtol=0)
+    assert "mask" not in EvalTransform()(img)  # images without a mask (tscd infer)

@@ -106,8 +106,9 @@ class EvalTransform:
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.mean, self.std = mean, std
 
-    def __call__(self, img: np.ndarray, mask: np.ndarray) -> dict:
-        """img uint8 (H,W,3), mask (H,W) -> item fields (the whole image, see the module)."""
+    def __call__(self, img: np.ndarray, mask: np.ndarray | None = None) -> dict:
+        """img uint8 (H,W,3), mask (H,W) or None -> item fields (the whole image, see the module)."""
         image = normalize(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), self.mean, self.std)
         box = torch.tensor([0, img.shape[0], 0, img.shape[1]])
-        return _fields(image, self.mean, self.std, box, torch.from_numpy(np.ascontiguousarray(mask)).long())
+        target = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask)).long()
+        return _fields(image, self.mean, self.std, box, target)

@@ -25,8 +25,7 @@ from ..constants import CRF_CHOICES
 from ..data.base import load_image
 from ..data.transforms import EvalTransform
 from ..ops.dense_crf import dense_crf
-from .io import atomic_write
-from .visualize import overlay, write_palette_png
+from .visualize import overlay, save_png, write_palette_png
 
 logger = logging.getLogger(__name__)
 
@@ -178,13 +177,12 @@ def infer_images(model, paths: Sequence, out_dir, protocol: EvalProtocol, class_
     results = []
     for path in map(Path, paths):
         img = load_image(path)
-        fields = to_tensors(img, np.zeros(img.shape[:2], np.int64))
+        fields = to_tensors(img)
         images, rgb = fields["image"][None].to(device), fields["rgb"][None].to(device)
         _, segs = protocol.predict(model, images, img.shape[:2], rgb)
         mask = segs[protocol.kinds()[-1]][0].cpu().numpy().astype(np.uint8)
         write_palette_png(mask, out_dir / f"{path.stem}.png")
-        overlaid = Image.fromarray(overlay(img, mask))
-        atomic_write(out_dir / f"{path.stem}_overlay.png", lambda f: overlaid.save(f, format="PNG"))
+        save_png(Image.fromarray(overlay(img, mask)), out_dir / f"{path.stem}_overlay.png")
         present = [class_names[c] for c in np.unique(mask) if c != 0 and c < len(class_names)]
         logger.info("%s: %s", path, ", ".join(present) or "background only")
         results.append({"path": str(path), "classes": present})

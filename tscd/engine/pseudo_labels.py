@@ -82,9 +82,10 @@ def pseudo_labels_for_batch(labeler: PseudoLabeler, model, images: torch.Tensor,
                             cls_labels: torch.Tensor, crf: str = "none") -> torch.Tensor:
     """Pseudo labels (B, H, W) int64 (``IGNORE_INDEX`` = uncertain) of full images: normalised
     (B, 3, H, W) and their [0, 1] view ``rgb``."""
-    _, label = labeler(model, images, rgb, cls_labels.float())
+    cls_labels = cls_labels.float()
+    _, label = labeler(model, images, rgb, cls_labels)
     if crf != "none":
-        label = crf_on_labels((rgb.float() * 255).round(), label, cls_labels.float(), crf)
+        label = crf_on_labels((rgb.float() * 255).round(), label, cls_labels, crf)
     return label
 
 

@@ -38,11 +38,16 @@ def colorize(mask: np.ndarray) -> np.ndarray:
     return PALETTE[np.clip(mask, 0, 255).astype(np.uint8)]
 
 
+def save_png(image: Image.Image, path) -> Path:
+    """``image`` as a PNG file at ``path``, written atomically."""
+    return atomic_write(path, lambda file: image.save(file, format="PNG"))
+
+
 def write_palette_png(mask: np.ndarray, path) -> Path:
     """(H, W) class ids as a palette ("P" mode) PNG whose pixel values are the ids."""
     image = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="P")
     image.putpalette(PALETTE.reshape(-1).tolist())
-    return atomic_write(path, lambda f: image.save(f, format="PNG"))
+    return save_png(image, path)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -85,7 +90,7 @@ def save_grid(samples: list[dict], path, min_cell: int = 128) -> None:
         for j, cell in enumerate(cells):
             tile = Image.fromarray(cell).resize((cell_w, cell_h), Image.NEAREST)
             canvas.paste(tile, (j * cell_w, head + i * cell_h))
-    atomic_write(path, lambda file: canvas.save(file, format="PNG"))
+    save_png(canvas, path)
 
 
 def save_curve(history: list[dict], path, keys=("seg_miou", "cam_miou", "pseudo_miou", "aff_miou")) -> bool:

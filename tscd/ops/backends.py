@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..kernels.utils import interpreted as triton_interpreted
 from . import _extension
 
 logger = logging.getLogger("tscd.ops")
@@ -76,7 +77,7 @@ def why_unusable(backend: str, device_type: str) -> str | None:
     if backend == "triton":
         if not _importable("triton"):
             return "triton is not installed"
-        if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        if device_type == "cpu" and not triton_interpreted():
             return "triton runs on CPU tensors only with TRITON_INTERPRET=1"
         return None
     if backend == "pydensecrf":
