@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 
 def interpreted() -> bool:
@@ -12,3 +13,19 @@ def interpreted() -> bool:
 def padded(n: int, minimum: int = 16) -> int:
     """The next power of two ≥ n and ≥ ``minimum`` (``tl.dot`` needs dimensions of at least 16)."""
     return max(minimum, 1 << max(n - 1, 0).bit_length())
+
+
+class CompileVariant(NamedTuple):
+    """One launch configuration of a ``@triton.jit`` kernel, for ahead-of-time compilation.
+
+    ``signature`` maps each runtime argument to its Triton type (``"*fp32"``, ``"i32"``,
+    ``"fp32"``, ...), ``constexprs`` each ``tl.constexpr`` argument to its value, ``options``
+    holds ``num_warps``/``num_stages``. Each kernel module's ``compile_variants()`` lists every
+    configuration its wrapper can launch on a GPU (``bench/gpu_compile.py`` compiles them all).
+    """
+
+    kernel: object
+    signature: dict
+    constexprs: dict
+    options: dict
+    label: str
