@@ -1,13 +1,21 @@
 """Helpers shared by the Triton kernels."""
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import NamedTuple
+
+import torch
 
 
 def interpreted() -> bool:
     """Triton kernels run on CPU tensors only in its interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def launch_device(tensor: torch.Tensor):
+    """The context to launch a kernel in: the tensor's CUDA device (Triton launches on the current one)."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 def padded(n: int, minimum: int = 16) -> int:
