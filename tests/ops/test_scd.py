@@ -2,12 +2,14 @@
 import pytest
 import torch
 
-from tests.utils import ALL, FUSED, assert_within_reference_error
+from tests.utils import ALL, FUSED, assert_within_reference_error, require
 from tscd.ops import scd_loss
 from tscd.ops.reference import scd as reference
 
 # (B, C, K, N1, N2); the first is a 40×40 sampling of the released code.
 SHAPES = [(2, 20, 21, 1600, 1600), (3, 5, 7, 117, 66), (1, 20, 21, 1, 37), (2, 4, 1, 13, 1)]
+# Wide channels (COCO: 81) on few positions: chunked reductions, several gradient blocks.
+WIDE_SHAPES = [(2, 1, 81, 17, 23), (1, 81, 1, 23, 17), (1, 200, 256, 17, 23), (2, 256, 200, 23, 17)]
 MARGIN = 0.05  # every |s_ij| of the test data exceeds this (see _assert_margin)
 
 
@@ -68,7 +70,7 @@ def _compare(inputs, backend, dtype):
         assert_within_reference_error(o, r, r64, dtype, what=f"{backend} {name}")
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", SHAPES + WIDE_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("backend", FUSED)
 def test_matches_reference(backend, shape):
     inputs = make_inputs(*shape)
@@ -116,8 +118,9 @@ def test_teacher_gets_no_gradient(backend):
     assert t1.grad is None and t2.grad is None and s1.grad is not None
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 7, 40, 33)] + WIDE_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("backend", FUSED)
-def test_value_without_grad(backend, monkeypatch):
+def test_value_without_grad(backend, shape, monkeypatch):
     """Under no_grad the fused op makes one value-only pass."""
     import tscd.ops.scd as op_module
 
@@ -129,12 +132,46 @@ def test_value_without_grad(backend, monkeypatch):
             self.scd_pass = lambda *args: flags.append(args[-1]) or primitives(name).scd_pass(*args)
 
     monkeypatch.setattr(op_module, "primitives", Recording)
-    t1, t2, s1, s2 = make_inputs(2, 5, 7, 40, 33, seed=5)
+    t1, t2, s1, s2 = make_inputs(*shape, seed=5)
     s1.requires_grad_()
     with torch.no_grad():
         value = scd_loss(t1, t2, s1, s2, backend=backend)
     assert flags == [False]
     torch.testing.assert_close(value, scd_loss(t1, t2, s1, s2, backend="torch").detach(), rtol=1e-5, atol=1e-7)
+
+
+def test_compile_variants_cover_launches(monkeypatch):
+    """Each launch of the Triton wrapper, under each GPU autotune config, is a compile variant."""
+    require("triton")
+    from tscd.kernels import scd as kernels
+
+    kernel = kernels._scd_pass_kernel.fn
+    variants = kernels.compile_variants()
+    for v in variants:
+        assert list(v.signature) == kernel.arg_names
+        assert [n for n, t in v.signature.items() if t == "constexpr"] == list(v.constexprs)
+    compiled = {(tuple(v.constexprs.items()), tuple(v.options.items())) for v in variants}
+    launches = []
+
+    class Recorder:  # kernel[grid](*args, **constexprs) records the launch instead of running it
+        def __getitem__(self, grid):
+            return lambda *args, **constexprs: launches.append((grid, constexprs))
+
+    monkeypatch.setattr(kernels, "_scd_pass_kernel", Recorder())
+    # The boundaries of 1..256, a stride through it, and beyond (which must reuse its variants).
+    channels = sorted({1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 81, 127, 128, 129, 255, 256, 300, 1000}
+                      | set(range(1, 257, 11)))
+    for K in channels:
+        for C in channels:
+            for with_grad in (False, True):
+                x = torch.zeros(1, K + C, 3)
+                kernels.scd_pass(x[:, :K], x[:, :K, :2], x[:, K:], x[:, K:, :2], x[:, 0], x[:, 0, :2], with_grad)
+                grid, constexprs = launches.pop()
+                for config in kernels.GPU_CONFIGS:
+                    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+                    assert (tuple({**constexprs, **config.kwargs}.items()), tuple(options.items())) in compiled
+                    if with_grad:  # the gradient blocks cover every channel
+                        assert grid(config.kwargs)[1] * constexprs["GRAD_CHUNK"] >= K
 
 
 def test_reference_gradcheck():
