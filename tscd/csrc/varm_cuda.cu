@@ -6,6 +6,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <algorithm>
+#include <limits>
+
 namespace {
 
 using tscd::varm::kRing;
@@ -16,11 +19,15 @@ constexpr int kThreads = 256;
 
 __device__ __forceinline__ int clampi(int i, int n) { return min(max(i, 0), n - 1); }
 
+// Dilation l from dil, bounded by ±reach = max(H, W): a longer step clamps to the same image
+// edge, and the bound keeps y + dilation · dy inside int.
+__device__ __forceinline__ int dilation(const int* dil, int l, int reach) { return min(max(dil[l], -reach), reach); }
+
 // Logits of neighbour n at pixel (y, x): intensity a_n and (if wanted) variation v_n, each
 // averaged over the 3 channels. inv[c] = intensity_scale / (σ_c + 1e-8).
 __device__ __forceinline__ void neighbour_logits(const float* img, const int* dil, int n, int y, int x, int H,
                                                  int W, const float inv[3], bool variation, float& a, float& v) {
-  const int d = dil[n >> 3], dy = d * ring_dy(n & 7), dx = d * ring_dx(n & 7);
+  const int d = dilation(dil, n >> 3, max(H, W)), dy = d * ring_dy(n & 7), dx = d * ring_dx(n & 7);
   const int ys = clampi(y + dy, H), xs = clampi(x + dx, W);
   // One row down / one column right in the neighbour image J_n, both clamped.
   const int yd = clampi(min(y + 1, H - 1) + dy, H), xr = clampi(min(x + 1, W - 1) + dx, W);
@@ -43,9 +50,9 @@ __device__ __forceinline__ void neighbour_logits(const float* img, const int* di
 
 // One thread per pixel; four passes over the N neighbours (mean, variance, softmax
 // statistics, weights), so nothing per neighbour is kept in registers.
-__global__ void affinity_kernel(const float* __restrict__ images, const int* __restrict__ dil,
-                                const float* __restrict__ pos, float* __restrict__ out, int B, int N, int H,
-                                int W, float scale, float vw) {
+__global__ void varm_affinity_kernel(const float* __restrict__ images, const int* __restrict__ dil,
+                                     const float* __restrict__ pos, float* __restrict__ out, int B, int N, int H,
+                                     int W, float scale, float vw) {
   const int HW = H * W;
   const long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x;
   if (idx >= (long long)B * HW) return;
@@ -55,13 +62,13 @@ __global__ void affinity_kernel(const float* __restrict__ images, const int* __r
 
   float mean[3] = {0.f, 0.f, 0.f}, inv[3] = {0.f, 0.f, 0.f};
   for (int n = 0; n < N; ++n) {
-    const int d = dil[n >> 3];
+    const int d = dilation(dil, n >> 3, max(H, W));
     const int q = clampi(y + d * ring_dy(n & 7), H) * W + clampi(x + d * ring_dx(n & 7), W);
     for (int c = 0; c < 3; ++c) mean[c] += img[c * HW + q];
   }
   for (int c = 0; c < 3; ++c) mean[c] /= N;
   for (int n = 0; n < N; ++n) {
-    const int d = dil[n >> 3];
+    const int d = dilation(dil, n >> 3, max(H, W));
     const int q = clampi(y + d * ring_dy(n & 7), H) * W + clampi(x + d * ring_dx(n & 7), W);
     for (int c = 0; c < 3; ++c) {
       const float dev = img[c * HW + q] - mean[c];
@@ -96,22 +103,40 @@ __global__ void affinity_kernel(const float* __restrict__ images, const int* __r
   }
 }
 
-// One thread per (batch, channel, pixel).
-__global__ void propagate_kernel(const float* __restrict__ src, const float* __restrict__ weights,
-                                 const int* __restrict__ dil, float* __restrict__ out, int B, int K, int N, int H,
-                                 int W) {
-  const int HW = H * W;
+// One thread per (batch, block of kPropagateChannels channels, pixel): each of the pixel's N
+// weights and neighbour indices is loaded / computed once and applied to every channel of the
+// block (channels past K are skipped), summing over n in order as the CPU kernel does.
+constexpr int kPropagateChannels = 8;
+
+__global__ void __launch_bounds__(kThreads)
+    varm_propagate_channel_block_kernel(const float* __restrict__ src, const float* __restrict__ weights,
+                                        const int* __restrict__ dil, float* __restrict__ out, int B, int K, int N,
+                                        int H, int W) {
+  const int HW = H * W, channel_blocks = (K + kPropagateChannels - 1) / kPropagateChannels;
   const long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-  if (idx >= (long long)B * K * HW) return;
-  const int p = idx % HW, bk = idx / HW, b = bk / K, y = p / W, x = p % W;
-  const float* s = src + (long long)bk * HW;
+  if (idx >= (long long)B * channel_blocks * HW) return;
+  const int p = idx % HW, y = p / W, x = p % W;
+  const long long block = idx / HW;
+  const int b = block / channel_blocks, k0 = (block % channel_blocks) * kPropagateChannels;
+  const int kn = min(kPropagateChannels, K - k0);
+  const float* s = src + ((long long)b * K + k0) * HW;
   const float* w = weights + (long long)b * N * HW + p;
-  float acc = 0.f;
+  const int reach = max(H, W);
+  float acc[kPropagateChannels];
+#pragma unroll
+  for (int k = 0; k < kPropagateChannels; ++k) acc[k] = 0.f;
   for (int n = 0; n < N; ++n) {
-    const int d = dil[n >> 3];
-    acc += w[(long long)n * HW] * s[clampi(y + d * ring_dy(n & 7), H) * W + clampi(x + d * ring_dx(n & 7), W)];
+    const int d = dilation(dil, n >> 3, reach);
+    const int q = clampi(y + d * ring_dy(n & 7), H) * W + clampi(x + d * ring_dx(n & 7), W);
+    const float wn = w[(long long)n * HW];
+#pragma unroll
+    for (int k = 0; k < kPropagateChannels; ++k)
+      if (k < kn) acc[k] += wn * s[(long long)k * HW + q];
   }
-  out[idx] = acc;
+  float* o = out + ((long long)b * K + k0) * HW + p;
+#pragma unroll
+  for (int k = 0; k < kPropagateChannels; ++k)
+    if (k < kn) o[(long long)k * HW] = acc[k];
 }
 
 // What the CUDA kernels need beyond the shared checks: dilations (and position_term) contiguous
@@ -119,6 +144,12 @@ __global__ void propagate_kernel(const float* __restrict__ src, const float* __r
 void check_on_device(const at::Tensor& t, const char* name, const at::Tensor& images, const char* images_name) {
   tscd::check_contiguous(t, name);
   tscd::check_same_device(t, name, images, images_name);
+}
+
+// The kernels index a plane in int, with neighbour rows / columns up to max(H, W) outside it.
+void check_plane_size(int64_t H, int64_t W, const char* name) {
+  TORCH_CHECK(H * W <= std::numeric_limits<int>::max() && std::max(H, W) < (int64_t{1} << 30), name,
+              ": at most 2^31 - 1 pixels and 2^30 rows or columns on CUDA, got ", H, " x ", W);
 }
 
 inline unsigned blocks_for(long long count) { return static_cast<unsigned>((count + kThreads - 1) / kThreads); }
@@ -130,10 +161,11 @@ at::Tensor affinity_cuda(const at::Tensor& images, const at::Tensor& dilations, 
   check_on_device(dilations, "dilations", images, "images");
   check_on_device(position_term, "position_term", images, "images");
   const int64_t N = kRing * dilations.numel(), B = images.size(0), H = images.size(2), W = images.size(3);
+  check_plane_size(H, W, "images");
   const c10::cuda::CUDAGuard guard(images.device());
   auto out = at::empty({B, N, H, W}, images.options());
   if (out.numel() == 0) return out;
-  affinity_kernel<<<blocks_for(B * H * W), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  varm_affinity_kernel<<<blocks_for(B * H * W), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       images.data_ptr<float>(), dilations.data_ptr<int>(), position_term.data_ptr<float>(), out.data_ptr<float>(),
       B, N, H, W, static_cast<float>(intensity_scale), static_cast<float>(variation_weight));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -146,10 +178,15 @@ void propagate_cuda(const at::Tensor& src, const at::Tensor& weights, const at::
   tscd::check_cuda(out, "out");
   tscd::varm::check_propagate_args(src, weights, dilations, out);
   check_on_device(dilations, "dilations", src, "src");
+  tscd::check_same_device(weights, "weights", src, "src");
+  tscd::check_same_device(out, "out", src, "src");
   const int64_t N = kRing * dilations.numel(), B = src.size(0), K = src.size(1), H = src.size(2), W = src.size(3);
+  check_plane_size(H, W, "src");
   if (out.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(src.device());
-  propagate_kernel<<<blocks_for(out.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  const int64_t channel_blocks = (K + kPropagateChannels - 1) / kPropagateChannels;
+  varm_propagate_channel_block_kernel<<<blocks_for(B * channel_blocks * H * W), kThreads, 0,
+                                        c10::cuda::getCurrentCUDAStream()>>>(
       src.data_ptr<float>(), weights.data_ptr<float>(), dilations.data_ptr<int>(), out.data_ptr<float>(), B, K, N,
       H, W);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
