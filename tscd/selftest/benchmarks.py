@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import importlib.util
 import io
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
+import torch
+
 from . import timing
+from .checks import describe
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 
@@ -92,8 +97,8 @@ def _as_script(argv: list[str], device_type: str, log: io.StringIO):
 def run_benchmark(benchmark: Benchmark, device_type: str, results_dir: Path | None = None,
                   quick: bool = False, bench_dir: Path = BENCH_DIR) -> Outcome:
     """Run one bench script's ``main()`` with its arguments on ``device_type`` (``cpu`` or ``cuda``);
-    failures are returned, not raised. What the script prints goes to ``Outcome.log``. ``quick``:
-    CPU timings of one call (:func:`tscd.selftest.timing.session`)."""
+    failures are returned, not raised. What the script prints (and the traceback of a failure) goes
+    to ``Outcome.log``. ``quick``: CPU timings of one call (:func:`tscd.selftest.timing.session`)."""
     path = bench_dir / benchmark.script
     start = time.perf_counter()
     if not path.is_file():
@@ -107,7 +112,11 @@ def run_benchmark(benchmark: Benchmark, device_type: str, results_dir: Path | No
         except SystemExit as exc:  # argparse rejected the arguments
             error = f"{benchmark.script} exited with {exc.code} (its arguments: {' '.join(benchmark.args)})"
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = describe(exc)
+            traceback.print_exc(file=log)
+    gc.collect()  # the script's tensors, before the next one measures its memory
+    if device_type == "cuda":
+        torch.cuda.empty_cache()
     rows = [row for _, written in session.written for row in written]
     return Outcome(benchmark, rows, time.perf_counter() - start, error, [p for p, _ in session.written],
                    log.getvalue())

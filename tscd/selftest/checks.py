@@ -251,6 +251,12 @@ def _non_contiguous(x: torch.Tensor) -> torch.Tensor:
     return torch.stack((x, x), dim=-1)[..., 0]
 
 
+def describe(exc: Exception) -> str:
+    """The exception's type and the first line of its message (CUDA errors run to pages)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -292,10 +298,17 @@ def run_case(case: Case, device: str | torch.device, dtypes=DTYPES, backends_to_
     if not usable:
         return results
     made = case.make(torch.Generator().manual_seed(seed))
-    ref64 = case.run("torch", *_inputs_for(case, made, torch.float64, device, for_backend=False))
+    try:
+        ref64 = case.run("torch", *_inputs_for(case, made, torch.float64, device, for_backend=False))
+    except Exception as exc:
+        return results + [Result(case.op, "torch", f"{case.label} float64", "ERROR", detail=describe(exc))]
     for dtype in dtypes:
         what = f"{case.label} {str(dtype).removeprefix('torch.')}" + (f" on {device}" if device.index else "")
-        ref = case.run("torch", *_inputs_for(case, made, dtype, device, for_backend=False))
+        try:
+            ref = case.run("torch", *_inputs_for(case, made, dtype, device, for_backend=False))
+        except Exception as exc:
+            results.append(Result(case.op, "torch", what, "ERROR", detail=describe(exc)))
+            continue
         inputs = _inputs_for(case, made, dtype, device, for_backend=True)
         for backend in usable:
             try:
@@ -305,7 +318,7 @@ def run_case(case: Case, device: str | torch.device, dtypes=DTYPES, backends_to_
                 _synchronize(device)
                 seconds = time.perf_counter() - start
             except Exception as exc:  # a crash of a backend is a result, not the end of the self-test
-                results.append(Result(case.op, backend, what, "ERROR", detail=f"{type(exc).__name__}: {exc}"))
+                results.append(Result(case.op, backend, what, "ERROR", detail=describe(exc)))
                 continue
             status, error, bound, detail = _compare(case, out, ref, ref64, dtype)
             results.append(Result(case.op, backend, what, status, error, bound, seconds, detail))

@@ -108,25 +108,28 @@ def _format_row(row) -> str:
     return f"{row.op:<18} {row.backend:<10} {check:<38} {'measured':<11} {f'peak {row.peak_mib:.1f} MiB':<22} {timing}"
 
 
-def _run_benchmarks(device: str, plan: str, only: list[str], results_dir: Path, deadline: float) -> list[str]:
-    """Run the plan's benchmarks of ``only`` while time is left; returns the failures."""
-    failures = []
+def _run_benchmarks(device: str, plan: str, only: list[str], results_dir: Path, log_dir: Path,
+                    deadline: float) -> tuple[list[str], list[str]]:
+    """Run the plan's benchmarks of ``only`` while time is left, each script's output into
+    ``log_dir/<script>.log``; returns (failures, skipped)."""
+    failures, skipped = [], []
     for benchmark in benchmarks.PLANS[plan]:
         if not set(benchmark.ops) & set(only):
             continue
         label = f"bench/{benchmark.script} {' '.join(benchmark.args)}"
         if time.perf_counter() > deadline:
             print(f"{'':<18} {'':<10} {label:<38} skipped: the time budget is spent", flush=True)
+            skipped.append(label)
             continue
         outcome = benchmarks.run_benchmark(benchmark, device, results_dir, quick=plan == "quick")
-        (results_dir / f"selftest_{benchmark.script.removesuffix('.py')}_{device}.log").write_text(outcome.log)
+        (log_dir / f"{benchmark.script.removesuffix('.py')}.log").write_text(outcome.log)
         for row in outcome.rows:
             print(_format_row(row), flush=True)
         state = f"ERROR {outcome.error}" if outcome.error else f"{len(outcome.rows)} rows"
         print(f"{'':<18} {'':<10} {label:<38} {state} ({outcome.seconds:.1f} s)", flush=True)
         if outcome.error:
             failures.append(f"{label}: {outcome.error}")
-    return failures
+    return failures, skipped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,13 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     checks_done = time.perf_counter()
     print(f"checks: {checks_done - start:.1f} s elapsed", flush=True)
 
-    bench_failures = []
+    bench_failures, bench_skipped = [], []
     if plan is not None:
-        results_dir = args.results_dir or (timing.RESULTS if plan == "cuda"
-                                           else Path(tempfile.mkdtemp(prefix="tscd_selftest_")))
-        bench_failures = _run_benchmarks(device, plan, only, results_dir, start + budget)
-        print(f"benchmarks: results and each script's output in {results_dir}; "
-              f"{time.perf_counter() - checks_done:.1f} s", flush=True)
+        log_dir = Path(tempfile.mkdtemp(prefix="tscd_selftest_"))
+        results_dir = args.results_dir or (timing.RESULTS if plan == "cuda" else log_dir)
+        results_dir.mkdir(parents=True, exist_ok=True)
+        bench_failures, bench_skipped = _run_benchmarks(device, plan, only, results_dir, log_dir, start + budget)
+        print(f"benchmarks: {time.perf_counter() - checks_done:.1f} s; results in {results_dir}, "
+              f"each script's output in {log_dir}", flush=True)
 
     failed = [r for r in results if r.failed]
     passed = sum(r.status == "ok" for r in results)
@@ -181,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {r.status}: {_format_result(r)}")
     for line in bench_failures:
         print(f"  benchmark failed: {line}")
+    for line in bench_skipped:
+        print(f"  benchmark skipped (time budget): {line}")
     for line in missing:
         print(f"  required backend unusable: {line}")
     elapsed = time.perf_counter() - start
