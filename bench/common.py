@@ -61,8 +61,10 @@ def _plot(path: Path, rows: list[Row], title: str) -> None:
         sizes = [r.size for r in rs]
         ax_t.plot(sizes, [r.median_ms for r in rs], marker="o", label=f"{backend} {mode}")
         ax_m.plot(sizes, [r.peak_mib for r in rs], marker="o", label=f"{backend} {mode}")
-    for ax, label in ((ax_t, "median time (ms)"), (ax_m, "peak extra memory (MiB)")):
-        ax.set_yscale("log")
+    for ax, label, values in ((ax_t, "median time (ms)", [r.median_ms for r in rows]),
+                              (ax_m, "peak extra memory (MiB)", [r.peak_mib for r in rows])):
+        if any(0 < v < float("inf") for v in values):  # a log axis needs a positive value (tiny runs may peak at 0 MiB)
+            ax.set_yscale("log")
         ax.set_ylabel(label)
         ax.set_xlabel("size")
         ax.tick_params(axis="x", rotation=30)

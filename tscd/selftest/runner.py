@@ -58,7 +58,7 @@ def _comma_list(text: str | None, choices: tuple[str, ...], what: str) -> list[s
 def _header(device: str, tier: str, plan: str | None) -> None:
     import triton
 
-    name = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or 'cpu'}"
+    name = torch.cuda.get_device_name() if device == "cuda" else f"{platform.machine()}, {os.cpu_count()} cores"
     print(f"tscd self-test on {device} ({name}); torch {torch.__version__}, triton {triton.__version__}, "
           f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', 'unset')}, {torch.get_num_threads()} CPU threads")
     if device == "cuda":
