@@ -1,4 +1,5 @@
-"""Test setup: Triton kernels run under the interpreter when no GPU is present.
+"""Test setup: Triton kernels run under the interpreter when no GPU is present, and the tests
+marked ``cuda`` (tests/test_cuda.py) are skipped, saying so, without a CUDA device.
 
 TRITON_INTERPRET must be set before triton is first imported, hence at the top here.
 Helpers live in ``tests/utils.py``.
@@ -13,6 +14,15 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from tests.utils import DEVICE  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 From the bottom: constants, logging and the config schema; the kernels (Triton, the fake
 kernels of the primitives); the ops; the recipe (CAM, refinement, pseudo labels, losses); the
-models; the data; the engine; on top the CLI and the compat drop-ins. Every ``import`` of
+models; the data; the engine; on top the CLI, the compat drop-ins and the self-test. Every ``import`` of
 every module counts, including those inside functions.
 """
 import ast
@@ -21,7 +21,7 @@ LAYERS = {
     "tscd.models": 4,
     "tscd.data": 5,
     "tscd.engine": 6,
-    "tscd.cli": 7, "tscd.__main__": 7, "tscd.compat": 7,
+    "tscd.cli": 7, "tscd.__main__": 7, "tscd.compat": 7, "tscd.selftest": 7,
 }
 
 

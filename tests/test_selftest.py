@@ -1,0 +1,109 @@
+"""``python -m tscd.selftest``: its CPU half passes here, in-process, at the smallest sizes; a
+backend that computes wrong values, a crashing one and a missing required one make it fail; the
+quick benchmarks run the bench scripts into a scratch folder; the 2× rule itself."""
+import pytest
+import torch
+
+import tscd.ops.varm as varm_module
+from tests.utils import require
+from tscd.ops import backends
+from tscd.selftest import benchmarks, checks, timing
+from tscd.selftest.runner import main
+from tscd.selftest.tolerance import error_and_bound
+
+
+def test_cpu_half_passes(capsys):
+    assert main(["--device", "cpu", "--quick", "--no-bench"]) == 0
+    out = capsys.readouterr().out
+    assert "PASSED" in out and " 0 failed" in out
+    for op in backends.OP_BACKENDS:
+        assert f"\n{op:<18} cpp " in out or "cpp: the C++ extension is unavailable" in out
+
+
+class _Wrong:
+    """A backend's primitives with ``varm_propagate_`` writing 1 % too much."""
+
+    def __init__(self, name):
+        self._primitives = backends.primitives(name)
+
+    def __getattr__(self, name):
+        return getattr(self._primitives, name)
+
+    def varm_propagate_(self, src, weights, dilations, out):
+        self._primitives.varm_propagate_(src, weights, dilations, out)
+        out.mul_(1.01)
+
+
+def test_a_wrong_primitive_fails_the_run(monkeypatch, capsys):
+    require("cpp", "cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # cpp alone: the interpreter is slow
+    monkeypatch.setattr(varm_module, "primitives", _Wrong)
+    assert main(["--device", "cpu", "--quick", "--no-bench", "--only", "varm_refine"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out
+    assert any(line.startswith("varm_refine") and " cpp " in line and " FAIL " in line for line in out.splitlines())
+
+
+def test_a_crashing_backend_is_an_error(monkeypatch):
+    require("cpp", "cpu")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("kernel launch failed")
+
+    case = next(c for c in checks.cases("quick") if c.op == "gaussian_product")
+    monkeypatch.setattr("tscd.ops.gaussian.fused_product", crash)
+    results = checks.run_case(case, "cpu", dtypes=(torch.float32,), backends_to_check=["cpp"])
+    assert [(r.status, r.detail) for r in results] == [("ERROR", "RuntimeError: kernel launch failed")]
+    assert results[0].failed
+
+
+def test_missing_backends_are_listed_and_can_be_required(monkeypatch, capsys):
+    usable = backends.why_unusable
+    monkeypatch.setattr(backends, "why_unusable", lambda b, d: "not built here" if b == "cpp" else usable(b, d))
+    code = main(["--device", "cpu", "--quick", "--no-bench", "--only", "varm_affinity", "--require", "cpp"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "unavailable: varm_affinity on cpp: not built here" in out
+    assert "required backend unusable: cpp: not built here" in out
+
+
+def test_unknown_op_is_one_clear_line():
+    with pytest.raises(SystemExit, match="unknown op scd; choose from gaussian_product, scd_loss"):
+        main(["--device", "cpu", "--only", "scd", "--no-bench"])
+
+
+def test_quick_benchmark_writes_to_its_folder_only(tmp_path):
+    published = sorted(p.stat().st_mtime_ns for p in timing.RESULTS.glob("*"))
+    scd = next(b for b in benchmarks.PLANS["quick"] if b.script == "scd.py")
+    outcome = benchmarks.run_benchmark(scd, "cpu", tmp_path, quick=True)
+    assert outcome.error == ""
+    assert outcome.files == [tmp_path / "scd_cpu.csv"]
+    assert outcome.files[0].read_text().splitlines()[0] == ",".join(timing.FIELDS)
+    assert {r.backend for r in outcome.rows} >= {"torch"} and all(r.op == "scd" for r in outcome.rows)
+    assert sorted(p.stat().st_mtime_ns for p in timing.RESULTS.glob("*")) == published
+
+
+def test_a_failing_benchmark_is_reported(tmp_path):
+    broken = benchmarks.Benchmark("scd.py", ("scd_loss",), ("--sizes", "not-a-number"))
+    outcome = benchmarks.run_benchmark(broken, "cpu", tmp_path, quick=True)
+    assert outcome.error.startswith("ValueError") and outcome.rows == []
+
+
+def test_benchmarks_after_the_budget_are_skipped(capsys):
+    assert main(["--device", "cpu", "--quick", "--only", "scd_loss", "--budget-s", "0"]) == 0
+    assert "skipped: the time budget is spent" in capsys.readouterr().out
+
+
+def test_the_rule_is_twice_the_reference_error_plus_a_floor():
+    ref64 = torch.tensor([1.0, -3.0], dtype=torch.float64)
+    ref32 = torch.tensor([1.0 + 1e-3, -3.0])
+    error, bound = error_and_bound(torch.tensor([1.0, -3.002]), ref32, ref64, torch.float32)
+    assert error == pytest.approx(2e-3, rel=1e-3)
+    assert bound == pytest.approx(2 * 1e-3 + 2e-6 * 3.0, rel=1e-3)
+    assert error_and_bound(ref32, ref32, ref64, torch.float32, allowance=0.5)[1] == pytest.approx(bound + 0.5)
+
+
+def test_long_sums_add_the_float32_floor_per_square_root_term():
+    ref64 = torch.tensor([4.0], dtype=torch.float64)
+    _, bound = error_and_bound(ref64.float(), ref64.float(), ref64, torch.bfloat16, terms=100)
+    assert bound == pytest.approx(1.6e-2 * 4 + 2e-6 * 4 * 10)

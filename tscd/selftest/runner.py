@@ -1,0 +1,196 @@
+"""``python -m tscd.selftest``: check every op on every exact backend of a device, benchmark them,
+print one table, exit non-zero on any mismatch, crash or failed benchmark.
+
+    python -m tscd.selftest --device cuda            # GPU: checks + benchmarks → bench/results/*_cuda.csv
+    python -m tscd.selftest --device cpu             # CPU: checks at smaller sizes + a quick benchmark
+    python -m tscd.selftest --quick --no-bench       # the smallest checks only
+    python -m tscd.selftest --only scd_loss,dense_crf --require triton,cpp
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ..ops import backends
+from . import benchmarks, checks, timing
+
+OPS = tuple(backends.OP_BACKENDS)
+ONLY_CHOICES = OPS + ("train_step",)
+DEFAULT_BUDGET_S = {"cuda": 480.0, "cpu": 180.0}
+_COLUMNS = f"{'op':<18} {'backend':<10} {'check':<38} {'result':<11} {'max error / bound':<22} time"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tscd.selftest", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="the smallest sizes (checks and benchmarks)")
+    parser.add_argument("--only", default=None,
+                        help=f"comma list of ops to check and benchmark, of: {', '.join(ONLY_CHOICES)}")
+    parser.add_argument("--no-bench", action="store_true", help="checks only")
+    parser.add_argument("--require", default="",
+                        help="comma list of backends that must be usable on the device (else exit 1), e.g. triton,cpp")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="total time budget; benchmarks that would start after it are skipped (default "
+                             f"{DEFAULT_BUDGET_S['cuda']:.0f} s on cuda, {DEFAULT_BUDGET_S['cpu']:.0f} s on cpu)")
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="where the benchmarks write (default: bench/results at the GPU sizes, "
+                             "else a scratch folder)")
+    return parser
+
+
+def _comma_list(text: str | None, choices: tuple[str, ...], what: str) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in choices]
+    if unknown:
+        raise SystemExit(f"tscd.selftest: unknown {what} {', '.join(unknown)}; choose from {', '.join(choices)}")
+    return names
+
+
+def _header(device: str, tier: str, plan: str | None) -> None:
+    import triton
+
+    name = torch.cuda.get_device_name() if device == "cuda" else f"{platform.machine()}, {os.cpu_count()} cores"
+    print(f"tscd self-test on {device} ({name}); torch {torch.__version__}, triton {triton.__version__}, "
+          f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', 'unset')}, {torch.get_num_threads()} CPU threads")
+    if device == "cuda":
+        print(f"CUDA devices: {torch.cuda.device_count()} (a second one is checked too when present)")
+    sizes = {"quick": "the smallest sizes", "cpu": "CPU sizes (smaller than the GPU's)", "cuda": "GPU sizes"}
+    print(f"checks at {sizes[tier]}; benchmarks: " + ("none" if plan is None else
+          "GPU sizes" if plan == "cuda" else "quick, small sizes (only shows that they run)"))
+
+
+def _load_extension(device: str) -> None:
+    start = time.perf_counter()
+    print("loading the C++ extension (its first use compiles it, minutes)...", flush=True)
+    reason = backends.why_unusable("cpp", device)
+    state = "usable" if reason is None else f"unusable: {reason}"
+    print(f"  cpp on {device}: {state} ({time.perf_counter() - start:.1f} s)", flush=True)
+
+
+def _availability(device: str, only: list[str]) -> None:
+    print("\nbackends per op (exact ones are checked against the torch reference):")
+    for op in only:
+        parts = []
+        for backend in backends.OP_BACKENDS[op]:
+            reason = backends.why_unusable(backend, device)
+            kind = "" if checks.is_exact(backend) else ", approximate: not checked"
+            parts.append(f"{backend} ({'usable' if reason is None else reason}{kind})")
+        print(f"  {op}: " + "; ".join(parts))
+
+
+def _format_result(r: checks.Result) -> str:
+    if r.error is None:
+        measure = ""
+    elif math.isnan(r.error):
+        measure = "—"
+    else:
+        measure = f"{r.error:.2e} / {r.bound:.2e}"
+    seconds = f"{r.seconds * 1e3:.1f} ms" if r.seconds is not None else ""
+    check = "every check" if r.status == "unavailable" else r.check
+    line = f"{r.op:<18} {r.backend:<10} {check:<38} {r.status:<11} {measure:<22} {seconds}"
+    return line + (f"  [{r.detail}]" if r.detail and r.status != "ok" else "")
+
+
+def _format_row(row) -> str:
+    check = f"bench {row.mode} {row.size}"
+    if math.isinf(row.median_ms):
+        return f"{row.op:<18} {row.backend:<10} {check:<38} {'OOM':<11}"
+    timing = f"{row.median_ms:.2f} ms ({row.p20_ms:.2f}–{row.p80_ms:.2f})"
+    return f"{row.op:<18} {row.backend:<10} {check:<38} {'measured':<11} {f'peak {row.peak_mib:.1f} MiB':<22} {timing}"
+
+
+def _run_benchmarks(device: str, plan: str, only: list[str], results_dir: Path, log_dir: Path,
+                    deadline: float) -> tuple[list[str], list[str]]:
+    """Run the plan's benchmarks of ``only`` while time is left, each script's output into
+    ``log_dir/<script>.log``; returns (failures, skipped)."""
+    failures, skipped = [], []
+    for benchmark in benchmarks.PLANS[plan]:
+        if not set(benchmark.ops) & set(only):
+            continue
+        label = f"bench/{benchmark.script} {' '.join(benchmark.args)}"
+        if time.perf_counter() > deadline:
+            print(f"{'':<18} {'':<10} {label:<38} skipped: the time budget is spent", flush=True)
+            skipped.append(label)
+            continue
+        outcome = benchmarks.run_benchmark(benchmark, device, results_dir, quick=plan == "quick")
+        (log_dir / f"{benchmark.script.removesuffix('.py')}.log").write_text(outcome.log)
+        for row in outcome.rows:
+            print(_format_row(row), flush=True)
+        state = f"ERROR {outcome.error}" if outcome.error else f"{len(outcome.rows)} rows"
+        print(f"{'':<18} {'':<10} {label:<38} {state} ({outcome.seconds:.1f} s)", flush=True)
+        if outcome.error:
+            failures.append(f"{label}: {outcome.error}")
+    return failures, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the self-test; 0 when every check passed and every benchmark ran, else 1."""
+    args = _parser().parse_args(argv)
+    start = time.perf_counter()
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        print("tscd.selftest: --device cuda but no CUDA device is visible")
+        return 1
+    only = _comma_list(args.only, ONLY_CHOICES, "op") or list(ONLY_CHOICES)
+    required = _comma_list(args.require or None, backends.BACKENDS, "backend") or []
+    tier = "quick" if args.quick else device
+    plan = None if args.no_bench else ("cuda" if tier == "cuda" else "quick")
+    budget = args.budget_s if args.budget_s is not None else DEFAULT_BUDGET_S[device]
+
+    _header(device, tier, plan)
+    _load_extension(device)
+    checked_ops = [op for op in only if op in OPS]
+    _availability(device, checked_ops)
+    missing = [f"{b}: {reason}" for b in required if (reason := backends.why_unusable(b, device))]
+
+    print(f"\n{_COLUMNS}\n{'-' * len(_COLUMNS)}", flush=True)
+    shown_unavailable = set()
+
+    def report(result: checks.Result) -> None:
+        if result.status == "unavailable":  # once per (op, backend), not once per case
+            if (result.op, result.backend) in shown_unavailable:
+                return
+            shown_unavailable.add((result.op, result.backend))
+        print(_format_result(result), flush=True)
+
+    results = checks.run_checks(device, tier, checked_ops, report=report)
+    checks_done = time.perf_counter()
+    print(f"checks: {checks_done - start:.1f} s elapsed", flush=True)
+
+    bench_failures, bench_skipped = [], []
+    if plan is not None:
+        log_dir = Path(tempfile.mkdtemp(prefix="tscd_selftest_"))
+        results_dir = args.results_dir or (timing.RESULTS if plan == "cuda" else log_dir)
+        results_dir.mkdir(parents=True, exist_ok=True)
+        bench_failures, bench_skipped = _run_benchmarks(device, plan, only, results_dir, log_dir, start + budget)
+        print(f"benchmarks: {time.perf_counter() - checks_done:.1f} s; results in {results_dir}, "
+              f"each script's output in {log_dir}", flush=True)
+
+    failed = [r for r in results if r.failed]
+    passed = sum(r.status == "ok" for r in results)
+    unavailable = sorted({(r.op, r.backend, r.detail) for r in results if r.status == "unavailable"})
+    print(f"\n{passed} checks passed, {len(failed)} failed, {len(unavailable)} (op, backend) pairs unavailable")
+    for op, backend, reason in unavailable:
+        print(f"  unavailable: {op} on {backend}: {reason}")
+    for r in failed:
+        print(f"  {r.status}: {_format_result(r)}")
+    for line in bench_failures:
+        print(f"  benchmark failed: {line}")
+    for line in bench_skipped:
+        print(f"  benchmark skipped (time budget): {line}")
+    for line in missing:
+        print(f"  required backend unusable: {line}")
+    elapsed = time.perf_counter() - start
+    over = f" (over the {budget:.0f} s budget)" if elapsed > budget else f" (budget {budget:.0f} s)"
+    ok = not failed and not bench_failures and not missing
+    print(f"{'PASSED' if ok else 'FAILED'} in {elapsed:.1f} s{over}")
+    return 0 if ok else 1
