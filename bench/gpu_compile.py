@@ -130,16 +130,21 @@ def _compile_cuda(nvcc: str, source: str, target: str) -> list[dict]:
     return rows
 
 
-def _triton_tasks(modules) -> list[tuple]:
-    """(module, index) of each distinct variant: same kernel, signature, constexprs and options once."""
-    tasks, seen = [], set()
+def _triton_tasks(modules) -> tuple[list[tuple], list[str]]:
+    """(module, index) of each distinct variant (same kernel, signature, constexprs and options
+    once), and the modules that list none."""
+    tasks, seen, problems = [], set(), []
     for module in modules:
-        for index, v in enumerate(importlib.import_module(f"tscd.kernels.{module}").compile_variants()):
+        list_variants = getattr(importlib.import_module(f"tscd.kernels.{module}"), "compile_variants", None)
+        if list_variants is None:
+            problems.append(f"tscd.kernels.{module} has no compile_variants()")
+            continue
+        for index, v in enumerate(list_variants()):
             key = (v.kernel.fn.__name__, *(tuple(sorted(d.items())) for d in (v.signature, v.constexprs, v.options)))
             if key not in seen:
                 seen.add(key)
                 tasks.append((module, index))
-    return tasks
+    return tasks, problems
 
 
 def _problems(row: dict) -> list[str]:
@@ -185,10 +190,10 @@ def main() -> int:
     else:
         for source in sorted(glob.glob(str(ROOT / "tscd" / "csrc" / "*_cuda.cu"))):
             jobs += [(f"{Path(source).name} on {t}", _compile_cuda, (nvcc, source, t)) for t in TARGETS]
-    tasks = _triton_tasks(modules)
+    tasks, problems = _triton_tasks(modules)
     jobs += [(f"{m} variant {i} on {t}", _compile_triton, (m, i, t)) for m, i in tasks for t in TARGETS]
 
-    rows, problems = [], []
+    rows = []
     with ProcessPoolExecutor(args.jobs) as pool:
         futures = [(what, pool.submit(fn, *fn_args)) for what, fn, fn_args in jobs]
         for what, future in futures:
