@@ -17,14 +17,15 @@ import triton
 import triton.language as tl
 
 from .primitives import register_fakes
-from .utils import CompileVariant, compile_variant, launch_device, unique_variants
+from .utils import CompileVariant, compile_variant, interpreted, launch_device, unique_variants
 
 #: The most dilations L (N = 8·L neighbours) the affinity kernel holds in one tile.
 MAX_DILATIONS = 64
 #: Channel counts K a variant list must cover.
 CHANNEL_COUNTS = range(1, 257)
-# Values per affinity tile (pixels × neighbours): 8 per thread at 4 warps, so that its dozen live
-# tiles fit in registers without spilling; the propagation's (channels × pixels) tile holds twice that.
+# Values per tile (affinity: pixels × neighbours, propagation: channels × pixels): 8 per thread
+# at 4 warps, so that the affinity's dozen live tiles and the propagation's 8 gathers in flight fit
+# in registers without spilling.
 _TILE = 1024
 
 
@@ -36,12 +37,10 @@ def _pixels(pid, H, W, BLOCK_P: tl.constexpr):
 
 
 @triton.jit
-def _displacement(n, dil_ptr):
-    """(d·dy, d·dx) of neighbour index n, scalar or vector (dilation-major, 8 row-major offsets
-    per dilation, the centre skipped)."""
-    d = tl.load(dil_ptr + n // 8)
-    o = n % 8
-    j = o + (o >= 4)  # position in the 3x3 neighbourhood
+def _displacement(o, d):
+    """(d·dy, d·dx) of offset o (0..7, the 3×3 neighbourhood's cells in row-major order without
+    its centre) at dilation d. Neighbour n = 8·level + o (dilation-major)."""
+    j = o + (o >= 4)  # cell of the 3x3 neighbourhood
     return d * (j // 3 - 1), d * (j % 3 - 1)
 
 
@@ -62,7 +61,8 @@ def _affinity_kernel(
     n = tl.arange(0, BLOCK_N)
     n_mask = n < N
     p, p_mask, y, x = _pixels(tl.program_id(0), H, W, BLOCK_P)
-    oy, ox = _displacement(tl.minimum(n, N - 1), dil_ptr)
+    n_read = tl.minimum(n, N - 1)
+    oy, ox = _displacement(n_read % 8, tl.load(dil_ptr + n_read // 8))
     tile_mask = p_mask[:, None] & n_mask[None, :]
     ys = y[:, None] + oy[None, :]
     xs = x[:, None] + ox[None, :]
@@ -100,7 +100,7 @@ def _affinity_kernel(
 
 @triton.jit
 def _propagate_kernel(
-    src_ptr, w_ptr, dil_ptr, out_ptr, K, H, W, N,
+    src_ptr, w_ptr, dil_ptr, out_ptr, K, H, W, L,
     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     b = tl.program_id(2)
@@ -110,30 +110,40 @@ def _propagate_kernel(
     tile_mask = (k < K)[:, None] & p_mask[None, :]
     rows = src_ptr + (b * K + k[:, None]) * HW
     acc = tl.zeros((BLOCK_K, BLOCK_P), dtype=tl.float32)
-    for n in range(N):
-        oy, ox = _displacement(n, dil_ptr)
-        w = tl.load(w_ptr + (b * N + n) * HW + p, mask=p_mask, other=0.0)
-        acc += w[None, :] * tl.load(rows + _clamped(y + oy, x + ox, H, W)[None, :], mask=tile_mask, other=0.0)
+    for level in range(L):
+        d = tl.load(dil_ptr + level)
+        # Clamped rows above/at/below and columns left/at/right at distance d, shared by the 8 offsets.
+        row = (tl.maximum(y - d, 0) * W, y * W, tl.minimum(y + d, H - 1) * W)
+        col = (tl.maximum(x - d, 0), x, tl.minimum(x + d, W - 1))
+        for j in tl.static_range(9):  # the cells of the 3x3 neighbourhood, offset o = j without the centre
+            if j != 4:
+                w = tl.load(w_ptr + ((b * L + level) * 8 + j - (j > 4)) * HW + p, mask=p_mask, other=0.0)
+                acc += w[None, :] * tl.load(rows + (row[j // 3] + col[j % 3])[None, :], mask=tile_mask, other=0.0)
     tl.store(out_ptr + (b * K + k[:, None]) * HW + p[None, :], acc, mask=tile_mask)
 
 
-def _affinity_config(num_dilations: int, variation: bool) -> dict:
-    """Constexprs and launch options of ``_affinity_kernel`` for L dilations (N = 8·L neighbours)."""
+def _affinity_config(num_dilations: int, variation: bool, interpreter: bool = False) -> dict:
+    """Constexprs and launch options of ``_affinity_kernel`` for L dilations (N = 8·L neighbours).
+
+    The interpreter pays per tile operation rather than per register: 8× bigger tiles there.
+    """
     block_n = triton.next_power_of_2(8 * num_dilations)
-    return {"VARIATION": variation, "BLOCK_P": min(128, _TILE // block_n), "BLOCK_N": block_n,
+    tile, max_p = (8 * _TILE, 1024) if interpreter else (_TILE, 128)
+    return {"VARIATION": variation, "BLOCK_P": min(max_p, tile // block_n), "BLOCK_N": block_n,
             "num_warps": 4, "num_stages": 1}
 
 
-def _propagate_config(K: int) -> dict:
-    """Constexprs and launch options of ``_propagate_kernel`` for K channels."""
+def _propagate_config(K: int, interpreter: bool = False) -> dict:
+    """Constexprs and launch options of ``_propagate_kernel`` for K channels (interpreter: bigger tiles)."""
     block_k = min(triton.next_power_of_2(K), 32)
-    return {"BLOCK_P": min(128, 2 * _TILE // block_k), "BLOCK_K": block_k, "num_warps": 4, "num_stages": 1}
+    tile, max_p = (8 * _TILE, 1024) if interpreter else (_TILE, 128)
+    return {"BLOCK_P": min(max_p, tile // block_k), "BLOCK_K": block_k, "num_warps": 4, "num_stages": 1}
 
 
 _AFFINITY_SIGNATURE = {"img_ptr": "*fp32", "dil_ptr": "*i32", "pos_ptr": "*fp32", "out_ptr": "*fp32", "H": "i32",
                        "W": "i32", "N": "i32", "scale": "fp32", "variation_weight": "fp32"}
 _PROPAGATE_SIGNATURE = {"src_ptr": "*fp32", "w_ptr": "*fp32", "dil_ptr": "*i32", "out_ptr": "*fp32", "K": "i32",
-                        "H": "i32", "W": "i32", "N": "i32"}
+                        "H": "i32", "W": "i32", "L": "i32"}
 
 
 def compile_variants() -> list[CompileVariant]:
@@ -158,7 +168,7 @@ def varm_affinity(images: torch.Tensor, dilations: torch.Tensor, intensity_scale
     out = torch.empty((B, N, H, W), device=images.device, dtype=torch.float32)
     if out.numel() == 0:
         return out
-    config = _affinity_config(L, variation_weight != 0)
+    config = _affinity_config(L, variation_weight != 0, interpreted())
     with launch_device(images):
         _affinity_kernel[(triton.cdiv(H * W, config["BLOCK_P"]), B)](
             images, dilations, position_term, out, H, W, N, float(intensity_scale), float(variation_weight), **config,
@@ -172,10 +182,10 @@ def varm_propagate_(src: torch.Tensor, weights: torch.Tensor, dilations: torch.T
     B, K, H, W = src.shape
     if src.numel() == 0:
         return
-    config = _propagate_config(K)
+    config = _propagate_config(K, interpreted())
     grid = (triton.cdiv(H * W, config["BLOCK_P"]), triton.cdiv(K, config["BLOCK_K"]), B)
     with launch_device(src):
-        _propagate_kernel[grid](src, weights, dilations, out, K, H, W, 8 * dilations.numel(), **config)
+        _propagate_kernel[grid](src, weights, dilations, out, K, H, W, dilations.numel(), **config)
 
 
 register_fakes("tscd_triton", ("varm_affinity", "varm_propagate_"))
