@@ -37,3 +37,21 @@ class CompileVariant(NamedTuple):
     constexprs: dict
     options: dict
     label: str
+
+
+#: The keys of a launch configuration that are launch options rather than constexprs.
+LAUNCH_OPTIONS = ("num_warps", "num_stages")
+
+
+def compile_variant(kernel, signature: dict, config: dict) -> CompileVariant:
+    """The variant of ``kernel`` launched with ``config`` (constexprs and :data:`LAUNCH_OPTIONS` in
+    one dict, as passed to the launch); ``signature`` types the runtime arguments."""
+    constexprs = {k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}
+    label = " ".join(f"{k}={v}" for k, v in config.items())
+    return CompileVariant(kernel, dict(signature, **dict.fromkeys(constexprs, "constexpr")), constexprs,
+                          {k: config[k] for k in LAUNCH_OPTIONS if k in config}, label)
+
+
+def unique_variants(variants) -> list[CompileVariant]:
+    """``variants`` without repeats (same kernel and label), in order."""
+    return list({(v.kernel.fn.__name__, v.label): v for v in variants}.values())

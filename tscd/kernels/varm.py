@@ -8,7 +8,7 @@
 - :func:`varm_propagate_`: one propagation step; every program gathers the N clamped neighbours
   of a block of pixels for a block of channels on the fly.
 
-All tensors are float32 and contiguous.
+All tensors are float32 (dilations int32) and contiguous.
 """
 from __future__ import annotations
 
@@ -17,15 +17,37 @@ import triton
 import triton.language as tl
 
 from .primitives import register_fakes
+from .utils import CompileVariant, compile_variant, interpreted, launch_device, unique_variants
+
+#: The most dilations L (N = 8·L neighbours) the affinity kernel holds in one tile.
+MAX_DILATIONS = 64
+#: Channel counts K a variant list must cover.
+CHANNEL_COUNTS = range(1, 257)
+# Values per tile (affinity: pixels × neighbours, propagation: channels × pixels): 8 per thread
+# at 4 warps, so that the affinity's dozen live tiles and the propagation's 8 gathers in flight fit
+# in registers without spilling.
+_TILE = 1024
 
 
 @triton.jit
-def _displacement(n, dil_ptr, mask):
-    """(d·dy, d·dx) of neighbour index n (dilation-major, 8 row-major offsets per dilation)."""
-    d = tl.load(dil_ptr + n // 8, mask=mask, other=0)
-    o = n % 8
-    j = o + (o >= 4)  # position in the 3x3 neighbourhood, skipping its centre
+def _pixels(pid, H, W, BLOCK_P: tl.constexpr):
+    """The BLOCK_P flat pixel indices p of program ``pid``, their mask, rows y and columns x."""
+    p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+    return p, p < H * W, p // W, p % W
+
+
+@triton.jit
+def _displacement(o, d):
+    """(d·dy, d·dx) of offset o (0..7, the 3×3 neighbourhood's cells in row-major order without
+    its centre) at dilation d. Neighbour n = 8·level + o (dilation-major)."""
+    j = o + (o >= 4)  # cell of the 3x3 neighbourhood
     return d * (j // 3 - 1), d * (j % 3 - 1)
+
+
+@triton.jit
+def _clamped(y, x, H, W):
+    """Flat index of (y, x) clamped into the H×W image (replicate padding)."""
+    return tl.minimum(tl.maximum(y, 0), H - 1) * W + tl.minimum(tl.maximum(x, 0), W - 1)
 
 
 @triton.jit
@@ -33,40 +55,36 @@ def _affinity_kernel(
     img_ptr, dil_ptr, pos_ptr, out_ptr, H, W, N, scale, variation_weight,
     VARIATION: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid = tl.program_id(0)
     b = tl.program_id(1)
     HW = H * W
-    p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = p < HW
-    y = p // W
-    x = p % W
+    # Neighbour slots past N (masked out below) repeat the last neighbour's displacement.
     n = tl.arange(0, BLOCK_N)
     n_mask = n < N
+    p, p_mask, y, x = _pixels(tl.program_id(0), H, W, BLOCK_P)
+    n_read = tl.minimum(n, N - 1)
+    oy, ox = _displacement(n_read % 8, tl.load(dil_ptr + n_read // 8))
     tile_mask = p_mask[:, None] & n_mask[None, :]
-    oy, ox = _displacement(n, dil_ptr, n_mask)
-    ys = tl.minimum(tl.maximum(y[:, None] + oy[None, :], 0), H - 1)
-    xs = tl.minimum(tl.maximum(x[:, None] + ox[None, :], 0), W - 1)
-    nb_idx = ys * W + xs
+    ys = y[:, None] + oy[None, :]
+    xs = x[:, None] + ox[None, :]
+    nb_idx = _clamped(ys, xs, H, W)
     # One row down / one column right in the neighbour image J_n, both clamped.
-    y_down = tl.minimum(tl.maximum(tl.minimum(y + 1, H - 1)[:, None] + oy[None, :], 0), H - 1)
-    x_right = tl.minimum(tl.maximum(tl.minimum(x + 1, W - 1)[:, None] + ox[None, :], 0), W - 1)
-    down_idx = y_down * W + xs
-    right_idx = ys * W + x_right
+    down_idx = _clamped(tl.minimum(y + 1, H - 1)[:, None] + oy[None, :], xs, H, W)
+    right_idx = _clamped(ys, tl.minimum(x + 1, W - 1)[:, None] + ox[None, :], H, W)
 
     a = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
     v = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
     for c in tl.static_range(3):
         plane = img_ptr + (b * 3 + c) * HW
-        centre = tl.load(plane + p, mask=p_mask, other=0.0).to(tl.float32)
-        nb = tl.load(plane + nb_idx, mask=tile_mask, other=0.0).to(tl.float32)
+        centre = tl.load(plane + p, mask=p_mask, other=0.0)
+        nb = tl.load(plane + nb_idx, mask=tile_mask, other=0.0)
         mean = tl.sum(nb, axis=1) / N
         dev = tl.where(tile_mask, nb - mean[:, None], 0.0)
         inv = scale / (tl.sqrt(tl.sum(dev * dev, axis=1) / (N - 1)) + 1e-8)
         t = tl.abs(nb - centre[:, None]) * inv[:, None]
         a -= t * t
         if VARIATION:
-            dd = nb - tl.load(plane + down_idx, mask=tile_mask, other=0.0).to(tl.float32)
-            dr = nb - tl.load(plane + right_idx, mask=tile_mask, other=0.0).to(tl.float32)
+            dd = nb - tl.load(plane + down_idx, mask=tile_mask, other=0.0)
+            dr = nb - tl.load(plane + right_idx, mask=tile_mask, other=0.0)
             v += dd * dd + dr * dr
 
     a = tl.where(n_mask[None, :], a / 3.0, float("-inf"))
@@ -81,64 +99,80 @@ def _affinity_kernel(
 
 
 @triton.jit
-def _gather_add(acc, w_ptrs, rows, q, p_mask, tile_mask):
-    """acc += w[None, :] * src[:, q] for one neighbour (w at w_ptrs, source index q per pixel)."""
-    w = tl.load(w_ptrs, mask=p_mask, other=0.0).to(tl.float32)
-    m = tl.load(rows + q[None, :], mask=tile_mask, other=0.0).to(tl.float32)
-    return acc + w[None, :] * m
-
-
-@triton.jit
 def _propagate_kernel(
     src_ptr, w_ptr, dil_ptr, out_ptr, K, H, W, L,
     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
-    pid_k = tl.program_id(1)
     b = tl.program_id(2)
     HW = H * W
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = p < HW
-    y = p // W
-    x = p % W
-    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    p, p_mask, y, x = _pixels(tl.program_id(0), H, W, BLOCK_P)
+    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     tile_mask = (k < K)[:, None] & p_mask[None, :]
     rows = src_ptr + (b * K + k[:, None]) * HW
     acc = tl.zeros((BLOCK_K, BLOCK_P), dtype=tl.float32)
     for level in range(L):
         d = tl.load(dil_ptr + level)
-        # Clamped rows above/below and columns left/right at distance d.
-        up = tl.maximum(y - d, 0) * W
-        mid = y * W
-        down = tl.minimum(y + d, H - 1) * W
-        left = tl.maximum(x - d, 0)
-        right = tl.minimum(x + d, W - 1)
-        w_ptrs = w_ptr + (b * 8 * L + level * 8) * HW + p
-        acc = _gather_add(acc, w_ptrs, rows, up + left, p_mask, tile_mask)
-        acc = _gather_add(acc, w_ptrs + HW, rows, up + x, p_mask, tile_mask)
-        acc = _gather_add(acc, w_ptrs + 2 * HW, rows, up + right, p_mask, tile_mask)
-        acc = _gather_add(acc, w_ptrs + 3 * HW, rows, mid + left, p_mask, tile_mask)
-        acc = _gather_add(acc, w_ptrs + 4 * HW, rows, mid + right, p_mask, tile_mask)
-        acc = _gather_add(acc, w_ptrs + 5 * HW, rows, down + left, p_mask, tile_mask)
-        acc = _gather_add(acc, w_ptrs + 6 * HW, rows, down + x, p_mask, tile_mask)
-        acc = _gather_add(acc, w_ptrs + 7 * HW, rows, down + right, p_mask, tile_mask)
+        # Clamped rows above/at/below and columns left/at/right at distance d, shared by the 8 offsets.
+        row = (tl.maximum(y - d, 0) * W, y * W, tl.minimum(y + d, H - 1) * W)
+        col = (tl.maximum(x - d, 0), x, tl.minimum(x + d, W - 1))
+        for j in tl.static_range(9):  # the cells of the 3x3 neighbourhood, offset o = j without the centre
+            if j != 4:
+                w = tl.load(w_ptr + ((b * L + level) * 8 + j - (j > 4)) * HW + p, mask=p_mask, other=0.0)
+                acc += w[None, :] * tl.load(rows + (row[j // 3] + col[j % 3])[None, :], mask=tile_mask, other=0.0)
     tl.store(out_ptr + (b * K + k[:, None]) * HW + p[None, :], acc, mask=tile_mask)
+
+
+def _affinity_config(num_dilations: int, variation: bool, interpreter: bool = False) -> dict:
+    """Constexprs and launch options of ``_affinity_kernel`` for L dilations (N = 8·L neighbours).
+
+    The interpreter pays per tile operation rather than per register: 8× bigger tiles there.
+    """
+    block_n = triton.next_power_of_2(8 * num_dilations)
+    tile, max_p = (8 * _TILE, 1024) if interpreter else (_TILE, 128)
+    return {"VARIATION": variation, "BLOCK_P": min(max_p, tile // block_n), "BLOCK_N": block_n,
+            "num_warps": 4, "num_stages": 1}
+
+
+def _propagate_config(K: int, interpreter: bool = False) -> dict:
+    """Constexprs and launch options of ``_propagate_kernel`` for K channels (interpreter: bigger tiles)."""
+    block_k = min(triton.next_power_of_2(K), 32)
+    tile, max_p = (8 * _TILE, 1024) if interpreter else (_TILE, 128)
+    return {"BLOCK_P": min(max_p, tile // block_k), "BLOCK_K": block_k, "num_warps": 4, "num_stages": 1}
+
+
+_AFFINITY_SIGNATURE = {"img_ptr": "*fp32", "dil_ptr": "*i32", "pos_ptr": "*fp32", "out_ptr": "*fp32", "H": "i32",
+                       "W": "i32", "N": "i32", "scale": "fp32", "variation_weight": "fp32"}
+_PROPAGATE_SIGNATURE = {"src_ptr": "*fp32", "w_ptr": "*fp32", "dil_ptr": "*i32", "out_ptr": "*fp32", "K": "i32",
+                        "H": "i32", "W": "i32", "L": "i32"}
+
+
+def compile_variants() -> list[CompileVariant]:
+    """Every GPU launch configuration of both wrappers: 1 to MAX_DILATIONS dilations with and
+    without the variation term, and channel counts 1 to 256."""
+    return unique_variants(
+        [compile_variant(_affinity_kernel, _AFFINITY_SIGNATURE, _affinity_config(L, variation))
+         for L in range(1, MAX_DILATIONS + 1) for variation in (False, True)]
+        + [compile_variant(_propagate_kernel, _PROPAGATE_SIGNATURE, _propagate_config(K)) for K in CHANNEL_COUNTS]
+    )
 
 
 @torch.library.custom_op("tscd_triton::varm_affinity", mutates_args=())
 def varm_affinity(images: torch.Tensor, dilations: torch.Tensor, intensity_scale: float, variation_weight: float,
                   position_term: torch.Tensor) -> torch.Tensor:
-    """images (B, 3, H, W), dilations (L,) int32, position_term (N,) -> weights (B, N, H, W)."""
+    """images (B, 3, H, W), dilations (L,) int32 with L ≤ MAX_DILATIONS, position_term (N,) -> weights (B, N, H, W)."""
     B, _, H, W = images.shape
-    N = 8 * dilations.numel()
+    L = dilations.numel()
+    if not 1 <= L <= MAX_DILATIONS:
+        raise ValueError(f"dilations: the Triton kernel takes 1 to {MAX_DILATIONS} dilations, got {L}")
+    N = 8 * L
     out = torch.empty((B, N, H, W), device=images.device, dtype=torch.float32)
     if out.numel() == 0:
         return out
-    block_p = 32
-    _affinity_kernel[(triton.cdiv(H * W, block_p), B)](
-        images, dilations, position_term, out, H, W, N, float(intensity_scale), float(variation_weight),
-        VARIATION=variation_weight != 0, BLOCK_P=block_p, BLOCK_N=triton.next_power_of_2(N), num_warps=4,
-    )
+    config = _affinity_config(L, variation_weight != 0, interpreted())
+    with launch_device(images):
+        _affinity_kernel[(triton.cdiv(H * W, config["BLOCK_P"]), B)](
+            images, dilations, position_term, out, H, W, N, float(intensity_scale), float(variation_weight), **config,
+        )
     return out
 
 
@@ -148,11 +182,10 @@ def varm_propagate_(src: torch.Tensor, weights: torch.Tensor, dilations: torch.T
     B, K, H, W = src.shape
     if src.numel() == 0:
         return
-    block_p = 128
-    block_k = min(triton.next_power_of_2(K), 32)
-    grid = (triton.cdiv(H * W, block_p), triton.cdiv(K, block_k), B)
-    _propagate_kernel[grid](src, weights, dilations, out, K, H, W, dilations.numel(),
-                            BLOCK_P=block_p, BLOCK_K=block_k, num_warps=4)
+    config = _propagate_config(K, interpreted())
+    grid = (triton.cdiv(H * W, config["BLOCK_P"]), triton.cdiv(K, config["BLOCK_K"]), B)
+    with launch_device(src):
+        _propagate_kernel[grid](src, weights, dilations, out, K, H, W, dilations.numel(), **config)
 
 
 register_fakes("tscd_triton", ("varm_affinity", "varm_propagate_"))
