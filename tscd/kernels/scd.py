@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .primitives import register_fakes
-from .utils import CompileVariant, interpreted, launch_device, padded
+from .utils import CompileVariant, compile_variant, interpreted, launch_device, padded
 
 #: The largest gradient channel block one program accumulates (BLOCK_X × 64 float32 in registers;
 #: 128 compiled at 251–255 registers, too close to spilling).
@@ -158,15 +158,11 @@ def compile_variants() -> list[CompileVariant]:
         tuple(_launch_constexprs(K, C, with_grad).items())
         for K in CHANNEL_COUNTS for C in CHANNEL_COUNTS for with_grad in (False, True)
     }
-    variants = []
-    for config in GPU_CONFIGS:
-        options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
-        for items in sorted(reached):
-            constexprs = {**dict(items), **config.kwargs}
-            label = " ".join(f"{k}={v}" for k, v in {**constexprs, **options}.items())
-            signature = {**_SIGNATURE, **dict.fromkeys(constexprs, "constexpr")}
-            variants.append(CompileVariant(_scd_pass_kernel.fn, signature, constexprs, options, label))
-    return variants
+    return [
+        compile_variant(_scd_pass_kernel.fn, _SIGNATURE, {
+            **dict(items), **config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages})
+        for config in GPU_CONFIGS for items in sorted(reached)
+    ]
 
 
 @torch.library.custom_op("tscd_triton::scd_pass", mutates_args=())
