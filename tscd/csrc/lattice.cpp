@@ -4,10 +4,11 @@
 // → y (B, K, N) float32. The lattice undoes that pre-scaling and filters with its own
 // approximation of exp(−½‖Δf‖²) (≈ 0.58 × the exact sums on photographs); cut2, width and
 // radius are speed hints of the exact kernel and are ignored (the lattice is O(N) without them,
-// and the far weights they would drop are negligible in its blur).
+// and its blur reaches only a few σ).
 //
 // Work split: at::parallel_for over the batch, one image per task: get its lattice (from the
-// cache below or built), then splat, blur and slice its K channels.
+// cache below or built), then splat, blur and slice its K channels in a per-thread work buffer
+// of 2 (M+1) K floats, kept for the next call.
 //
 // Cache: the dense CRF filters the same two feature sets 2 + 2·iterations times, and building
 // the lattice costs about as much as filtering 21 channels through it. The lattices of the
@@ -225,7 +226,9 @@ at::Tensor lattice_product_cpu(const at::Tensor& feats, const at::Tensor& x, dou
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> work;
+    // Kept by each thread between calls: a fresh buffer of this size would be fresh pages to
+    // fault in on every call (the CRF makes 22 calls per image).
+    thread_local std::vector<float> work;
     for (int64_t b = begin; b < end; ++b) {
       const auto lat = cache().get(fp + b * D * N, D, N, feature_scale);
       filter_image(*lat, xp + b * K * N, K, yp + b * K * N, work);

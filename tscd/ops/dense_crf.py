@@ -38,12 +38,15 @@ def _mean_field(backend, images, probs, num_iter, smooth, appearance):
     ]
     ones = torch.ones(B, 1, H * W, device=probs.device)
     norms = [fused_product(backend, f, ones, cutoff, window).rsqrt() for _, f, cutoff, window in terms]
-    unary = -torch.log(torch.clamp(probs.reshape(B, K, H * W).to(torch.float32), min=1e-5))
-    q = torch.softmax(-unary, dim=1)
+    log_probs = torch.log(torch.clamp(probs.reshape(B, K, H * W).to(torch.float32), min=1e-5))  # −unary
+    q = torch.softmax(log_probs, dim=1)
+    # Buffers reused by every iteration: the only new (B, K, N) tensors are the products and Q.
+    logits, scaled = torch.empty_like(log_probs), torch.empty_like(log_probs)
     for _ in range(num_iter):
-        logits = -unary
+        logits.copy_(log_probs)
         for (weight, feats, cutoff, window), norm in zip(terms, norms):
-            logits = logits + weight * norm * fused_product(backend, feats, norm * q, cutoff, window)
+            torch.mul(norm, q, out=scaled)
+            logits.addcmul_(fused_product(backend, feats, scaled, cutoff, window), norm, value=weight)
         q = torch.softmax(logits, dim=1)
     return q.reshape(B, K, H, W)
 

@@ -12,9 +12,10 @@ recomputing it would cost a second sweep over all N² weights, which dominates t
 Without a gradient to compute only ``W S`` is evaluated.
 
 ``backend="lattice"`` (CPU, explicit only) replaces W by the permutohedral lattice L, the
-released code's O(N) operator (≈ 0.58 × W on photographs, so ``auto`` never picks it). L is
-symmetric up to the mass its blur loses through absent lattice vertices, so the same
-Function gives the gradient of the lattice loss to that precision (tests/ops/test_lattice.py).
+released code's O(N) operator (≈ 0.58 × W on photographs, so ``auto`` never picks it). The
+same Function then gives the released code's gradient ``−(1/B)(g·LS + L(g·S))``; L is not
+exactly symmetric (its blurs lose mass through absent lattice vertices), so this differs from
+the true gradient of the lattice loss by a few % (tests/ops/test_lattice.py).
 """
 from __future__ import annotations
 
