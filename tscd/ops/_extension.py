@@ -1,10 +1,11 @@
-"""Loading of the C++/CUDA extension that backs the ``cpp`` backend.
+"""Loading of the C++/CUDA extension that backs the ``cpp`` and ``lattice`` backends.
 
 Every source file in ``tscd/csrc`` registers its operators with the PyTorch dispatcher
 (``TORCH_LIBRARY_FRAGMENT(tscd, m)`` for schemas, ``TORCH_LIBRARY_IMPL(tscd, CPU|CUDA, m)``
 for kernels), so there is no binding file: once the library is loaded the operators live
-under ``torch.ops.tscd`` and their fake kernels (:mod:`tscd.kernels.primitives`) are
-registered. An ahead-of-time build (``TSCD_BUILD_EXT=1 pip install .``) is used when present;
+under ``torch.ops.tscd`` (the exact kernels) and ``torch.ops.tscd_lattice`` (the permutohedral
+lattice, CPU only), and their fake kernels (:mod:`tscd.kernels.primitives`) are registered.
+An ahead-of-time build (``TSCD_BUILD_EXT=1 pip install .``) is used when present;
 otherwise the sources are compiled with ninja on first use and cached by
 ``torch.utils.cpp_extension`` (``TORCH_EXTENSIONS_DIR``).
 """
@@ -69,6 +70,7 @@ def load_failure() -> str | None:
         text = str(exc).strip()
         return f"{type(exc).__name__}: {text.splitlines()[-1] if text else repr(exc)}"
     register_fakes("tscd")
+    register_fakes("tscd_lattice", ("gaussian_product",))
     return None
 
 

@@ -5,6 +5,9 @@
   or on the CPU under its interpreter (``TRITON_INTERPRET=1``).
 - ``cpp``: the C++ extension as ``torch.ops.tscd.*``; on the CPU, and on CUDA when it was
   compiled with the CUDA sources.
+- ``lattice``: the permutohedral lattice of the C++ extension as ``torch.ops.tscd_lattice.*``
+  (``gaussian_product`` only, on the CPU; O(N), approximate: its sums are ≈ 0.58 × the exact
+  ones on photographs, method §8, which the dense CRF's normalisation cancels).
 - ``pydensecrf``: the permutohedral dense CRF of the optional ``pydensecrf2`` package as
   ``torch.ops.tscd_pydensecrf.dense_crf`` (``dense_crf`` only; approximate).
 
@@ -15,9 +18,12 @@ backend :func:`resolve` chose and calls ``.gaussian_product``, ``.scd_pass``, ..
 An op's ``backend`` argument is ``"auto"``, ``"exact"`` (auto among the exact backends) or the
 name of one of the op's backends. ``auto`` follows the environment variable ``TSCD_BACKEND``
 when it is set (a user default; the library never sets it), else the op's order on the
-tensors' device: triton, cpp, torch on CUDA; cpp, torch on the CPU, where the dense CRF prefers
-pydensecrf. A named backend that cannot run falls back to the first usable one of that order
-with one warning per (op, backend, device). Each choice is logged at DEBUG on ``tscd.ops``.
+tensors' device: triton, cpp, torch on CUDA; cpp, torch on the CPU, where the dense CRF of
+images of at least :data:`CPU_CRF_LATTICE_PIXELS` pixels prefers the lattice, then pydensecrf.
+The approximate backends are never chosen by ``exact``, nor by ``auto`` for the ops whose value
+they would change (the gaussian product and the dense energy loss). A named backend that
+cannot run falls back to the first usable one of that order with one warning per (op,
+backend, device). Each choice is logged at DEBUG on ``tscd.ops``.
 """
 from __future__ import annotations
 
@@ -39,7 +45,7 @@ logger = logging.getLogger("tscd.ops")
 
 class Backend(NamedTuple):
     name: str
-    exact: bool  # computes the op's sums exactly (pydensecrf approximates them)
+    exact: bool  # computes the op's sums exactly (lattice and pydensecrf approximate them)
     namespace: str | None  # torch.ops namespace of its primitives (None: the reference)
     modules: tuple[str, ...]  # modules whose import registers those primitives
 
@@ -48,18 +54,23 @@ _REGISTRY = {b.name: b for b in (
     Backend("torch", True, None, ()),
     Backend("triton", True, "tscd_triton", ("tscd.kernels.gaussian", "tscd.kernels.scd", "tscd.kernels.varm")),
     Backend("cpp", True, "tscd", ()),
+    Backend("lattice", False, "tscd_lattice", ()),
     Backend("pydensecrf", False, "tscd_pydensecrf", ("tscd.kernels.pydensecrf",)),
 )}
 BACKENDS = tuple(_REGISTRY)
 _FUSED = ("torch", "triton", "cpp")
 #: The backends of each public op.
 OP_BACKENDS: dict[str, tuple[str, ...]] = {
-    "gaussian_product": _FUSED, "scd_loss": _FUSED, "varm_affinity": _FUSED, "varm_refine": _FUSED,
-    "dense_energy_loss": _FUSED, "dense_crf": _FUSED + ("pydensecrf",),
+    "gaussian_product": _FUSED + ("lattice",), "scd_loss": _FUSED, "varm_affinity": _FUSED, "varm_refine": _FUSED,
+    "dense_energy_loss": _FUSED + ("lattice",), "dense_crf": _FUSED + ("lattice", "pydensecrf"),
 }
 _REQUESTS = ("auto", "exact")
 _DEVICE_ORDER = {"cuda": ("triton", "cpp", "torch"), "cpu": ("cpp", "torch")}
-_PREFERRED = {("dense_crf", "cpu"): ("pydensecrf",)}  # tried before the device's order
+#: Pixel count from which ``auto`` runs the CPU dense CRF on the lattice instead of the exact cpp
+#: kernels: where the two take the same time (K = 21, 10 iterations, one thread, bench/lattice.py).
+CPU_CRF_LATTICE_PIXELS = 4096
+# (op, device type) -> (minimum pixel count, backends tried before the device's order from there)
+_PREFERRED = {("dense_crf", "cpu"): (CPU_CRF_LATTICE_PIXELS, ("lattice", "pydensecrf"))}
 _warned: set[tuple] = set()
 
 
@@ -82,6 +93,8 @@ def why_unusable(backend: str, device_type: str) -> str | None:
         return None
     if backend == "pydensecrf":
         return None if _importable("pydensecrf") else "pydensecrf2 is not installed (pip install tscd[crf])"
+    if backend == "lattice" and device_type != "cpu":
+        return "no CUDA lattice yet (the permutohedral lattice runs on CPU tensors only)"
     reason = _extension.load_failure()
     if reason is not None:
         return f"the C++ extension is unavailable ({reason})"
@@ -108,8 +121,9 @@ def warn_once(key: tuple, message: str, stacklevel: int = 4) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
 
 
-def _order(op: str, device_type: str, exact_only: bool) -> tuple[str, ...]:
-    order = _PREFERRED.get((op, device_type), ()) + _DEVICE_ORDER.get(device_type, ("torch",))
+def _order(op: str, device_type: str, exact_only: bool, pixels: int) -> tuple[str, ...]:
+    threshold, preferred = _PREFERRED.get((op, device_type), (0, ()))
+    order = (preferred if pixels >= threshold else ()) + _DEVICE_ORDER.get(device_type, ("torch",))
     return tuple(b for b in order if b in OP_BACKENDS[op] and (_REGISTRY[b].exact or not exact_only))
 
 
@@ -127,14 +141,15 @@ def _requested(op: str, backend) -> str:
 
 
 @torch.compiler.assume_constant_result
-def resolve(op: str, backend: str, device_type: str) -> str:
+def resolve(op: str, backend: str, device_type: str, pixels: int = 0) -> str:
     """The backend that runs ``op`` on ``device_type`` tensors for the request ``backend``.
 
+    ``pixels``: the image size N, for the choices that depend on it (the CPU dense CRF).
     Its primitives are registered on return. Under ``torch.compile`` the choice is made once,
     while tracing, and becomes a constant of the graph.
     """
     request = _requested(op, backend)
-    order = _order(op, device_type, exact_only=request == "exact")
+    order = _order(op, device_type, exact_only=request == "exact", pixels=pixels)
     chosen = reason = None
     if request in _REGISTRY:
         reason = why_unusable(request, device_type)

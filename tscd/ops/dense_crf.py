@@ -1,17 +1,20 @@
-"""Dense CRF post-processing, method §10: fully connected mean-field inference with exact sums.
+"""Dense CRF post-processing, method §10: fully connected mean-field inference.
 
 Potts compatibility, symmetric kernel normalisation, self included, as pydensecrf's
-DenseCRF2D computes it but with the pairwise sums evaluated exactly by the tiled
-Gaussian-kernel product (``tscd.ops.gaussian``): per iteration one product with the
-appearance kernel over all pixel pairs and one with the smoothness kernel, which is summed
-in a window of radius ⌈5σ⌉ (the weights left out are below exp(−12.5) ≈ 4e-6). The
-normalisers ``n_i = (Σ_j k_ij)^(−1/2)`` are the same products with X = 1.
+DenseCRF2D computes it, on the Gaussian-kernel product (``tscd.ops.gaussian``): per iteration
+one product with the appearance kernel over all pixel pairs and one with the smoothness
+kernel, which the exact backends sum in a window of radius ⌈5σ⌉ (the weights left out are
+below exp(−12.5) ≈ 4e-6). The normalisers ``n_i = (Σ_j k_ij)^(−1/2)`` are the same products
+with X = 1.
 
-Backends: ``torch`` (naive reference, small images), ``triton``, ``cpp``, and
-``pydensecrf`` (the permutohedral approximation of the optional ``pydensecrf2`` package).
-``auto`` picks the exact kernels on CUDA; on the CPU pydensecrf when it is installed, else
-the exact ``cpp`` kernels with a one-time warning that they take O(N²) time; ``exact`` never
-picks pydensecrf.
+Backends: ``torch`` (naive reference, small images), ``triton`` and ``cpp`` (exact sums),
+``lattice`` (the extension's permutohedral lattice, O(N); its scale ≈ 0.58 of the exact sums
+cancels in the symmetric normalisation) and ``pydensecrf`` (the same approximation in the
+optional ``pydensecrf2`` package). ``auto`` picks the exact kernels on CUDA; on the CPU the
+exact ``cpp`` kernels below ``backends.CPU_CRF_LATTICE_PIXELS`` pixels, where they are the
+faster, and the lattice from there (pydensecrf, then the exact kernels with a one-time warning
+that they take O(N²) time, when the extension cannot be built); ``exact`` never picks an
+approximation.
 """
 from __future__ import annotations
 
@@ -20,12 +23,12 @@ import math
 import torch
 
 from . import _checks
-from .backends import primitives, resolve, warn_once
+from .backends import CPU_CRF_LATTICE_PIXELS, primitives, resolve, warn_once, why_unusable
 from .gaussian import bilateral_features, fused_product, position_features
 from .reference import dense_crf as reference
 
 
-def _exact(backend, images, probs, num_iter, smooth, appearance):
+def _mean_field(backend, images, probs, num_iter, smooth, appearance):
     B, K, H, W = probs.shape
     (s_xy, s_w), (a_xy, a_rgb, a_w) = smooth, appearance
     radius = math.ceil(5 * s_xy)  # the smoothness window, in pixels
@@ -75,19 +78,22 @@ def dense_crf(images: torch.Tensor, probs: torch.Tensor, *, num_iter: int = 10,
         num_iter: mean-field iterations.
         smooth: (σ_xy, weight) of the smoothness kernel.
         appearance: (σ_xy, σ_rgb, weight) of the appearance kernel.
-        backend: ``"auto" | "exact" | "torch" | "triton" | "cpp" | "pydensecrf"`` (:mod:`tscd.ops.backends`).
+        backend: ``"auto" | "exact" | "torch" | "triton" | "cpp" | "lattice" | "pydensecrf"``
+            (:mod:`tscd.ops.backends`).
 
     Returns float32 probabilities (float64 for the float64 torch reference); no gradient.
     """
     device = _check(images, probs, num_iter, smooth, appearance)
-    resolved = resolve("dense_crf", backend, device.type)
-    if backend == "auto" and device.type == "cpu" and resolved != "pydensecrf":
+    pixels = probs.shape[2] * probs.shape[3]
+    resolved = resolve("dense_crf", backend, device.type, pixels)
+    if (backend == "auto" and device.type == "cpu" and pixels >= CPU_CRF_LATTICE_PIXELS
+            and resolved not in ("lattice", "pydensecrf")):
         warn_once(("dense_crf", "exact on cpu"), "tscd.ops.dense_crf: exact O(N²) CRF on the CPU (slow at full "
-                  "resolution); install pydensecrf2 for the fast approximate one", stacklevel=3)
+                  f"resolution): the lattice backend cannot run ({why_unusable('lattice', 'cpu')})", stacklevel=3)
     with torch.no_grad():
         if resolved == "pydensecrf":
             return primitives(resolved).dense_crf(images, probs, num_iter, *map(float, smooth), *map(float, appearance))
         if resolved == "torch":
             dtype = _checks.compute_dtype(probs)
             return reference.dense_crf(images, probs.to(dtype), num_iter, tuple(smooth), tuple(appearance))
-        return _exact(resolved, images, probs, num_iter, tuple(smooth), tuple(appearance))
+        return _mean_field(resolved, images, probs, num_iter, tuple(smooth), tuple(appearance))

@@ -10,6 +10,11 @@ for both products) and keep ``W(g·S)``, (B, K, N) float32, for the backward, wh
 elementwise. Keeping it costs as much memory as the probabilities themselves in float32;
 recomputing it would cost a second sweep over all N² weights, which dominates the run time.
 Without a gradient to compute only ``W S`` is evaluated.
+
+``backend="lattice"`` (CPU, explicit only) replaces W by the permutohedral lattice L, the
+released code's O(N) operator (≈ 0.58 × W on photographs, so ``auto`` never picks it). L is
+symmetric up to the mass its blur loses through absent lattice vertices, so the same
+Function gives the gradient of the lattice loss to that precision (tests/ops/test_lattice.py).
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ def _gate(probs: torch.Tensor, roi: torch.Tensor, ignore: torch.Tensor) -> torch
 
 
 class _DenseEnergy(torch.autograd.Function):
-    """Value and gradient of the loss from flattened inputs; shared by the triton and cpp backends."""
+    """Value and gradient of the loss from flattened inputs; shared by the fused backends (triton, cpp, lattice)."""
 
     @staticmethod
     def forward(ctx, probs, roi, ignore, feats, backend, needs_grad):
@@ -93,7 +98,8 @@ def dense_energy_loss(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tens
         roi: (B, H, W) crop-box mask in {0, 1}, bool or float.
         ignore: (B, H, W) bool, True where the gate is forced to 1 (unlabelled pixels).
         sigma_rgb, sigma_xy: kernel widths in colour (0–255) and pixel units.
-        backend: ``"auto" | "exact" | "torch" | "triton" | "cpp"`` (:mod:`tscd.ops.backends`).
+        backend: ``"auto" | "exact" | "torch" | "triton" | "cpp" | "lattice"`` (:mod:`tscd.ops.backends`);
+            ``"lattice"`` is the released O(N) approximation, whose loss is ≈ 0.58 × the exact one.
 
     The loss is float32 (float64 for float64 probs); the gradient flows to ``probs`` only,
     with the gate held constant. The fused backends never build the N×N kernel matrix.
