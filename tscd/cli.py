@@ -62,8 +62,8 @@ def _add_protocol_args(parser) -> None:
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="average every scale with its horizontal flip (eval.flip)")
     parser.add_argument("--crf", choices=CRF_CHOICES,
-                        help="dense CRF: auto (exact on CUDA, pydensecrf on CPU when installed), exact, "
-                             "lattice, pydensecrf or none (eval.crf)")
+                        help="dense CRF: auto (exact on CUDA; on the CPU the permutohedral lattice, exact for "
+                             "small images), exact, lattice, pydensecrf or none (eval.crf)")
     parser.add_argument("--crf-preset", choices=tuple(CRF_PRESETS),
                         help=f"the CRF's iterations, kernel widths and weights as each codebase evaluates: "
                              f"{', '.join(CRF_PRESETS)} (eval.crf_preset; default {DEFAULT_CRF_PRESET}, "

@@ -144,7 +144,7 @@ class EvalConfig:
     scales: List[float] = _list(1.0)  # segmentation scales, max over scales (method §10: [1.0, 0.5, 0.75])
     flip: bool = False  # average each scale's logits with the un-flipped logits of the flipped image
     crf: str = "none"  # auto | exact | lattice | pydensecrf | none: dense CRF on the final probabilities
-    crf_preset: str = DEFAULT_CRF_PRESET  # the CRF's settings (tscd.constants.CRF_PRESETS): afa | toco | seco | excel | weclip
+    crf_preset: str = DEFAULT_CRF_PRESET  # its settings (constants.CRF_PRESETS): afa | toco | seco | excel | weclip
     resize_long: Optional[int] = None  # resize the image so its long side is this (method §10: 512)
 
 

@@ -5,9 +5,11 @@ The published protocol (AFA's ``test_msc_flip``, inherited by TSCD): resize the 
 long side is 512; for each scale s of [1.0, 0.5, 0.75] run the image and its horizontal flip,
 average the two logit maps (un-flipping the second) and resize to the scale-1 logit size;
 take the element-wise max over scales; upsample to the label size (bilinear); softmax; dense
-CRF (AFA's settings; the other codebases' are the presets of :data:`tscd.constants.CRF_PRESETS`); argmax. :class:`EvalProtocol` holds those choices and :meth:`EvalProtocol.predict` runs
-them on a batch, returning every intermediate prediction that one evaluation reports, from
-the same forward passes. Images of a batch share one size (VOC-like data: batch size 1).
+CRF (AFA's settings; those of the other codebases' evaluations are the presets of
+:data:`tscd.constants.CRF_PRESETS`); argmax. :class:`EvalProtocol` holds those choices and
+:meth:`EvalProtocol.predict` runs them on a batch, returning every intermediate prediction
+that one evaluation reports, from the same forward passes. Images of a batch share one size
+(VOC-like data: batch size 1).
 """
 from __future__ import annotations
 
