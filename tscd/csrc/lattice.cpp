@@ -1,38 +1,199 @@
-// The permutohedral-lattice Gaussian-kernel product (algorithm in lattice.h) as the operator
+// The permutohedral-lattice Gaussian-kernel product (geometry in lattice.h) as the operator
 // tscd_lattice::gaussian_product, with the schema of the exact tscd::gaussian_product
 // (gaussian.h): feats (B, D, N) pre-scaled so that 2^(−‖Δfeats‖²) = exp(−½‖Δf‖²), x (B, K, N)
 // → y (B, K, N) float32. The lattice undoes that pre-scaling and filters with its own
-// approximation of exp(−½‖Δf‖²) (scale ≈ 0.58 of the exact sums on photographs); cut2, width and
+// approximation of exp(−½‖Δf‖²) (≈ 0.58 × the exact sums on photographs); cut2, width and
 // radius are speed hints of the exact kernel and are ignored (the lattice is O(N) without them,
-// and the weights they would drop are already negligible in its blur).
+// and the far weights they would drop are negligible in its blur).
 //
-// Work split: at::parallel_for over the batch; each image builds its lattice, transposes x to
-// pixel-major (K contiguous floats per pixel, as the lattice stores them), filters, and
-// transposes back.
+// Work split: at::parallel_for over the batch, one image per task: get its lattice (from the
+// cache below or built), then splat, blur and slice its K channels.
+//
+// Cache: the dense CRF filters the same two feature sets 2 + 2·iterations times, and building
+// the lattice costs about as much as filtering 21 channels through it. The lattices of the
+// last feature arrays seen are kept (at most kCacheEntries and kCacheBytes), keyed by a copy of
+// the features compared byte for byte, so a hit returns exactly the lattice a build would.
 #include "gaussian.h"
 #include "lattice.h"
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <list>
+#include <memory>
+#include <mutex>
 #include <vector>
+
+// The vector helpers are always inlined into the ISA clones, so no vector crosses an ABI boundary.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace {
 
 using tscd::lattice::Lattice;
 
-Lattice build_lattice(const float* feats, int64_t dims, int64_t n, float feature_scale) {
+constexpr size_t kCacheEntries = 16;
+constexpr int64_t kCacheBytes = int64_t{128} << 20;
+
+std::shared_ptr<const Lattice> build_lattice(const float* feats, int64_t dims, int64_t n, float feature_scale) {
   switch (dims) {
-    case 1: return tscd::lattice::build<1>(feats, n, feature_scale);
-    case 2: return tscd::lattice::build<2>(feats, n, feature_scale);
-    case 3: return tscd::lattice::build<3>(feats, n, feature_scale);
-    case 4: return tscd::lattice::build<4>(feats, n, feature_scale);
-    case 5: return tscd::lattice::build<5>(feats, n, feature_scale);
-    case 6: return tscd::lattice::build<6>(feats, n, feature_scale);
-    case 7: return tscd::lattice::build<7>(feats, n, feature_scale);
-    case 8: return tscd::lattice::build<8>(feats, n, feature_scale);
+    case 1: return std::make_shared<Lattice>(tscd::lattice::build<1>(feats, n, feature_scale));
+    case 2: return std::make_shared<Lattice>(tscd::lattice::build<2>(feats, n, feature_scale));
+    case 3: return std::make_shared<Lattice>(tscd::lattice::build<3>(feats, n, feature_scale));
+    case 4: return std::make_shared<Lattice>(tscd::lattice::build<4>(feats, n, feature_scale));
+    case 5: return std::make_shared<Lattice>(tscd::lattice::build<5>(feats, n, feature_scale));
+    case 6: return std::make_shared<Lattice>(tscd::lattice::build<6>(feats, n, feature_scale));
+    case 7: return std::make_shared<Lattice>(tscd::lattice::build<7>(feats, n, feature_scale));
+    case 8: return std::make_shared<Lattice>(tscd::lattice::build<8>(feats, n, feature_scale));
     default: TORCH_CHECK(false, "feats (B, D, N): 1 to ", tscd::lattice::kMaxDims, " feature dimensions, got ", dims);
   }
+}
+
+// The lattices of recently seen feature arrays (D, N), most recent first.
+class LatticeCache {
+ public:
+  std::shared_ptr<const Lattice> get(const float* feats, int64_t dims, int64_t n, float feature_scale) {
+    const size_t count = static_cast<size_t>(dims * n);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+        if (it->dims == dims && it->feats.size() == count && std::memcmp(it->feats.data(), feats, count * 4) == 0) {
+          entries_.splice(entries_.begin(), entries_, it);
+          return it->lattice;
+        }
+      }
+    }
+    auto lattice = build_lattice(feats, dims, n, feature_scale);  // outside the lock: images build in parallel
+    Entry entry{dims, std::vector<float>(feats, feats + count), lattice};
+    std::lock_guard<std::mutex> lock(mutex_);
+    entries_.push_front(std::move(entry));
+    int64_t total = 0;
+    size_t kept = 0;
+    for (auto it = entries_.begin(); it != entries_.end(); ++it, ++kept) {
+      total += it->bytes();
+      if (kept == kCacheEntries || total > kCacheBytes) {
+        entries_.erase(it, entries_.end());
+        break;
+      }
+    }
+    return lattice;
+  }
+
+ private:
+  struct Entry {
+    int64_t dims;
+    std::vector<float> feats;
+    std::shared_ptr<const Lattice> lattice;
+    int64_t bytes() const { return lattice->bytes() + static_cast<int64_t>(feats.size()) * sizeof(float); }
+  };
+  std::mutex mutex_;
+  std::list<Entry> entries_;
+};
+
+LatticeCache& cache() {
+  static LatticeCache instance;
+  return instance;
+}
+
+// The per-vertex values are stored with a channel stride padded to a multiple of kLanes (when
+// K > kNarrow), so that every inner loop is whole vectors; the padding channels stay zero.
+constexpr int64_t kLanes = 8;
+constexpr int64_t kNarrow = 4;  // up to this many channels: unpadded scalar loops
+typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
+
+int64_t channel_stride(int64_t channels) {
+  return channels <= kNarrow ? channels : (channels + kLanes - 1) / kLanes * kLanes;
+}
+
+// Vec = vf: stride a multiple of kLanes; Vec = float: any stride.
+template <typename Vec>
+TSCD_INLINE Vec load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <typename Vec>
+TSCD_INLINE void store(float* p, const Vec& v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+template <typename Vec>
+constexpr int64_t kStep = sizeof(Vec) / sizeof(float);
+
+// values (M+1, stride) += Σ over the pixels of w · x[:, i] at each of their d+1 vertices; x (K, N).
+template <typename Vec>
+TSCD_INLINE void splat(const Lattice& lat, const float* x, int64_t channels, int64_t stride, float* values) {
+  const int verts = lat.dims + 1;
+  const int64_t n = lat.pixels;
+  std::vector<float> xi(stride, 0.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t k = 0; k < channels; ++k) xi[k] = x[k * n + i];
+    for (int r = 0; r < verts; ++r) {
+      float* dst = values + static_cast<int64_t>(lat.slot[i * verts + r]) * stride;
+      const float w = lat.weight[i * verts + r];
+      for (int64_t k = 0; k < stride; k += kStep<Vec>)
+        store<Vec>(dst + k, load<Vec>(dst + k) + w * load<Vec>(xi.data() + k));
+    }
+  }
+}
+
+// One [½ 1 ½] pass along direction dir: dst = src + ½ (left + right) at every vertex.
+template <typename Vec>
+TSCD_INLINE void blur(const Lattice& lat, int dir, int64_t stride, const float* src, float* dst) {
+  const int64_t m = lat.vertices;
+  const int32_t* nb = lat.neighbours.data() + dir * m * 2;
+  for (int64_t v = 0; v < m; ++v) {
+    const float* c = src + (v + 1) * stride;
+    const float* a = src + static_cast<int64_t>(nb[2 * v]) * stride;
+    const float* b = src + static_cast<int64_t>(nb[2 * v + 1]) * stride;
+    float* o = dst + (v + 1) * stride;
+    for (int64_t k = 0; k < stride; k += kStep<Vec>)
+      store<Vec>(o + k, load<Vec>(c + k) + 0.5f * (load<Vec>(a + k) + load<Vec>(b + k)));
+  }
+}
+
+// y[:, i] (K, N) = α Σ w · values at pixel i's d+1 vertices.
+template <typename Vec>
+TSCD_INLINE void slice(const Lattice& lat, const float* values, int64_t channels, int64_t stride, float* y) {
+  const int verts = lat.dims + 1;
+  const int64_t n = lat.pixels;
+  const float alpha = tscd::lattice::slice_scale(lat.dims);
+  std::vector<float> yi(stride);
+  for (int64_t i = 0; i < n; ++i) {
+    std::fill(yi.begin(), yi.end(), 0.0f);
+    for (int r = 0; r < verts; ++r) {
+      const float* s = values + static_cast<int64_t>(lat.slot[i * verts + r]) * stride;
+      const float w = alpha * lat.weight[i * verts + r];
+      for (int64_t k = 0; k < stride; k += kStep<Vec>)
+        store<Vec>(yi.data() + k, load<Vec>(yi.data() + k) + w * load<Vec>(s + k));
+    }
+    for (int64_t k = 0; k < channels; ++k) y[k * n + i] = yi[k];
+  }
+}
+
+// y (K, N) = the lattice filter of x (K, N); values and scratch: (M+1)·stride floats of work space.
+template <typename Vec>
+TSCD_INLINE void filter(const Lattice& lat, const float* x, int64_t channels, int64_t stride, float* values,
+                        float* scratch, float* y) {
+  splat<Vec>(lat, x, channels, stride, values);
+  for (int dir = 0; dir <= lat.dims; ++dir) {
+    blur<Vec>(lat, dir, stride, values, scratch);
+    std::swap(values, scratch);
+  }
+  slice<Vec>(lat, values, channels, stride, y);
+}
+
+TSCD_ISA_CLONES
+void filter_image(const Lattice& lat, const float* x, int64_t channels, float* y, std::vector<float>& work) {
+  const int64_t stride = channel_stride(channels);
+  const int64_t size = (static_cast<int64_t>(lat.vertices) + 1) * stride;  // slot 0 stays zero
+  work.assign(2 * size, 0.0f);
+  if (stride % kLanes == 0)
+    filter<vf>(lat, x, channels, stride, work.data(), work.data() + size, y);
+  else
+    filter<float>(lat, x, channels, stride, work.data(), work.data() + size, y);
 }
 
 at::Tensor lattice_product_cpu(const at::Tensor& feats, const at::Tensor& x, double /*cut2*/, int64_t /*width*/,
@@ -48,16 +209,10 @@ at::Tensor lattice_product_cpu(const at::Tensor& feats, const at::Tensor& x, dou
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> xt(N * K), yt(N * K), values, scratch;
+    std::vector<float> work;
     for (int64_t b = begin; b < end; ++b) {
-      const Lattice lat = build_lattice(fp + b * D * N, D, N, feature_scale);
-      const float* xb = xp + b * K * N;
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t i = 0; i < N; ++i) xt[i * K + k] = xb[k * N + i];
-      tscd::lattice::filter(lat, xt.data(), K, yt.data(), values, scratch);
-      float* yb = yp + b * K * N;
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t i = 0; i < N; ++i) yb[k * N + i] = yt[i * K + k];
+      const auto lat = cache().get(fp + b * D * N, D, N, feature_scale);
+      filter_image(*lat, xp + b * K * N, K, yp + b * K * N, work);
     }
   });
   return y;

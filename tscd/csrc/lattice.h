@@ -10,11 +10,12 @@
 //    first d integer coordinates (the last is minus their sum) in a hash table with open
 //    addressing, sized from N; each vertex also gets its two neighbours along each of the d+1
 //    lattice directions (index 0 = "absent", a slot that always holds zeros).
-// 2. Filter, K channels at a time, stored as K contiguous floats per vertex: splat (each pixel
-//    adds w·x to its vertices), blur with [½ 1 ½] along directions 0, 1, …, d, slice (each pixel
-//    reads back Σ w·value), times α = 1 / (1 + 2^−d). The scaling and α are those of the
-//    published implementation, so this matches pydensecrf's filter up to float rounding; on
-//    photographs its sums are ≈ 0.58 × the exact ones (the family's bilateralfilter module).
+// 2. Filter (the CPU loops are in lattice.cpp), K channels at a time, stored as K contiguous
+//    floats per vertex: splat (each pixel adds w·x to its vertices), blur with [½ 1 ½] along
+//    directions 0, 1, …, d, slice (each pixel reads back Σ w·value), times α = 1 / (1 + 2^−d).
+//    The scaling and α are those of the published implementation, so this matches pydensecrf's
+//    filter up to float rounding; on photographs its sums are ≈ 0.58 × the exact ones (the
+//    family's bilateralfilter module).
 //
 // Slicing is the transpose of splatting and each directional blur is symmetric, but the blurs
 // are restricted to the vertices that exist, so the product of the d+1 blurs (in a fixed order)
@@ -36,10 +37,9 @@ template <int D>
 class VertexTable {
  public:
   explicit VertexTable(int64_t expected) {
-    int64_t capacity = 64;
-    while (capacity < 2 * expected) capacity *= 2;
-    slots_.assign(capacity, -1);
-    mask_ = capacity - 1;
+    uint64_t capacity = 64;
+    while (capacity < 2 * static_cast<uint64_t>(expected)) capacity *= 2;
+    resize(capacity);
     keys_.reserve(expected * D);
   }
 
@@ -49,7 +49,7 @@ class VertexTable {
   // The index of key, inserted when absent (insert) or −1 when absent (!insert).
   int32_t find(const int32_t* key, bool insert) {
     if (insert && 2 * (size() + 1) > static_cast<int64_t>(slots_.size())) grow();
-    for (uint64_t h = hash(key) & mask_;; h = (h + 1) & mask_) {
+    for (uint64_t h = home(key);; h = (h + 1) & mask_) {
       const int32_t v = slots_[h];
       if (v < 0) {
         if (!insert) return -1;
@@ -62,17 +62,24 @@ class VertexTable {
   }
 
  private:
-  static uint64_t hash(const int32_t* key) {
+  // Multiplicative hashing: the top bits of the product mix every coordinate (the low bits of
+  // lattice keys are too regular to index by).
+  uint64_t home(const int32_t* key) const {
     uint64_t h = 0;
     for (int i = 0; i < D; ++i) h = (h + static_cast<uint32_t>(key[i])) * 0x9E3779B97F4A7C15ull;
-    return h ^ (h >> 29);
+    return h >> shift_;
+  }
+
+  void resize(uint64_t capacity) {  // a power of 2
+    slots_.assign(capacity, -1);
+    mask_ = capacity - 1;
+    shift_ = 64 - __builtin_ctzll(capacity);
   }
 
   void grow() {
-    slots_.assign(2 * slots_.size(), -1);
-    mask_ = slots_.size() - 1;
+    resize(2 * slots_.size());
     for (int32_t v = 0; v < size(); ++v) {
-      uint64_t h = hash(key(v)) & mask_;
+      uint64_t h = home(key(v));
       while (slots_[h] >= 0) h = (h + 1) & mask_;
       slots_[h] = v;
     }
@@ -81,6 +88,7 @@ class VertexTable {
   std::vector<int32_t> slots_;
   std::vector<int32_t> keys_;  // D coordinates per vertex, in insertion order
   uint64_t mask_ = 0;
+  int shift_ = 64;
 };
 
 // The lattice of one image. Vertex slots are 1-based: slot 0 is the absent neighbour.
@@ -91,6 +99,11 @@ struct Lattice {
   std::vector<int32_t> slot;        // (N, d+1): the slot of each pixel's simplex vertices
   std::vector<float> weight;        // (N, d+1): their barycentric weights
   std::vector<int32_t> neighbours;  // (d+1, M, 2): slots of the two neighbours along each direction
+
+  int64_t bytes() const {
+    return static_cast<int64_t>(slot.size() + neighbours.size()) * sizeof(int32_t) +
+           static_cast<int64_t>(weight.size()) * sizeof(float);
+  }
 };
 
 // Build the lattice of N points with D features each, point i's feature k at feats[k * N + i],
@@ -112,7 +125,7 @@ Lattice build(const float* feats, int64_t n, float feature_scale) {
   for (int k = 0; k < D; ++k) scale[k] = feature_scale * inv_std / std::sqrt(static_cast<float>((k + 1) * (k + 2)));
 
   float elevated[kVerts], delta[kVerts], bary[kVerts + 1];
-  int32_t nearest[kVerts], rank[kVerts], key[D];
+  int32_t nearest[kVerts], rank[kVerts], key[D], previous_nearest[D], previous_rank[D];
   for (int64_t i = 0; i < n; ++i) {
     float suffix = 0.0f;  // Σ_{k ≥ j} scaled feature k
     for (int j = D; j > 0; --j) {
@@ -155,12 +168,21 @@ Lattice build(const float* feats, int64_t n, float feature_scale) {
     bary[0] += 1.0f + bary[kVerts];
 
     // Vertex r of the simplex: the nearest 0-remainder point plus the canonical offset r,
-    // coordinate j getting r or r − (d+1) by its rank.
+    // coordinate j getting r or r − (d+1) by its rank. Neighbouring pixels often share their
+    // simplex (same nearest point and ranks): then its vertices are not looked up again.
+    const bool same_simplex = i > 0 && std::equal(nearest, nearest + D, previous_nearest) &&
+                              std::equal(rank, rank + D, previous_rank);
     for (int r = 0; r < kVerts; ++r) {
-      for (int j = 0; j < D; ++j) key[j] = nearest[j] + (rank[j] <= D - r ? r : r - kVerts);
-      lat.slot[i * kVerts + r] = table.find(key, true) + 1;
+      if (same_simplex) {
+        lat.slot[i * kVerts + r] = lat.slot[(i - 1) * kVerts + r];
+      } else {
+        for (int j = 0; j < D; ++j) key[j] = nearest[j] + (rank[j] <= D - r ? r : r - kVerts);
+        lat.slot[i * kVerts + r] = table.find(key, true) + 1;
+      }
       lat.weight[i * kVerts + r] = bary[r];
     }
+    std::copy(nearest, nearest + D, previous_nearest);
+    std::copy(rank, rank + D, previous_rank);
   }
 
   const int32_t m = table.size();
@@ -188,52 +210,7 @@ Lattice build(const float* feats, int64_t n, float feature_scale) {
   return lat;
 }
 
-// y (N, K) = the lattice filter of x (N, K), both pixel-major. values and scratch: (M+1)·K floats
-// each (reused across calls; slot 0 is kept at zero).
-inline void filter(const Lattice& lat, const float* x, int64_t channels, float* y, std::vector<float>& values,
-                   std::vector<float>& scratch) {
-  const int verts = lat.dims + 1;
-  const int64_t K = channels, m = lat.vertices;
-  values.assign((m + 1) * K, 0.0f);
-  scratch.resize((m + 1) * K);
-  std::fill(scratch.begin(), scratch.begin() + K, 0.0f);
-
-  for (int64_t i = 0; i < lat.pixels; ++i) {
-    const float* xi = x + i * K;
-    for (int r = 0; r < verts; ++r) {
-      float* dst = values.data() + static_cast<int64_t>(lat.slot[i * verts + r]) * K;
-      const float w = lat.weight[i * verts + r];
-#pragma omp simd
-      for (int64_t k = 0; k < K; ++k) dst[k] += w * xi[k];
-    }
-  }
-
-  float* src = values.data();
-  float* dst = scratch.data();
-  for (int dir = 0; dir < verts; ++dir) {
-    const int32_t* nb = lat.neighbours.data() + static_cast<int64_t>(dir) * m * 2;
-    for (int64_t v = 0; v < m; ++v) {
-      const float* c = src + (v + 1) * K;
-      const float* a = src + static_cast<int64_t>(nb[2 * v]) * K;
-      const float* b = src + static_cast<int64_t>(nb[2 * v + 1]) * K;
-      float* o = dst + (v + 1) * K;
-#pragma omp simd
-      for (int64_t k = 0; k < K; ++k) o[k] = c[k] + 0.5f * (a[k] + b[k]);
-    }
-    std::swap(src, dst);
-  }
-
-  const float alpha = 1.0f / (1.0f + std::ldexp(1.0f, -lat.dims));
-  for (int64_t i = 0; i < lat.pixels; ++i) {
-    float* yi = y + i * K;
-    std::fill(yi, yi + K, 0.0f);
-    for (int r = 0; r < verts; ++r) {
-      const float* s = src + static_cast<int64_t>(lat.slot[i * verts + r]) * K;
-      const float w = alpha * lat.weight[i * verts + r];
-#pragma omp simd
-      for (int64_t k = 0; k < K; ++k) yi[k] += w * s[k];
-    }
-  }
-}
+// α = 1 / (1 + 2^−d), the published implementation's constant factor of the sliced values.
+inline float slice_scale(int dims) { return 1.0f / (1.0f + std::ldexp(1.0f, -dims)); }
 
 }  // namespace tscd::lattice
