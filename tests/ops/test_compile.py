@@ -42,7 +42,7 @@ def test_scd_loss(backend):
     _assert_same(grads[0], grads[1])
 
 
-@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("backend", ALL + [backend_param("lattice")])
 def test_dense_energy_loss(backend):
     images, probs = _inputs()
     roi = torch.ones(2, 9, 7, device=DEVICE)
@@ -59,7 +59,7 @@ def test_dense_energy_loss(backend):
     _assert_same(results[0], results[1])
 
 
-@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("backend", ALL + [backend_param("lattice")])
 def test_gaussian_product(backend):
     g = torch.Generator().manual_seed(2)
     feats, x = torch.randn(2, 5, 30, generator=g).to(DEVICE), torch.randn(2, 3, 30, generator=g).to(DEVICE)
@@ -77,7 +77,7 @@ def test_varm(backend, mode):
     _assert_same(_compiled(affinity)(images / 255), affinity(images / 255))
 
 
-@pytest.mark.parametrize("backend", ALL + [backend_param("pydensecrf", "cpu")])
+@pytest.mark.parametrize("backend", ALL + [backend_param("lattice"), backend_param("pydensecrf", "cpu")])
 def test_dense_crf(backend):
     images, probs = _inputs(4)
     run = lambda i, p: ops.dense_crf(i, p, num_iter=2, smooth=(1.5, 3.0), appearance=(4.0, 20.0, 4.0),  # noqa: E731
@@ -107,6 +107,14 @@ def test_primitives_pass_opcheck(backend, with_grad):
     for name, calls in _primitive_args(with_grad).items():
         for args in calls:
             torch.library.opcheck(getattr(namespace, name).default, args)
+
+
+def test_lattice_primitive_passes_opcheck():
+    require("lattice", "cpu")
+    resolve("gaussian_product", "lattice", "cpu")
+    for args in _primitive_args(with_grad=False)["gaussian_product"]:
+        args = tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args)
+        torch.library.opcheck(primitives("lattice").gaussian_product.default, args)
 
 
 def test_pydensecrf_op_passes_opcheck():

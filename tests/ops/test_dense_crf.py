@@ -1,12 +1,12 @@
 """dense_crf (method §10): the exact backends against the naive float64 reference, and against
-pydensecrf2's permutohedral approximation when it is installed."""
+the permutohedral approximations (the lattice backend, pydensecrf2 when it is installed)."""
 import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from tests.utils import ALL, FUSED, require
+from tests.utils import ALL, FUSED, backend_param, require
 from tscd.ops import backends
 from tscd.ops.dense_crf import dense_crf
 from tscd.ops.reference.dense_crf import dense_crf as reference
@@ -62,10 +62,9 @@ def test_zero_iterations_is_the_clamped_softmax(device):
     torch.testing.assert_close(out, expected)
 
 
-def test_agrees_with_pydensecrf_on_photographs():
+@pytest.mark.parametrize("backend", [backend_param("lattice", "cpu"), backend_param("pydensecrf", "cpu")])
+def test_approximations_agree_with_exact_on_photographs(backend):
     import torch.nn.functional as F
-
-    require("pydensecrf", "cpu")
     from skimage import data
 
     agreements = []
@@ -77,8 +76,8 @@ def test_agrees_with_pydensecrf_on_photographs():
         logits = F.interpolate(torch.randn(1, 5, 6, 8, generator=g) * 3, size=(48, 64), mode="bilinear")
         probs = torch.softmax(logits + 0.5 * torch.randn(1, 5, 48, 64, generator=g), dim=1)
         exact = dense_crf(img, probs, backend="exact")
-        lattice = dense_crf(img, probs, backend="pydensecrf")
-        agreements.append((exact.argmax(1) == lattice.argmax(1)).double().mean().item())
+        approximate = dense_crf(img, probs, backend=backend)
+        agreements.append((exact.argmax(1) == approximate.argmax(1)).double().mean().item())
     assert min(agreements) >= 0.97, agreements
 
 
@@ -95,14 +94,14 @@ def test_bad_inputs(device):
     with pytest.raises(ValueError, match="appearance"):
         dense_crf(images, probs, appearance=(0.0, 5.0, 4.0))
     with pytest.raises(ValueError, match="backend must be one of"):
-        dense_crf(images, probs, backend="lattice")
+        dense_crf(images, probs, backend="fast")
 
 
-def _without_pydensecrf(monkeypatch):
-    """This process as if pydensecrf2 were not installed; the warnings not yet given."""
+def _without(monkeypatch, *missing):
+    """This process as if the backends ``missing`` could not run; the warnings not yet given."""
     usable = backends.why_unusable
     monkeypatch.setattr(backends, "why_unusable",
-                        lambda b, d: "pydensecrf2 is not installed" if b == "pydensecrf" else usable(b, d))
+                        lambda b, d: f"{b} is not installed" if b in missing else usable(b, d))
     monkeypatch.setattr(backends, "_warned", set())
     monkeypatch.delenv("TSCD_BACKEND", raising=False)
 
@@ -113,18 +112,33 @@ def test_pydensecrf_is_an_ordinary_backend(monkeypatch):
         out = dense_crf(images, probs, num_iter=2, backend="pydensecrf")
         assert out.shape == probs.shape and torch.allclose(out.sum(1), torch.ones(1, 4, 5), atol=1e-5)
     # "exact" never picks it; without it, a request falls back to an exact backend with one warning
-    assert backends.resolve("dense_crf", "exact", "cpu") != "pydensecrf"
-    _without_pydensecrf(monkeypatch)
-    with pytest.warns(RuntimeWarning, match="backend 'pydensecrf' cannot run on cpu tensors .*pydensecrf2"):
+    assert backends.resolve("dense_crf", "exact", "cpu", 10**6) not in ("pydensecrf", "lattice")
+    _without(monkeypatch, "pydensecrf")
+    with pytest.warns(RuntimeWarning, match="backend 'pydensecrf' cannot run on cpu tensors .*pydensecrf"):
         out = dense_crf(images, probs, num_iter=2, backend="pydensecrf")
     torch.testing.assert_close(out.double(), reference(images, probs.double(), 2), **TOL)
 
 
-def test_auto_on_cpu_warns_once_when_exact(monkeypatch):
-    _without_pydensecrf(monkeypatch)  # auto must pick an exact backend
-    images, probs = make_inputs(1, 2, 3, 3, "cpu")
+def test_auto_on_cpu_picks_by_size(monkeypatch):
+    require("lattice", "cpu")
+    require("cpp", "cpu")
+    monkeypatch.delenv("TSCD_BACKEND", raising=False)
+    large = backends.CPU_CRF_LATTICE_PIXELS
+    assert backends.resolve("dense_crf", "auto", "cpu", large - 1) == "cpp"
+    assert backends.resolve("dense_crf", "auto", "cpu", large) == "lattice"
+    assert backends.resolve("dense_crf", "auto", "cuda", large) != "lattice"
+    _without(monkeypatch, "lattice")  # then pydensecrf, when installed
+    assert backends.resolve("dense_crf", "auto", "cpu", large) == (
+        "pydensecrf" if backends.can_run("pydensecrf", "cpu") else "cpp")
+
+
+def test_auto_on_cpu_warns_once_when_exact_on_a_large_image(monkeypatch):
+    _without(monkeypatch, "lattice", "pydensecrf")  # auto must pick an exact backend
+    side = int(backends.CPU_CRF_LATTICE_PIXELS**0.5) + 1
+    images, probs = make_inputs(1, 2, side, side, "cpu")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        dense_crf(images[..., :3, :3], probs[..., :3, :3], num_iter=1)  # small: exact is the right choice
         dense_crf(images, probs, num_iter=1)
         dense_crf(images, probs, num_iter=1)
     assert sum("O(N²)" in str(w.message) for w in caught) == 1

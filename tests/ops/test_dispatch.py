@@ -80,6 +80,7 @@ def test_reasons_and_availability(monkeypatch):
     assert "TRITON_INTERPRET=1" in backends.why_unusable("triton", "cpu")
     assert "triton" not in available_backends("cpu")
     assert set(available_backends("cpu", "scd_loss")) <= {"torch", "triton", "cpp"}
+    assert "lattice" not in available_backends("cuda")
     assert backends.resolve("scd_loss", "auto", "meta") == "torch"
 
 
@@ -88,3 +89,15 @@ def test_each_choice_is_logged_at_debug(caplog, monkeypatch):
     with caplog.at_level(logging.DEBUG, logger="tscd.ops"):
         scd_loss(*_inputs(), backend="torch")
     assert "tscd.ops.scd_loss on cpu tensors: torch (requested 'torch')" in caplog.text
+
+
+def test_lattice_is_explicit_and_cpu_only(monkeypatch):
+    monkeypatch.delenv("TSCD_BACKEND", raising=False)
+    assert "no CUDA lattice yet" in backends.why_unusable("lattice", "cuda")
+    for op in ("gaussian_product", "dense_energy_loss", "dense_crf"):
+        assert "lattice" in backends.OP_BACKENDS[op]
+        for pixels in (0, 10**7):
+            assert backends.resolve(op, "exact", "cpu", pixels) != "lattice"
+    for op in ("gaussian_product", "dense_energy_loss"):  # its values would change by ≈ 0.58
+        assert backends.resolve(op, "auto", "cpu", 10**7) != "lattice"
+    assert "lattice" not in backends.OP_BACKENDS["scd_loss"]

@@ -122,19 +122,29 @@ TSCD_INLINE void store(float* p, const Vec& v) {
 template <typename Vec>
 constexpr int64_t kStep = sizeof(Vec) / sizeof(float);
 
+// Pixels per block of splat and slice: x and y are channel-major (K, N), the lattice pixel-major,
+// so each block is transposed through a (kPixelBlock, stride) tile that stays in L1.
+constexpr int64_t kPixelBlock = 16;
+
 // values (M+1, stride) += Σ over the pixels of w · x[:, i] at each of their d+1 vertices; x (K, N).
 template <typename Vec>
 TSCD_INLINE void splat(const Lattice& lat, const float* x, int64_t channels, int64_t stride, float* values) {
   const int verts = lat.dims + 1;
   const int64_t n = lat.pixels;
-  std::vector<float> xi(stride, 0.0f);
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t k = 0; k < channels; ++k) xi[k] = x[k * n + i];
-    for (int r = 0; r < verts; ++r) {
-      float* dst = values + static_cast<int64_t>(lat.slot[i * verts + r]) * stride;
-      const float w = lat.weight[i * verts + r];
-      for (int64_t k = 0; k < stride; k += kStep<Vec>)
-        store<Vec>(dst + k, load<Vec>(dst + k) + w * load<Vec>(xi.data() + k));
+  std::vector<float> tile(kPixelBlock * stride, 0.0f);
+  for (int64_t i0 = 0; i0 < n; i0 += kPixelBlock) {
+    const int64_t count = std::min(kPixelBlock, n - i0);
+    for (int64_t k = 0; k < channels; ++k)
+      for (int64_t p = 0; p < count; ++p) tile[p * stride + k] = x[k * n + i0 + p];
+    for (int64_t p = 0; p < count; ++p) {
+      const int64_t i = i0 + p;
+      const float* xi = tile.data() + p * stride;
+      for (int r = 0; r < verts; ++r) {
+        float* dst = values + static_cast<int64_t>(lat.slot[i * verts + r]) * stride;
+        const float w = lat.weight[i * verts + r];
+        for (int64_t k = 0; k < stride; k += kStep<Vec>)
+          store<Vec>(dst + k, load<Vec>(dst + k) + w * load<Vec>(xi + k));
+      }
     }
   }
 }
@@ -160,16 +170,22 @@ TSCD_INLINE void slice(const Lattice& lat, const float* values, int64_t channels
   const int verts = lat.dims + 1;
   const int64_t n = lat.pixels;
   const float alpha = tscd::lattice::slice_scale(lat.dims);
-  std::vector<float> yi(stride);
-  for (int64_t i = 0; i < n; ++i) {
-    std::fill(yi.begin(), yi.end(), 0.0f);
-    for (int r = 0; r < verts; ++r) {
-      const float* s = values + static_cast<int64_t>(lat.slot[i * verts + r]) * stride;
-      const float w = alpha * lat.weight[i * verts + r];
-      for (int64_t k = 0; k < stride; k += kStep<Vec>)
-        store<Vec>(yi.data() + k, load<Vec>(yi.data() + k) + w * load<Vec>(s + k));
+  std::vector<float> tile(kPixelBlock * stride);
+  for (int64_t i0 = 0; i0 < n; i0 += kPixelBlock) {
+    const int64_t count = std::min(kPixelBlock, n - i0);
+    for (int64_t p = 0; p < count; ++p) {
+      const int64_t i = i0 + p;
+      float* yi = tile.data() + p * stride;
+      for (int64_t k = 0; k < stride; k += kStep<Vec>) store<Vec>(yi + k, Vec{});
+      for (int r = 0; r < verts; ++r) {
+        const float* src = values + static_cast<int64_t>(lat.slot[i * verts + r]) * stride;
+        const float w = alpha * lat.weight[i * verts + r];
+        for (int64_t k = 0; k < stride; k += kStep<Vec>)
+          store<Vec>(yi + k, load<Vec>(yi + k) + w * load<Vec>(src + k));
+      }
     }
-    for (int64_t k = 0; k < channels; ++k) y[k * n + i] = yi[k];
+    for (int64_t k = 0; k < channels; ++k)
+      for (int64_t p = 0; p < count; ++p) y[k * n + i0 + p] = tile[p * stride + k];
   }
 }
 

@@ -67,8 +67,12 @@ OP_BACKENDS: dict[str, tuple[str, ...]] = {
 _REQUESTS = ("auto", "exact")
 _DEVICE_ORDER = {"cuda": ("triton", "cpp", "torch"), "cpu": ("cpp", "torch")}
 #: Pixel count from which ``auto`` runs the CPU dense CRF on the lattice instead of the exact cpp
-#: kernels: where the two take the same time (K = 21, 10 iterations, one thread, bench/lattice.py).
-CPU_CRF_LATTICE_PIXELS = 4096
+#: kernels (K = 21, 10 iterations, one thread, CPU time; bench/lattice.py). Measured on the
+#: 2-core AVX2 development machine, the lattice is the faster from the smallest image tried
+#: (8×8: 1.2 against 6.2 ms; 32×32: 6.5 against 524 ms); with the exact kernels at their
+#: AVX-512 speed (3.6 s at 120×160) the two meet near 600 pixels. Below 32×32 the exact CRF
+#: costs at most a few milliseconds there, so thumbnails stay exact.
+CPU_CRF_LATTICE_PIXELS = 1024
 # (op, device type) -> (minimum pixel count, backends tried before the device's order from there)
 _PREFERRED = {("dense_crf", "cpu"): (CPU_CRF_LATTICE_PIXELS, ("lattice", "pydensecrf"))}
 _warned: set[tuple] = set()

@@ -1,0 +1,210 @@
+"""The permutohedral-lattice backend (CPU): its scale and shape against the exact product on
+photographs, pydensecrf2's own lattice through the dense CRF, odd shapes, symmetry, and the
+dense energy loss's gradient against finite differences of the lattice loss."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.utils import require
+from tscd.ops import dense_crf, dense_energy_loss, gaussian_product
+from tscd.ops.gaussian import bilateral_features
+
+
+@pytest.fixture(autouse=True)
+def _lattice():
+    require("lattice", "cpu")
+
+
+def photograph(name: str, height: int, width: int) -> torch.Tensor:
+    """scikit-image's photograph ``name`` resized to (1, 3, height, width), 0–255 float."""
+    from skimage import data
+
+    img = torch.from_numpy(np.ascontiguousarray(getattr(data, name)())).permute(2, 0, 1)[None].float()
+    return F.interpolate(img, size=(height, width), mode="bilinear", align_corners=False).round()
+
+
+def coarse_probs(K: int, H: int, W: int, seed: int = 0, noise: float = 0.0) -> torch.Tensor:
+    """Blurred random class probabilities (1, K, H, W): a coarse segmentation."""
+    g = torch.Generator().manual_seed(seed)
+    logits = F.interpolate(torch.randn(1, K, max(1, H // 8), max(1, W // 8), generator=g) * 3, size=(H, W),
+                           mode="bilinear", align_corners=False)
+    return torch.softmax(logits + noise * torch.randn(1, K, H, W, generator=g), dim=1)
+
+
+# Measured (64×80 photographs, K = 4 coarse probabilities): ratio 0.54–0.59, RMS shape error
+# 4.8–7.9 % at (σ_xy, σ_rgb) = (50, 15) and 5.9–11.7 % at (80, 13).
+@pytest.mark.parametrize("name", ["astronaut", "chelsea", "coffee", "rocket"])
+@pytest.mark.parametrize("sigmas,max_shape_error", [((50.0, 15.0), 0.10), ((80.0, 13.0), 0.13)])
+def test_scale_and_shape_against_exact(name, sigmas, max_shape_error):
+    require("cpp", "cpu")
+    img = photograph(name, 64, 80)
+    feats = bilateral_features(img, *sigmas)
+    s = coarse_probs(4, 64, 80).reshape(1, 4, -1)
+    lattice = gaussian_product(feats, s, backend="lattice").double()
+    exact = gaussian_product(feats, s, backend="cpp").double()
+    ratio = ((s * lattice).sum() / (s * exact).sum()).item()  # W·S as the loss weighs it
+    assert 0.5 <= ratio <= 0.65, ratio
+    shape_error = ((lattice / ratio - exact).norm() / exact.norm()).item()
+    assert shape_error <= max_shape_error, shape_error
+
+
+@pytest.mark.parametrize("name", ["astronaut", "chelsea", "coffee"])
+def test_dense_crf_matches_pydensecrf(name):
+    # The same algorithm with the same scaling as pydensecrf2: equal up to float rounding.
+    require("pydensecrf", "cpu")
+    img = photograph(name, 60, 80)
+    probs = coarse_probs(5, 60, 80, noise=0.5)
+    ours = dense_crf(img, probs, backend="lattice")
+    theirs = dense_crf(img, probs, backend="pydensecrf")
+    assert (ours.argmax(1) == theirs.argmax(1)).double().mean().item() >= 0.99
+    assert (ours - theirs).abs().max().item() < 1e-3
+
+
+def _symmetry_error(feats: torch.Tensor, channels: int = 3) -> float:
+    g = torch.Generator().manual_seed(1)
+    x, y = (torch.rand(feats.shape[0], channels, feats.shape[2], generator=g) for _ in range(2))
+    ly, lx = (gaussian_product(feats, v, backend="lattice").double() for v in (y, x))
+    forward, transposed = (y.double() * lx).sum(), (ly * x.double()).sum()
+    return abs((forward - transposed) / forward).item()
+
+
+# Slicing is the transpose of splatting and each directional blur is symmetric, but the d+1 blurs,
+# restricted to the vertices that exist, do not commute (pydensecrf reverses their order for its
+# transposed filter): ⟨G, L X⟩ ≠ ⟨L G, X⟩ by the mass that passes through absent vertices.
+# Measured for positive G, X: 2e-5–4.3e-4 relative on photographs, up to 5e-3 on scattered
+# random 5-D points.
+def test_symmetric_on_photographs():
+    for name in ("astronaut", "coffee", "chelsea"):
+        for sigmas in ((50.0, 15.0), (10.0, 10.0)):
+            assert _symmetry_error(bilateral_features(photograph(name, 64, 80), *sigmas)) < 1e-3
+
+
+def test_symmetric_on_scattered_features():
+    g = torch.Generator().manual_seed(2)
+    for dims in (2, 3, 5):
+        assert _symmetry_error(torch.randn(2, dims, 200, generator=g)) < 1e-2
+
+
+def test_gradient_is_the_released_formula_near_the_lattice_loss_gradient():
+    # With every pixel ignored the gate g is 1 and the loss −(1/B) Σ S·LS is quadratic in the
+    # probabilities: its gradient is −(1/B) roi (L + Lᵀ) S, and central differences give it
+    # exactly up to rounding for any step (a large one puts the float32 rounding of the loss far
+    # below the difference). The autograd Function uses −(1/B) roi (g·LS + L(g·S)), the released
+    # code's gradient, which is that one up to L's asymmetry (measured: 3.6 % RMS here).
+    H, W = 12, 16
+    img = torch.cat((photograph("astronaut", H, W), photograph("chelsea", H, W)))
+    probs = torch.cat((coarse_probs(3, H, W, seed=1), coarse_probs(3, H, W, seed=2)))
+    roi = torch.ones(2, H, W, dtype=torch.bool)
+    roi[:, :2] = False
+    ignore = torch.ones(2, H, W, dtype=torch.bool)
+    feats = bilateral_features(img, 5.0, 10.0)
+
+    def loss(p):
+        return dense_energy_loss(img, p, roi, ignore, sigma_rgb=10.0, sigma_xy=5.0, backend="lattice")
+
+    p = probs.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(loss(p), p)
+    r = roi.reshape(2, 1, H * W).float()
+    s = probs.reshape(2, 3, H * W) * r
+    released = -(2 * gaussian_product(feats, s, backend="lattice")) * r / 2
+    torch.testing.assert_close(grad.reshape(2, 3, H * W), released)
+
+    # The lattice as a matrix (its columns are L·e_j) gives the true gradient.
+    eye = torch.eye(H * W).expand(2, H * W, H * W).contiguous()
+    matrix = gaussian_product(feats, eye, backend="lattice").transpose(1, 2).double()  # [b, i, j] = L_ij
+    true = (-(s.double() @ (matrix + matrix.transpose(1, 2)).transpose(1, 2)) * r / 2).reshape(probs.shape)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        v = torch.randn(probs.shape, generator=g)
+        step = 0.1
+        with torch.no_grad():
+            numeric = (loss(probs + step * v).double() - loss(probs - step * v).double()) / (2 * step)
+        assert abs(numeric - (true * v).sum()) <= 1e-4 * abs(numeric)
+    assert ((grad.double() - true).norm() / true.norm()).item() < 0.06  # measured 0.036
+
+
+def test_dense_energy_loss_scale():
+    # The released lattice loss is ≈ 0.58 × the exact one (method §8).
+    require("cpp", "cpu")
+    img = photograph("coffee", 48, 64)
+    probs = coarse_probs(4, 48, 64)
+    roi = torch.ones(1, 48, 64)
+    ignore = torch.zeros(1, 48, 64, dtype=torch.bool)
+    lattice, exact = (dense_energy_loss(img, probs, roi, ignore, backend=b) for b in ("lattice", "cpp"))
+    assert 0.5 <= (lattice / exact).item() <= 0.65
+
+
+@pytest.mark.parametrize("D", range(1, 9))
+def test_feature_dimensions(D):
+    # Points on a line along the first feature, spread over the others: W·1 ≈ 0.5–1 of the exact.
+    require("cpp", "cpu")
+    n = 150
+    g = torch.Generator().manual_seed(D)
+    feats = torch.cat((torch.linspace(0, 30, n)[None, None], 0.3 * torch.randn(1, D - 1, n, generator=g)), dim=1)
+    ones = torch.ones(1, 1, n)
+    lattice, exact = (gaussian_product(feats, ones, backend=b) for b in ("lattice", "cpp"))
+    assert torch.isfinite(lattice).all() and (lattice > 0).all()
+    ratio = lattice / exact
+    assert 0.3 <= ratio.median().item() <= 1.0, (D, ratio.median().item())
+
+
+@pytest.mark.parametrize("B,K,N", [(1, 1, 1), (1, 4, 1), (1, 1, 97), (3, 7, 53), (2, 21, 101), (1, 9, 2)])
+def test_odd_shapes(B, K, N):
+    g = torch.Generator().manual_seed(N + K)
+    feats, x = torch.randn(B, 5, N, generator=g) * 2, torch.rand(B, K, N, generator=g)
+    y = gaussian_product(feats, x, backend="lattice")
+    assert y.shape == (B, K, N) and y.dtype == torch.float32 and torch.isfinite(y).all() and (y > 0).all()
+    # Linear in x, one channel independent of the others.
+    torch.testing.assert_close(gaussian_product(feats, 2 * x, backend="lattice"), 2 * y)
+    torch.testing.assert_close(gaussian_product(feats, x[:, -1:], backend="lattice"), y[:, -1:])
+
+
+def test_single_pixel_keeps_a_fraction_of_itself():
+    # One point: only its own weight, a fraction (which depends on where the point falls in its
+    # simplex) equal for every channel.
+    x = torch.tensor([[[2.0], [5.0]]])
+    for value in (0.0, 3.7, -120.0):
+        ratio = gaussian_product(torch.full((1, 5, 1), value), x, backend="lattice") / x
+        torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio))
+        assert 0.0 < ratio[0, 0, 0].item() <= 1.0
+
+
+def test_images_of_a_batch_are_independent():
+    g = torch.Generator().manual_seed(4)
+    feats, x = torch.randn(3, 4, 60, generator=g) * 2, torch.rand(3, 5, 60, generator=g)
+    batched = gaussian_product(feats, x, backend="lattice")
+    for b in range(3):
+        torch.testing.assert_close(batched[b: b + 1], gaussian_product(feats[b: b + 1], x[b: b + 1], backend="lattice"))
+
+
+def test_constant_image_spreads_the_mean():
+    # All features equal: every pixel sits on the same simplex and receives the same sum.
+    feats = torch.full((1, 5, 40), 3.0)
+    x = torch.rand(1, 2, 40, generator=torch.Generator().manual_seed(5))
+    y = gaussian_product(feats, x, backend="lattice")
+    torch.testing.assert_close(y, y[:, :, :1].expand_as(y))
+    ratio = y[:, :, 0] / x.sum(2)
+    torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio))
+
+
+def test_new_features_build_a_new_lattice():
+    # Lattices are cached by the exact feature values: changing them in place must not reuse one.
+    g = torch.Generator().manual_seed(6)
+    feats, x = torch.randn(1, 3, 80, generator=g), torch.rand(1, 2, 80, generator=g)
+    first = gaussian_product(feats, x, backend="lattice")
+    torch.testing.assert_close(gaussian_product(feats.clone(), x, backend="lattice"), first, rtol=0, atol=0)
+    moved = feats.clone()
+    moved[0, :, 7] += 5.0
+    fresh = gaussian_product(moved, x, backend="lattice")
+    feats[0, :, 7] += 5.0  # the cached array's storage now holds other values
+    torch.testing.assert_close(gaussian_product(feats, x, backend="lattice"), fresh, rtol=0, atol=0)
+    assert not torch.equal(fresh, first)
+
+
+def test_speed_hints_are_ignored():
+    g = torch.Generator().manual_seed(7)
+    feats, x = torch.randn(1, 2, 48, generator=g) * 3, torch.rand(1, 3, 48, generator=g)
+    plain = gaussian_product(feats, x, backend="lattice")
+    hinted = gaussian_product(feats, x, cutoff=1.0, row_window=(8, 1), backend="lattice")
+    torch.testing.assert_close(hinted, plain, rtol=0, atol=0)
