@@ -29,8 +29,8 @@ def uses_exact_sum(exact_sum: bool | None, device: torch.device) -> bool:
     if not exact_sum:
         reason = why_unusable("lattice", device.type)
         if reason is not None:
-            raise ValueError(f"exact_sum=False asks for the permutohedral lattice, which cannot run on "
-                             f"{device.type} tensors ({reason}); use exact_sum=True or None")
+            raise ValueError(f"the permutohedral lattice cannot run on {device.type} tensors ({reason}); ask for "
+                             f"the exact sum (exact_sum=True, bilateralfilter.use_exact_sum(True))")
     return exact_sum
 
 
