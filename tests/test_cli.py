@@ -34,6 +34,10 @@ def test_error_lines(tmp_path, capsys):
     assert "cannot read checkpoint" in _err(capsys)
     with pytest.raises(ConfigError):
         main(["train", "--config", "synthetic", "--debug", "--work-dir", str(tmp_path), "optim.lrr=1"])
+    with pytest.raises(SystemExit):
+        main(["eval", "--checkpoint", "x.pth", "--crf-preset", "dcrf"])
+    err = _err(capsys)
+    assert "invalid choice: 'dcrf'" in err and "weclip" in err
 
 
 def test_train_eval_infer_end_to_end(tmp_path, capsys):
@@ -52,6 +56,9 @@ def test_train_eval_infer_end_to_end(tmp_path, capsys):
     assert json.loads(out.read_text())["num_images"] == 2
     assert main(["eval", "--config", "voc", "--checkpoint", str(ckpt), "--data-root", str(tmp_path)]) == 1
     assert "data.num_classes=6" in _err(capsys)
+    assert main(["eval", "--checkpoint", str(ckpt), "--out", str(out), "eval.crf=exact", "eval.crf_preset=dcrf"]) == 1
+    assert _err(capsys) == ("tscd: error: crf_preset must be one of ('afa', 'toco', 'seco', 'excel', 'weclip'), "
+                            "got 'dcrf'")
 
     img = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(img)
@@ -60,6 +67,10 @@ def test_train_eval_infer_end_to_end(tmp_path, capsys):
     mask = Image.open(masks / "photo.png")
     assert mask.mode == "P" and mask.size == (50, 40)
     assert (masks / "photo_overlay.png").is_file()
+    crf_masks = tmp_path / "crf_masks"
+    assert main(["infer", "--checkpoint", str(ckpt), str(img), "--out", str(crf_masks), "--crf", "exact",
+                 "--crf-preset", "toco"]) == 0
+    assert Image.open(crf_masks / "photo.png").size == (50, 40)
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8garbage")
     assert main(["infer", "--checkpoint", str(ckpt), str(corrupt), "--out", str(masks)]) == 1

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .constants import CRF_CHOICES, REFINE_MODES
+from .constants import CRF_CHOICES, CRF_PRESETS, DEFAULT_CRF_PRESET, REFINE_MODES
 from .log import configure_logging
 
 BACKEND_CHOICES = ("auto", "torch", "triton", "cpp")
@@ -39,6 +39,7 @@ _FLAG_KEYS = {
     "scales": ("eval.scales", _scales),
     "flip": ("eval.flip", bool),
     "crf": ("eval.crf", str),
+    "crf_preset": ("eval.crf_preset", str),
     "resize_long": ("eval.resize_long", int),
 }
 
@@ -56,13 +57,17 @@ def _config(args):
 
 
 def _add_protocol_args(parser) -> None:
-    """``--scales --flip/--no-flip --crf --resize-long`` (each sets its ``eval.*`` config key)."""
+    """``--scales --flip/--no-flip --crf --crf-preset --resize-long`` (each sets its ``eval.*`` config key)."""
     parser.add_argument("--scales", help="comma-separated segmentation scales, e.g. 1.0,0.5,0.75 (eval.scales)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="average every scale with its horizontal flip (eval.flip)")
     parser.add_argument("--crf", choices=CRF_CHOICES,
-                        help="dense CRF: auto (exact on CUDA, pydensecrf on CPU when installed), exact, "
-                             "pydensecrf or none (eval.crf)")
+                        help="dense CRF: auto (exact on CUDA; on the CPU the permutohedral lattice, exact for "
+                             "small images), exact, lattice, pydensecrf or none (eval.crf)")
+    parser.add_argument("--crf-preset", choices=tuple(CRF_PRESETS),
+                        help=f"the CRF's iterations, kernel widths and weights as each codebase evaluates: "
+                             f"{', '.join(CRF_PRESETS)} (eval.crf_preset; default {DEFAULT_CRF_PRESET}, "
+                             f"the published TSCD/AFA protocol)")
     parser.add_argument("--resize-long", type=int, help="long side of the network input, 0 = as is (eval.resize_long)")
 
 
@@ -213,7 +218,7 @@ def cmd_infer(args) -> int:
     model, cfg, names = _trained_for(args)
     # The flags as given; without any, one plain forward pass (no flip, no CRF).
     protocol = EvalProtocol(tuple(_scales(args.scales)) if args.scales else (1.0,), bool(args.flip),
-                            args.crf or "none", args.resize_long or None)
+                            args.crf or "none", args.resize_long or None, args.crf_preset or DEFAULT_CRF_PRESET)
     device = pick_device(cfg.train.device)
     infer_images(model.to(device), args.images, args.out, protocol, names, cfg.data.mean, cfg.data.std, device)
     return 0

@@ -24,7 +24,7 @@ from typing import Any, Iterable, List, Mapping, Optional, Union, get_args, get_
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from .constants import IMAGENET_MEAN, IMAGENET_STD
+from .constants import DEFAULT_CRF_PRESET, IMAGENET_MEAN, IMAGENET_STD
 
 
 def _list(*items: Any) -> Any:
@@ -143,7 +143,8 @@ class EvalConfig:
     # `tscd eval` protocol (tscd.engine.inference.EvalProtocol; training-time checks are single-scale)
     scales: List[float] = _list(1.0)  # segmentation scales, max over scales (method §10: [1.0, 0.5, 0.75])
     flip: bool = False  # average each scale's logits with the un-flipped logits of the flipped image
-    crf: str = "none"  # auto | exact | pydensecrf | none: dense CRF on the final probabilities
+    crf: str = "none"  # auto | exact | lattice | pydensecrf | none: dense CRF on the final probabilities
+    crf_preset: str = DEFAULT_CRF_PRESET  # its settings (constants.CRF_PRESETS): afa | toco | seco | excel | weclip
     resize_long: Optional[int] = None  # resize the image so its long side is this (method §10: 512)
 
 

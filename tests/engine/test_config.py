@@ -21,6 +21,14 @@ def test_builtin_configs_load_and_overrides_parse_yaml():
     assert load_config(None) == TSCDConfig()
 
 
+def test_crf_preset_defaults_to_the_published_protocol_and_is_a_string():
+    for name in ("synthetic", "voc", "coco", "folder"):
+        assert load_config(name).eval.crf_preset == "afa"
+    assert load_config("voc", ["eval.crf_preset=excel"]).eval.crf_preset == "excel"
+    with pytest.raises(ConfigError, match="'eval.crf_preset' expects a str"):
+        load_config("voc", values={"eval.crf_preset": 3})
+
+
 def test_unknown_keys_are_named(tmp_path):
     with pytest.raises(ConfigError, match="^override: unknown config key 'optim.lrr'$"):
         load_config("synthetic", ["optim.lrr=1"])

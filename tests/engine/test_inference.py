@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tscd.config import config_from_dict, load_config, to_dict
+from tscd.constants import CRF_PRESETS, CrfPreset
 from tscd.data import build_dataset
 from tscd.data.transforms import denormalize
 from tscd.engine import distributed, inference
@@ -84,8 +85,8 @@ def test_single_scale_protocol_is_one_plain_forward_pass(model):
 def test_crf_step_gets_the_image_in_0_255_and_the_upsampled_softmax(model, monkeypatch):
     calls = []
 
-    def stand_in(rgb, probs, backend):
-        calls.append((rgb, probs, backend))
+    def stand_in(rgb, probs, *, num_iter, smooth, appearance, backend):
+        calls.append((rgb, probs, backend, CrfPreset(num_iter, smooth, appearance)))
         return probs.flip(1)  # any change of the argmax shows the result is used
 
     monkeypatch.setattr(inference, "dense_crf", stand_in)
@@ -95,12 +96,16 @@ def test_crf_step_gets_the_image_in_0_255_and_the_upsampled_softmax(model, monke
         protocol.predict(model, images, (64, 80))
     fwd, preds = protocol.predict(model, images, (64, 80), denormalize(images))
     assert list(preds) == ["seg", "seg_msf", "seg_msf_crf"]
-    rgb, probs, choice = calls[0]
+    rgb, probs, choice, settings = calls[0]
     assert choice == "exact" and rgb.shape == (1, 3, 64, 80) and probs.shape == (1, 6, 64, 80)
+    assert settings == CrfPreset(10, (3.0, 3.0), (64.0, 5.0, 4.0))  # AFA's test_msc_flip, the default
     torch.testing.assert_close(rgb, (denormalize(images) * 255).round())
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 64, 80))
     assert torch.equal(preds["seg_msf_crf"], probs.flip(1).argmax(1))
     assert EvalProtocol(crf="auto").kinds() == ("seg", "seg_crf")
+    for name, preset in CRF_PRESETS.items():
+        EvalProtocol(crf="exact", crf_preset=name).predict(model, images, (64, 80), denormalize(images))
+        assert calls[-1][3] == preset
 
 
 def test_exact_crf_choice_is_an_exact_dense_crf_backend():
@@ -120,6 +125,9 @@ def test_protocol_arguments_are_checked():
         EvalProtocol(scales=(0.5, 0.75))
     with pytest.raises(ValueError, match="crf must be one of"):
         EvalProtocol(crf="yes")
+    with pytest.raises(ValueError, match=r"crf_preset must be one of \('afa', 'toco', 'seco', 'excel', 'weclip'\), "
+                                         r"got 'dcrf'"):
+        EvalProtocol(crf="auto", crf_preset="dcrf")
     with pytest.raises(ValueError, match="contain 1.0"):
         multi_scale_forward(None, torch.zeros(1, 3, 8, 8), scales=(0.5,))
 
@@ -134,13 +142,17 @@ def test_config_and_flags_build_the_protocol():
     from tscd.cli import build_parser, flag_values
 
     voc = EvalProtocol.from_config(load_config("voc"))
-    assert voc == EvalProtocol(scales=SCALES, flip=True, crf="auto", resize_long=512)
+    assert voc == EvalProtocol(scales=SCALES, flip=True, crf="auto", resize_long=512, crf_preset="afa")
     args = build_parser().parse_args(["eval", "--checkpoint", "x.pth", "--scales", "1.0,0.5", "--no-flip",
-                                      "--crf", "none", "--resize-long", "0"])
-    assert flag_values(args) == {"eval.scales": [1.0, 0.5], "eval.flip": False, "eval.crf": "none",
-                                 "eval.resize_long": 0}
+                                      "--crf", "lattice", "--crf-preset", "toco", "--resize-long", "0"])
+    assert flag_values(args) == {"eval.scales": [1.0, 0.5], "eval.flip": False, "eval.crf": "lattice",
+                                 "eval.crf_preset": "toco", "eval.resize_long": 0}
     cfg = load_config("voc", values=flag_values(args))
-    assert EvalProtocol.from_config(cfg) == EvalProtocol(scales=(1.0, 0.5), flip=False, crf="none")
+    assert EvalProtocol.from_config(cfg) == EvalProtocol(scales=(1.0, 0.5), flip=False, crf="lattice",
+                                                         crf_preset="toco")
+    infer_args = build_parser().parse_args(["infer", "--checkpoint", "x.pth", "a.png", "--out", "o",
+                                            "--crf-preset", "excel"])
+    assert flag_values(infer_args) == {"eval.crf_preset": "excel"}
     with pytest.raises(ValueError, match="--scales"):
         flag_values(build_parser().parse_args(["eval", "--checkpoint", "x", "--scales", "1,big"]))
 

@@ -4,22 +4,36 @@ Same signatures and array layout: flat float32 numpy arrays, images channel-majo
 in 0–255, values channel-major (K, H, W); ``out``/``outs`` are filled in place with
 ``W·in`` where ``W_ij = exp(−‖p_i − p_j‖²/(2σ_xy²) − ‖I_i − I_j‖²/(2σ_rgb²))``.
 
-Unlike the original, the sum is **exact** — every pixel pair, self included, no
-permutohedral lattice — computed tile by tile by the fused Gaussian-kernel product. It is
-multiplied by :data:`~tscd.losses.dense_energy.LATTICE_SCALE` (0.58, the ratio of the
-released lattice's output to the exact sum, method §8) so that loss weights tuned on the
-lattice keep their meaning. Wrong lengths or dtypes raise ``ValueError``/``TypeError``
-where the SWIG module would read or write out of bounds.
+By default ``W·in`` comes from tscd's permutohedral lattice (O(N), the ``lattice`` backend of
+:func:`tscd.ops.gaussian_product`), which gives the family's values: ≈ 0.58 × the exact sum
+on photographs (method §8), like the SWIG module's own lattice. ``use_exact_sum(True)``
+switches this module to the exact sum over every pixel pair (O(N²), the fused kernels)
+multiplied by :data:`~tscd.losses.dense_energy.LATTICE_SCALE` (0.58), so that loss weights
+tuned on the lattice keep their meaning. Wrong lengths or dtypes raise
+``ValueError``/``TypeError`` where the SWIG module would read or write out of bounds.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from tscd.losses.dense_energy import LATTICE_SCALE
-from tscd.ops.gaussian import bilateral_features, gaussian_product
+from tscd.ops.gaussian import bilateral_features
 
-__all__ = ["bilateralfilter", "bilateralfilter_batch"]
+from ._sums import family_product
+
+__all__ = ["bilateralfilter", "bilateralfilter_batch", "use_exact_sum"]
+
+_exact_sum = False  # this module's setting: see use_exact_sum
+
+
+def use_exact_sum(flag: bool = True) -> bool:
+    """Compute ``W·in`` as the exact sum × 0.58 (``True``) or on the lattice (``False``, the
+    default) in every later call of this module; returns the previous setting."""
+    global _exact_sum
+    if not isinstance(flag, bool):
+        raise TypeError(f"flag must be a bool, got {flag!r}")
+    previous, _exact_sum = _exact_sum, flag
+    return previous
 
 
 def _as_flat_float32(name: str, array, length: int, writable: bool = False) -> np.ndarray:
@@ -47,20 +61,21 @@ def _check_sigmas(sigma_rgb, sigma_xy) -> None:
 
 
 def bilateralfilter_batch(images, ins, outs, N, K, H, W, sigma_rgb, sigma_xy) -> None:
-    """``outs[n] = 0.58 · W_n · ins[n]`` for the N images; arrays flat float32 of lengths
-    N·3·H·W (images), N·K·H·W (ins, outs)."""
+    """``outs[n] = W_n · ins[n]`` for the N images (lattice, or exact × 0.58: :func:`use_exact_sum`);
+    arrays flat float32 of lengths N·3·H·W (images), N·K·H·W (ins, outs)."""
     _check_sizes(N=N, K=K, H=H, W=W)
     _check_sigmas(sigma_rgb, sigma_xy)
     images = _as_flat_float32("images", images, N * 3 * H * W)
     ins = _as_flat_float32("ins", ins, N * K * H * W)
     out_view = _as_flat_float32("outs", outs, N * K * H * W, writable=True)
     feats = bilateral_features(torch.from_numpy(images).reshape(N, 3, H, W), float(sigma_xy), float(sigma_rgb))
-    filtered = gaussian_product(feats, torch.from_numpy(ins).reshape(N, K, H * W))
-    out_view[:] = (filtered * LATTICE_SCALE).reshape(-1).numpy()
+    filtered = family_product(feats, torch.from_numpy(ins).reshape(N, K, H * W), _exact_sum)
+    out_view[:] = filtered.reshape(-1).numpy()
 
 
 def bilateralfilter(image, in_, out, H, W, sigma_rgb, sigma_xy) -> None:
-    """One image: ``out = 0.58 · W · in_``; image flat float32 (3·H·W), in_/out (K·H·W)."""
+    """One image: ``out = W · in_`` as :func:`bilateralfilter_batch`; image flat float32 (3·H·W),
+    in_/out (K·H·W)."""
     _check_sizes(H=H, W=W)
     if not isinstance(in_, np.ndarray) or in_.size % (H * W) or in_.size == 0:
         raise ValueError(f"in_ must be a numpy.ndarray holding K·H·W values (H·W = {H * W}), "

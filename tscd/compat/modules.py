@@ -1,26 +1,125 @@
 """The family's ``DenseEnergyLoss``, ``PAR`` and a ``VARM`` with the same constructor."""
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tscd.constants import IGNORE_INDEX
 from tscd.losses.dense_energy import LATTICE_SCALE
-from tscd.losses.dense_energy import DenseEnergyLoss as _ExactDenseEnergyLoss
+from tscd.ops import dense_energy_loss
+from tscd.ops._checks import check_same_device, check_tensor
+from tscd.ops.dense_energy import _gate
+from tscd.ops.gaussian import bilateral_features
 from tscd.ops.varm import DEFAULT_DILATIONS
 from tscd.refine import VARM as _Refiner
 
+from ._sums import family_product, uses_exact_sum
 
-class DenseEnergyLoss(_ExactDenseEnergyLoss):
-    """``DenseEnergyLoss(weight, sigma_rgb, sigma_xy, scale_factor)`` of the AFA family.
+#: The gradients :class:`DenseEnergyLoss` can give: the released code's, or the loss's own.
+GRADIENTS = ("family", "true")
+
+
+class _FamilyGradient(torch.autograd.Function):
+    """The released loss ``−(1/B) Σ S·g·WS`` with the released backward ``−(2/B)·g·WS·roi``."""
+
+    @staticmethod
+    def forward(ctx, probs, roi, ignore, feats, exact_sum):
+        # probs (B, K, N); roi (B, N) float32; ignore (B, N) bool; feats (B, 5, N)
+        B = probs.shape[0]
+        ctx.probs_dtype = probs.dtype
+        s = probs.to(torch.float32) * roi[:, None]
+        gated_ws = _gate(probs.to(torch.float32), roi, ignore)[:, None] * family_product(feats, s, exact_sum)
+        ctx.save_for_backward(roi, gated_ws)
+        return -(s * gated_ws).sum() / B
+
+    @staticmethod
+    def backward(ctx, grad):
+        roi, gated_ws = ctx.saved_tensors
+        grad_probs = gated_ws * roi[:, None] * (-2 * grad / gated_ws.shape[0])
+        return grad_probs.to(ctx.probs_dtype), None, None, None, None
+
+
+class DenseEnergyLoss(nn.Module):
+    """``DenseEnergyLoss(weight, sigma_rgb, sigma_xy, scale_factor)`` of the AFA family (method §8).
 
     ``forward(images, segmentations, ROIs, seg_label)``: images (B, 3, H, W) in 0–255,
     segmentations (B, K, H, W) probabilities, ROIs (B, H, W) crop-box masks, seg_label
-    (B, 1, H, W) with 255 where unlabelled. Returns ``weight · 0.58 · L_dense`` — the family's
-    magnitude (its lattice sums ≈ 0.58 × the exact ones, method §8) — computed exactly, with the
-    correct gradient of method §8, as a 0-dim tensor on the inputs' device (the family returns a
-    (1,) CPU tensor and a gradient that is exact only where the gate is uniform).
+    (B, 1, H, W) or (B, H, W) with 255 where unlabelled. As the released module, it resizes
+    them by ``scale_factor`` (nearest, bilinear for the segmentations; sizes rounded down),
+    uses ``sigma_xy · scale_factor`` and returns ``weight · L`` with
+    ``L = −(1/B) Σ S·g·(W S)``, ``S = segmentations · ROIs``, ``g = max(ROIs − max_k S, 0)``
+    (1 where unlabelled).
+
+    Args:
+        weight, sigma_rgb, sigma_xy, scale_factor: the released module's (1e-7, 15, 100, 0.5
+            in the family's scripts); ``.weight`` is the weight given.
+        gradient: ``"family"`` (default): the released backward ``−(2/B)·g·(W S)·ROIs`` — the
+            gradient the family's loss weights were tuned with, exact only where g is uniform;
+            ``"true"``: the loss's own gradient ``−(1/B)(g·W S + W(g·S))·ROIs`` (tscd's recipe).
+        exact_sum: ``None`` (default): ``W S`` on tscd's permutohedral lattice for CPU tensors —
+            the released values, like its SWIG module — and the exact sum × 0.58 on CUDA;
+            ``True``: the exact sum × :data:`~tscd.losses.dense_energy.LATTICE_SCALE` (O(N²));
+            ``False``: the lattice (CPU tensors only).
+
+    Deliberate differences from the released module: the loss is a 0-dim float32 tensor on
+    the inputs' device (the released one is a (1,) CPU tensor, which its callers move with
+    ``.cuda()``; both work with a 0-dim tensor); no input is moved to the CPU or to CUDA.
     """
 
-    def __init__(self, weight: float, sigma_rgb: float, sigma_xy: float, scale_factor: float):
-        super().__init__(weight=weight * LATTICE_SCALE, sigma_rgb=sigma_rgb, sigma_xy=sigma_xy,
-                         scale_factor=scale_factor)
+    def __init__(self, weight: float, sigma_rgb: float, sigma_xy: float, scale_factor: float, *,
+                 gradient: str = "family", exact_sum: bool | None = None):
+        super().__init__()
+        if not scale_factor > 0:
+            raise ValueError(f"scale_factor must be positive, got {scale_factor}")
+        if gradient not in GRADIENTS:
+            raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
+        if exact_sum is not None and not isinstance(exact_sum, bool):
+            raise TypeError(f"exact_sum must be True, False or None, got {exact_sum!r}")
+        self.weight = weight
+        self.sigma_rgb = sigma_rgb
+        self.sigma_xy = sigma_xy
+        self.scale_factor = scale_factor
+        self.gradient = gradient
+        self.exact_sum = exact_sum
+
+    def _resize(self, x: torch.Tensor, mode: str) -> torch.Tensor:
+        kwargs = {"align_corners": False} if mode == "bilinear" else {}
+        return F.interpolate(x, scale_factor=self.scale_factor, mode=mode, recompute_scale_factor=True, **kwargs)
+
+    def forward(self, images: torch.Tensor, segmentations: torch.Tensor, ROIs: torch.Tensor,
+                seg_label: torch.Tensor) -> torch.Tensor:
+        check_tensor("segmentations", segmentations, "(B, K, H, W)", (4,))
+        check_tensor("images", images, "(B, 3, H, W)", (4,), floating=False)
+        check_tensor("ROIs", ROIs, "(B, H, W)", (3,), floating=False)
+        check_tensor("seg_label", seg_label, "(B, 1, H, W) or (B, H, W)", (3, 4), floating=False)
+        check_same_device(images=images, segmentations=segmentations, ROIs=ROIs, seg_label=seg_label)
+        B, _, H, W = segmentations.shape
+        label = seg_label if seg_label.dim() == 4 else seg_label[:, None]
+        for name, t, shape in (("images", images, (B, 3, H, W)), ("ROIs", ROIs, (B, H, W)),
+                               ("seg_label", label, (B, 1, H, W))):
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape} to match segmentations, got {tuple(t.shape)}")
+        images = self._resize(images.to(torch.float32), "nearest")
+        probs = self._resize(segmentations, "bilinear")
+        roi = self._resize(ROIs[:, None].to(torch.float32), "nearest")[:, 0]
+        unlabelled = self._resize(label.to(torch.float32), "nearest")[:, 0] == IGNORE_INDEX
+        sigma_xy = self.sigma_xy * self.scale_factor
+        if self.gradient == "true":
+            exact = uses_exact_sum(self.exact_sum, probs.device)
+            loss = dense_energy_loss(images, probs, roi, unlabelled, sigma_rgb=self.sigma_rgb, sigma_xy=sigma_xy,
+                                     backend="exact" if exact else "lattice")
+            loss = loss * LATTICE_SCALE if exact else loss
+        else:
+            b, k, h, w = probs.shape
+            loss = _FamilyGradient.apply(probs.reshape(b, k, h * w), roi.reshape(b, h * w),
+                                         unlabelled.reshape(b, h * w),
+                                         bilateral_features(images, sigma_xy, self.sigma_rgb), self.exact_sum)
+        return self.weight * loss
+
+    def extra_repr(self) -> str:
+        return (f"weight={self.weight}, sigma_rgb={self.sigma_rgb}, sigma_xy={self.sigma_xy}, "
+                f"scale_factor={self.scale_factor}, gradient={self.gradient!r}, exact_sum={self.exact_sum}")
 
 
 class PAR(_Refiner):

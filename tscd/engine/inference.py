@@ -5,9 +5,11 @@ The published protocol (AFA's ``test_msc_flip``, inherited by TSCD): resize the 
 long side is 512; for each scale s of [1.0, 0.5, 0.75] run the image and its horizontal flip,
 average the two logit maps (un-flipping the second) and resize to the scale-1 logit size;
 take the element-wise max over scales; upsample to the label size (bilinear); softmax; dense
-CRF; argmax. :class:`EvalProtocol` holds those choices and :meth:`EvalProtocol.predict` runs
-them on a batch, returning every intermediate prediction that one evaluation reports, from
-the same forward passes. Images of a batch share one size (VOC-like data: batch size 1).
+CRF (AFA's settings; those of the other codebases' evaluations are the presets of
+:data:`tscd.constants.CRF_PRESETS`); argmax. :class:`EvalProtocol` holds those choices and
+:meth:`EvalProtocol.predict` runs them on a batch, returning every intermediate prediction
+that one evaluation reports, from the same forward passes. Images of a batch share one size
+(VOC-like data: batch size 1).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..constants import CRF_CHOICES
+from ..constants import CRF_CHOICES, CRF_PRESETS, DEFAULT_CRF_PRESET
 from ..data.base import load_image
 from ..data.transforms import EvalTransform
 from ..ops.dense_crf import dense_crf
@@ -99,27 +101,34 @@ class EvalProtocol:
     """How segmentation predictions are made: scales, flip, CRF, long side of the input.
 
     ``crf`` is ``"none"`` or the ``tscd.ops.dense_crf`` backend request (``auto``, ``exact``,
-    ``pydensecrf``). The default is the training-time check: one forward pass at the image's
-    own size. ``tscd eval`` builds it from the config's ``eval`` section (:meth:`from_config`).
+    ``lattice``, ``pydensecrf``); ``crf_preset`` names the CRF's settings (iterations, kernel
+    widths and weights) in :data:`~tscd.constants.CRF_PRESETS`: ``afa`` (TSCD's and AFA's
+    published protocol), ``toco``, ``seco``, ``excel``, ``weclip``. The default is the
+    training-time check: one forward pass at the image's own size. ``tscd eval`` builds it
+    from the config's ``eval`` section (:meth:`from_config`).
     """
 
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     crf: str = "none"
     resize_long: int | None = None
+    crf_preset: str = DEFAULT_CRF_PRESET
 
     def __post_init__(self):
         if 1.0 not in self.scales or any(s <= 0 for s in self.scales):
             raise ValueError(f"scales must be positive and contain 1.0, got {list(self.scales)}")
         if self.crf not in CRF_CHOICES:
             raise ValueError(f"crf must be one of {CRF_CHOICES}, got {self.crf!r}")
+        if self.crf_preset not in CRF_PRESETS:
+            raise ValueError(f"crf_preset must be one of {tuple(CRF_PRESETS)}, got {self.crf_preset!r}")
         if self.resize_long is not None and self.resize_long < 0:
             raise ValueError(f"resize_long must be positive (or 0/None: keep the size), got {self.resize_long}")
 
     @classmethod
     def from_config(cls, cfg) -> EvalProtocol:
         e = cfg.eval
-        return cls(tuple(float(s) for s in e.scales), bool(e.flip), str(e.crf), e.resize_long or None)
+        return cls(tuple(float(s) for s in e.scales), bool(e.flip), str(e.crf), e.resize_long or None,
+                   str(e.crf_preset))
 
     @property
     def multi_scale(self) -> bool:
@@ -154,7 +163,9 @@ class EvalProtocol:
             rgb = (rgb.float() * 255).round()
             if rgb.shape[-2:] != tuple(size):
                 rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
-            out[self.kinds()[-1]] = dense_crf(rgb, final.softmax(1), backend=self.crf).argmax(1)
+            preset = CRF_PRESETS[self.crf_preset]
+            out[self.kinds()[-1]] = dense_crf(rgb, final.softmax(1), num_iter=preset.num_iter, smooth=preset.smooth,
+                                              appearance=preset.appearance, backend=self.crf).argmax(1)
         return fwd, out
 
 
