@@ -101,3 +101,32 @@ def test_lattice_is_explicit_and_cpu_only(monkeypatch):
     for op in ("gaussian_product", "dense_energy_loss"):  # its values would change by ≈ 0.58
         assert backends.resolve(op, "auto", "cpu", 10**7) != "lattice"
     assert "lattice" not in backends.OP_BACKENDS["scd_loss"]
+
+
+@pytest.mark.parametrize("op", ["gaussian_product", "dense_energy_loss", "dense_crf", "scd_loss"])
+def test_no_silent_fallback_to_a_huge_reference(monkeypatch, op):
+    """With every fused backend unusable, a reference that would exceed the limit is refused with
+    the reasons; asked for by name, it runs."""
+    import tscd.ops as ops
+
+    real = backends.why_unusable
+    monkeypatch.setattr(backends, "why_unusable", lambda b, d: real(b, d) if b == "torch" else "disabled by the test")
+    monkeypatch.setattr(backends, "REFERENCE_FALLBACK_BYTES", 100)
+    monkeypatch.setattr(backends, "_warned", set())
+    monkeypatch.delenv("TSCD_BACKEND", raising=False)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(1, 3, 6, 7, generator=gen) * 255
+    probs = torch.softmax(torch.randn(1, 2, 6, 7, generator=gen), dim=1)
+    calls = {
+        "gaussian_product": lambda b: ops.gaussian_product(torch.randn(1, 5, 42, generator=gen),
+                                                           torch.randn(1, 2, 42, generator=gen), backend=b),
+        "dense_energy_loss": lambda b: ops.dense_energy_loss(images, probs, torch.ones(1, 6, 7),
+                                                             torch.zeros(1, 6, 7, dtype=torch.bool), backend=b),
+        "dense_crf": lambda b: ops.dense_crf(images, probs, num_iter=1, backend=b),
+        "scd_loss": lambda b: ops.scd_loss(*_inputs(), backend=b),
+    }
+    with pytest.warns(RuntimeWarning) if op != "dense_crf" else warnings.catch_warnings():
+        with pytest.raises(RuntimeError, match=r"no fused backend can run on cpu tensors \(.*cpp: disabled by the "
+                                               r"test.*backend='torch'"):
+            calls[op]("exact" if op == "dense_crf" else "cpp")
+    assert torch.isfinite(torch.as_tensor(calls[op]("torch"))).all()

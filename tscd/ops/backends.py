@@ -170,6 +170,28 @@ def resolve(op: str, backend: str, device_type: str, pixels: int = 0) -> str:
     return chosen
 
 
+#: The most memory a fall-back to the naive reference may ask for when the caller did not name it.
+REFERENCE_FALLBACK_BYTES = 4 * 2**30
+
+
+def check_reference_fallback(op: str, backend: str, device_type: str, nbytes: int) -> None:
+    """Refuse a fall-back to the torch reference that would allocate about ``nbytes`` > 4 GiB.
+
+    Called by the quadratic ops (their references build (B, N, N) tensors: ~26 GB for the
+    training-size dense energy loss) when :func:`resolve` chose ``torch`` although ``backend``
+    did not name it: an error naming each fused backend and why it cannot run, instead of an
+    allocation that fails or swaps minutes later.
+    """
+    if nbytes <= REFERENCE_FALLBACK_BYTES or _requested(op, backend) == "torch":
+        return
+    reasons = "; ".join(f"{b}: {why_unusable(b, device_type)}" for b in OP_BACKENDS[op]
+                        if b != "torch" and _REGISTRY[b].exact)
+    raise RuntimeError(
+        f"tscd.ops.{op}: no fused backend can run on {device_type} tensors ({reasons}), and the torch "
+        f"reference would allocate about {nbytes / 2**30:.0f} GiB; make one of them usable, or pass "
+        f"backend='torch' to run the reference anyway")
+
+
 def primitives(backend: str):
     """The ``torch.ops`` namespace of a fused backend's primitives (after :func:`resolve` chose it)."""
     return getattr(torch.ops, _REGISTRY[backend].namespace)

@@ -23,7 +23,7 @@ import math
 import torch
 
 from . import _checks
-from .backends import CPU_CRF_LATTICE_PIXELS, primitives, resolve, warn_once, why_unusable
+from .backends import CPU_CRF_LATTICE_PIXELS, check_reference_fallback, primitives, resolve, warn_once, why_unusable
 from .gaussian import bilateral_features, fused_product, position_features
 from .reference import dense_crf as reference
 
@@ -98,5 +98,6 @@ def dense_crf(images: torch.Tensor, probs: torch.Tensor, *, num_iter: int = 10,
             return primitives(resolved).dense_crf(images, probs, num_iter, *map(float, smooth), *map(float, appearance))
         if resolved == "torch":
             dtype = _checks.compute_dtype(probs)
+            check_reference_fallback("dense_crf", backend, device.type, probs.shape[0] * 7 * pixels**2 * dtype.itemsize)
             return reference.dense_crf(images, probs.to(dtype), num_iter, tuple(smooth), tuple(appearance))
         return _mean_field(resolved, images, probs, num_iter, tuple(smooth), tuple(appearance))

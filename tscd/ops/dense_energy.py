@@ -24,7 +24,7 @@ import math
 import torch
 
 from . import _checks
-from .backends import resolve
+from .backends import check_reference_fallback, resolve
 from .gaussian import bilateral_features, fused_product
 from .reference import dense_energy as reference
 
@@ -106,9 +106,11 @@ def dense_energy_loss(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tens
     with the gate held constant. The fused backends never build the N×N kernel matrix.
     """
     device = _check(images, probs, roi, ignore, sigma_rgb, sigma_xy)
-    backend = resolve("dense_energy_loss", backend, device.type)
+    request, backend = backend, resolve("dense_energy_loss", backend, device.type)
     out_dtype = torch.float64 if probs.dtype == torch.float64 else torch.float32
     if backend == "torch":
+        B, _, H, W = probs.shape  # the reference's colour differences: (B, 3, N, N) and more
+        check_reference_fallback("dense_energy_loss", request, device.type, B * 8 * (H * W) ** 2 * out_dtype.itemsize)
         return reference.dense_energy_loss(images, probs, roi, ignore, sigma_rgb, sigma_xy).to(out_dtype)
     B, K, H, W = probs.shape
     feats = bilateral_features(images, sigma_xy, sigma_rgb)

@@ -21,7 +21,7 @@ import math
 import torch
 
 from . import _checks
-from .backends import primitives, resolve
+from .backends import check_reference_fallback, primitives, resolve
 from .reference.gaussian import gaussian_product as _reference_product
 
 # Features multiplied by this make the kernels' 2^(−‖f_i − f_j‖²) equal exp(−½‖f_i − f_j‖²).
@@ -96,10 +96,12 @@ def gaussian_product(feats: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | No
     ):
         raise ValueError(f"row_window must be (width, radius) with width >= 1 dividing N and radius >= 0, "
                          f"got {row_window!r}")
-    backend = resolve("gaussian_product", backend, device.type)
+    request, backend = backend, resolve("gaussian_product", backend, device.type)
     xs = x if x2 is None else torch.cat((x, x2.to(x.dtype)), dim=1)
     if backend == "torch":
         dtype = _checks.compute_dtype(feats, xs)
+        B, D, N = feats.shape
+        check_reference_fallback("gaussian_product", request, device.type, B * (D + 2) * N * N * dtype.itemsize)
         y = _reference_product(feats.to(dtype), xs.to(dtype), cutoff)
     else:
         y = fused_product(backend, feats, xs, cutoff, row_window)

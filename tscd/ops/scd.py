@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from . import _checks
-from .backends import primitives, resolve
+from .backends import check_reference_fallback, primitives, resolve
 from .reference import scd as reference
 
 EPS = reference.EPS
@@ -106,6 +106,9 @@ def scd_loss(t1, t2, s1, s2, *, backend: str = "auto") -> torch.Tensor:
     t1, t2, s1, s2 = _flatten_checked(t1, t2, s1, s2)
     chosen = resolve("scd_loss", backend, s1.device.type)
     if chosen == "torch":
+        # the reference's (B, N1, N2) similarity, correspondence and relu tensors, and their gradients
+        nbytes = 6 * s1.shape[0] * s1.shape[2] * s2.shape[2] * torch.promote_types(s1.dtype, s2.dtype).itemsize
+        check_reference_fallback("scd_loss", backend, s1.device.type, nbytes)
         return reference.scd_loss(t1, t2, s1, s2)
     # Inside forward grad mode is off and needs_input_grad ignores no_grad, so decide here.
     with_grad = torch.is_grad_enabled() and (s1.requires_grad or s2.requires_grad)
