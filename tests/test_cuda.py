@@ -8,6 +8,7 @@ import torch
 from tests.utils import backend_param
 from tscd.ops import dense_energy_loss, scd_loss
 from tscd.selftest import checks
+from tscd.selftest.timing import peak_memory_mib
 
 pytestmark = pytest.mark.cuda
 
@@ -54,12 +55,7 @@ def _peak_extra_mib(fn) -> float:
     """Peak extra GPU memory of the second call of ``fn`` (the first compiles and autotunes, and
     Triton's autotuner allocates a 256 MiB cache-flush buffer)."""
     fn()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return peak_memory_mib(fn, "cuda")
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)

@@ -5,6 +5,7 @@ import torch
 from tests.utils import ALL, FUSED, assert_within_reference_error, require
 from tscd.ops import scd_loss
 from tscd.ops.reference import scd as reference
+from tscd.selftest.checks import clustered_scd_maps
 
 # (B, C, K, N1, N2); the first is a 40×40 sampling of the released code.
 SHAPES = [(2, 20, 21, 1600, 1600), (3, 5, 7, 117, 66), (1, 20, 21, 1, 37), (2, 4, 1, 13, 1)]
@@ -13,37 +14,9 @@ WIDE_SHAPES = [(2, 1, 81, 17, 23), (1, 81, 1, 23, 17), (1, 200, 256, 17, 23), (2
 MARGIN = 0.05  # every |s_ij| of the test data exceeds this (see _assert_margin)
 
 
-def _prototypes(K: int, gen: torch.Generator) -> torch.Tensor:
-    """Unit cluster centres (M, K) with pairwise cosines of ±1/2 (±1 when K = 1)."""
-    if K == 1:
-        return torch.tensor([[1.0], [-1.0]])
-    M = min(4, K - 1)
-    centres = torch.zeros(M, K)
-    centres[:, 0] = 1.0
-    centres[torch.arange(M), torch.arange(1, M + 1)] = 1.0
-    signs = torch.where(torch.rand(M, 1, generator=gen) < 0.5, -1.0, 1.0)
-    rotation, _ = torch.linalg.qr(torch.randn(K, K, generator=gen, dtype=torch.float64))
-    return (signs * centres / 2**0.5) @ rotation.float()
-
-
 def make_inputs(B, C, K, N1, N2, seed=0):
-    """Clustered maps (like CAMs and logits): t1 (B,C,N1), t2 (B,C,N2), s1 (B,K,N1), s2 (B,K,N2).
-
-    Student positions are their cluster's centre plus small noise at random scales, so the
-    correspondences s_ij stay away from the relu kink at 0, where rounding would decide.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    centres_s = _prototypes(K, gen)
-    centres_t = torch.randn(centres_s.shape[0], C, generator=gen)
-    maps = []
-    for N in (N1, N2):
-        labels = torch.randint(centres_s.shape[0], (B, N), generator=gen)
-        scale = torch.exp(0.5 * torch.randn(B, N, 1, generator=gen))
-        s = scale * (centres_s[labels] + 0.1 / K**0.5 * torch.randn(B, N, K, generator=gen))
-        t = centres_t[labels] + 0.5 * torch.randn(B, N, C, generator=gen)
-        maps.append((t.transpose(1, 2).contiguous(), s.transpose(1, 2).contiguous()))
-    (t1, s1), (t2, s2) = maps
-    return t1, t2, s1, s2
+    """Clustered SCD inputs (:func:`tscd.selftest.checks.clustered_scd_maps`) from ``seed``."""
+    return clustered_scd_maps(B, C, K, N1, N2, torch.Generator().manual_seed(seed))
 
 
 def _assert_margin(s1, s2):

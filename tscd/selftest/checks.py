@@ -109,32 +109,42 @@ def _dense_crf(num_iter):
 # ---- inputs --------------------------------------------------------------------------------
 
 
-def _clustered_maps(B, C, K, n1, n2):
-    """SCD inputs t1 (B,C,N1), t2 (B,C,N2), s1 (B,K,N1), s2 (B,K,N2) whose student cosines stay
-    away from the relu's kink at 0, where rounding alone would decide (and flip gradients).
+def _cluster_centres(K: int, gen: torch.Generator) -> torch.Tensor:
+    """Unit cluster centres (M, K) with pairwise cosines of ±1/2 (±1 when K = 1)."""
+    if K == 1:
+        return torch.tensor([[1.0], [-1.0]])
+    M = min(4, K - 1)
+    centres = torch.zeros(M, K)
+    centres[:, 0] = 1.0
+    centres[torch.arange(M), torch.arange(1, M + 1)] = 1.0
+    signs = torch.where(torch.rand(M, 1, generator=gen) < 0.5, -1.0, 1.0)
+    rotation, _ = torch.linalg.qr(torch.randn(K, K, generator=gen, dtype=torch.float64))
+    return (signs * centres / 2**0.5) @ rotation.float()
 
-    Each position belongs to one of a few clusters; the student's clusters have unit centres with
-    cosines of ±1/2 between them (±1 when K ≤ 2), plus small noise, at random scales.
+
+def clustered_scd_maps(B: int, C: int, K: int, N1: int, N2: int, gen: torch.Generator):
+    """SCD inputs like CAMs and logits: t1 (B,C,N1), t2 (B,C,N2), s1 (B,K,N1), s2 (B,K,N2).
+
+    Each position belongs to one of a few clusters; a student position is its cluster's centre
+    plus small noise at a random scale, so the correspondences s_ij stay away from the relu's
+    kink at 0, where rounding alone would decide (and flip gradients).
     """
+    centres_s = _cluster_centres(K, gen)
+    centres_t = torch.randn(centres_s.shape[0], C, generator=gen)
+    maps = []
+    for N in (N1, N2):
+        labels = torch.randint(centres_s.shape[0], (B, N), generator=gen)
+        scale = torch.exp(0.5 * torch.randn(B, N, 1, generator=gen))
+        s = scale * (centres_s[labels] + 0.1 / K**0.5 * torch.randn(B, N, K, generator=gen))
+        t = centres_t[labels] + 0.5 * torch.randn(B, N, C, generator=gen)
+        maps.append((t.transpose(1, 2).contiguous(), s.transpose(1, 2).contiguous()))
+    (t1, s1), (t2, s2) = maps
+    return t1, t2, s1, s2
 
-    def make(gen):
-        basis, _ = torch.linalg.qr(torch.randn(K, K, generator=gen, dtype=torch.float64))
-        basis = basis.float()
-        count = max(1, min(4, K - 1))
-        signs = torch.where(torch.rand(count, 1, generator=gen) < 0.5, -1.0, 1.0)
-        centres = signs * (basis[0] + basis[1 : count + 1]) / 2**0.5 if K > 1 else torch.tensor([[1.0], [-1.0]])
-        teacher_centres = torch.randn(centres.shape[0], C, generator=gen)
-        maps = []
-        for n in (n1, n2):
-            label = torch.randint(centres.shape[0], (B, n), generator=gen)
-            scale = torch.exp(0.5 * torch.randn(B, n, 1, generator=gen))
-            s = scale * (centres[label] + 0.1 / K**0.5 * torch.randn(B, n, K, generator=gen))
-            t = teacher_centres[label] + 0.5 * torch.randn(B, n, C, generator=gen)
-            maps.append((t.transpose(1, 2).contiguous(), s.transpose(1, 2).contiguous()))
-        (t1, s1), (t2, s2) = maps
-        return t1, t2, s1, s2
 
-    return make
+def _clustered_maps(B, C, K, n1, n2):
+    """The inputs' maker for a check: ``gen -> clustered_scd_maps(B, C, K, n1, n2, gen)``."""
+    return lambda gen: clustered_scd_maps(B, C, K, n1, n2, gen)
 
 
 def _gaussian_inputs(B, D, N, K):
