@@ -109,12 +109,13 @@ def test_primitives_pass_opcheck(backend, with_grad):
             torch.library.opcheck(getattr(namespace, name).default, args)
 
 
-def test_lattice_primitive_passes_opcheck():
+@pytest.mark.parametrize("name", ["gaussian_product", "gaussian_product_transposed"])
+def test_lattice_primitive_passes_opcheck(name):
     require("lattice", "cpu")
     resolve("gaussian_product", "lattice", "cpu")
     for args in _primitive_args(with_grad=False)["gaussian_product"]:
         args = tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args)
-        torch.library.opcheck(primitives("lattice").gaussian_product.default, args)
+        torch.library.opcheck(getattr(primitives("lattice"), name).default, args)
 
 
 def test_pydensecrf_op_passes_opcheck():

@@ -1,6 +1,7 @@
 """The permutohedral-lattice backend (CPU): its scale and shape against the exact product on
-photographs, pydensecrf2's own lattice through the dense CRF, odd shapes, symmetry, and the
-dense energy loss's gradient against finite differences of the lattice loss."""
+photographs, pydensecrf2's own lattice through the dense CRF, odd shapes, the transposed product
+against the transpose of L, and the dense energy loss's gradient against the lattice loss's own
+(explicit matrix, finite differences)."""
 import numpy as np
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 
 from tests.utils import require
 from tscd.ops import dense_crf, dense_energy_loss, gaussian_product
-from tscd.ops.gaussian import bilateral_features
+from tscd.ops.gaussian import bilateral_features, fused_product
 
 
 @pytest.fixture(autouse=True)
@@ -61,67 +62,123 @@ def test_dense_crf_matches_pydensecrf(name):
     assert (ours - theirs).abs().max().item() < 1e-3
 
 
-def _symmetry_error(feats: torch.Tensor, channels: int = 3) -> float:
+def _adjoint_errors(feats: torch.Tensor, channels: int = 3) -> tuple[float, float]:
+    """For positive random G, X (B, channels, N): |⟨G, LX⟩ − ⟨LG, X⟩| (L's asymmetry) and
+    |⟨G, LX⟩ − ⟨LᵀG, X⟩| (the transposed product's error), both relative to ⟨G, LX⟩."""
     g = torch.Generator().manual_seed(1)
     x, y = (torch.rand(feats.shape[0], channels, feats.shape[2], generator=g) for _ in range(2))
-    ly, lx = (gaussian_product(feats, v, backend="lattice").double() for v in (y, x))
-    forward, transposed = (y.double() * lx).sum(), (ly * x.double()).sum()
-    return abs((forward - transposed) / forward).item()
+    lx, ly = (_product(feats, v).double() for v in (x, y))
+    lty = _transposed_product(feats, y).double()
+    forward = (y.double() * lx).sum()
+    return tuple(abs(((other * x.double()).sum() - forward) / forward).item() for other in (ly, lty))
+
+
+def _product(feats: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return gaussian_product(feats, x, backend="lattice")
+
+
+def _transposed_product(feats: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return fused_product("lattice", feats, x, transposed=True)
+
+
+def _matrices(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """L and Lᵀ (B, N, N) float64, built column by column from both products of the identity."""
+    B, _, N = feats.shape
+    eye = torch.eye(N).expand(B, N, N).contiguous()
+    return tuple(product(feats, eye).transpose(1, 2).double() for product in (_product, _transposed_product))
 
 
 # Slicing is the transpose of splatting and each directional blur is symmetric, but the d+1 blurs,
-# restricted to the vertices that exist, do not commute (pydensecrf reverses their order for its
-# transposed filter): ⟨G, L X⟩ ≠ ⟨L G, X⟩ by the mass that passes through absent vertices.
-# Measured for positive G, X: 2e-5–4.3e-4 relative on photographs, up to 5e-3 on scattered
-# random 5-D points.
-def test_symmetric_on_photographs():
-    for name in ("astronaut", "coffee", "chelsea"):
-        for sigmas in ((50.0, 15.0), (10.0, 10.0)):
-            assert _symmetry_error(bilateral_features(photograph(name, 64, 80), *sigmas)) < 1e-3
+# restricted to the vertices that exist, do not commute: L = Sᵀ B_d⋯B_0 S is not symmetric and
+# its transpose blurs in the reverse order. Measured for positive G, X: L's asymmetry
+# 5e-5–4.3e-4 relative on photographs, up to 4.9e-3 on scattered random 5-D points; the
+# transposed product's error 1e-9–6.3e-8 (float32 rounding).
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
+@pytest.mark.parametrize("sigmas", [(50.0, 15.0), (10.0, 10.0)])
+def test_transposed_product_on_photographs(name, sigmas):
+    asymmetry, transposition = _adjoint_errors(bilateral_features(photograph(name, 64, 80), *sigmas))
+    assert 1e-5 < asymmetry < 1e-3
+    assert transposition < 1e-6
 
 
-def test_symmetric_on_scattered_features():
+@pytest.mark.parametrize("dims", [2, 3, 5])
+def test_transposed_product_on_scattered_features(dims):
     g = torch.Generator().manual_seed(2)
-    for dims in (2, 3, 5):
-        assert _symmetry_error(torch.randn(2, dims, 200, generator=g)) < 1e-2
+    asymmetry, transposition = _adjoint_errors(torch.randn(2, dims, 200, generator=g))
+    assert asymmetry < 1e-2
+    assert transposition < 1e-6
 
 
-def test_gradient_is_the_released_formula_near_the_lattice_loss_gradient():
-    # With every pixel ignored the gate g is 1 and the loss −(1/B) Σ S·LS is quadratic in the
-    # probabilities: its gradient is −(1/B) roi (L + Lᵀ) S, and central differences give it
-    # exactly up to rounding for any step (a large one puts the float32 rounding of the loss far
-    # below the difference). The autograd Function uses −(1/B) roi (g·LS + L(g·S)), the released
-    # code's gradient, which is that one up to L's asymmetry (measured: 3.6 % RMS here).
-    H, W = 12, 16
+def test_transposed_product_is_the_transposed_matrix():
+    g = torch.Generator().manual_seed(8)
+    feats = torch.cat((bilateral_features(photograph("astronaut", 8, 10), 3.0, 10.0),
+                       torch.randn(1, 5, 80, generator=g) * 1.5))
+    matrix, transposed = _matrices(feats)
+    torch.testing.assert_close(transposed, matrix.transpose(1, 2), rtol=1e-6, atol=1e-7)
+    assert (matrix - matrix.transpose(1, 2)).abs().max() > 1e-3  # L itself is not symmetric
+
+
+def _gradient_inputs(H: int, W: int):
     img = torch.cat((photograph("astronaut", H, W), photograph("chelsea", H, W)))
     probs = torch.cat((coarse_probs(3, H, W, seed=1), coarse_probs(3, H, W, seed=2)))
     roi = torch.ones(2, H, W, dtype=torch.bool)
     roi[:, :2] = False
-    ignore = torch.ones(2, H, W, dtype=torch.bool)
+    return img, probs, roi
+
+
+@pytest.mark.parametrize("ignore_rows", [12, 5])  # every pixel ignored (gate 1), or the gate of the probabilities
+def test_gradient_of_the_lattice_loss(ignore_rows):
+    # The gradient of −(1/B) Σ g·S·(L S), gate held constant, is −(1/B) roi (g·LS + Lᵀ(g·S)); the
+    # lattice as a matrix (its columns are L·e_j) gives it in float64. The released code's
+    # gradient −(1/B) roi (g·LS + L(g·S)) is L's asymmetry off it (measured: 3.6 % and 4.3 % RMS).
+    H, W = 12, 16
+    img, probs, roi = _gradient_inputs(H, W)
+    ignore = torch.zeros(2, H, W, dtype=torch.bool)
+    ignore[:, :ignore_rows] = True
     feats = bilateral_features(img, 5.0, 10.0)
+    p = probs.clone().requires_grad_()
+    loss = dense_energy_loss(img, p, roi, ignore, sigma_rgb=10.0, sigma_xy=5.0, backend="lattice")
+    (grad,) = torch.autograd.grad(loss, p)
+    grad = grad.reshape(2, 3, H * W).double()
+
+    matrix, _ = _matrices(feats)
+    r = roi.reshape(2, 1, H * W).double()
+    s = probs.reshape(2, 3, H * W).double() * r
+    gate = torch.where(ignore.reshape(2, 1, H * W), 1.0, (r - s.amax(1, keepdim=True)).clamp(min=0))
+    ls, lgs, ltgs = s @ matrix.transpose(1, 2), (gate * s) @ matrix.transpose(1, 2), (gate * s) @ matrix
+    true = -(gate * ls + ltgs) * r / 2
+    released = -(gate * ls + lgs) * r / 2
+    torch.testing.assert_close(grad, true, rtol=1e-5, atol=1e-6 * true.abs().max().item())
+    assert 0.01 < ((released - true).norm() / true.norm()).item() < 0.06
+
+
+def test_gradient_against_finite_differences():
+    # With every pixel ignored the gate is 1 and the loss −(1/B) Σ S·LS is quadratic in the
+    # probabilities, so central differences give its gradient exactly up to the float32 rounding
+    # of the two losses, ≈ eps·|loss| / step (measured: 4e-7–3e-6 relative). The released
+    # gradient −(1/B) roi·2LS misses by far more.
+    H, W = 12, 16
+    img, probs, roi = _gradient_inputs(H, W)
+    ignore = torch.ones(2, H, W, dtype=torch.bool)
 
     def loss(p):
         return dense_energy_loss(img, p, roi, ignore, sigma_rgb=10.0, sigma_xy=5.0, backend="lattice")
 
     p = probs.clone().requires_grad_()
-    (grad,) = torch.autograd.grad(loss(p), p)
+    value = loss(p)
+    (grad,) = torch.autograd.grad(value, p)
     r = roi.reshape(2, 1, H * W).float()
     s = probs.reshape(2, 3, H * W) * r
-    released = -(2 * gaussian_product(feats, s, backend="lattice")) * r / 2
-    torch.testing.assert_close(grad.reshape(2, 3, H * W), released)
-
-    # The lattice as a matrix (its columns are L·e_j) gives the true gradient.
-    eye = torch.eye(H * W).expand(2, H * W, H * W).contiguous()
-    matrix = gaussian_product(feats, eye, backend="lattice").transpose(1, 2).double()  # [b, i, j] = L_ij
-    true = (-(s.double() @ (matrix + matrix.transpose(1, 2)).transpose(1, 2)) * r / 2).reshape(probs.shape)
+    released = (-gaussian_product(bilateral_features(img, 5.0, 10.0), s, backend="lattice") * r).reshape(probs.shape)
+    step = 1.0
+    tolerance = 8 * torch.finfo(torch.float32).eps * abs(value.item()) / step
     g = torch.Generator().manual_seed(3)
     for _ in range(3):
         v = torch.randn(probs.shape, generator=g)
-        step = 0.1
         with torch.no_grad():
             numeric = (loss(probs + step * v).double() - loss(probs - step * v).double()) / (2 * step)
-        assert abs(numeric - (true * v).sum()) <= 1e-4 * abs(numeric)
-    assert ((grad.double() - true).norm() / true.norm()).item() < 0.06  # measured 0.036
+        assert abs(numeric - (grad.double() * v).sum()) <= tolerance
+        assert abs(numeric - (released.double() * v).sum()) > 10 * tolerance
 
 
 def test_dense_energy_loss_scale():

@@ -1,5 +1,7 @@
 // The permutohedral-lattice Gaussian-kernel product (geometry in lattice.h) as the operator
-// tscd_lattice::gaussian_product, with the schema of the exact tscd::gaussian_product
+// tscd_lattice::gaussian_product, y = L x, and its exact transpose
+// tscd_lattice::gaussian_product_transposed, y = Lᵀ x (the same lattice, blurred along the
+// directions in reverse order), both with the schema of the exact tscd::gaussian_product
 // (gaussian.h): feats (B, D, N) pre-scaled so that 2^(−‖Δfeats‖²) = exp(−½‖Δf‖²), x (B, K, N)
 // → y (B, K, N) float32. The lattice undoes that pre-scaling and filters with its own
 // approximation of exp(−½‖Δf‖²) (≈ 0.58 × the exact sums on photographs); cut2, width and
@@ -190,31 +192,34 @@ TSCD_INLINE void slice(const Lattice& lat, const float* values, int64_t channels
   }
 }
 
-// y (K, N) = the lattice filter of x (K, N); values and scratch: (M+1)·stride floats of work space.
+// y (K, N) = L x (blurs along directions 0, 1, …, d) or, transposed, Lᵀ x (d, …, 1, 0): slicing
+// is the transpose of splatting and each blur a symmetric matrix on the vertices (slot 0, the
+// absent neighbour, stays zero), so reversing their order transposes the product exactly.
+// values and scratch: (M+1)·stride floats of work space.
 template <typename Vec>
-TSCD_INLINE void filter(const Lattice& lat, const float* x, int64_t channels, int64_t stride, float* values,
-                        float* scratch, float* y) {
+TSCD_INLINE void filter(const Lattice& lat, bool transposed, const float* x, int64_t channels, int64_t stride,
+                        float* values, float* scratch, float* y) {
   splat<Vec>(lat, x, channels, stride, values);
-  for (int dir = 0; dir <= lat.dims; ++dir) {
-    blur<Vec>(lat, dir, stride, values, scratch);
+  for (int step = 0; step <= lat.dims; ++step) {
+    blur<Vec>(lat, transposed ? lat.dims - step : step, stride, values, scratch);
     std::swap(values, scratch);
   }
   slice<Vec>(lat, values, channels, stride, y);
 }
 
 TSCD_ISA_CLONES
-void filter_image(const Lattice& lat, const float* x, int64_t channels, float* y, std::vector<float>& work) {
+void filter_image(const Lattice& lat, bool transposed, const float* x, int64_t channels, float* y,
+                  std::vector<float>& work) {
   const int64_t stride = channel_stride(channels);
   const int64_t size = (static_cast<int64_t>(lat.vertices) + 1) * stride;  // slot 0 stays zero
   work.assign(2 * size, 0.0f);
   if (stride % kLanes == 0)
-    filter<vf>(lat, x, channels, stride, work.data(), work.data() + size, y);
+    filter<vf>(lat, transposed, x, channels, stride, work.data(), work.data() + size, y);
   else
-    filter<float>(lat, x, channels, stride, work.data(), work.data() + size, y);
+    filter<float>(lat, transposed, x, channels, stride, work.data(), work.data() + size, y);
 }
 
-at::Tensor lattice_product_cpu(const at::Tensor& feats, const at::Tensor& x, double /*cut2*/, int64_t /*width*/,
-                               int64_t /*radius*/) {
+at::Tensor lattice_filter(const at::Tensor& feats, const at::Tensor& x, bool transposed) {
   tscd::gaussian::check_args(feats, x);
   const int64_t B = x.size(0), K = x.size(1), N = x.size(2), D = feats.size(1);
   TORCH_CHECK(D >= 1, "feats (B, D, N): at least one feature dimension, got ", feats.sizes());
@@ -231,16 +236,28 @@ at::Tensor lattice_product_cpu(const at::Tensor& feats, const at::Tensor& x, dou
     thread_local std::vector<float> work;
     for (int64_t b = begin; b < end; ++b) {
       const auto lat = cache().get(fp + b * D * N, D, N, feature_scale);
-      filter_image(*lat, xp + b * K * N, K, yp + b * K * N, work);
+      filter_image(*lat, transposed, xp + b * K * N, K, yp + b * K * N, work);
     }
   });
   return y;
+}
+
+at::Tensor lattice_product_cpu(const at::Tensor& feats, const at::Tensor& x, double, int64_t, int64_t) {
+  return lattice_filter(feats, x, false);
+}
+
+at::Tensor lattice_product_transposed_cpu(const at::Tensor& feats, const at::Tensor& x, double, int64_t, int64_t) {
+  return lattice_filter(feats, x, true);
 }
 
 }  // namespace
 
 TORCH_LIBRARY(tscd_lattice, m) {
   m.def("gaussian_product(Tensor feats, Tensor x, float cut2, int width, int radius) -> Tensor");
+  m.def("gaussian_product_transposed(Tensor feats, Tensor x, float cut2, int width, int radius) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(tscd_lattice, CPU, m) { m.impl("gaussian_product", &lattice_product_cpu); }
+TORCH_LIBRARY_IMPL(tscd_lattice, CPU, m) {
+  m.impl("gaussian_product", &lattice_product_cpu);
+  m.impl("gaussian_product_transposed", &lattice_product_transposed_cpu);
+}

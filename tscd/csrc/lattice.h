@@ -19,10 +19,11 @@
 //
 // Slicing is the transpose of splatting and each directional blur is symmetric, but the blurs
 // are restricted to the vertices that exist and do not commute there, so L = Sᵀ B_d⋯B_0 S is
-// not exactly symmetric (pydensecrf blurs in the reverse order for its transpose): ⟨G, LX⟩
-// and ⟨LG, X⟩ differ by ~1e-4 relative on photographs, and the gradient 2LS of Sᵀ L S (the
-// released loss's) by a few % from the true (L + Lᵀ)S. Averaging both blur orders would make L
-// symmetric for ~15 % more time, but would no longer match pydensecrf (tests/ops/test_lattice.py).
+// not exactly symmetric: ⟨G, LX⟩ and ⟨LG, X⟩ differ by ~1e-4 relative on photographs. Its exact
+// transpose Lᵀ = Sᵀ B_0⋯B_d S blurs in the reverse order (as pydensecrf's transposed filter does)
+// on the same lattice; the dense energy loss needs it for its gradient −(1/B)(g·LS + Lᵀ(g·S)),
+// which the released code's −(1/B)(g·LS + L(g·S)) misses by a few %. L itself stays pydensecrf's
+// (averaging both blur orders would make it symmetric but no longer match; tests/ops/test_lattice.py).
 #pragma once
 
 #include <algorithm>

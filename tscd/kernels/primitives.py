@@ -10,6 +10,9 @@ contiguous unless stated (the op layer upcasts); ``dilations`` is int32.
   ``cut2`` weigh 0 (``inf``: none); with ``width > 0`` pixel i lies in row ``i // width`` and
   only pairs at most ``radius`` rows apart are visited (a speed hint: ``cut2`` must already
   give the others weight 0). D ≤ 8.
+- ``gaussian_product_transposed``: the same schema; only ``torch.ops.tscd_lattice`` has it (the
+  permutohedral lattice's operator L is not symmetric, so its loss gradient needs ``Lᵀ·x``;
+  the exact W is symmetric).
 - ``scd_pass(xs (B,K,Nx), ys (B,K,Ny), xt (B,C,Nx), yt (B,C,Ny), ar (B,Nx), ac (B,Ny), with_grad)
   -> (rowsum (B,Nx), grad (B,K,Nx) or (B,K,0))``: with ``s_ij = xs_i·ys_j`` and
   ``f_ij = xt_i·yt_j + ar_i + ac_j``, ``rowsum_i = Σ_j relu(s_ij) f_ij`` and
@@ -46,11 +49,13 @@ def varm_propagate_(src, weights, dilations, out) -> None:
     return None
 
 
-FAKES = {"gaussian_product": gaussian_product, "scd_pass": scd_pass, "varm_affinity": varm_affinity,
-         "varm_propagate_": varm_propagate_}
+#: The primitives every fused backend implements.
+COMMON = ("gaussian_product", "scd_pass", "varm_affinity", "varm_propagate_")
+FAKES = {"gaussian_product": gaussian_product, "gaussian_product_transposed": gaussian_product, "scd_pass": scd_pass,
+         "varm_affinity": varm_affinity, "varm_propagate_": varm_propagate_}
 
 
-def register_fakes(namespace: str, names=tuple(FAKES)) -> None:
+def register_fakes(namespace: str, names=COMMON) -> None:
     """Register the fake kernels of ``names`` for ``torch.ops.<namespace>.*`` (the operators must exist)."""
     for name in names:
         torch.library.register_fake(f"{namespace}::{name}")(FAKES[name])

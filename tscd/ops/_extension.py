@@ -4,7 +4,8 @@ Every source file in ``tscd/csrc`` registers its operators with the PyTorch disp
 (``TORCH_LIBRARY_FRAGMENT(tscd, m)`` for schemas, ``TORCH_LIBRARY_IMPL(tscd, CPU|CUDA, m)``
 for kernels), so there is no binding file: once the library is loaded the operators live
 under ``torch.ops.tscd`` (the exact kernels) and ``torch.ops.tscd_lattice`` (the permutohedral
-lattice, CPU only), and their fake kernels (:mod:`tscd.kernels.primitives`) are registered.
+lattice, CPU only: its product and transposed product), and their fake kernels
+(:mod:`tscd.kernels.primitives`) are registered.
 An ahead-of-time build (``TSCD_BUILD_EXT=1 pip install .``) is used when present;
 otherwise the sources are compiled with ninja on first use and cached by
 ``torch.utils.cpp_extension`` (``TORCH_EXTENSIONS_DIR``).
@@ -70,7 +71,7 @@ def load_failure() -> str | None:
         text = str(exc).strip()
         return f"{type(exc).__name__}: {text.splitlines()[-1] if text else repr(exc)}"
     register_fakes("tscd")
-    register_fakes("tscd_lattice", ("gaussian_product",))
+    register_fakes("tscd_lattice", ("gaussian_product", "gaussian_product_transposed"))
     return None
 
 

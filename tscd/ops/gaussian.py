@@ -49,7 +49,7 @@ def bilateral_features(images: torch.Tensor, sigma_xy: float, sigma_rgb: float) 
 
 
 def fused_product(backend: str, feats: torch.Tensor, x: torch.Tensor, cutoff: float | None = None,
-                  row_window: tuple[int, int] | None = None) -> torch.Tensor:
+                  row_window: tuple[int, int] | None = None, transposed: bool = False) -> torch.Tensor:
     """``W·x`` (B, K, N) float32 by a fused backend's primitive (no checks, no autograd).
 
     ``feats`` (B, D, N) float32 (unscaled, as :func:`bilateral_features` makes them), ``x`` (B, K, N).
@@ -58,11 +58,15 @@ def fused_product(backend: str, feats: torch.Tensor, x: torch.Tensor, cutoff: fl
     tiles more than ``radius`` rows apart are skipped. Only a speed hint: ``cutoff`` must
     already give those pairs weight 0 (true for position features ``p/σ`` and ``cutoff ≤ radius/σ``).
     The ``lattice`` backend ignores ``cutoff`` and ``row_window`` (its blur is local by construction).
+    ``transposed``: ``Wᵀ·x`` — the same product for the exact backends (W is symmetric), the
+    transposed operator for the lattice, whose blurs do not commute (``gaussian_product_transposed``).
     """
     feats = (feats.to(torch.float32) * _EXP2_SCALE).contiguous()
     cut2 = math.inf if cutoff is None else cutoff * cutoff * _EXP2_SCALE**2
     width, radius = row_window if row_window is not None else (0, 0)
-    return primitives(backend).gaussian_product(feats, x.to(torch.float32).contiguous(), cut2, width, radius)
+    ops = primitives(backend)
+    product = ops.gaussian_product_transposed if transposed and backend == "lattice" else ops.gaussian_product
+    return product(feats, x.to(torch.float32).contiguous(), cut2, width, radius)
 
 
 def gaussian_product(feats: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | None = None, *,
