@@ -70,6 +70,8 @@ namespace cpu {
 #ifdef TSCD_X86_DISPATCH
 enum class Isa { kBaseline, kAvx2, kAvx512 };
 
+// The x86-64-v4 / v3 features that float kernels can use (their other ones: movbe, lzcnt and f16c,
+// which GCC < 12 cannot query, are not emitted for them).
 inline Isa detect_isa() {
   __builtin_cpu_init();
   const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
@@ -95,16 +97,6 @@ __attribute__((target("arch=x86-64-v3"))) void run_avx2(Args... args) {
   Kernel<8>::run(args...);
 }
 
-// The lanes of the vectors that run_native's kernels use on this CPU.
-inline int native_lanes() {
-  switch (isa()) {
-    case Isa::kAvx512: return 16;
-    case Isa::kAvx2: return 8;
-    case Isa::kBaseline: break;
-  }
-  return 4;
-}
-
 template <template <int> class Kernel, typename... Args>
 void run_native(Args... args) {
   switch (isa()) {
@@ -114,8 +106,6 @@ void run_native(Args... args) {
   }
 }
 #else
-inline int native_lanes() { return 4; }
-
 template <template <int> class Kernel, typename... Args>
 void run_native(Args... args) {
   Kernel<4>::run(args...);
