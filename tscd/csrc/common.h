@@ -14,10 +14,12 @@
 #define TSCD_HOST_DEVICE
 #endif
 
-// CPU only: inner loops compiled for AVX-512, AVX2 and baseline x86-64, one picked at load time
-// (x86-64 GCC only), and always-inlined helpers that such clones call.
+// CPU only. TSCD_ISA_CLONES: a function compiled for AVX-512, AVX2 and baseline x86-64, one
+// picked at load time (x86-64 GCC only); TSCD_INLINE: always-inlined helpers that such clones
+// (and the per-ISA kernels of run_native below) call.
 #if !defined(__CUDACC__)
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define TSCD_X86_DISPATCH 1
 #define TSCD_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define TSCD_ISA_CLONES
@@ -56,5 +58,61 @@ inline void check_same_device(const at::Tensor& t, const char* name, const at::T
   TORCH_CHECK(t.device() == like.device(), name, " must be on the device of ", like_name, " (", like.device(),
               "), got ", t.device());
 }
+
+#if !defined(__CUDACC__)
+// Native-width CPU kernels. Kernel<kLanes>::run(args...) is written with GCC vector types of
+// kLanes floats (always inlined); run_native calls the instance whose vectors fill the
+// registers of the CPU found at load time: 16 lanes under AVX-512, 8 under AVX2 + FMA, 4 (SSE,
+// or any other target) otherwise. Vectors wider than the registers would be split through the
+// stack, which is why a single vector width compiled for several ISAs is slow on all but one.
+namespace cpu {
+
+#ifdef TSCD_X86_DISPATCH
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+
+// The x86-64-v4 / v3 features that float kernels can use (their other ones: movbe, lzcnt and f16c,
+// which GCC < 12 cannot query, are not emitted for them).
+inline Isa detect_isa() {
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("avx512cd");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+  return avx512 && avx2 ? Isa::kAvx512 : avx2 ? Isa::kAvx2 : Isa::kBaseline;
+}
+
+inline Isa isa() {
+  static const Isa found = detect_isa();
+  return found;
+}
+
+template <template <int> class Kernel, typename... Args>
+__attribute__((target("arch=x86-64-v4"))) void run_avx512(Args... args) {
+  Kernel<16>::run(args...);
+}
+
+template <template <int> class Kernel, typename... Args>
+__attribute__((target("arch=x86-64-v3"))) void run_avx2(Args... args) {
+  Kernel<8>::run(args...);
+}
+
+template <template <int> class Kernel, typename... Args>
+void run_native(Args... args) {
+  switch (isa()) {
+    case Isa::kAvx512: return run_avx512<Kernel>(args...);
+    case Isa::kAvx2: return run_avx2<Kernel>(args...);
+    case Isa::kBaseline: return Kernel<4>::run(args...);
+  }
+}
+#else
+template <template <int> class Kernel, typename... Args>
+void run_native(Args... args) {
+  Kernel<4>::run(args...);
+}
+#endif
+
+}  // namespace cpu
+#endif
 
 }  // namespace tscd
