@@ -67,12 +67,11 @@ OP_BACKENDS: dict[str, tuple[str, ...]] = {
 _REQUESTS = ("auto", "exact")
 _DEVICE_ORDER = {"cuda": ("triton", "cpp", "torch"), "cpu": ("cpp", "torch")}
 #: Pixel count from which ``auto`` runs the CPU dense CRF on the lattice instead of the exact cpp
-#: kernels (K = 21, 10 iterations, one thread, CPU time; bench/lattice.py). Measured on the
-#: 2-core AVX2 development machine, the lattice is the faster from the smallest image tried
-#: (8×8: 1.2 against 6.2 ms; 32×32: 6.5 against 524 ms); with the exact kernels at their
-#: AVX-512 speed (3.6 s at 120×160) the two meet near 600 pixels. Below 32×32 the exact CRF
-#: costs at most a few milliseconds there, so thumbnails stay exact.
-CPU_CRF_LATTICE_PIXELS = 1024
+#: kernels (K = 21, 10 iterations, one thread, AVX2, median of 5; /tmp measurement, astronaut):
+#: 8×8 1.7 against 1.3 ms, 16×16 3.1 against 2.0 ms, 24×24 11.8 against 2.8 ms, 32×32 29 against
+#: 4.0 ms, 64×64 304 against 12 ms (exact against lattice). Up to 16×16 the exact CRF costs at
+#: most ~1 ms more, so small images stay exact; from there the lattice wins by a growing factor.
+CPU_CRF_LATTICE_PIXELS = 256
 # (op, device type) -> (minimum pixel count, backends tried before the device's order from there)
 _PREFERRED = {("dense_crf", "cpu"): (CPU_CRF_LATTICE_PIXELS, ("lattice", "pydensecrf"))}
 _warned: set[tuple] = set()
