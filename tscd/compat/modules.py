@@ -55,8 +55,9 @@ class DenseEnergyLoss(nn.Module):
         weight, sigma_rgb, sigma_xy, scale_factor: the released module's (1e-7, 15, 100, 0.5
             in the family's scripts); ``.weight`` is the weight given.
         gradient: ``"family"`` (default): the released backward ``−(2/B)·g·(W S)·ROIs`` — the
-            gradient the family's loss weights were tuned with, exact only where g is uniform;
-            ``"true"``: the loss's own gradient ``−(1/B)(g·W S + W(g·S))·ROIs`` (tscd's recipe).
+            gradient the family's loss weights were tuned with; it is exact only where g is
+            uniform and W symmetric, which the lattice is not quite (3.6 % RMS off with g = 1);
+            ``"true"``: the loss's own gradient ``−(1/B)(g·W S + Wᵀ(g·S))·ROIs`` (tscd's recipe).
         exact_sum: ``None`` (default): ``W S`` on tscd's permutohedral lattice for CPU tensors —
             the released values, like its SWIG module — and the exact sum × 0.58 on CUDA;
             ``True``: the exact sum × :data:`~tscd.losses.dense_energy.LATTICE_SCALE` (O(N²));
