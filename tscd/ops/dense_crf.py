@@ -28,6 +28,13 @@ from .gaussian import bilateral_features, fused_product, position_features
 from .reference import dense_crf as reference
 
 
+def _class_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over dim 1 of (B, K, N): reductions across the K planes, vectorised along N
+    (``torch.softmax`` over a strided dim 1 is ~1.7× slower here)."""
+    e = (logits - logits.amax(dim=1, keepdim=True)).exp_()
+    return e.div_(e.sum(dim=1, keepdim=True))
+
+
 def _mean_field(backend, images, probs, num_iter, smooth, appearance):
     B, K, H, W = probs.shape
     (s_xy, s_w), (a_xy, a_rgb, a_w) = smooth, appearance
@@ -39,7 +46,7 @@ def _mean_field(backend, images, probs, num_iter, smooth, appearance):
     ones = torch.ones(B, 1, H * W, device=probs.device)
     norms = [fused_product(backend, f, ones, cutoff, window).rsqrt() for _, f, cutoff, window in terms]
     log_probs = torch.log(torch.clamp(probs.reshape(B, K, H * W).to(torch.float32), min=1e-5))  # −unary
-    q = torch.softmax(log_probs, dim=1)
+    q = _class_softmax(log_probs)
     # Buffers reused by every iteration: the only new (B, K, N) tensors are the products and Q.
     logits, scaled = torch.empty_like(log_probs), torch.empty_like(log_probs)
     for _ in range(num_iter):
@@ -47,7 +54,7 @@ def _mean_field(backend, images, probs, num_iter, smooth, appearance):
         for (weight, feats, cutoff, window), norm in zip(terms, norms):
             torch.mul(norm, q, out=scaled)
             logits.addcmul_(fused_product(backend, feats, scaled, cutoff, window), norm, value=weight)
-        q = torch.softmax(logits, dim=1)
+        q = _class_softmax(logits)
     return q.reshape(B, K, H, W)
 
 
