@@ -19,11 +19,12 @@ from tscd.ops.backends import why_unusable
 def uses_exact_sum(exact_sum: bool | None, device: torch.device) -> bool:
     """Whether ``W·x`` is summed exactly on ``device`` for the request ``exact_sum``.
 
-    ``None``: the lattice on CPU tensors, the exact sum elsewhere; ``True``: the exact sum;
-    ``False``: the lattice, which must be able to run there (else ``ValueError``).
+    ``None``: the lattice where it can run (CPU tensors, the extension built), else the exact
+    sum (× 0.58, never the lattice's fall-back, which would lose that factor); ``True``: the
+    exact sum; ``False``: the lattice, which must be able to run there (else ``ValueError``).
     """
     if exact_sum is None:
-        return device.type != "cpu"
+        return why_unusable("lattice", device.type) is not None
     if not isinstance(exact_sum, bool):
         raise TypeError(f"exact_sum must be True, False or None, got {exact_sum!r}")
     if not exact_sum:
