@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from tscd.constants import IGNORE_INDEX
 from tscd.losses.dense_energy import LATTICE_SCALE
+from tscd.losses.dense_energy import DenseEnergyLoss as _RecipeDenseEnergyLoss
 from tscd.ops import dense_energy_loss
 from tscd.ops._checks import check_same_device, check_tensor
 from tscd.ops.dense_energy import _gate
@@ -40,7 +38,7 @@ class _FamilyGradient(torch.autograd.Function):
         return grad_probs.to(ctx.probs_dtype), None, None, None, None
 
 
-class DenseEnergyLoss(nn.Module):
+class DenseEnergyLoss(_RecipeDenseEnergyLoss):
     """``DenseEnergyLoss(weight, sigma_rgb, sigma_xy, scale_factor)`` of the AFA family (method §8).
 
     ``forward(images, segmentations, ROIs, seg_label)``: images (B, 3, H, W) in 0–255,
@@ -68,25 +66,17 @@ class DenseEnergyLoss(nn.Module):
     ``.cuda()``; both work with a 0-dim tensor); no input is moved to the CPU or to CUDA.
     """
 
+    recompute_scale_factor = True  # the released module's resizing (sizes rounded down)
+
     def __init__(self, weight: float, sigma_rgb: float, sigma_xy: float, scale_factor: float, *,
                  gradient: str = "family", exact_sum: bool | None = None):
-        super().__init__()
-        if not scale_factor > 0:
-            raise ValueError(f"scale_factor must be positive, got {scale_factor}")
+        super().__init__(weight, sigma_rgb, sigma_xy, scale_factor)
         if gradient not in GRADIENTS:
             raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
         if exact_sum is not None and not isinstance(exact_sum, bool):
             raise TypeError(f"exact_sum must be True, False or None, got {exact_sum!r}")
-        self.weight = weight
-        self.sigma_rgb = sigma_rgb
-        self.sigma_xy = sigma_xy
-        self.scale_factor = scale_factor
         self.gradient = gradient
         self.exact_sum = exact_sum
-
-    def _resize(self, x: torch.Tensor, mode: str) -> torch.Tensor:
-        kwargs = {"align_corners": False} if mode == "bilinear" else {}
-        return F.interpolate(x, scale_factor=self.scale_factor, mode=mode, recompute_scale_factor=True, **kwargs)
 
     def forward(self, images: torch.Tensor, segmentations: torch.Tensor, ROIs: torch.Tensor,
                 seg_label: torch.Tensor) -> torch.Tensor:
@@ -101,10 +91,7 @@ class DenseEnergyLoss(nn.Module):
                                ("seg_label", label, (B, 1, H, W))):
             if tuple(t.shape) != shape:
                 raise ValueError(f"{name} must have shape {shape} to match segmentations, got {tuple(t.shape)}")
-        images = self._resize(images.to(torch.float32), "nearest")
-        probs = self._resize(segmentations, "bilinear")
-        roi = self._resize(ROIs[:, None].to(torch.float32), "nearest")[:, 0]
-        unlabelled = self._resize(label.to(torch.float32), "nearest")[:, 0] == IGNORE_INDEX
+        images, probs, roi, unlabelled = self._at_loss_scale(images, segmentations, ROIs, label)
         sigma_xy = self.sigma_xy * self.scale_factor
         if self.gradient == "true":
             exact = uses_exact_sum(self.exact_sum, probs.device)

@@ -43,11 +43,26 @@ class DenseEnergyLoss(nn.Module):
         self.scale_factor = scale_factor
         self.backend = backend
 
+    #: ``F.interpolate``'s ``recompute_scale_factor`` for the resizing (the AFA family's module sets it).
+    recompute_scale_factor: bool | None = None
+
     def _resize(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         if self.scale_factor == 1:
             return x
         kwargs = {"align_corners": False} if mode == "bilinear" else {}
-        return F.interpolate(x, scale_factor=self.scale_factor, mode=mode, **kwargs)
+        return F.interpolate(x, scale_factor=self.scale_factor, mode=mode,
+                             recompute_scale_factor=self.recompute_scale_factor, **kwargs)
+
+    def _at_loss_scale(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor,
+                       seg_label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The inputs resized by ``scale_factor`` (images, roi, seg_label (B, 1, H, W) nearest; probs
+        bilinear): images (B, 3, h, w) float32, probs (B, K, h, w), roi (B, h, w) float32 and the
+        ignore mask (B, h, w), True where the label is 255."""
+        images = self._resize(images.to(torch.float32), "nearest")
+        probs = self._resize(probs, "bilinear")
+        roi = self._resize(roi[:, None].to(torch.float32), "nearest")[:, 0]
+        ignore = self._resize(seg_label.to(torch.float32), "nearest")[:, 0] == IGNORE_INDEX
+        return images, probs, roi, ignore
 
     def forward(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor,
                 seg_label: torch.Tensor) -> torch.Tensor:
@@ -60,10 +75,7 @@ class DenseEnergyLoss(nn.Module):
             seg_label = seg_label[:, None]
         if not isinstance(roi, torch.Tensor) or roi.dim() != 3:
             raise ValueError("roi must be a tensor of shape (B, H, W)")
-        images = self._resize(images.to(torch.float32), "nearest")
-        probs = self._resize(probs, "bilinear")
-        roi = self._resize(roi[:, None].to(torch.float32), "nearest")[:, 0]
-        ignore = self._resize(seg_label.to(torch.float32), "nearest")[:, 0] == IGNORE_INDEX
+        images, probs, roi, ignore = self._at_loss_scale(images, probs, roi, seg_label)
         loss = dense_energy_loss(images, probs, roi, ignore, sigma_rgb=self.sigma_rgb,
                                  sigma_xy=self.sigma_xy * self.scale_factor, backend=self.backend)
         return self.weight * loss
