@@ -129,8 +129,8 @@ def _gradient_inputs(H: int, W: int):
 @pytest.mark.parametrize("ignore_rows", [12, 5])  # every pixel ignored (gate 1), or the gate of the probabilities
 def test_gradient_of_the_lattice_loss(ignore_rows):
     # The gradient of −(1/B) Σ g·S·(L S), gate held constant, is −(1/B) roi (g·LS + Lᵀ(g·S)); the
-    # lattice as a matrix (its columns are L·e_j) gives it in float64. The released code's
-    # gradient −(1/B) roi (g·LS + L(g·S)) is L's asymmetry off it (measured: 3.6 % and 4.3 % RMS).
+    # lattice as a matrix (its columns are L·e_j) gives it in float64. The exact backends' formula
+    # with L for Lᵀ, −(1/B) roi (g·LS + L(g·S)), is L's asymmetry off it (measured: 3.6 % and 4.3 % RMS).
     H, W = 12, 16
     img, probs, roi = _gradient_inputs(H, W)
     ignore = torch.zeros(2, H, W, dtype=torch.bool)
@@ -147,9 +147,9 @@ def test_gradient_of_the_lattice_loss(ignore_rows):
     gate = torch.where(ignore.reshape(2, 1, H * W), 1.0, (r - s.amax(1, keepdim=True)).clamp(min=0))
     ls, lgs, ltgs = s @ matrix.transpose(1, 2), (gate * s) @ matrix.transpose(1, 2), (gate * s) @ matrix
     true = -(gate * ls + ltgs) * r / 2
-    released = -(gate * ls + lgs) * r / 2
+    symmetric_formula = -(gate * ls + lgs) * r / 2
     torch.testing.assert_close(grad, true, rtol=1e-5, atol=1e-6 * true.abs().max().item())
-    assert 0.01 < ((released - true).norm() / true.norm()).item() < 0.06
+    assert 0.01 < ((symmetric_formula - true).norm() / true.norm()).item() < 0.06
 
 
 def test_gradient_against_finite_differences():

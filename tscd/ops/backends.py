@@ -6,7 +6,7 @@
 - ``cpp``: the C++ extension as ``torch.ops.tscd.*``; on the CPU, and on CUDA when it was
   compiled with the CUDA sources.
 - ``lattice``: the permutohedral lattice of the C++ extension as ``torch.ops.tscd_lattice.*``
-  (``gaussian_product`` only, on the CPU; O(N), approximate: its sums are ≈ 0.58 × the exact
+  (``gaussian_product`` and its transpose, on the CPU; O(N), approximate: its sums are ≈ 0.58 × the exact
   ones on photographs, method §8, which the dense CRF's normalisation cancels).
 - ``pydensecrf``: the permutohedral dense CRF of the optional ``pydensecrf2`` package as
   ``torch.ops.tscd_pydensecrf.dense_crf`` (``dense_crf`` only; approximate).

@@ -17,8 +17,8 @@ not symmetric (its blurs, restricted to the lattice vertices that exist, do not 
 the gradient of the lattice loss is ``−(1/B)(g·LS + Lᵀ(g·S))``: the forward computes ``L S``
 and ``Lᵀ(g·S)`` (the transposed lattice product, its blurs in reverse order) on the same cached
 lattice: two filters of K channels, as fast as one of 2K channels for K = 21 (1.5× for K = 2,
-where walking the lattice dominates). The released code's gradient ``−(1/B)(g·LS + L(g·S))``
-is ≈ 4 % RMS off this one (tests/ops/test_lattice.py).
+where walking the lattice dominates). The exact backends' formula with L in place of Lᵀ,
+``−(1/B)(g·LS + L(g·S))``, would be ≈ 4 % RMS off it (tests/ops/test_lattice.py).
 """
 from __future__ import annotations
 
