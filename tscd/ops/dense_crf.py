@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from ..constants import CRF_PRESETS, DEFAULT_CRF_PRESET
 from . import _checks
 from .backends import CPU_CRF_LATTICE_PIXELS, check_reference_fallback, primitives, resolve, warn_once, why_unusable
 from .gaussian import bilateral_features, fused_product, position_features
@@ -76,16 +77,20 @@ def _check(images, probs, num_iter, smooth, appearance):
     return _checks.check_same_device(images=images, probs=probs)
 
 
-def dense_crf(images: torch.Tensor, probs: torch.Tensor, *, num_iter: int = 10,
-              smooth: tuple[float, float] = (3.0, 3.0),
-              appearance: tuple[float, float, float] = (64.0, 5.0, 4.0),
+_DEFAULT = CRF_PRESETS[DEFAULT_CRF_PRESET]  # the published TSCD/AFA protocol's settings
+
+
+def dense_crf(images: torch.Tensor, probs: torch.Tensor, *, num_iter: int = _DEFAULT.num_iter,
+              smooth: tuple[float, float] = _DEFAULT.smooth,
+              appearance: tuple[float, float, float] = _DEFAULT.appearance,
               backend: str = "auto") -> torch.Tensor:
     """Mean-field dense CRF of method §10: the refined probabilities Q, (B, K, H, W).
 
     Args:
         images: (B, 3, H, W) in 0–255, float or uint8.
         probs: (B, K, H, W) class probabilities (e.g. a softmax), any float dtype.
-        num_iter: mean-field iterations.
+        num_iter: mean-field iterations (defaults: the `afa` preset of tscd.constants.CRF_PRESETS: 10,
+            smoothness (3, 3), appearance (64, 5, 4)).
         smooth: (σ_xy, weight) of the smoothness kernel.
         appearance: (σ_xy, σ_rgb, weight) of the appearance kernel.
         backend: ``"auto" | "exact" | "torch" | "triton" | "cpp" | "lattice" | "pydensecrf"``
