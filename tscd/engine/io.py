@@ -13,6 +13,15 @@ from typing import BinaryIO
 
 
 def _umask() -> int:
+    """The process's umask: read where Linux shows it (``/proc/self/status``), else set and
+    restored (which leaves it 0 for a moment, for every thread)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
