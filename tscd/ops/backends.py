@@ -82,6 +82,11 @@ def _importable(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
+def is_exact(backend: str) -> bool:
+    """Whether ``backend`` computes the ops' sums exactly (``lattice`` and ``pydensecrf`` approximate them)."""
+    return _REGISTRY[backend].exact
+
+
 def why_unusable(backend: str, device_type: str) -> str | None:
     """None when ``backend`` can run on tensors of ``device_type``, else the reason it cannot."""
     if backend == "torch":
@@ -127,7 +132,7 @@ def warn_once(key: tuple, message: str, stacklevel: int = 4) -> None:
 def _order(op: str, device_type: str, exact_only: bool, pixels: int) -> tuple[str, ...]:
     threshold, preferred = _PREFERRED.get((op, device_type), (0, ()))
     order = (preferred if pixels >= threshold else ()) + _DEVICE_ORDER.get(device_type, ("torch",))
-    return tuple(b for b in order if b in OP_BACKENDS[op] and (_REGISTRY[b].exact or not exact_only))
+    return tuple(b for b in order if b in OP_BACKENDS[op] and (is_exact(b) or not exact_only))
 
 
 def _requested(op: str, backend) -> str:
@@ -184,7 +189,7 @@ def check_reference_fallback(op: str, backend: str, device_type: str, nbytes: in
     if nbytes <= REFERENCE_FALLBACK_BYTES or _requested(op, backend) == "torch":
         return
     reasons = "; ".join(f"{b}: {why_unusable(b, device_type)}" for b in OP_BACKENDS[op]
-                        if b != "torch" and _REGISTRY[b].exact)
+                        if b != "torch" and is_exact(b))
     raise RuntimeError(
         f"tscd.ops.{op}: no fused backend can run on {device_type} tensors ({reasons}), and the torch "
         f"reference would allocate about {nbytes / 2**30:.0f} GiB; make one of them usable, or pass "

@@ -24,7 +24,15 @@ import torch
 
 from ..constants import CRF_PRESETS, DEFAULT_CRF_PRESET
 from . import _checks
-from .backends import CPU_CRF_LATTICE_PIXELS, check_reference_fallback, primitives, resolve, warn_once, why_unusable
+from .backends import (
+    CPU_CRF_LATTICE_PIXELS,
+    check_reference_fallback,
+    is_exact,
+    primitives,
+    resolve,
+    warn_once,
+    why_unusable,
+)
 from .gaussian import bilateral_features, fused_product, position_features
 from .reference import dense_crf as reference
 
@@ -102,7 +110,7 @@ def dense_crf(images: torch.Tensor, probs: torch.Tensor, *, num_iter: int = _DEF
     pixels = probs.shape[2] * probs.shape[3]
     resolved = resolve("dense_crf", backend, device.type, pixels)
     if (backend == "auto" and device.type == "cpu" and pixels >= CPU_CRF_LATTICE_PIXELS
-            and resolved not in ("lattice", "pydensecrf")):
+            and is_exact(resolved)):
         warn_once(("dense_crf", "exact on cpu"), "tscd.ops.dense_crf: exact O(N²) CRF on the CPU (slow at full "
                   f"resolution): the lattice backend cannot run ({why_unusable('lattice', 'cpu')})", stacklevel=3)
     with torch.no_grad():

@@ -246,14 +246,9 @@ def cases(tier: str) -> list[Case]:
 # ---- running them --------------------------------------------------------------------------
 
 
-def is_exact(backend: str) -> bool:
-    """Whether ``backend`` computes the ops' sums exactly (and so is checked against the reference)."""
-    return backends._REGISTRY[backend].exact
-
-
 def exact_backends(op: str) -> list[str]:
     """The exact fused backends of ``op``, usable here or not (the torch reference excluded)."""
-    return [b for b in backends.OP_BACKENDS[op] if b != "torch" and is_exact(b)]
+    return [b for b in backends.OP_BACKENDS[op] if b != "torch" and backends.is_exact(b)]
 
 
 def _non_contiguous(x: torch.Tensor) -> torch.Tensor:

@@ -82,7 +82,7 @@ def _availability(device: str, only: list[str]) -> None:
         parts = []
         for backend in backends.OP_BACKENDS[op]:
             reason = backends.why_unusable(backend, device)
-            kind = "" if checks.is_exact(backend) else ", approximate: not checked"
+            kind = "" if backends.is_exact(backend) else ", approximate: not checked"
             parts.append(f"{backend} ({'usable' if reason is None else reason}{kind})")
         print(f"  {op}: " + "; ".join(parts))
 
