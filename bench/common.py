@@ -12,7 +12,9 @@ import importlib.util
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tscd.selftest.timing import FIELDS, RESULTS, Row, device_name, measure, peak_memory_mib, time_ms, write_csv
 
@@ -86,3 +88,21 @@ def timed_backends(device: str, op: str) -> list[str]:
     from tscd.ops import available_backends
 
     return [b for b in available_backends(device, op) if device == "cuda" or b != "triton"]
+
+
+def photographs(h: int, w: int, names=("astronaut",)) -> torch.Tensor:
+    """scikit-image's photographs ``names`` resized to (h, w): (len(names), 3, h, w) float32 in 0–255."""
+    from skimage import data
+
+    imgs = [torch.from_numpy(np.ascontiguousarray(getattr(data, n)()[..., :3])).permute(2, 0, 1)[None].float()
+            for n in names]
+    return torch.cat([F.interpolate(i, size=(h, w), mode="bilinear", align_corners=False).round() for i in imgs])
+
+
+def coarse_probs(batch: int, classes: int, h: int, w: int, noise: float) -> torch.Tensor:
+    """Class probabilities (batch, classes, h, w) like a segmenter's: random logits at 1/8 of the
+    size upsampled bilinearly, plus ``noise`` per pixel; seeded (the same every call)."""
+    g = torch.Generator().manual_seed(0)
+    logits = F.interpolate(torch.randn(batch, classes, max(1, h // 8), max(1, w // 8), generator=g) * 3, size=(h, w),
+                           mode="bilinear", align_corners=False)
+    return torch.softmax(logits + noise * torch.randn(batch, classes, h, w, generator=g), dim=1)

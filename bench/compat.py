@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import default_device, measure, write_results  # noqa: E402
+from common import default_device, measure, photographs, write_results  # noqa: E402
 
 from tscd.compat import DenseEnergyLoss, bilateralfilter  # noqa: E402
 from tscd.ops import can_run  # noqa: E402
@@ -46,10 +46,7 @@ def cycled(make):
 def photo_batch(size: int, device: str = "cpu"):
     """Images (B, 3, size, size) in 0–255 (the astronaut and its mirror image) and smooth class
     probabilities (B, K, size, size)."""
-    from skimage import data
-
-    img = torch.from_numpy(np.ascontiguousarray(data.astronaut())).permute(2, 0, 1)[None].float()
-    img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False).round()
+    img = photographs(size, size)
     images = torch.cat((img, img.flip(-1)))
     g = torch.Generator().manual_seed(0)
     logits = F.interpolate(torch.randn(B, K, max(1, size // 16), max(1, size // 16), generator=g) * 3,

@@ -18,12 +18,8 @@ import argparse
 import os
 import sys
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import default_device, measure, timed_backends, write_results  # noqa: E402
+from common import coarse_probs, default_device, measure, photographs, timed_backends, write_results  # noqa: E402
 
 from tscd.constants import CRF_PRESETS, DEFAULT_CRF_PRESET  # noqa: E402
 from tscd.ops import dense_crf  # noqa: E402
@@ -33,15 +29,8 @@ EXACT = ("triton", "cpp")
 
 
 def inputs(h: int, w: int, device: str):
-    from skimage import data
-
-    img = torch.from_numpy(np.ascontiguousarray(data.astronaut())).permute(2, 0, 1)[None].float()
-    img = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False).round()
-    g = torch.Generator().manual_seed(0)
-    logits = F.interpolate(torch.randn(1, K, max(1, h // 8), max(1, w // 8), generator=g) * 3, size=(h, w),
-                           mode="bilinear", align_corners=False)
-    probs = torch.softmax(logits + 0.5 * torch.randn(1, K, h, w, generator=g), dim=1)
-    return img.to(device), probs.to(device)
+    """The astronaut at (h, w) and noisy coarse K=21 probabilities: images (1, 3, h, w), probs (1, K, h, w)."""
+    return photographs(h, w).to(device), coarse_probs(1, K, h, w, 0.5).to(device)
 
 
 def main() -> None:

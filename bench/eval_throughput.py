@@ -26,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Row, default_device, device_name, measure, peak_memory_mib, write_results  # noqa: E402
+from common import Row, default_device, device_name, measure, peak_memory_mib, photographs, write_results  # noqa: E402
 
 from tscd.config import load_config  # noqa: E402
 from tscd.data import build_dataset  # noqa: E402
@@ -45,16 +44,12 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "immuno
 
 def make_dataset(root: Path, n: int) -> None:
     """``n`` photographs at 375×500 with blocky random masks, as a ``folder`` dataset."""
-    from skimage import data
-
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     rng = np.random.default_rng(0)
     rows = []
     for i in range(n):
-        photo = getattr(data, PHOTOS[i % len(PHOTOS)])()
-        img = torch.from_numpy(np.ascontiguousarray(photo[..., :3])).permute(2, 0, 1)[None].float()
-        img = F.interpolate(img, size=(H, W), mode="bilinear", align_corners=False).round().clamp(0, 255)
+        img = photographs(H, W, (PHOTOS[i % len(PHOTOS)],)).clamp(0, 255)
         Image.fromarray(img[0].permute(1, 2, 0).byte().numpy()).save(root / "images" / f"img{i}.jpg")
         classes = rng.choice(np.arange(1, 21), size=2, replace=False)
         coarse = rng.choice(np.concatenate([[0], classes]), size=(H // 25 + 1, W // 25 + 1))

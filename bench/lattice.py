@@ -20,12 +20,10 @@ import itertools
 import os
 import sys
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import measure, write_results  # noqa: E402
+from common import coarse_probs, measure, photographs, write_results  # noqa: E402
 
 from tscd.ops import can_run, dense_crf, gaussian_product  # noqa: E402
 from tscd.ops.gaussian import bilateral_features  # noqa: E402
@@ -33,27 +31,13 @@ from tscd.ops.gaussian import bilateral_features  # noqa: E402
 K, ITERS = 21, 10
 
 
-def photographs(h: int, w: int, names=("astronaut", "chelsea")) -> torch.Tensor:
-    from skimage import data
-
-    imgs = [torch.from_numpy(np.ascontiguousarray(getattr(data, n)())).permute(2, 0, 1)[None].float() for n in names]
-    return torch.cat([F.interpolate(i, size=(h, w), mode="bilinear", align_corners=False).round() for i in imgs])
-
-
-def coarse_probs(batch: int, h: int, w: int, noise: float) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    logits = F.interpolate(torch.randn(batch, K, max(1, h // 8), max(1, w // 8), generator=g) * 3, size=(h, w),
-                           mode="bilinear", align_corners=False)
-    return torch.softmax(logits + noise * torch.randn(batch, K, h, w, generator=g), dim=1)
-
-
 def product_rows(sizes, exact_max: int, errors: list[str]):
     rows = []
     for size in sizes:
         h, w = (int(v) for v in size.split("x"))
         label = f"2x{K}x{h}x{w}"
-        feats = bilateral_features(photographs(h, w), 80.0, 13.0)
-        s = coarse_probs(2, h, w, 0.0).reshape(2, K, h * w)
+        feats = bilateral_features(photographs(h, w, ("astronaut", "chelsea")), 80.0, 13.0)
+        s = coarse_probs(2, K, h, w, 0.0).reshape(2, K, h * w)
         # New features on every call (a shift of a few 1e-4 σ), so the lattice is rebuilt each time.
         shifts = itertools.count()
 
@@ -78,7 +62,7 @@ def crf_rows(sizes, exact_max: int, agreement: list[str]):
     for size in sizes:
         h, w = (int(v) for v in size.split("x"))
         label = f"{K}x{h}x{w}"
-        images, probs = photographs(h, w, ("astronaut",)), coarse_probs(1, h, w, 0.5)
+        images, probs = photographs(h, w, ("astronaut",)), coarse_probs(1, K, h, w, 0.5)
         results, timed = {}, {}
         for backend in ["lattice"] + (["cpp"] if h * w <= exact_max else []) + others:
             def run(backend=backend):
