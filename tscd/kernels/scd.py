@@ -21,13 +21,11 @@ import triton
 import triton.language as tl
 
 from .primitives import register_fakes
-from .utils import CompileVariant, compile_variant, interpreted, launch_device, padded
+from .utils import CHANNEL_COUNTS, CompileVariant, compile_variant, interpreted, launch_device, padded
 
 #: The largest gradient channel block one program accumulates (BLOCK_X × 64 float32 in registers;
 #: 128 compiled at 251–255 registers, too close to spilling).
 MAX_GRAD_CHUNK = 64
-#: Channel counts K and C that compile_variants() covers (larger ones reach the same constexprs).
-CHANNEL_COUNTS = range(1, 257)
 
 
 #: Autotune configs on a GPU. Small column tiles keep the 3×TF32 operand splits in registers;

@@ -39,6 +39,10 @@ class CompileVariant(NamedTuple):
     label: str
 
 
+#: The channel counts (K, C) every ``compile_variants()`` covers: the ops' wrappers reach no other
+#: constexprs beyond 256 channels (wider counts are chunked or split over programs).
+CHANNEL_COUNTS = range(1, 257)
+
 #: The keys of a launch configuration that are launch options rather than constexprs.
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
 

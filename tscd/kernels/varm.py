@@ -17,12 +17,10 @@ import triton
 import triton.language as tl
 
 from .primitives import register_fakes
-from .utils import CompileVariant, compile_variant, interpreted, launch_device, unique_variants
+from .utils import CHANNEL_COUNTS, CompileVariant, compile_variant, interpreted, launch_device, unique_variants
 
 #: The most dilations L (N = 8·L neighbours) the affinity kernel holds in one tile.
 MAX_DILATIONS = 64
-#: Channel counts K a variant list must cover.
-CHANNEL_COUNTS = range(1, 257)
 # Values per tile (affinity: pixels × neighbours, propagation: channels × pixels): 8 per thread
 # at 4 warps, so that the affinity's dozen live tiles and the propagation's 8 gathers in flight fit
 # in registers without spilling.
