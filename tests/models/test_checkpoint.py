@@ -1,9 +1,16 @@
-"""load_checkpoint: our files, SegFormer backbone files, AFA/TSCD checkpoints, clear errors."""
+"""load_checkpoint: our files, SegFormer backbone files, AFA/TSCD checkpoints, clear errors; files
+that pickle code are refused (weights-only loading, always)."""
+import inspect
+import json
+import struct
+import zipfile
+
 import pytest
 import timm
 import torch
 
 from tscd.models import TSCD, CheckpointMismatchError, build_backbone, load_checkpoint
+from tscd.models.checkpoint import CheckpointReadError, read_checkpoint_file
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +124,96 @@ def test_non_strict_loads_what_matches(source):
 def test_not_a_state_dict():
     with pytest.raises(ValueError, match="no state dict"):
         load_checkpoint(_fresh(), {"epoch": 3})
+
+
+class WritesMarker:
+    """Unpickling this calls ``open(marker, "w")``: a stand-in for a checkpoint that runs code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@pytest.fixture(params=["zip", "legacy"])
+def pickled_code(request, source, tmp_path):
+    """(a checkpoint whose weights are fine but which also pickles code, the marker that code would write)."""
+    path, marker = tmp_path / "payload.pth", tmp_path / "marker"
+    torch.save({"model": source.state_dict(), "meta": WritesMarker(marker)}, path,
+               _use_new_zipfile_serialization=request.param == "zip")
+    return path, marker
+
+
+def test_pickled_code_is_refused_and_never_runs(pickled_code):
+    path, marker = pickled_code
+    loaders = {"load_checkpoint": lambda: load_checkpoint(_fresh(), path),
+               "pretrained=": lambda: TSCD("mit_b0", num_classes=4, pretrained=str(path)),
+               "timm": lambda: timm.create_model("mit_b0", pretrained=str(path))}
+    for name, load in loaders.items():
+        with pytest.raises(CheckpointReadError) as err:
+            load()
+        message = str(err.value)
+        assert "\n" not in message and str(path) in message, name
+        assert "refused" in message and "open" in message, message  # the object it would have called
+    assert not marker.exists()
+    assert "weights_only" not in inspect.signature(load_checkpoint).parameters  # no way to switch it off
+
+
+def _safetensors(path):
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+
+
+def _zip_of_text(path):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("notes.txt", "not a checkpoint")
+
+
+def _truncated(path, state):
+    torch.save(state, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _truncated_legacy(path, state):
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+NOT_CHECKPOINTS = {  # name -> (writer, what the message says)
+    "text": (lambda p, s: p.write_text("quote: a text file\n"), "is not a PyTorch checkpoint"),
+    "text2": (lambda p, s: p.write_text("hello\n"), "is not a PyTorch checkpoint"),
+    "empty": (lambda p, s: p.write_bytes(b""), "is empty"),
+    "folder": (lambda p, s: p.mkdir(), "is a folder"),
+    "missing": (lambda p, s: None, "checkpoint not found"),
+    "zip": (lambda p, s: _zip_of_text(p), "is a zip archive but not a PyTorch checkpoint"),
+    "safetensors": (lambda p, s: _safetensors(p), "safetensors"),
+    "truncated": (lambda p, s: _truncated(p, s), "damaged"),
+    "truncated_legacy": (lambda p, s: _truncated_legacy(p, s), "damaged"),
+}
+
+
+@pytest.mark.parametrize("kind", NOT_CHECKPOINTS)
+def test_a_file_that_is_not_a_checkpoint_is_named_in_one_line(kind, source, tmp_path):
+    write, says = NOT_CHECKPOINTS[kind]
+    path = tmp_path / "weights.pth"
+    write(path, source.encoder.state_dict())
+    for load in (lambda: read_checkpoint_file(path), lambda: load_checkpoint(_fresh(), path),
+                 lambda: TSCD("mit_b0", num_classes=4, pretrained=str(path))):
+        with pytest.raises(CheckpointReadError) as err:
+            load()
+        message = str(err.value)
+        assert isinstance(err.value, ValueError) and "\n" not in message, message
+        assert str(path) in message and says in message, message
+
+
+def test_a_mismatch_names_the_file_and_the_first_keys_on_its_first_line(source, tmp_path):
+    path = tmp_path / "b1.pth"
+    torch.save(build_backbone("mit_b1").state_dict(), path)
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_checkpoint(_fresh(), path)
+    first = str(err.value).splitlines()[0]  # the CLI shows only this line
+    assert first.startswith(f"{path} does not match the encoder"), first
+    assert "size mismatch (176): block1.0.attn.kv.bias: checkpoint (128,) vs model (64,)" in first, first
