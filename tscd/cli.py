@@ -134,7 +134,7 @@ def cmd_demo(args) -> int:
 # ---- commands on a trained checkpoint ------------------------------------------------------
 def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file or built-in name (default: the checkpoint's own config)")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by tscd train")
 
 
 def _add_split_args(p: argparse.ArgumentParser, split_help: str) -> None:
@@ -159,10 +159,13 @@ def _trained_for(args):
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
     _add_split_args(p, "split to evaluate (default: data.val_split)")
-    p.add_argument("--out", help="metrics JSON path (default: next to the checkpoint)")
+    p.add_argument("--out", help="metrics JSON path (default: next to the checkpoint); the grid goes next to it, "
+                                 "with .png")
     p.add_argument("--backend", choices=BACKEND_CHOICES)
     _add_protocol_args(p)
-    p.add_argument("--save-preds", metavar="DIR", help="write the final predictions as palette PNGs to DIR")
+    p.add_argument("--save-preds", metavar="DIR",
+                   help="write the final predictions as palette PNGs DIR/<name>.png (never into the dataset's image "
+                        "or mask folders)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
 
@@ -182,7 +185,9 @@ def cmd_eval(args) -> int:
 
 def _add_pseudo_label_args(p: argparse.ArgumentParser) -> None:
     _add_split_args(p, "split to label (default: data.train_split)")
-    p.add_argument("--out", required=True, help="output folder for <name>.png (existing files are skipped)")
+    p.add_argument("--out", required=True,
+                   help="output folder for <name>.png (existing files are skipped; never the dataset's image or "
+                        "mask folder)")
     p.add_argument("--refine", choices=REFINE_MODES, help="refinement of method §4 (default: refine.mode)")
     p.add_argument("--crf", choices=CRF_CHOICES, default="none", dest="label_crf",
                    help="dense CRF on the confident pixels (default: none)")
@@ -207,7 +212,11 @@ def cmd_pseudo_labels(args) -> int:
 def _add_infer_args(p: argparse.ArgumentParser) -> None:
     _add_checkpoint_args(p)
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--out", required=True, help="output folder for <name>.png masks and <name>_overlay.png")
+    p.add_argument("--out", required=True,
+                   help="output folder (made if missing) for NAME.png masks and NAME_overlay.png per image NAME.jpg; "
+                        "files of an earlier run are replaced, an input never: images whose outputs would share a "
+                        "name (a/x.jpg and b/x.jpg, x.jpg and x.png) or overwrite an input are refused before "
+                        "anything is written")
     _add_protocol_args(p)
 
 

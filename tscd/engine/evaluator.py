@@ -20,6 +20,7 @@ from .distributed import all_reduce_counts, init_distributed, shard
 from .inference import EvalProtocol, progress_bar
 from .io import write_json
 from .metrics import ConfusionMatrix, MultiLabelF1
+from .outputs import check_output_folder, check_outputs
 from .pseudo_labels import save_predictions
 from .visualize import save_grid
 
@@ -111,11 +112,22 @@ class Evaluator:
 
 def run_evaluation(model, cfg, split: str, out, *, checkpoint=None, save_preds=None) -> dict | None:
     """``tscd eval``: evaluate ``model`` on ``split`` with the protocol of ``cfg.eval``; rank 0
-    writes the metrics JSON to ``out`` and the grid next to it and returns the metrics (other
-    ranks of a torchrun: None)."""
+    writes the metrics JSON to ``out`` and the grid next to it (``out`` with ``.png``), and
+    returns the metrics (other ranks of a torchrun: None); ``save_preds``: a folder for the
+    predictions (``<name>.png``). Checked first (:func:`tscd.engine.outputs.check_outputs`):
+    nothing overwrites ``checkpoint`` or the dataset's files, nothing goes into the dataset's
+    image or mask folders, no two outputs share a path."""
     rank, world, device = init_distributed(pick_device(cfg.train.device))
     model.to(device)
     dataset = build_dataset(cfg, split, train=False)
+    out = Path(out)
+    check_output_folder(out.parent)
+    outputs = [(out, "the metrics"), (out.with_suffix(".png"), f"the grid of the metrics {out.name}")]
+    if save_preds is not None:
+        check_output_folder(save_preds)
+        outputs += [(Path(save_preds) / f"{name}.png", f"the prediction of {name}")
+                    for name in getattr(dataset, "names", ())]  # a dataset of files lists them
+    check_outputs(outputs, inputs=[checkpoint] if checkpoint is not None else [], dataset=dataset)
     evaluator = Evaluator(cfg, build_pseudo_labeler(cfg), dataset.class_names, device, EvalProtocol.from_config(cfg),
                           distributed=world > 1, progress=rank == 0, save_preds=save_preds)
     loader = eval_loader(shard(dataset, rank, world, cfg.eval.max_images), cfg.eval.batch_size)
@@ -126,5 +138,5 @@ def run_evaluation(model, cfg, split: str, out, *, checkpoint=None, save_preds=N
     if checkpoint is not None:
         metrics["checkpoint"] = str(checkpoint)
     write_json(metrics, out)
-    save_grid(evaluator.samples, Path(out).with_suffix(".png"))
+    save_grid(evaluator.samples, out.with_suffix(".png"))
     return metrics

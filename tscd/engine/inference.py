@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..constants import CRF_CHOICES, CRF_PRESETS, DEFAULT_CRF_PRESET
-from ..data.base import load_image
+from ..data.base import DatasetError, load_image
 from ..data.transforms import EvalTransform
 from ..ops.dense_crf import dense_crf
+from .outputs import check_output_folder, check_outputs, file_identity
 from .visualize import overlay, save_png, write_palette_png
 
 logger = logging.getLogger(__name__)
@@ -176,24 +177,53 @@ def progress_bar(total: int, enabled: bool = True, desc: str = "eval"):
     return tqdm(total=total, unit="img", desc=desc, disable=not enabled, dynamic_ncols=True)
 
 
+def plan_infer_outputs(paths: Sequence, out_dir) -> list[tuple[Path, Path, Path]]:
+    """(image, mask path, overlay path) per image file of ``paths``, for ``tscd infer``.
+
+    Image ``photo.jpg`` gives ``out_dir/photo.png`` (its mask) and ``out_dir/photo_overlay.png``.
+    A file named twice (even through another path) is segmented once. Checked before anything
+    is written (:func:`tscd.engine.outputs.check_outputs`): every image exists and is a file;
+    no output overwrites an input; no two outputs share a name (``a/photo.jpg`` and
+    ``b/photo.jpg``, ``photo.jpg`` and ``photo.png``, or ``photo.jpg`` and ``photo_overlay.jpg``
+    are refused, naming both). Files of an earlier run in ``out_dir`` are replaced.
+    """
+    check_output_folder(out_dir)
+    out_dir = Path(out_dir)
+    images, seen = [], set()
+    for path in map(Path, paths):
+        if not path.exists():
+            raise DatasetError(f"image not found: {path}")
+        if not path.is_file():
+            raise DatasetError(f"{path} is a folder, not an image file")
+        ident = file_identity(path)
+        if ident not in seen:
+            seen.add(ident)
+            images.append(path)
+    plan = [(path, out_dir / f"{path.stem}.png", out_dir / f"{path.stem}_overlay.png") for path in images]
+    check_outputs([out for path, mask, shown in plan
+                   for out in ((mask, f"the mask of {path}"), (shown, f"the overlay of {path}"))], inputs=images)
+    return plan
+
+
 @torch.no_grad()
 def infer_images(model, paths: Sequence, out_dir, protocol: EvalProtocol, class_names: Sequence[str],
                  mean: Sequence[float], std: Sequence[float], device="cpu") -> list[dict]:
     """Segment image files with ``protocol``: ``out_dir/<stem>.png`` (palette mask of class ids)
-    and ``<stem>_overlay.png`` per image. Returns per image its path and the classes it shows."""
+    and ``<stem>_overlay.png`` per image, named and checked by :func:`plan_infer_outputs` before
+    the first is written, each written atomically. Returns per image its path and the classes
+    it shows."""
     model.eval()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_infer_outputs(paths, out_dir)
     to_tensors = EvalTransform(mean, std)
     results = []
-    for path in map(Path, paths):
+    for path, mask_path, overlay_path in plan:
         img = load_image(path)
         fields = to_tensors(img)
         images, rgb = fields["image"][None].to(device), fields["rgb"][None].to(device)
         _, segs = protocol.predict(model, images, img.shape[:2], rgb)
         mask = segs[protocol.kinds()[-1]][0].cpu().numpy().astype(np.uint8)
-        write_palette_png(mask, out_dir / f"{path.stem}.png")
-        save_png(Image.fromarray(overlay(img, mask)), out_dir / f"{path.stem}_overlay.png")
+        write_palette_png(mask, mask_path)
+        save_png(Image.fromarray(overlay(img, mask)), overlay_path)
         present = [class_names[c] for c in np.unique(mask) if c != 0 and c < len(class_names)]
         logger.info("%s: %s", path, ", ".join(present) or "background only")
         results.append({"path": str(path), "classes": present})

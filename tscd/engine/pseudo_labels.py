@@ -27,6 +27,7 @@ from .distributed import all_reduce_counts, init_distributed, shard
 from .inference import progress_bar
 from .io import write_json
 from .metrics import ConfusionMatrix
+from .outputs import check_output_folder, check_outputs
 from .visualize import write_palette_png
 
 CRF_LABEL_CONFIDENCE = 0.7  # probability given to a pixel's label in the CRF's unary term
@@ -102,17 +103,22 @@ def export_pseudo_labels(labeler: PseudoLabeler, model, dataset, out_dir, *, crf
     """Write ``out_dir/<name>.png`` for every image of ``dataset`` (eval items: full images).
 
     Images whose file exists are skipped (their stored labels still count towards the mIoU
-    when the dataset has the mask on disk). Under torchrun each rank takes every
+    when the dataset has the mask on disk). Nothing is written into the folders of the
+    dataset's images or masks, nor over any of its files
+    (:func:`tscd.engine.outputs.check_outputs`, before the first label). Under torchrun each rank takes every
     ``world``-th missing image and the counts are summed over ranks. Returns a summary:
     num_images, written, skipped, pseudo_miou (None without masks), per_class_iou,
     ignore_fraction (of the evaluated pixels labelled 255), and writes it to
     ``out_dir/summary.json`` (rank 0).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.eval()
+    check_output_folder(out_dir)
     names = [item_name(dataset, i) for i in range(len(dataset))]
     path_of = lambda name: out_dir / f"{name}.png"  # noqa: E731
+    check_outputs([(path_of(name), f"the pseudo label of {name}") for name in names]
+                  + [(out_dir / "summary.json", "the summary")], dataset=dataset)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
     todo = [i for i, name in enumerate(names) if not path_of(name).is_file()]
     done = [i for i, name in enumerate(names) if path_of(name).is_file()]
     k = dataset.num_classes

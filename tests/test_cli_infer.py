@@ -1,0 +1,217 @@
+"""`tscd infer`, `eval` and `pseudo-labels` on bad input: one line naming the file; nothing written
+over an input, over another output of the same run, or into a dataset's own folders; every hint
+names a flag the command has; weights files that pickle code are refused."""
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tscd.cli import build_parser, main
+from tscd.config import load_config, to_dict
+from tscd.engine.builders import build_model
+from tscd.engine.checkpoint import atomic_save
+
+from .data.test_folder import make_folder
+from .engine import TINY
+from .models.test_checkpoint import WritesMarker
+
+SUBCOMMANDS = {action.dest: action for action in build_parser()._subparsers._group_actions}[  # noqa: SLF001
+    "command"].choices
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A tiny synthetic-config checkpoint (with its config) and one without a config."""
+    cfg = load_config("synthetic", TINY)
+    torch.manual_seed(0)
+    state = build_model(cfg).state_dict()
+    folder = tmp_path_factory.mktemp("ckpt")
+    atomic_save({"model": state, "config": to_dict(cfg)}, folder / "model.pth")
+    atomic_save({"model": state}, folder / "bare.pth")
+    return folder / "model.pth"
+
+
+def _photo(path, seed=0, size=(40, 50)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _error(capsys) -> str:
+    """The one line a failed command printed (and nothing else on stderr)."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("tscd: error: "), lines
+    return lines[0]
+
+
+def _contents(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _infer(ckpt, out, *images, extra=()):
+    return main(["infer", "--checkpoint", str(ckpt), *map(str, images), "--out", str(out), *extra])
+
+
+# ---- item 3: infer writes over no input and no other output --------------------------------------
+def test_infer_refuses_to_write_over_an_input(ckpt, tmp_path, capsys):
+    src = tmp_path / "photos"
+    photo, other = _photo(src / "photo.png"), _photo(src / "other.jpg", 1)
+    before = _contents(src)
+    assert _infer(ckpt, src, photo, other) == 1
+    err = _error(capsys)
+    assert f"{src / 'photo.png'} (the mask of {photo}) would overwrite the input {photo}" in err, err
+    assert _contents(src) == before  # nothing written, not even other.jpg's outputs
+    link = tmp_path / "link"
+    link.symlink_to(src)
+    assert _infer(ckpt, link, photo, other) == 1  # the same folder through a symbolic link
+    assert "would overwrite the input" in _error(capsys)
+    assert _contents(src) == before
+
+
+def test_infer_refuses_an_overlay_that_would_replace_an_input(ckpt, tmp_path, capsys):
+    src = tmp_path / "photos"
+    photo, shown = _photo(src / "photo.jpg"), _photo(src / "photo_overlay.png", 1)
+    before = _contents(src)
+    assert _infer(ckpt, src, photo, shown) == 1
+    assert f"(the overlay of {photo}) would overwrite the input {shown}" in _error(capsys)
+    assert _contents(src) == before
+
+
+@pytest.mark.parametrize("names", [("a/photo.jpg", "b/photo.jpg"), ("photo.jpg", "photo.png"),
+                                   ("photo.jpg", "photo_overlay.jpg"), ("Photo.jpg", "b/photo.jpg")])
+def test_infer_refuses_inputs_whose_outputs_collide(names, ckpt, tmp_path, capsys):
+    images = [_photo(tmp_path / "in" / name, seed) for seed, name in enumerate(names)]
+    out = tmp_path / "out"
+    assert _infer(ckpt, out, *images) == 1
+    err = _error(capsys)
+    assert "would be written twice" in err and str(images[0]) in err and str(images[1]) in err, err
+    assert not out.exists() or not any(out.iterdir())  # planned before anything is written
+
+
+def test_infer_reruns_into_its_own_output_folder_and_reads_each_file_once(ckpt, tmp_path, capsys):
+    photo = _photo(tmp_path / "photo.jpg")
+    out = tmp_path / "not" / "yet" / "there"
+    assert _infer(ckpt, out, photo, tmp_path / "." / "photo.jpg") == 0  # one file named twice
+    assert sorted(p.name for p in out.iterdir()) == ["photo.png", "photo_overlay.png"]
+    first = _contents(out)
+    assert _infer(ckpt, out, photo) == 0  # an earlier run's outputs are replaced
+    assert _contents(out) == first
+
+
+# ---- infer on bad input: one line naming the file --------------------------------------------------
+def test_infer_bad_input_is_one_line_naming_the_file(ckpt, tmp_path, capsys):
+    photo, out = _photo(tmp_path / "photo.png"), tmp_path / "out"
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not an image")
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_text("quote: not a checkpoint\n")
+    cases = [((ckpt, out, not_image), f"cannot read image {not_image}"),
+             ((ckpt, out, folder), f"{folder} is a folder, not an image file"),
+             ((ckpt, out, tmp_path / "nope.jpg"), f"image not found: {tmp_path / 'nope.jpg'}"),
+             ((ckpt, a_file, photo), f"output folder {a_file} is a file"),
+             ((ckpt, a_file / "sub", photo), f"output folder {a_file / 'sub'}: {a_file} is a file"),
+             ((tmp_path / "missing.pth", out, photo), f"{tmp_path / 'missing.pth'}"),
+             ((garbage, out, photo), f"{garbage}")]
+    for args, says in cases:
+        assert _infer(*args) == 1
+        err = _error(capsys)
+        assert says in err and "Traceback" not in err, (says, err)
+    assert not out.exists()
+
+
+# ---- eval --out / --save-preds and pseudo-labels --out: never over the dataset or the checkpoint ----
+@pytest.fixture()
+def folder_run(ckpt, tmp_path):
+    """(dataset root, a checkpoint of a 4-class model trained on it, the overrides it needs)."""
+    root = make_folder(tmp_path / "data")
+    overrides = [*TINY, "data.num_classes=4"]
+    cfg = load_config("folder", [f"data.root={root}", *overrides])
+    torch.manual_seed(0)
+    path = tmp_path / "run" / "model.pth"
+    atomic_save({"model": build_model(cfg).state_dict(), "config": to_dict(cfg)}, path)
+    return root, path
+
+
+def test_eval_and_pseudo_labels_never_write_over_their_inputs(folder_run, tmp_path, capsys):
+    root, ckpt = folder_run
+    before = {**_contents(root), **_contents(ckpt.parent)}
+    evaluate = ["eval", "--checkpoint", str(ckpt), "eval.max_images=1"]
+    label = ["pseudo-labels", "--checkpoint", str(ckpt), "--split", "val"]
+    cases = [(evaluate + ["--save-preds", str(root / "masks")], "dataset folder"),
+             (evaluate + ["--save-preds", str(root / "images")], "dataset folder"),
+             (evaluate + ["--out", str(ckpt)], f"would overwrite the input {ckpt}"),
+             (evaluate + ["--out", str(tmp_path / "m.png")], "would be written twice"),
+             (evaluate + ["--out", str(root / "masks" / "m.json")], "dataset folder"),
+             (label + ["--out", str(root / "masks")], "dataset folder"),
+             (label + ["--out", str(root / "images")], "dataset folder")]
+    for argv, says in cases:
+        assert main(argv) == 1, argv
+        err = _error(capsys)
+        assert says in err, (argv, err)
+    assert {**_contents(root), **_contents(ckpt.parent)} == before
+    assert not (tmp_path / "m.png").exists()
+
+
+# ---- item 10: hints name flags the command has -----------------------------------------------------
+def _hinted(message: str) -> tuple[set[str], bool]:
+    """(the --flags a message names, whether it suggests a key=value override)."""
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", message)), bool(re.search(r"\b[a-z_]+\.[a-z_.]+=\S", message))
+
+
+def _assert_hints_exist(command: str, message: str) -> None:
+    parser = SUBCOMMANDS[command]
+    flags, override = _hinted(message)
+    assert flags <= set(parser._option_string_actions), (command, message)  # noqa: SLF001
+    if override:
+        assert any(a.dest == "overrides" for a in parser._actions), (command, message)  # noqa: SLF001
+
+
+def test_every_hint_names_a_flag_of_the_command(ckpt, tmp_path, capsys):
+    bare = ckpt.with_name("bare.pth")
+    photo = _photo(tmp_path / "photo.png")
+    runs = {
+        "infer": [["infer", "--checkpoint", str(bare), str(photo), "--out", str(tmp_path / "o")],
+                  ["infer", "--checkpoint", str(ckpt), str(photo), "--out", str(photo)]],
+        "eval": [["eval", "--checkpoint", str(bare)],
+                 ["eval", "--checkpoint", str(ckpt), "data.name=folder"]],
+        "pseudo-labels": [["pseudo-labels", "--checkpoint", str(bare), "--out", str(tmp_path / "p")],
+                          ["pseudo-labels", "--checkpoint", str(ckpt), "--out", str(tmp_path / "p"),
+                           "data.name=folder"]],
+    }
+    seen = []
+    for command, argvs in runs.items():
+        for argv in argvs:
+            assert main(argv) == 1, argv
+            err = _error(capsys)
+            _assert_hints_exist(command, err)
+            seen.append(err)
+    assert any("--config" in e for e in seen) and any("--data-root" in e for e in seen)
+    # the check itself: a hint naming a flag the command lacks fails it
+    with pytest.raises(AssertionError):
+        _assert_hints_exist("infer", "tscd: error: the folder dataset needs a root: pass --data-root DIR")
+    with pytest.raises(AssertionError):
+        _assert_hints_exist("infer", "tscd: error: images of different sizes: set eval.batch_size=1")
+
+
+# ---- items 1 and 10: model.pretrained= -------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["text", "payload"])
+def test_pretrained_file_that_is_not_plain_weights_is_one_line(kind, tmp_path, capsys):
+    path, marker = tmp_path / "weights.pth", tmp_path / "marker"
+    if kind == "text":
+        path.write_text("uote: this is a text file\n")
+        says = f"tscd: error: {path} is not a PyTorch checkpoint"
+    else:
+        torch.save({"state_dict": {"w": torch.zeros(1)}, "meta": WritesMarker(marker)}, path)
+        says = f"tscd: error: refused to load {path}"
+    argv = ["train", "--config", "synthetic", "--work-dir", str(tmp_path / "run"), *TINY, f"model.pretrained={path}"]
+    assert main(argv) == 1
+    err = _error(capsys)
+    assert err.startswith(says), err
+    assert not marker.exists()
