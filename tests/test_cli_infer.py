@@ -149,6 +149,7 @@ def test_eval_and_pseudo_labels_never_write_over_their_inputs(folder_run, tmp_pa
              (evaluate + ["--out", str(ckpt)], f"would overwrite the input {ckpt}"),
              (evaluate + ["--out", str(tmp_path / "m.png")], "would be written twice"),
              (evaluate + ["--out", str(root / "masks" / "m.json")], "dataset folder"),
+             (evaluate + ["--out", str(ckpt / "m.json")], f"output folder {ckpt} is a file"),
              (label + ["--out", str(root / "masks")], "dataset folder"),
              (label + ["--out", str(root / "images")], "dataset folder")]
     for argv, says in cases:
