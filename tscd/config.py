@@ -49,7 +49,9 @@ class DataConfig:
     root: Optional[str] = None
     train_split: str = "train"
     val_split: str = "val"
-    num_classes: int = 6  # K, background included
+    # K, background included; None: the dataset's (synthetic 6, voc 21, coco 81, folder 1 + the
+    # lines of classes.txt: tscd.data.dataset_num_classes); a value given must equal it
+    num_classes: Optional[int] = None
     batch_size: int = 16  # per process
     num_workers: int = 0
     crop_size: int = 64

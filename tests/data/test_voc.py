@@ -48,9 +48,11 @@ def test_clear_errors(tmp_path):
     root = _make_voc(tmp_path / "voc")
     with pytest.raises(DatasetError, match="no name list for split 'test'"):
         build_dataset(_cfg(root), "test", train=False)
-    (root / "JPEGImages" / "a.jpg").write_bytes(b"not a jpeg")
     val = build_dataset(_cfg(root), "val", train=False)
-    with pytest.raises(DatasetError, match="a.jpg"):
+    (root / "JPEGImages" / "a.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DatasetError, match="cannot read image .*a.jpg"):  # found when the dataset is built
+        build_dataset(_cfg(root), "val", train=False)
+    with pytest.raises(DatasetError, match="a.jpg"):  # or when the file breaks later
         val[0]
     (root / "SegmentationClassAug" / "b.png").unlink()
     with pytest.raises(DatasetError, match="mask not found: .*b.png"):

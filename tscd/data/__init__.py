@@ -4,7 +4,9 @@ A dataset builder takes ``(cfg, split, train)`` and returns a Dataset whose item
 with ``image`` (3,H,W) normalised, ``rgb`` (3,H,W) the same pixels in [0, 1] (what the
 refinement and the dense energy loss look at), ``label`` (K-1,) multi-hot, ``box`` (4,) crop
 box (y0, y1, x0, x1), ``name`` and, outside training, ``mask`` (H,W) with 255 = ignore.
-New datasets register with :func:`register_dataset`.
+New datasets register with :func:`register_dataset`. ``data.num_classes`` unset (None) means
+the dataset's own class count (:func:`dataset_num_classes`); every file-based dataset checks
+all its files when built (:mod:`tscd.data.base`).
 """
 from __future__ import annotations
 
@@ -12,22 +14,70 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from ..config import TSCDConfig, apply
 from .base import DatasetError
 from .coco import COCODataset
-from .folder import FolderDataset
+from .folder import FolderDataset, folder_root, read_classes
 from .synthetic import SyntheticDataset
 from .transforms import EvalTransform, TrainTransform, denormalize, normalize
 from .voc import VOCDataset
 
 DATASETS: dict[str, Callable] = {}
+#: dataset name -> ``count(cfg) -> (K, where K comes from)``, for datasets that know their class count
+CLASS_COUNTS: dict[str, Callable[[TSCDConfig], tuple[int, str]]] = {}
 
 
-def register_dataset(name: str):
-    """Decorator: ``@register_dataset("folder") def build(cfg, split, train): ...``."""
+def register_dataset(name: str, num_classes: Callable[[TSCDConfig], tuple[int, str]] | None = None):
+    """Decorator: ``@register_dataset("folder", count) def build(cfg, split, train): ...``.
+
+    ``num_classes(cfg)`` returns (K, a phrase saying where K comes from) without building the
+    dataset; without it, ``data.num_classes`` must be set for that dataset.
+    """
     def wrap(builder):
         DATASETS[name] = builder
+        if num_classes is not None:
+            CLASS_COUNTS[name] = num_classes
         return builder
     return wrap
+
+
+def _fixed(dataset) -> Callable[[TSCDConfig], tuple[int, str]]:
+    return lambda cfg: (dataset.num_classes, f"the {cfg.data.name} dataset has {dataset.num_classes} classes")
+
+
+def _folder_classes(cfg: TSCDConfig) -> tuple[int, str]:
+    path = folder_root(cfg.data.root) / "classes.txt"
+    foreground = len(read_classes(path))
+    return 1 + foreground, f"{path} lists {foreground} classes"
+
+
+def _check_name(cfg: TSCDConfig) -> str:
+    if cfg.data.name not in DATASETS:
+        raise DatasetError(f"unknown dataset '{cfg.data.name}' (data.name); known: {', '.join(sorted(DATASETS))}")
+    return cfg.data.name
+
+
+def dataset_num_classes(cfg: TSCDConfig) -> int:
+    """K, background included, of the dataset of ``cfg.data``, without building it: its own count
+    (synthetic 6, VOC 21, COCO 81, folder 1 + the classes of ``classes.txt``). An explicit
+    ``data.num_classes`` must equal it (a DatasetError names both otherwise)."""
+    name, explicit = _check_name(cfg), cfg.data.num_classes
+    if name not in CLASS_COUNTS:
+        if explicit is None:
+            raise DatasetError(f"dataset '{name}' does not say how many classes it has: set data.num_classes "
+                               "(background included)")
+        return explicit
+    k, source = CLASS_COUNTS[name](cfg)
+    if explicit is not None and explicit != k:
+        raise DatasetError(f"data.num_classes={explicit} does not match the dataset: {source}: pass "
+                           f"data.num_classes={k} (background included) or leave it unset")
+    return k
+
+
+def resolve_num_classes(cfg: TSCDConfig) -> TSCDConfig:
+    """A copy of ``cfg`` with ``data.num_classes`` set to :func:`dataset_num_classes` (what a run
+    records, so that its checkpoint builds its model without the dataset)."""
+    return apply(cfg, values={"data.num_classes": dataset_num_classes(cfg)})
 
 
 def train_transform(cfg) -> TrainTransform:
@@ -35,7 +85,7 @@ def train_transform(cfg) -> TrainTransform:
     return TrainTransform(d.crop_size, d.scale_range, d.flip, d.color_jitter, d.mean, d.std)
 
 
-@register_dataset("synthetic")
+@register_dataset("synthetic", _fixed(SyntheticDataset))
 def _build_synthetic(cfg, split: str, train: bool):
     s = cfg.data.synthetic
     length = s.num_train if split == "train" else s.num_val
@@ -44,36 +94,31 @@ def _build_synthetic(cfg, split: str, train: bool):
                             tuple(s.radius), s.clutter, s.textures)
 
 
-@register_dataset("voc")
+@register_dataset("voc", _fixed(VOCDataset))
 def _build_voc(cfg, split: str, train: bool):
     transform = train_transform(cfg) if train else EvalTransform(cfg.data.mean, cfg.data.std)
     return VOCDataset(cfg.data.root, split, train, transform, cfg.data.label_file, cfg.seed)
 
 
-@register_dataset("coco")
+@register_dataset("coco", _fixed(COCODataset))
 def _build_coco(cfg, split: str, train: bool):
     transform = train_transform(cfg) if train else EvalTransform(cfg.data.mean, cfg.data.std)
     return COCODataset(cfg.data.root, split, train, transform, cfg.data.label_file, cfg.seed)
 
 
-@register_dataset("folder")
+@register_dataset("folder", _folder_classes)
 def _build_folder(cfg, split: str, train: bool):
     transform = train_transform(cfg) if train else EvalTransform(cfg.data.mean, cfg.data.std)
-    dataset = FolderDataset(cfg.data.root, split, train, transform, cfg.seed)
-    if dataset.num_classes != cfg.data.num_classes:
-        raise DatasetError(f"{dataset.root / 'classes.txt'} lists {dataset.num_classes - 1} classes: pass "
-                           f"data.num_classes={dataset.num_classes} (background included)")
-    return dataset
+    return FolderDataset(cfg.data.root, split, train, transform, cfg.seed)
 
 
 def build_dataset(cfg, split: str, train: bool):
-    name = cfg.data.name
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset '{name}' (data.name); known: {', '.join(sorted(DATASETS))}")
-    dataset = DATASETS[name](cfg, split, train)
-    if getattr(dataset, "num_classes", cfg.data.num_classes) != cfg.data.num_classes:
-        raise DatasetError(f"dataset '{name}' has {dataset.num_classes} classes but data.num_classes is "
-                           f"{cfg.data.num_classes}")
+    """The dataset ``cfg.data.name`` of ``split``, every file checked (see :mod:`tscd.data.base`);
+    its class count must be :func:`dataset_num_classes`."""
+    k = dataset_num_classes(cfg)
+    dataset = DATASETS[cfg.data.name](cfg, split, train)
+    if getattr(dataset, "num_classes", k) != k:
+        raise DatasetError(f"dataset '{cfg.data.name}' has {dataset.num_classes} classes but data.num_classes is {k}")
     return dataset
 
 
@@ -117,6 +162,7 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
-__all__ = ["DATASETS", "DatasetError", "register_dataset", "build_dataset", "StreamSampler", "collate",
+__all__ = ["DATASETS", "CLASS_COUNTS", "DatasetError", "register_dataset", "build_dataset", "dataset_num_classes",
+           "resolve_num_classes", "StreamSampler", "collate",
            "SyntheticDataset", "VOCDataset", "COCODataset", "FolderDataset", "TrainTransform", "EvalTransform",
            "normalize", "denormalize"]

@@ -17,4 +17,5 @@ from .voc import VOCStyleDataset
 class COCODataset(VOCStyleDataset):
     num_classes = 81
     class_names = ("background",) + tuple(f"class_{i}" for i in range(1, 81))
+    classes_from = "COCO"
     dataset_name, mask_dir, default_split = "coco", "SegmentationClass", "train"

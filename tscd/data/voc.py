@@ -6,16 +6,16 @@ Layout under ``root``::
     SegmentationClassAug/<name>.png      palette indices 0..20, 255 = boundary/ignore
     ImageSets/Segmentation/<split>.txt   one name per line (train_aug, val, ...); or <split>.txt in root
 
-Image-level labels come from ``label_file`` (a ``.npy`` dict name -> 20-vector, as AFA ships
-``cls_labels_onehot.npy``) or, without one, from the masks (the set of classes present).
+Image-level labels come from ``label_file`` (AFA's ``cls_labels_onehot.npy`` or JSON, see
+:mod:`tscd.data.label_file`) or, without one, from the masks (the set of classes present).
+Names in the lists are confined to the root (:func:`tscd.data.base.read_names`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from .base import DatasetError, MaskFolderDataset, read_names
+from .label_file import load_label_file
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -42,30 +42,24 @@ def find_name_list(root: Path, split: str) -> Path:
                        f"(looked for ImageSets/Segmentation/{split}.txt and {split}.txt)")
 
 
-def load_label_file(path) -> dict:
-    try:
-        labels = np.load(path, allow_pickle=True).item()
-    except (OSError, ValueError) as err:
-        raise DatasetError(f"cannot read label file {path}: {err}") from None
-    if not isinstance(labels, dict):
-        raise DatasetError(f"label file {path} must hold a dict name -> class vector")
-    return labels
-
-
 class VOCStyleDataset(MaskFolderDataset):
     """A root laid out like VOC: ``JPEGImages/<name>.jpg``, ``<mask_dir>/<name>.png`` and name
-    lists per split. Subclasses set the dataset's name, its mask folder and default split."""
+    lists per split. Subclasses set the dataset's name, its mask folder and default split.
+    ``check`` (default True): read every file now (:meth:`MaskFolderDataset.check`)."""
 
     dataset_name: str
     mask_dir: str
     default_split: str
 
     def __init__(self, root, split: str | None = None, train: bool = True, transform=None, label_file=None,
-                 seed: int = 0):
+                 seed: int = 0, check: bool = True):
         root = check_root(root, self.dataset_name, ("JPEGImages", self.mask_dir))
-        names = read_names(find_name_list(root, split or self.default_split))
+        split = split or self.default_split
+        names = read_names(find_name_list(root, split))
         labels = load_label_file(label_file) if label_file else None
-        super().__init__(root, names, train, transform, labels, seed)
+        super().__init__(root, split, names, train, transform, labels, seed, f"label file {label_file}")
+        if check:
+            self.check()
 
     def image_path(self, name: str) -> Path:
         return self.root / "JPEGImages" / f"{name}.jpg"
@@ -77,4 +71,5 @@ class VOCStyleDataset(MaskFolderDataset):
 class VOCDataset(VOCStyleDataset):
     num_classes = 21
     class_names = VOC_CLASSES
+    classes_from = "VOC"
     dataset_name, mask_dir, default_split = "voc", "SegmentationClassAug", "train_aug"

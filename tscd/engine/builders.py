@@ -12,7 +12,7 @@ import torch
 
 from ..config import TSCDConfig, config_from_dict
 from ..constants import REFINE_MODES
-from ..data import collate
+from ..data import collate, dataset_num_classes
 from ..losses.objective import TSCDObjective
 from ..models import TSCD, load_checkpoint
 from ..refine import PseudoLabeler
@@ -38,8 +38,12 @@ def setup_runtime(cfg: TSCDConfig) -> None:
 
 
 def build_model(cfg: TSCDConfig) -> TSCD:
+    """The model of ``cfg.model`` for K = ``data.num_classes``, or the dataset's class count when that
+    is unset (:func:`tscd.data.dataset_num_classes`; a given value is used as is, so that a
+    checkpoint's stored config builds its model without the dataset, which checks it when built)."""
     m = cfg.model
-    return TSCD(backbone=m.backbone, num_classes=cfg.data.num_classes, stride=tuple(m.stride), pooling=m.pooling,
+    k = dataset_num_classes(cfg) if cfg.data.num_classes is None else cfg.data.num_classes
+    return TSCD(backbone=m.backbone, num_classes=k, stride=tuple(m.stride), pooling=m.pooling,
                 embedding_dim=m.embedding_dim, pretrained=m.pretrained, topk_ratio=m.topk_ratio,
                 drop_path_rate=m.drop_path_rate)
 
