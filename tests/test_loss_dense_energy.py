@@ -1,4 +1,7 @@
 """tscd.losses.DenseEnergyLoss: the recipe's rescaling and weight around the exact op (method §8)."""
+import math
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -63,3 +66,28 @@ def test_bad_inputs():
         DenseEnergyLoss()(images, probs, roi[:, None], label)
     with pytest.raises(ValueError, match="scale_factor"):
         DenseEnergyLoss(scale_factor=0)
+
+
+@pytest.mark.parametrize("name,value", [("weight", math.nan), ("weight", -1.0), ("weight", "1e-7"), ("sigma_rgb", 0.0),
+                                        ("sigma_xy", math.inf), ("sigma_xy", 1e200), ("scale_factor", math.nan),
+                                        ("scale_factor", torch.ones(2)), ("sigma_rgb", True)])
+def test_bad_settings_are_refused_at_construction(name, value):
+    expected = {"weight": "non-negative", "scale_factor": "positive"}.get(name, "a real number in")
+    with pytest.raises(ValueError, match=f"{name} must be {expected}"):
+        DenseEnergyLoss(**{name: value})
+
+
+def test_numpy_and_tensor_settings():
+    images, probs, roi, label = make_batch(seed=2)
+    loss_fn = DenseEnergyLoss(weight=np.float32(2.0), sigma_rgb=torch.tensor(15.0), sigma_xy=np.int64(8),
+                              scale_factor=np.float64(0.5))
+    assert all(type(v) is float for v in (loss_fn.weight, loss_fn.sigma_rgb, loss_fn.sigma_xy, loss_fn.scale_factor))
+    expected = DenseEnergyLoss(weight=2.0, sigma_rgb=15.0, sigma_xy=8.0, scale_factor=0.5)(images, probs, roi, label)
+    torch.testing.assert_close(loss_fn(images, probs, roi, label), expected)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_empty_batch_is_an_error(backend):
+    images, probs, roi, label = make_batch(B=0)
+    with pytest.raises(ValueError, match="batch size B >= 1"):
+        DenseEnergyLoss(backend=backend)(images, probs, roi, label)

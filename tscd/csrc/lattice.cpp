@@ -228,6 +228,13 @@ at::Tensor lattice_filter(const at::Tensor& feats, const at::Tensor& x, bool tra
   // feats = f · √(log2(e) / 2); the lattice works on f.
   const float feature_scale = static_cast<float>(1.0 / std::sqrt(0.5 * std::log2(std::exp(1.0))));
   const float* fp = feats.data_ptr<float>();
+  float peak = 0.0f;  // the largest |feats|; NaN once one is NaN (NaN compares false)
+  for (int64_t i = 0; i < feats.numel() && !std::isnan(peak); ++i)
+    if (!(std::fabs(fp[i]) <= peak)) peak = std::fabs(fp[i]);
+  TORCH_CHECK_VALUE(peak * feature_scale <= tscd::lattice::kMaxFeature,
+                    "the permutohedral lattice takes features f (coordinates / sigma_xy, colours / sigma_rgb) within "
+                    "±", tscd::lattice::kMaxFeature, ", got |f| = ", peak * feature_scale,
+                    ": use larger sigmas, or an exact backend");
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {

@@ -35,6 +35,11 @@
 namespace tscd::lattice {
 
 constexpr int kMaxDims = 8;
+// The largest feature magnitude |f| the lattice takes (f as in exp(−½‖f_i − f_j‖²): coordinates / σ_xy,
+// colours / σ_rgb). Elevation multiplies features by at most ≈ 16.3 (d = 8), so the elevated
+// coordinates stay below 2^18, where float32 still places a point in its simplex to within 1/64 of a
+// lattice step; far beyond, they would overflow the int32 keys (undefined behaviour: crashes).
+constexpr float kMaxFeature = 16384.0f;
 
 // Open-addressing (linear probing) table from d integer coordinates to a dense vertex index.
 template <int D>

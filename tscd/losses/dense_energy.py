@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..constants import IGNORE_INDEX
+from ..ops import _checks
 from ..ops.dense_energy import dense_energy_loss
 
 #: Ratio of the released permutohedral lattice's ``W S`` to the exact sum (method §8).
@@ -30,17 +31,18 @@ class DenseEnergyLoss(nn.Module):
             by ``scale_factor`` together with the inputs.
         scale_factor: the inputs are resized by this factor before the loss (1: no resizing).
         backend: passed to :func:`tscd.ops.dense_energy_loss`.
+
+    The settings may be any finite real numbers (Python, numpy, 0-dim tensors), stored as floats:
+    weight >= 0, the σ in ``tscd.ops._checks.SIGMA_RANGE``, scale_factor > 0 (``ValueError`` otherwise).
     """
 
     def __init__(self, weight: float = 1e-7, sigma_rgb: float = 15.0, sigma_xy: float = 100.0,
                  scale_factor: float = 0.5, backend: str = "auto"):
         super().__init__()
-        if not scale_factor > 0:
-            raise ValueError(f"scale_factor must be positive, got {scale_factor}")
-        self.weight = weight
-        self.sigma_rgb = sigma_rgb
-        self.sigma_xy = sigma_xy
-        self.scale_factor = scale_factor
+        self.weight = _checks.real("weight", weight, 0.0)
+        self.sigma_rgb = _checks.sigma("sigma_rgb", sigma_rgb)
+        self.sigma_xy = _checks.sigma("sigma_xy", sigma_xy)
+        self.scale_factor = _checks.real("scale_factor", scale_factor, 0.0, low_open=True)
         self.backend = backend
 
     #: ``F.interpolate``'s ``recompute_scale_factor`` for the resizing (the AFA family's module sets it).

@@ -67,7 +67,30 @@ def _mean_field(backend, images, probs, num_iter, smooth, appearance):
     return q.reshape(B, K, H, W)
 
 
+#: The largest feature (pixel coordinate / σ_xy, colour / σ_rgb) that pydensecrf's lattice holds: it
+#: keys its vertices by int16 coordinates, the features times at most ≈ 8.9 for the 5-D appearance
+#: kernel; larger ones wrap around (wrong sums) or, far beyond, crash the process.
+PYDENSECRF_MAX_FEATURE = 3500.0
+_KERNEL_PARAMS = {"smooth": ("sigma_xy", "weight"), "appearance": ("sigma_xy", "sigma_rgb", "weight")}
+
+
+def _kernel_params(name: str, params) -> tuple[float, ...]:
+    """The σ (in ``SIGMA_RANGE``) and weight (in ``WEIGHT_RANGE``) of one kernel as Python floats."""
+    labels = _KERNEL_PARAMS[name]
+    try:
+        params = tuple(params)
+    except TypeError:
+        params = ()
+    if len(params) != len(labels):
+        raise ValueError(f"{name} must be {len(labels)} real numbers ({', '.join(labels)}), got {params!r}")
+    return tuple(
+        _checks.real(f"{name}[{i}] ({label})", v, *(_checks.WEIGHT_RANGE if label == "weight" else _checks.SIGMA_RANGE))
+        for i, (label, v) in enumerate(zip(labels, params))
+    )
+
+
 def _check(images, probs, num_iter, smooth, appearance):
+    """Validated (device, num_iter, smooth, appearance), the scalars as Python numbers."""
     _checks.check_tensor("probs", probs, "(B, K, H, W)", (4,))
     if not isinstance(images, torch.Tensor) or not (images.is_floating_point() or images.dtype == torch.uint8):
         raise TypeError("images must be a float or uint8 torch.Tensor of shape (B, 3, H, W) in 0-255")
@@ -75,14 +98,23 @@ def _check(images, probs, num_iter, smooth, appearance):
     if tuple(images.shape) != (B, 3, H, W):
         raise ValueError(f"images must have shape (B, 3, H, W) = {(B, 3, H, W)} to match probs, "
                          f"got {tuple(images.shape)}")
-    if not isinstance(num_iter, int) or num_iter < 0:
-        raise ValueError(f"num_iter must be a non-negative int, got {num_iter!r}")
-    for name, params, n in (("smooth", smooth, 2), ("appearance", appearance, 3)):
-        if len(tuple(params)) != n or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in params):
-            raise ValueError(f"{name} must be {n} finite numbers, got {params!r}")
-        if not all(v > 0 for v in tuple(params)[:-1]):
-            raise ValueError(f"the widths σ in {name} must be positive, got {params!r}")
-    return _checks.check_same_device(images=images, probs=probs)
+    num_iter = _checks.integer("num_iter", num_iter)
+    smooth, appearance = _kernel_params("smooth", smooth), _kernel_params("appearance", appearance)
+    device = _checks.check_same_device(images=images, probs=probs)
+    _checks.check_finite("images", images, ("appearance[1] (sigma_rgb)", appearance[1]))
+    return device, num_iter, smooth, appearance
+
+
+def _check_pydensecrf_features(height: int, width: int, smooth, appearance) -> None:
+    """pydensecrf's features (its images are uint8: colours up to 255) within its lattice."""
+    extent = max(height, width) - 1
+    for label, scale, sigma in (("smooth[0] (sigma_xy)", extent, smooth[0]),
+                                ("appearance[0] (sigma_xy)", extent, appearance[0]),
+                                ("appearance[1] (sigma_rgb)", 255, appearance[1])):
+        if scale / sigma > PYDENSECRF_MAX_FEATURE:
+            raise ValueError(f"the pydensecrf backend holds features (coordinates / sigma_xy, colours / sigma_rgb) "
+                             f"up to {PYDENSECRF_MAX_FEATURE:g}, and {label} = {sigma:g} makes {scale / sigma:.3g}: "
+                             f"use a sigma of at least {scale / PYDENSECRF_MAX_FEATURE:.3g} or another backend")
 
 
 _DEFAULT = CRF_PRESETS[DEFAULT_CRF_PRESET]  # the published TSCD/AFA protocol's settings
@@ -104,9 +136,13 @@ def dense_crf(images: torch.Tensor, probs: torch.Tensor, *, num_iter: int = _DEF
         backend: ``"auto" | "exact" | "torch" | "triton" | "cpp" | "lattice" | "pydensecrf"``
             (:mod:`tscd.ops.backends`).
 
-    Returns float32 probabilities (float64 for the float64 torch reference); no gradient.
+    Returns float32 probabilities (float64 for the float64 torch reference); no gradient; an empty
+    batch gives an empty output. ``images`` must be finite, the σ real numbers in ``SIGMA_RANGE`` and
+    the weights in ``WEIGHT_RANGE`` (``ValueError`` otherwise; :mod:`tscd.ops._checks`); the
+    approximations also bound the features coordinates/σ and colours/σ (:data:`PYDENSECRF_MAX_FEATURE`,
+    ``tscd/csrc/lattice.h``).
     """
-    device = _check(images, probs, num_iter, smooth, appearance)
+    device, num_iter, smooth, appearance = _check(images, probs, num_iter, smooth, appearance)
     pixels = probs.shape[2] * probs.shape[3]
     resolved = resolve("dense_crf", backend, device.type, pixels)
     if (backend == "auto" and device.type == "cpu" and pixels >= CPU_CRF_LATTICE_PIXELS
@@ -115,9 +151,10 @@ def dense_crf(images: torch.Tensor, probs: torch.Tensor, *, num_iter: int = _DEF
                   f"resolution): the lattice backend cannot run ({why_unusable('lattice', 'cpu')})", stacklevel=3)
     with torch.no_grad():
         if resolved == "pydensecrf":
-            return primitives(resolved).dense_crf(images, probs, num_iter, *map(float, smooth), *map(float, appearance))
+            _check_pydensecrf_features(*probs.shape[2:], smooth, appearance)
+            return primitives(resolved).dense_crf(images, probs, num_iter, *smooth, *appearance)
         if resolved == "torch":
             dtype = _checks.compute_dtype(probs)
             check_reference_fallback("dense_crf", backend, device.type, probs.shape[0] * 7 * pixels**2 * dtype.itemsize)
-            return reference.dense_crf(images, probs.to(dtype), num_iter, tuple(smooth), tuple(appearance))
-        return _mean_field(resolved, images, probs, num_iter, tuple(smooth), tuple(appearance))
+            return reference.dense_crf(images, probs.to(dtype), num_iter, smooth, appearance)
+        return _mean_field(resolved, images, probs, num_iter, smooth, appearance)

@@ -22,8 +22,6 @@ where walking the lattice dominates). The exact backends' formula with L in plac
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import _checks
@@ -90,10 +88,13 @@ def _check(images, probs, roi, ignore, sigma_rgb, sigma_xy):
     for name, t in (("roi", roi), ("ignore", ignore)):
         if tuple(t.shape) != (B, H, W):
             raise ValueError(f"{name} must have shape (B, H, W) = {(B, H, W)} to match probs, got {tuple(t.shape)}")
-    for name, sigma in (("sigma_rgb", sigma_rgb), ("sigma_xy", sigma_xy)):
-        if not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"{name} must be a positive finite number, got {sigma!r}")
-    return _checks.check_same_device(images=images, probs=probs, roi=roi, ignore=ignore)
+    if B == 0:
+        raise ValueError(f"dense_energy_loss needs a batch size B >= 1 (the loss is a mean over the batch), got "
+                         f"probs of shape {tuple(probs.shape)}")
+    sigma_rgb, sigma_xy = _checks.sigma("sigma_rgb", sigma_rgb), _checks.sigma("sigma_xy", sigma_xy)
+    device = _checks.check_same_device(images=images, probs=probs, roi=roi, ignore=ignore)
+    _checks.check_finite("images", images, ("sigma_rgb", sigma_rgb))
+    return device, sigma_rgb, sigma_xy
 
 
 def dense_energy_loss(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor, ignore: torch.Tensor, *,
@@ -111,14 +112,16 @@ def dense_energy_loss(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tens
 
     The loss is float32 (float64 for float64 probs); the gradient flows to ``probs`` only,
     with the gate held constant. The fused backends never build the N×N kernel matrix.
+    ``images`` must be finite, the σ real numbers in ``SIGMA_RANGE`` and B >= 1 (``ValueError``
+    otherwise; :mod:`tscd.ops._checks`); an image of no pixels has loss 0.
     """
-    device = _check(images, probs, roi, ignore, sigma_rgb, sigma_xy)
+    device, sigma_rgb, sigma_xy = _check(images, probs, roi, ignore, sigma_rgb, sigma_xy)
     request, backend = backend, resolve("dense_energy_loss", backend, device.type)
-    out_dtype = torch.float64 if probs.dtype == torch.float64 else torch.float32
+    out_dtype = _checks.compute_dtype(probs)
     if backend == "torch":
         B, _, H, W = probs.shape  # the reference's colour differences: (B, 3, N, N) and more
         check_reference_fallback("dense_energy_loss", request, device.type, B * 8 * (H * W) ** 2 * out_dtype.itemsize)
-        return reference.dense_energy_loss(images, probs, roi, ignore, sigma_rgb, sigma_xy).to(out_dtype)
+        return reference.dense_energy_loss(images, probs.to(out_dtype), roi, ignore, sigma_rgb, sigma_xy)
     B, K, H, W = probs.shape
     feats = bilateral_features(images, sigma_xy, sigma_rgb)
     loss = _DenseEnergy.apply(

@@ -64,9 +64,23 @@ def fused_product(backend: str, feats: torch.Tensor, x: torch.Tensor, cutoff: fl
     feats = (feats.to(torch.float32) * _EXP2_SCALE).contiguous()
     cut2 = math.inf if cutoff is None else cutoff * cutoff * _EXP2_SCALE**2
     width, radius = row_window if row_window is not None else (0, 0)
+    if width > 0:  # no two pixels are more rows apart than there are rows (kernels index rows in int32)
+        radius = min(radius, feats.shape[2] // width)
     ops = primitives(backend)
     product = ops.gaussian_product_transposed if transposed and backend == "lattice" else ops.gaussian_product
     return product(feats, x.to(torch.float32).contiguous(), cut2, width, radius)
+
+
+def _row_window(row_window, pixels: int) -> tuple[int, int]:
+    """(width, radius) as Python ints: width >= 1 dividing N = ``pixels``, radius >= 0."""
+    try:
+        width, radius = (_checks.integer("row_window", v) for v in row_window)
+    except (TypeError, ValueError):
+        width = radius = -1
+    if width < 1 or radius < 0 or pixels % width:
+        raise ValueError(f"row_window must be (width, radius) with width >= 1 dividing N = {pixels} and radius "
+                         f">= 0, got {row_window!r}")
+    return width, radius
 
 
 def gaussian_product(feats: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | None = None, *,
@@ -76,10 +90,14 @@ def gaussian_product(feats: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | No
 
     feats (B, D, N) with D ≤ 8; x (B, K, N); x2 (B, K2, N) or None. Returns W·x, or the pair
     (W·x, W·x2) when x2 is given, in float32 (float64 for the float64 torch reference).
-    ``cutoff``: pairs with ``‖f_i − f_j‖ > cutoff`` are left out (None: all pairs, exact).
+    ``cutoff``: pairs with ``‖f_i − f_j‖ > cutoff`` are left out (None: all pairs, exact); a
+    finite real number of at least ``SIGMA_RANGE[0]`` (:mod:`tscd.ops._checks`).
     ``row_window``: a speed hint for windowed spatial kernels, see :func:`fused_product`.
     ``backend``: ``"auto" | "exact" | "torch" | "triton" | "cpp" | "lattice"``; ``"lattice"``
     (explicit only) is the O(N) approximation, ≈ 0.58 × the exact sums, ignoring ``cutoff``.
+
+    feats must hold finite values (a ``ValueError`` otherwise, on every backend); the lattice
+    also needs them within ±16384 (``tscd/csrc/lattice.h``).
     """
     _checks.check_tensor("feats", feats, "(B, D, N)", (3,))
     _checks.check_tensor("x", x, "(B, K, N)", (3,))
@@ -92,14 +110,11 @@ def gaussian_product(feats: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | No
     _checks.check_dim_equal("the pixel count N", **{n: t.shape[2] for n, t in tensors.items()})
     if not 1 <= feats.shape[1] <= 8:
         raise ValueError(f"feats must have 1 to 8 feature dimensions D, got {feats.shape[1]}")
-    if cutoff is not None and not cutoff > 0:
-        raise ValueError(f"cutoff must be positive or None, got {cutoff}")
-    if row_window is not None and not (
-        len(row_window) == 2 and all(isinstance(v, int) for v in row_window)
-        and row_window[0] >= 1 and row_window[1] >= 0 and feats.shape[2] % row_window[0] == 0
-    ):
-        raise ValueError(f"row_window must be (width, radius) with width >= 1 dividing N and radius >= 0, "
-                         f"got {row_window!r}")
+    if cutoff is not None:  # a distance in feature units, like σ: its square is a normal float32
+        cutoff = _checks.real("cutoff", cutoff, _checks.SIGMA_RANGE[0])
+    if row_window is not None:
+        row_window = _row_window(row_window, feats.shape[2])
+    _checks.check_finite("feats", feats)
     request, backend = backend, resolve("gaussian_product", backend, device.type)
     xs = x if x2 is None else torch.cat((x, x2.to(x.dtype)), dim=1)
     if backend == "torch":

@@ -18,36 +18,40 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_dim_equal, check_same_device, check_tensor
+from ._checks import check_dim_equal, check_finite, check_same_device, check_tensor, integer
 from .backends import primitives, resolve
 from .reference import varm as reference
 
 DEFAULT_DILATIONS = (1, 2, 4, 8, 12, 24)
+#: The largest dilation: the fused kernels compute pixel + offset in int32 (and no image is 2^30 pixels wide).
+MAX_DILATION = 2**30
 MODES = ("varm", "par")
 # Per mode: the factor of the intensity term, the weight of the subtracted variation softmax
 # and the weight of the added position softmax.
 _CONSTANTS = {"varm": (4.0, 0.01, 0.0), "par": (1.0 / 0.3, 0.0, 0.01)}
 
 
-def _check_options(dilations, num_iter: int | None, mode: str) -> tuple[int, ...]:
+def _check_options(dilations, num_iter, mode: str) -> tuple[tuple[int, ...], int | None]:
+    """(dilations, num_iter) as Python ints (num_iter None stays None)."""
     if isinstance(dilations, int) or not hasattr(dilations, "__iter__"):
         raise TypeError(f"dilations must be a sequence of positive ints, got {dilations!r}")
     dilations = tuple(dilations)
     if not dilations:
         raise ValueError("dilations must be a non-empty sequence of positive ints, got an empty one")
-    if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dilations):
-        raise ValueError(f"dilations must be positive ints, got {dilations}")
-    if num_iter is not None and (isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 0):
-        raise ValueError(f"num_iter must be a non-negative int, got {num_iter!r}")
+    expected = f"positive ints up to {MAX_DILATION} (the kernels offset pixels in int32)"
+    dilations = tuple(integer("dilations", d, low=1, high=MAX_DILATION, expected=expected) for d in dilations)
+    if num_iter is not None:
+        num_iter = integer("num_iter", num_iter)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    return dilations
+    return dilations, num_iter
 
 
 def _check_images(images) -> None:
     check_tensor("images", images, "(B, 3, H, W)", (4,))
     if images.shape[1] != 3:
         raise ValueError(f"images must have shape (B, 3, H, W) with 3 colour channels, got {tuple(images.shape)}")
+    check_finite("images", images)
 
 
 def _fused_affinity(backend: str, images: torch.Tensor, dilations: tuple[int, ...], mode: str):
@@ -65,11 +69,15 @@ def varm_affinity(images: torch.Tensor, *, dilations=DEFAULT_DILATIONS, mode: st
                   backend: str = "auto") -> torch.Tensor:
     """Per-pixel neighbour weights of method §4.
 
-    images: (B, 3, H, W) with values in [0, 1]. Returns (B, N, H, W) in the images' dtype,
-    N = 8·len(dilations), neighbours dilation-major with the 8 offsets in row-major order.
+    images: (B, 3, H, W) with values in [0, 1], finite (``ValueError`` otherwise). Returns (B, N, H, W)
+    in the images' dtype, N = 8·len(dilations), neighbours dilation-major with the 8 offsets in
+    row-major order; empty when B, H or W is 0.
     """
     _check_images(images)
-    dilations = _check_options(dilations, None, mode)
+    dilations, _ = _check_options(dilations, None, mode)
+    if images.numel() == 0:
+        B, _, H, W = images.shape
+        return images.new_zeros((B, 8 * len(dilations), H, W))
     which = resolve("varm_affinity", backend, images.device.type)
     with torch.no_grad():
         if which == "torch":
@@ -83,14 +91,20 @@ def varm_refine(images: torch.Tensor, masks: torch.Tensor, *, dilations=DEFAULT_
 
     images: (B, 3, H, W) with values in [0, 1]; masks: (B, K, h, w), any size (resized to
     (H, W) bilinearly with align_corners=True). Returns (B, K, H, W) in the promoted dtype of
-    images and masks.
+    images and masks; empty when B, K, H or W is 0. ``images`` must be finite (``ValueError``).
     """
     _check_images(images)
     check_tensor("masks", masks, "(B, K, h, w)", (4,))
     check_dim_equal("the batch sizes of images and masks", images=images.shape[0], masks=masks.shape[0])
     check_same_device(images=images, masks=masks)
-    dilations = _check_options(dilations, num_iter, mode)
+    dilations, num_iter = _check_options(dilations, num_iter, mode)
     dtype = torch.promote_types(images.dtype, masks.dtype)
+    B, K, (H, W) = masks.shape[0], masks.shape[1], images.shape[2:]
+    if B * K * H * W == 0:
+        return masks.new_zeros((B, K, H, W), dtype=dtype)
+    if masks.shape[2] * masks.shape[3] == 0:
+        raise ValueError(f"masks must have at least one pixel to be resized to the images' {H}×{W}, "
+                         f"got {tuple(masks.shape)}")
     which = resolve("varm_refine", backend, images.device.type)
     with torch.no_grad():
         if which == "torch":
