@@ -357,7 +357,7 @@ _PROBABILITY = Bounds(0, 1)
 
 #: dotted key -> the valid values of every number and list of numbers of the schema (None, where
 #: a field is optional, is always valid)
-VALID_VALUES: dict = {
+VALID_VALUES: dict[str, Union[Bounds, Items]] = {
     "seed": Bounds(0, 2**32 - 1),  # numpy's global seed
     "data.synthetic.image_size": _AT_LEAST_ONE,
     "data.synthetic.num_train": _AT_LEAST_ONE,
