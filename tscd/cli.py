@@ -243,15 +243,46 @@ COMMANDS = {
 }
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """A command's parser that takes its options and positionals (``key=value`` overrides, image
+    files) in any order: ``tscd train optim.lr=1e-3 --config synthetic --max-iters 5 loss.seg=0.2``."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:  # parse_known_intermixed_args parses twice, through here (Python < 3.13)
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tscd", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_IntermixedParser)
     for name, (add_args, run, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         p.set_defaults(run=run)
     return parser
+
+
+def _error_line(err: Exception) -> str:
+    """The one line the CLI prints for ``err``: the first line of its message, or, where the
+    message carries another error's traceback (what a DataLoader worker's error becomes in the
+    main process: "Caught DatasetError in DataLoader worker process 0. Original Traceback ..."),
+    the first line of that original error's message (which names the file)."""
+    text = str(err).strip()
+    _, traceback, original = text.rpartition("Traceback (most recent call last):")
+    if traceback:  # the frames are indented; the first line that is not is "module.Error: message"
+        line = next((line for line in original.splitlines() if line.strip() and not line[0].isspace()), "")
+        name, _, message = line.partition(": ")
+        if name:
+            return message.strip() or name.rpartition(".")[2]
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,8 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the CLI turns every failure into one line
         if args.debug:
             raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        logger.error("tscd: error: %s", message)
+        logger.error("tscd: error: %s", _error_line(err))
         return 1
 
 

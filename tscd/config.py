@@ -14,8 +14,12 @@ default. A config is built in an OmegaConf structured config from the defaults, 
   ``eval.max_images=null``), except for string fields, which take the text after ``=`` literally
   (``data.root=my data #1``; ``yes`` and ``2024-01-01`` stay strings; empty: None if optional);
 * ``values`` (dotted key -> Python value, e.g. command-line flags) are assigned as given;
-* strings are never interpolated: ``${...}`` stays as written.
+* strings are never interpolated: ``${...}`` stays as written;
+* the finished config's numbers must lie in their valid ranges (:data:`VALID_VALUES`: intervals
+  >= 1, probabilities in [0, 1], sigmas > 0 and finite, 3 means and stds ...), else a
+  :class:`ConfigError` names the key and the range: a bad value stops a run before it starts.
 """
+import math
 import re
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -280,20 +284,165 @@ def load_config(path: Union[str, Path, None] = None, overrides: Iterable[str] = 
         raise ConfigError(f"{file}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(tree, (Mapping, type(None))):
         raise ConfigError(f"{file}: expected a mapping at the top level, got {type(tree).__name__}")
-    return OmegaConf.to_object(_build(tree or {}, str(file), overrides, values))
+    return _finish(_build(tree or {}, str(file), overrides, values))
 
 
 def config_from_dict(tree: Mapping[str, Any]) -> TSCDConfig:
     """A config from a stored nested dict (e.g. a checkpoint's), filled up with today's defaults."""
-    return OmegaConf.to_object(_build(tree, "stored config"))
+    return _finish(_build(tree, "stored config"))
 
 
 def apply(cfg: TSCDConfig, overrides: Iterable[str] = (),
           values: Optional[Mapping[str, Any]] = None) -> TSCDConfig:
     """A new config: ``cfg`` updated by ``key=value`` overrides, then ``values`` (``cfg`` is unchanged)."""
-    return OmegaConf.to_object(_build(asdict(cfg), "config", overrides, values))
+    return _finish(_build(asdict(cfg), "config", overrides, values))
 
 
 def to_dict(cfg: TSCDConfig) -> dict:
     """``cfg`` as nested dicts and lists of plain values (``yaml.safe_dump``-able)."""
     return OmegaConf.to_container(_build(asdict(cfg), "config"), resolve=True)
+
+
+# ---- valid values --------------------------------------------------------------------------
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The valid range of a number: finite, above ``low`` and below ``high`` (None: no bound),
+    each bound included unless ``*_open``."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, x: float) -> bool:
+        return (math.isfinite(x)
+                and (self.low is None or x > self.low or (x == self.low and not self.low_open))
+                and (self.high is None or x < self.high or (x == self.high and not self.high_open)))
+
+    def __str__(self) -> str:
+        """``>= 1``, ``> 0``, ``in (0, 1]`` ...; empty when only finiteness is asked."""
+        if self.low is not None and self.high is not None:
+            return (f"in {'(' if self.low_open else '['}{_number(self.low)}, "
+                    f"{_number(self.high)}{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {_number(self.high)}"
+        return ""
+
+
+@dataclass(frozen=True)
+class Items:
+    """The valid values of a list of numbers: ``length`` items (None: one or more), each in
+    ``each``, and non-decreasing if ``ordered`` (a [low, high] range)."""
+
+    each: Bounds
+    length: Optional[int] = None
+    ordered: bool = False
+
+    def __contains__(self, items: List[float]) -> bool:
+        return (len(items) == self.length if self.length is not None else len(items) >= 1) \
+            and all(x in self.each for x in items) and not (self.ordered and items != sorted(items))
+
+    def __str__(self) -> str:
+        count = "1 or more" if self.length is None else str(self.length)
+        text = f"{count} numbers, each {self.each}" if str(self.each) else f"{count} finite numbers"
+        return text + (", the first <= the second" if self.ordered else "")
+
+
+_FINITE, _POSITIVE, _NON_NEGATIVE, _AT_LEAST_ONE = Bounds(), Bounds(0, low_open=True), Bounds(0), Bounds(1)
+_PROBABILITY = Bounds(0, 1)
+
+#: dotted key -> the valid values of every number and list of numbers of the schema (None, where
+#: a field is optional, is always valid)
+VALID_VALUES: dict[str, Union[Bounds, Items]] = {
+    "seed": Bounds(0, 2**32 - 1),  # numpy's global seed
+    "data.synthetic.image_size": _AT_LEAST_ONE,
+    "data.synthetic.num_train": _AT_LEAST_ONE,
+    "data.synthetic.num_val": _AT_LEAST_ONE,
+    "data.synthetic.max_objects": _AT_LEAST_ONE,
+    "data.synthetic.radius": Items(_POSITIVE, 2, ordered=True),
+    "data.synthetic.clutter": _NON_NEGATIVE,
+    "data.synthetic.seed": _NON_NEGATIVE,
+    "data.num_classes": Bounds(2),  # the background and at least one class
+    "data.batch_size": _AT_LEAST_ONE,
+    "data.num_workers": _NON_NEGATIVE,
+    "data.crop_size": _AT_LEAST_ONE,
+    "data.scale_range": Items(_POSITIVE, 2, ordered=True),
+    "data.color_jitter": _NON_NEGATIVE,
+    "data.mean": Items(_FINITE, 3),
+    "data.std": Items(_POSITIVE, 3),
+    "model.stride": Items(_AT_LEAST_ONE, 4),
+    "model.topk_ratio": Bounds(0, 1, low_open=True),
+    "model.drop_path_rate": Bounds(0, 1, high_open=True),
+    "model.embedding_dim": _AT_LEAST_ONE,
+    "cam.scales": Items(_POSITIVE),
+    "cam.high": _PROBABILITY,
+    "cam.low": _PROBABILITY,
+    "cam.bkg_score": _PROBABILITY,
+    "refine.num_iter": _NON_NEGATIVE,
+    "refine.dilations": Items(_AT_LEAST_ONE),
+    "refine.scale": _POSITIVE,
+    "loss.stage1_iters": _NON_NEGATIVE,
+    **{f"loss.{term}": _NON_NEGATIVE for term in ("cls", "seg", "dense", "aff", "scd", "er", "dense_weight")},
+    "loss.dense_sigma_rgb": _POSITIVE,
+    "loss.dense_sigma_xy": _POSITIVE,
+    "loss.dense_scale": _POSITIVE,
+    "loss.scd_samples": _AT_LEAST_ONE,
+    "loss.scd_scale": _POSITIVE,
+    "loss.aff_radius": _NON_NEGATIVE,
+    "optim.lr": _POSITIVE,
+    "optim.head_lr_mult": _NON_NEGATIVE,
+    "optim.norm_lr_mult": _NON_NEGATIVE,
+    "optim.betas": Items(Bounds(0, 1, high_open=True), 2),
+    "optim.weight_decay": _NON_NEGATIVE,
+    "optim.eps": _NON_NEGATIVE,
+    "optim.warmup_iters": _NON_NEGATIVE,
+    "optim.warmup_ratio": _NON_NEGATIVE,
+    "optim.power": _NON_NEGATIVE,
+    "train.max_iters": _AT_LEAST_ONE,
+    "train.log_interval": _AT_LEAST_ONE,
+    "train.eval_interval": _AT_LEAST_ONE,
+    "train.ckpt_interval": _NON_NEGATIVE,  # 0: no periodic checkpoints
+    "train.num_threads": _NON_NEGATIVE,  # 0: leave as is
+    "eval.batch_size": _AT_LEAST_ONE,
+    "eval.max_images": _AT_LEAST_ONE,
+    "eval.num_vis": _NON_NEGATIVE,
+    "eval.scales": Items(_POSITIVE),
+    "eval.resize_long": _NON_NEGATIVE,  # 0: keep the size
+}
+
+#: (low, high) keys whose values must not decrease
+_ORDERED_KEYS = (("cam.low", "cam.high"),)
+
+
+def _value(cfg: TSCDConfig, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg: TSCDConfig) -> None:
+    """Raise a :class:`ConfigError` naming the key and its valid range for the first value of
+    ``cfg`` outside :data:`VALID_VALUES` (or two keys of :data:`_ORDERED_KEYS` out of order)."""
+    for key, valid in VALID_VALUES.items():
+        value = _value(cfg, key)
+        if value is None or value in valid:
+            continue
+        if isinstance(valid, Bounds) and not math.isfinite(value):
+            raise ConfigError(f"'{key}' must be a finite number{f' {valid}' if str(valid) else ''}, got {value!r}")
+        raise ConfigError(f"'{key}' must be {valid}, got {value!r}")
+    for low, high in _ORDERED_KEYS:
+        if _value(cfg, low) > _value(cfg, high):
+            raise ConfigError(f"'{low}' ({_value(cfg, low)!r}) must not exceed '{high}' ({_value(cfg, high)!r})")
+
+
+def _finish(node: DictConfig) -> TSCDConfig:
+    """The plain config built in ``node``, its values checked by :func:`validate`."""
+    cfg = OmegaConf.to_object(node)
+    validate(cfg)
+    return cfg

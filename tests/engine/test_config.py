@@ -1,4 +1,5 @@
 import dataclasses
+import typing
 
 import pytest
 import yaml
@@ -107,3 +108,106 @@ def test_plain_dataclass_round_trip_and_apply():
     cfg.train = dataclasses.replace(cfg.train, max_iters=7)
     cfg.eval.scales = (1.0, 0.5)
     assert apply(cfg).train.max_iters == 7 and to_dict(cfg)["eval"]["scales"] == [1.0, 0.5]
+
+
+#: (override, the start of the error) for values out of their valid range
+OUT_OF_RANGE = [
+    ("train.eval_interval=0", "'train.eval_interval' must be >= 1, got 0"),
+    ("train.log_interval=0", "'train.log_interval' must be >= 1, got 0"),
+    ("train.ckpt_interval=-5", "'train.ckpt_interval' must be >= 0, got -5"),
+    ("train.max_iters=-1", "'train.max_iters' must be >= 1, got -1"),
+    ("train.num_threads=-2", "'train.num_threads' must be >= 0, got -2"),
+    ("data.mean=[0.5,0.5]", "'data.mean' must be 3 finite numbers, got [0.5, 0.5]"),
+    ("data.std=[0.2,0.0,0.2]", "'data.std' must be 3 numbers, each > 0, got [0.2, 0.0, 0.2]"),
+    ("data.std=[0.2,.inf,0.2]", "'data.std' must be 3 numbers, each > 0"),
+    ("data.crop_size=0", "'data.crop_size' must be >= 1, got 0"),
+    ("data.batch_size=0", "'data.batch_size' must be >= 1, got 0"),
+    ("data.num_workers=-1", "'data.num_workers' must be >= 0, got -1"),
+    ("data.num_classes=1", "'data.num_classes' must be >= 2, got 1"),
+    ("data.scale_range=[2.0,1.0]", "'data.scale_range' must be 2 numbers, each > 0, the first <= the second"),
+    ("data.color_jitter=-0.1", "'data.color_jitter' must be >= 0, got -0.1"),
+    ("data.synthetic.max_objects=0", "'data.synthetic.max_objects' must be >= 1, got 0"),
+    ("data.synthetic.radius=[0.3,0.1]", "'data.synthetic.radius' must be 2 numbers, each > 0, the first <= the"),
+    ("cam.high=1.5", "'cam.high' must be in [0, 1], got 1.5"),
+    ("cam.bkg_score=-0.1", "'cam.bkg_score' must be in [0, 1], got -0.1"),
+    ("cam.low=0.6", "'cam.low' (0.6) must not exceed 'cam.high' (0.55)"),
+    ("cam.scales=[]", "'cam.scales' must be 1 or more numbers, each > 0, got []"),
+    ("eval.scales=[1.0,-0.5]", "'eval.scales' must be 1 or more numbers, each > 0, got [1.0, -0.5]"),
+    ("model.topk_ratio=0", "'model.topk_ratio' must be in (0, 1], got 0.0"),
+    ("model.topk_ratio=1.5", "'model.topk_ratio' must be in (0, 1], got 1.5"),
+    ("model.drop_path_rate=1", "'model.drop_path_rate' must be in [0, 1), got 1.0"),
+    ("model.stride=[4,2,1]", "'model.stride' must be 4 numbers, each >= 1, got [4, 2, 1]"),
+    ("model.stride=[4,0,1,1]", "'model.stride' must be 4 numbers, each >= 1"),
+    ("refine.dilations=[1,0]", "'refine.dilations' must be 1 or more numbers, each >= 1"),
+    ("refine.num_iter=-1", "'refine.num_iter' must be >= 0, got -1"),
+    ("loss.dense_sigma_rgb=0", "'loss.dense_sigma_rgb' must be > 0, got 0.0"),
+    ("loss.dense_sigma_xy=-3", "'loss.dense_sigma_xy' must be > 0, got -3.0"),
+    ("loss.dense_sigma_xy=.inf", "'loss.dense_sigma_xy' must be a finite number > 0, got inf"),
+    ("loss.seg=-0.1", "'loss.seg' must be >= 0, got -0.1"),
+    ("loss.er=.nan", "'loss.er' must be a finite number >= 0, got nan"),
+    ("loss.scd_samples=0", "'loss.scd_samples' must be >= 1, got 0"),
+    ("optim.lr=0", "'optim.lr' must be > 0, got 0.0"),
+    ("optim.lr=.nan", "'optim.lr' must be a finite number > 0, got nan"),
+    ("optim.betas=[0.9,1.0]", "'optim.betas' must be 2 numbers, each in [0, 1), got [0.9, 1.0]"),
+    ("optim.power=-1", "'optim.power' must be >= 0, got -1.0"),
+    ("optim.warmup_iters=-1", "'optim.warmup_iters' must be >= 0, got -1"),
+    ("seed=-1", "'seed' must be in [0, 4294967295], got -1"),
+    ("eval.max_images=0", "'eval.max_images' must be >= 1, got 0"),
+    ("eval.batch_size=0", "'eval.batch_size' must be >= 1, got 0"),
+    ("eval.resize_long=-1", "'eval.resize_long' must be >= 0, got -1"),
+]
+
+
+@pytest.mark.parametrize("override, message", OUT_OF_RANGE, ids=[o for o, _ in OUT_OF_RANGE])
+def test_values_out_of_range_name_the_key_and_the_range(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config("synthetic", [override])
+    assert str(info.value).startswith(message)
+
+
+def test_every_way_to_build_a_config_checks_values(tmp_path):
+    message = "'train.eval_interval' must be >= 1, got 0"
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, values={"train.eval_interval": 0})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  eval_interval: 0\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"train": {"eval_interval": 0}})
+    with pytest.raises(ConfigError, match=message):
+        apply(load_config("synthetic"), ["train.eval_interval=0"])
+    # a value fixed by a later source is fine: the finished config is checked
+    assert load_config(bad, ["train.eval_interval=5"]).train.eval_interval == 5
+
+
+def test_values_at_the_edge_of_their_range_are_accepted():
+    cfg = load_config("synthetic", [
+        "train.ckpt_interval=0", "train.num_threads=0", "train.max_iters=1", "train.eval_interval=1",
+        "data.num_workers=0", "data.mean=[-1.5, 0.0, 2.0]", "data.scale_range=[0.5, 0.5]", "data.color_jitter=0",
+        "model.topk_ratio=1.0", "model.drop_path_rate=0", "cam.low=0.5", "cam.high=0.5", "cam.bkg_score=1",
+        "refine.num_iter=0", "loss.stage1_iters=0", "loss.seg=0", "loss.aff_radius=0", "optim.norm_lr_mult=0",
+        "optim.warmup_iters=0", "optim.betas=[0.0, 0.999]", "optim.eps=0", "seed=4294967295",
+        "eval.max_images=null", "eval.resize_long=0", "eval.num_vis=0", "data.num_classes=2",
+    ])
+    assert cfg.train.ckpt_interval == 0 and cfg.cam.low == cfg.cam.high == 0.5 and cfg.eval.max_images is None
+
+
+def test_every_number_of_the_schema_has_a_valid_range():
+    from tscd.config import VALID_VALUES
+
+    def numeric_keys(tp, prefix=""):
+        for name, hint in typing.get_type_hints(tp).items():
+            args = [a for a in typing.get_args(hint) if a is not type(None)]  # Optional[X] -> X
+            base = args[0] if typing.get_origin(hint) is typing.Union else hint
+            if dataclasses.is_dataclass(base):
+                yield from numeric_keys(base, f"{prefix}{name}.")
+            elif base in (int, float) or (typing.get_origin(base) is list and typing.get_args(base)[0] in (int, float)):
+                yield prefix + name
+
+    assert set(numeric_keys(TSCDConfig)) == set(VALID_VALUES)
+
+
+def test_the_shipped_configs_have_valid_values():
+    for path in builtin_config_dir().glob("*.yaml"):
+        load_config(path)

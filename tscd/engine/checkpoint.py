@@ -1,7 +1,15 @@
-"""Checkpoints written atomically, and the random states needed to resume exactly."""
+"""Checkpoints written atomically, holding only tensors and plain data, and the random states
+needed to resume exactly.
+
+Every checkpoint is read with ``torch.load(weights_only=True)``: unpickling an arbitrary object
+can run code, so a file that holds anything but tensors, numbers, strings, lists and dicts is
+refused (a :class:`CheckpointError` naming it) without running any of it.
+"""
 from __future__ import annotations
 
 import random
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,27 +28,52 @@ def atomic_save(obj, path) -> None:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """The python, numpy, torch and CUDA random states as tensors and plain numbers (loadable
+    with ``weights_only=True``); :func:`set_rng_state` restores them."""
+    version, python_key, gauss_next = random.getstate()
+    kind, numpy_key, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    return {"python": {"version": version, "key": torch.tensor(python_key, dtype=torch.int64),
+                       "gauss_next": gauss_next},
+            "numpy": {"kind": str(kind), "key": torch.from_numpy(numpy_key.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore the random states of :func:`rng_state` (CUDA's only where a GPU is visible)."""
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["key"].tolist()), py["gauss_next"]))
+    np.random.set_state((npy["kind"], npy["key"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _unreadable_reason(err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words on one line."""
+    text = str(err)
+    if "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        held = f"a pickled {found[1]}" if found else "pickled objects"
+        return f"it holds {held}; written by an older tscd or another program"
+    return "unreadable: " + (text.strip().splitlines()[0] if text.strip() else type(err).__name__)
+
+
 def load(path, map_location="cpu") -> dict:
-    """A training checkpoint written by :func:`atomic_save` (a dict with at least ``model``)."""
+    """A training checkpoint written by :func:`atomic_save` (a dict with at least ``model``),
+    read with ``weights_only=True``: a file holding other pickled objects is refused unread."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to unpickle means an unusable file
+        raise CheckpointError(f"cannot read checkpoint {path}: not a weights-only tscd checkpoint "
+                              f"({_unreadable_reason(err)})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a tscd training checkpoint (no 'model' entry)")
     return ckpt
