@@ -31,7 +31,7 @@ def test_error_lines(tmp_path, capsys):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"junk")
     assert main(["infer", "--checkpoint", str(bad), str(bad), "--out", str(tmp_path)]) == 1
-    assert "cannot read checkpoint" in _err(capsys)
+    assert _err(capsys) == f"tscd: error: {bad} is not a PyTorch checkpoint (a file written by torch.save)"
     with pytest.raises(ConfigError):
         main(["train", "--config", "synthetic", "--debug", "--work-dir", str(tmp_path), "optim.lrr=1"])
     with pytest.raises(SystemExit):

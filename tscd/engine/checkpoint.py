@@ -1,20 +1,18 @@
 """Checkpoints written atomically, holding only tensors and plain data, and the random states
 needed to resume exactly.
 
-Every checkpoint is read with ``torch.load(weights_only=True)``: unpickling an arbitrary object
-can run code, so a file that holds anything but tensors, numbers, strings, lists and dicts is
-refused (a :class:`CheckpointError` naming it) without running any of it.
+Every checkpoint is read by :func:`tscd.models.checkpoint.read_checkpoint_file` (weights only):
+unpickling an arbitrary object can run code, so a file that holds anything but tensors, numbers,
+strings, lists and dicts is refused (a :class:`CheckpointError` naming it) without running any of it.
 """
 from __future__ import annotations
 
 import random
-import re
-import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..models.checkpoint import CheckpointReadError, read_checkpoint_file
 from .io import atomic_write
 
 
@@ -51,29 +49,13 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _unreadable_reason(err: Exception) -> str:
-    """Why ``torch.load(weights_only=True)`` refused a file, in a few words on one line."""
-    text = str(err)
-    if "Weights only load failed" in text:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        held = f"a pickled {found[1]}" if found else "pickled objects"
-        return f"it holds {held}; written by an older tscd or another program"
-    return "unreadable: " + (text.strip().splitlines()[0] if text.strip() else type(err).__name__)
-
-
 def load(path, map_location="cpu") -> dict:
     """A training checkpoint written by :func:`atomic_save` (a dict with at least ``model``),
     read with ``weights_only=True``: a file holding other pickled objects is refused unread."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure to unpickle means an unusable file
-        raise CheckpointError(f"cannot read checkpoint {path}: not a weights-only tscd checkpoint "
-                              f"({_unreadable_reason(err)})") from None
+        ckpt = read_checkpoint_file(path, map_location)
+    except CheckpointReadError as err:
+        raise CheckpointError(str(err)) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a tscd training checkpoint (no 'model' entry)")
     return ckpt

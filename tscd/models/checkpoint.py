@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 import struct
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -77,7 +78,9 @@ def read_checkpoint_file(path, map_location="cpu"):
         raise CheckpointReadError(f"{path} is a safetensors file; tscd reads PyTorch checkpoints (torch.save): "
                                   f"convert it with torch.save(safetensors.torch.load_file(path), 'weights.pth')")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         refused = _refused_global(str(err))
         if refused:
