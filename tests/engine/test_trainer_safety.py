@@ -84,15 +84,16 @@ def test_a_failure_mid_step_saves_the_last_completed_iteration(tmp_path, monkeyp
 
 
 def test_a_signal_stops_at_the_step_boundary_and_resume_is_exact(tmp_path, monkeypatch, reference):
+    """(Here with a loader worker process, which changes nothing either.)"""
     _after_forward(monkeypatch, 3, lambda model, total, terms: os.kill(os.getpid(), signal.SIGTERM))
     work = tmp_path / "run"
     with pytest.raises(TrainingInterrupted) as stopped:
-        Trainer(_cfg(), work, progress=False).train()
+        Trainer(_cfg("data.num_workers=1"), work, progress=False).train()
     assert stopped.value.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handler is back
     assert _last(work)["step"] == 3  # iteration 3 was finished, not cut off
     monkeypatch.undo()
-    _assert_same_state(reference, _resume(work))
+    _assert_same_state(reference, _resume(work, "data.num_workers=1"))
 
 
 def test_a_second_signal_stops_at_once_keeping_the_last_completed_iteration(tmp_path, monkeypatch, reference):

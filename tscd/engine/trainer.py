@@ -323,7 +323,7 @@ class Trainer:
         end = t.max_iters if stop_at is None else min(stop_at, t.max_iters)
         try:
             if self.step >= end:
-                if self.main and self.step >= t.max_iters:
+                if self.main and self.step >= t.max_iters > 0:
                     logger.warning("%s: the run already finished at iteration %d (train.max_iters=%d): nothing to "
                                    "train (raise --max-iters to continue it, or start again with --overwrite)",
                                    self.work_dir, self.step, t.max_iters)
@@ -356,7 +356,7 @@ class Trainer:
         stop = 0
         try:
             while self.step < end and not stop:
-                total, terms, stop, save_due = self._iteration(batches, signals)
+                total, terms = self._iteration(batches)
                 self._log(bar, total, terms)
                 if self.main and (self.step % t.eval_interval == 0 or self.step == t.max_iters):
                     metrics = self.evaluate()
@@ -366,7 +366,10 @@ class Trainer:
                 if t.ckpt_interval and self.step % t.ckpt_interval == 0 and self.step != t.max_iters:
                     self.save(f"iter_{self.step:06d}.pth")
                     self.save()
-                if save_due and self._saved_step != self.step:
+                # the step boundary: a signal received, or last.pth due by wall time, on any rank
+                due = t.ckpt_minutes > 0 and time.monotonic() - self._last_save >= 60 * t.ckpt_minutes
+                stop, due = self._agree(signals.signum, int(due))
+                if due and self._saved_step != self.step:
                     self.save()
         except BaseException as err:
             self._keep_last_good_state(err)
@@ -377,16 +380,16 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
         path = self.save() if self._saved_step != self.step else self.work_dir / "checkpoints" / "last.pth"
-        if stop:
+        if stop and self.step < end:  # (a signal during the last iteration finds the run done)
             if self.main:
                 logger.warning("interrupted at iteration %d; saved %s (continue with --resume)", self.step, path)
             raise TrainingInterrupted(stop)
         return metrics
 
-    def _iteration(self, batches, signals: _StopSignals) -> tuple[torch.Tensor, dict, int, bool]:
-        """One optimisation step: (total loss, terms, the signal to stop after it (0: none), last.pth
-        due by wall time), the last two as all ranks agree. Until the update, a failure can
-        restore the state it started from (:attr:`_boundary`)."""
+    def _iteration(self, batches) -> tuple[torch.Tensor, dict]:
+        """One optimisation step: (total loss, its terms). Until the update, a failure can restore
+        the state the step started from (:attr:`_boundary`); a non-finite loss on any rank raises
+        :class:`NonFiniteLossError` before it."""
         t = self.cfg.train
         self._boundary = (ckpt_io.rng_state(), {n: b.clone() for n, b in self.model.named_buffers()})
         batch = next(batches)
@@ -394,9 +397,7 @@ class Trainer:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.bf16 and self.device.type == "cuda"):
             total, terms, _ = self.objective(self.net, self.model, batch, self.step + 1)
         finite = bool(torch.isfinite(total))
-        due = t.ckpt_minutes > 0 and time.monotonic() - self._last_save >= 60 * t.ckpt_minutes
-        anywhere_bad, stop, due = self._agree(int(not finite), signals.signum, int(due))
-        if anywhere_bad:
+        if self._agree(int(not finite))[0]:
             raise NonFiniteLossError(self.step + 1, {k: float(v.detach()) for k, v in terms.items()}, finite)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -405,7 +406,7 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         self._updating, self._boundary = False, None
-        return total, terms, stop, bool(due)
+        return total, terms
 
     def _agree(self, *flags: int) -> list[int]:
         """Each flag's maximum over the ranks (the flags themselves outside torchrun)."""

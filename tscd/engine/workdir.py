@@ -73,10 +73,6 @@ class WorkDirLock:
         self._file.close()
         self._file = None
 
-    @property
-    def held(self) -> bool:
-        return self._file is not None
-
 
 def existing_run(work_dir) -> list[str]:
     """The :data:`RUN_MARKERS` present in ``work_dir``."""
@@ -90,7 +86,7 @@ def remove_run(work_dir) -> int:
     removed = 0
     for pattern in RUN_FILES:
         for path in sorted(work.glob(pattern)):
-            if path.is_file() and not path.is_symlink():
+            if path.is_symlink() or path.is_file():  # a link goes, not what it points to
                 path.unlink()
                 removed += 1
     for name in RUN_FOLDERS:
