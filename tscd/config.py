@@ -133,9 +133,9 @@ class TrainConfig:
     # (at the end of an iteration); 0 = off
     ckpt_minutes: float = 30.0
     # bit-identical runs for one config, seed and machine: torch.use_deterministic_algorithms(True)
-    # while training (CUDA: CUBLAS_WORKSPACE_CONFIG=:4096:8, deterministic cuDNN), slower on CUDA.
-    # tscd's own kernels use no atomics, so they are deterministic either way; an op that torch
-    # cannot run deterministically becomes an error naming it
+    # while training (+ CUBLAS_WORKSPACE_CONFIG=:4096:8 on CUDA); tscd's own kernels use no atomics.
+    # An op torch cannot run deterministically stops the run naming it: on CUDA, torch has no
+    # deterministic backward of bilinear interpolation (SegFormer head, losses), so this is CPU-only
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda
     backend: str = "auto"  # tscd.ops backend of the ops every module of the run builds (auto | torch | triton | cpp)
