@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -88,7 +89,11 @@ def _add_train_args(p: argparse.ArgumentParser, config_required: bool = True) ->
     p.add_argument("--data-root", help="dataset root folder (sets data.root)")
     p.add_argument("--max-iters", type=int, help="sets train.max_iters")
     p.add_argument("--backend", choices=BACKEND_CHOICES, help="tscd.ops backend of every op (train.backend)")
-    p.add_argument("--resume", action="store_true", help="continue from WORK_DIR/checkpoints/last.pth")
+    run = p.add_mutually_exclusive_group()
+    run.add_argument("--resume", action="store_true", help="continue the run in WORK_DIR from checkpoints/last.pth")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the run in WORK_DIR: first delete its checkpoints, metrics.json, config.yaml, "
+                          "curve.png, vis/ and tb/ files (nothing else)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=4e-4")
 
 
@@ -99,7 +104,7 @@ def _is_main_process() -> bool:
 def cmd_train(args) -> int:
     from .engine.trainer import run_training
 
-    metrics, work = run_training(_config(args), args.work_dir, args.resume)
+    metrics, work = run_training(_config(args), args.work_dir, args.resume, args.overwrite)
     if not _is_main_process():
         return 0
     if metrics:
@@ -118,7 +123,7 @@ def cmd_demo(args) -> int:
     from .engine.visualize import save_curve
 
     start = time.time()
-    metrics, work = run_training(_config(args), args.work_dir or "runs/demo", args.resume)
+    metrics, work = run_training(_config(args), args.work_dir, args.resume, args.overwrite)
     history = json.loads((work / "metrics.json").read_text())["history"]
     curve = work / "curve.png" if save_curve(history, work / "curve.png") else "-"
     grids = sorted((work / "vis").glob("iter_*.png"))
@@ -290,10 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         return args.run(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C, or training stopped by a signal (it carries signum)
         if args.debug:
             raise
-        return 130
+        return 128 + getattr(err, "signum", signal.SIGINT)
     except Exception as err:  # noqa: BLE001 - the CLI turns every failure into one line
         if args.debug:
             raise

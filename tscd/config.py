@@ -135,6 +135,14 @@ class TrainConfig:
     log_interval: int = 20
     eval_interval: int = 2000
     ckpt_interval: int = 5000
+    # also save checkpoints/last.pth once this many minutes of training passed since the last save
+    # (at the end of an iteration); 0 = off
+    ckpt_minutes: float = 30.0
+    # bit-identical runs for one config, seed and machine: torch.use_deterministic_algorithms(True)
+    # while training (+ CUBLAS_WORKSPACE_CONFIG=:4096:8 on CUDA); tscd's own kernels use no atomics.
+    # An op torch cannot run deterministically stops the run naming it: on CUDA, torch has no
+    # deterministic backward of bilinear interpolation (SegFormer head, losses), so this is CPU-only
+    deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda
     backend: str = "auto"  # tscd.ops backend of the ops every module of the run builds (auto | torch | triton | cpp)
     bf16: bool = False  # autocast in bfloat16 (CUDA only)

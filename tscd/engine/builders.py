@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from ..config import TSCDConfig, config_from_dict
+from ..config import TSCDConfig, config_from_dict, to_dict
 from ..constants import REFINE_MODES
 from ..data import collate, dataset_num_classes
 from ..losses.objective import TSCDObjective
@@ -73,14 +73,43 @@ def eval_loader(dataset, batch_size: int) -> torch.utils.data.DataLoader:
 
 
 #: Settings a checkpoint's weights depend on: a config that differs in one of them cannot load it.
-MODEL_KEYS = (("data", "num_classes"), ("model", "backbone"), ("model", "stride"))
+MODEL_KEYS = ("data.num_classes", "model.backbone", "model.stride", "model.embedding_dim")
+#: Settings that may differ from a checkpoint's without being reported (where the run is written).
+UNREPORTED_KEYS = ("work_dir",)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """A nested dict as ``{dotted key: value}``."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_config_compatible(stored: TSCDConfig, asked: TSCDConfig, checkpoint) -> dict[str, tuple]:
+    """Compare the config ``checkpoint`` was trained with (``stored``) with the one ``asked`` for.
+
+    A difference in :data:`MODEL_KEYS` raises a ``CheckpointError`` naming each such key with the
+    stored and the asked value. Returns the other differences, ``{dotted key: (stored, asked)}``
+    (:data:`UNREPORTED_KEYS` left out), for the caller to report.
+    """
+    old, new = _flat(to_dict(stored)), _flat(to_dict(asked))
+    changed = {key: (old[key], new[key]) for key in old if old[key] != new[key] and key not in UNREPORTED_KEYS}
+    clashes = [f"{key}={changed[key][0]} (the config says {changed[key][1]})" for key in MODEL_KEYS if key in changed]
+    if clashes:
+        raise ckpt_io.CheckpointError(f"{checkpoint} was trained with {', '.join(clashes)}: its weights do not "
+                                      f"fit that model")
+    return {key: values for key, values in changed.items() if key not in MODEL_KEYS}
 
 
 def load_trained(checkpoint, cfg: TSCDConfig | None = None) -> tuple[TSCD, TSCDConfig, list[str]]:
     """(model, cfg, class_names) of one of our training checkpoints.
 
     Without ``cfg`` the checkpoint's stored config is used; with one, it must agree with the
-    stored config on :data:`MODEL_KEYS` (a ``CheckpointError`` names the key otherwise).
+    stored config on :data:`MODEL_KEYS` (:func:`check_config_compatible`).
     """
     state = ckpt_io.load(checkpoint)
     stored = config_from_dict(state["config"]) if "config" in state else None
@@ -89,11 +118,7 @@ def load_trained(checkpoint, cfg: TSCDConfig | None = None) -> tuple[TSCD, TSCDC
             raise ckpt_io.CheckpointError(f"{checkpoint} carries no config: pass --config")
         cfg = stored
     elif stored is not None:
-        for section, key in MODEL_KEYS:
-            trained, asked = getattr(getattr(stored, section), key), getattr(getattr(cfg, section), key)
-            if trained != asked:
-                raise ckpt_io.CheckpointError(f"{checkpoint} was trained with {section}.{key}={trained}, "
-                                              f"the config says {asked}")
+        check_config_compatible(stored, cfg, checkpoint)
     model = build_model(cfg)
     try:
         load_checkpoint(model, state["model"])

@@ -1,13 +1,30 @@
 """The training job: a thin loop around ``TSCDObjective`` (no loss math here).
 
 Writes under the work dir: ``checkpoints/last.pth`` (+ ``iter_<n>.pth`` every
-``train.ckpt_interval``), ``metrics.json`` (latest evaluation and the whole history),
-``vis/iter_<n>.png`` grids, ``config.yaml`` and TensorBoard events when tensorboard is
-installed. Under torchrun, only rank 0 logs, evaluates and writes.
+``train.ckpt_interval``; last.pth also every ``train.ckpt_minutes`` of training),
+``metrics.json`` (latest evaluation and the whole history), ``vis/iter_<n>.png`` grids,
+``config.yaml`` and TensorBoard events when tensorboard is installed. Under torchrun, only rank 0
+logs, evaluates, holds the work dir and writes.
+
+Nothing is lost, nothing half-done is kept:
+
+* one run at a time in a work dir, and a run already there is continued or replaced only when
+  asked (:func:`~tscd.engine.workdir.claim_work_dir`, with ``resume`` / ``overwrite``);
+* checkpoints hold the state between two iterations. SIGINT / SIGTERM let the iteration under
+  way finish, save last.pth and raise :class:`TrainingInterrupted` (a second signal stops at
+  once); any other failure in the loop saves last.pth as it was when the last iteration ended
+  (:meth:`Trainer._keep_last_good_state`). Resuming either gives an uninterrupted run's
+  weights, bit for bit;
+* a non-finite loss stops the run naming the term and the iteration (:class:`NonFiniteLossError`);
+  non-finite weights are never saved (:class:`NonFiniteWeightsError`).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import math
+import os
 import random
 import signal
 import threading
@@ -19,15 +36,24 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from ..config import to_dict
+from ..config import config_from_dict, to_dict
 from ..data import StreamSampler, build_dataset, collate
 from . import checkpoint as ckpt_io
-from .builders import build_model, build_objective, build_pseudo_labeler, eval_loader, pick_device, setup_runtime
+from .builders import (
+    build_model,
+    build_objective,
+    build_pseudo_labeler,
+    check_config_compatible,
+    eval_loader,
+    pick_device,
+    setup_runtime,
+)
 from .distributed import init_distributed
 from .evaluator import Evaluator
 from .io import atomic_write, write_json
 from .schedule import build_optimizer, build_scheduler
 from .visualize import save_grid
+from .workdir import WorkDirLock, claim_work_dir
 
 logger = logging.getLogger(__name__)
 
@@ -38,28 +64,118 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by the signal ``signum`` (SIGINT, SIGTERM); the CLI exits with 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = int(signum)
 
 
-def _sigterm_as_interrupt():
-    """Treat SIGTERM (a scheduler's pre-emption, ``kill``) like Ctrl-C: save, then stop.
-    Returns the previous handler (None outside the main thread, where it cannot be set)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _raise_interrupt)
+class NonFiniteLossError(FloatingPointError):
+    """The loss of ``iteration`` is not finite; ``terms`` names the non-finite terms (cls, seg,
+    dense, aff, scd, er; empty when only their weighted sum overflowed, or on another rank)."""
+
+    def __init__(self, iteration: int, values: dict[str, float], elsewhere: bool = False):
+        self.iteration = iteration
+        self.terms = [name for name, value in values.items() if not math.isfinite(value)]
+        if elsewhere:
+            what = "on another rank"
+        else:
+            finite = ", ".join(f"{name} {value:.4g}" for name, value in values.items() if math.isfinite(value))
+            what = (": " + ", ".join(f"{name} is {values[name]}" for name in self.terms) if self.terms
+                    else ": the weighted sum of the terms is not finite") + (f" ({finite})" if finite else "")
+        super().__init__(f"non-finite loss at iteration {iteration}{what}")
+
+
+class NonFiniteWeightsError(FloatingPointError):
+    """A checkpoint refused: the weights are not finite."""
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM while training (main thread only): the first sets :attr:`signum` for the
+    loop to stop after the iteration under way; the second puts the previous handlers back and
+    raises :class:`TrainingInterrupted` at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = 0
+        self._previous: dict = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum:
+            self._restore()
+            raise TrainingInterrupted(signum)
+        self.signum = signum
+        logger.warning("%s: stopping after this iteration (once more to stop at once)", signal.Signals(signum).name)
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+
+@contextlib.contextmanager
+def _deterministic_algorithms(enabled: bool):
+    """``torch.use_deterministic_algorithms(True)`` inside when ``enabled`` (``train.deterministic``);
+    the process's setting again after."""
+    if not enabled:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
 
 
 class Trainer:
-    """``Trainer(cfg, work_dir, resume=False).train()`` -> the last metrics dict."""
+    """``Trainer(cfg, work_dir, resume=False).train()`` -> the last metrics dict.
 
-    def __init__(self, cfg, work_dir, resume: bool = False, progress: bool = True):
-        self.cfg, self.work_dir, self.progress = cfg, Path(work_dir), progress
+    ``resume`` continues the run in ``work_dir`` from ``checkpoints/last.pth`` (its config must
+    agree on the model's shape; other changed settings are logged); ``overwrite`` replaces a run
+    there. Rank 0 holds the work dir (:func:`~tscd.engine.workdir.claim_work_dir`) from
+    construction until :meth:`train` returns or :meth:`close`.
+    """
+
+    def __init__(self, cfg, work_dir, resume: bool = False, progress: bool = True, overwrite: bool = False):
+        self.work_dir, self.progress = Path(work_dir), progress
+        self.cfg = cfg = dataclasses.replace(cfg, work_dir=str(self.work_dir))
         setup_runtime(cfg)
+        if cfg.train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
         self.rank, self.world, self.device = init_distributed(pick_device(cfg.train.device))
         self.distributed, self.main = self.world > 1, self.rank == 0
-        seed_everything(cfg.seed + self.rank)
+        self._lock = claim_work_dir(self.work_dir, resume, overwrite) if self.main else None
+        try:
+            self._build(resume)
+        except BaseException:
+            self.close()
+            raise
 
+    def _build(self, resume: bool) -> None:
+        cfg = self.cfg
+        path = self.work_dir / "checkpoints" / "last.pth"
+        state = ckpt_io.load(path) if resume else None
+        if state is not None and "config" in state:
+            changed = check_config_compatible(config_from_dict(state["config"]), cfg, path)
+            if changed and self.main:
+                logger.warning("resuming %s with changed settings: %s", path,
+                               ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items()))
+        seed_everything(cfg.seed + self.rank)
         self.model = build_model(cfg).to(self.device)
         self.pseudo_labeler = build_pseudo_labeler(cfg)
         self.objective = build_objective(cfg, self.pseudo_labeler).to(self.device)
@@ -73,16 +189,24 @@ class Trainer:
         self.train_set = build_dataset(cfg, cfg.data.train_split, train=True)
         self.val_set = build_dataset(cfg, cfg.data.val_split, train=False) if self.main else None
         self.step, self.history, self.wall_offset = 0, [], 0.0
-        self._resume_state = None
-        if resume:
-            path = self.work_dir / "checkpoints" / "last.pth"
-            state = ckpt_io.load(path)
+        self._resume_rng = None
+        if state is not None:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.step, self.history = state["step"], state.get("history", [])
             self.wall_offset = state.get("wall_time", 0.0)
-            self._resume_state = state["rng"][self.rank] if self.rank < len(state["rng"]) else state["rng"][0]
+            self._resume_rng = state["rng"][self.rank] if self.rank < len(state["rng"]) else state["rng"][0]
+        self._saved_step = self.step  # the iteration last.pth holds (0: none worth keeping)
+        self._boundary = None  # (random states, buffers) as the iteration under way found them
+        self._updating = False  # inside the weights' update, which cannot be undone
+        self.writer = None
+
+    def close(self) -> None:
+        """Let go of the work dir (done by :meth:`train` when it returns)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # ---- persistence -------------------------------------------------------------------
     def _gather_rng(self) -> list:
@@ -94,17 +218,59 @@ class Trainer:
         return states
 
     def save(self, name: str = "last.pth") -> Path | None:
+        """Write checkpoint ``name`` of the current state (every rank calls this; rank 0 writes)."""
         rng = self._gather_rng()
-        if not self.main:
-            return None
+        path = self._write(name, rng) if self.main else None
+        if name == "last.pth":
+            self._saved_step, self._last_save = self.step, time.monotonic()
+        return path
+
+    def _write(self, name: str, rng: list) -> Path:
+        """Rank 0: checkpoint ``name`` of the model, optimiser, scheduler and step with the random
+        states ``rng`` (one per rank); :class:`NonFiniteWeightsError` instead of non-finite weights."""
+        model = self.model.state_dict()
+        if not torch.stack([torch.isfinite(v).all() for v in model.values() if v.is_floating_point()]).all():
+            kept = f"; last.pth keeps iteration {self._saved_step}" if self._saved_step else ""
+            raise NonFiniteWeightsError(f"non-finite weights after iteration {self.step} (a non-finite gradient): "
+                                        f"{name} not saved{kept}")
         path = self.work_dir / "checkpoints" / name
         ckpt_io.atomic_save({
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": model, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "step": self.step, "rng": rng,
             "history": self.history, "wall_time": self.wall_time(), "config": to_dict(self.cfg),
             "class_names": list(self.train_set.class_names),
         }, path)
         return path
+
+    def _keep_last_good_state(self, err: BaseException) -> None:
+        """After ``err`` in the loop: rank 0 saves last.pth as it was when the last iteration ended
+        (no collective: with its own random state only). An iteration cut short gets its buffers
+        (BatchNorm statistics) and random states back first; one cut short inside the weights'
+        update cannot be undone, and last.pth stays as it was."""
+        if not self.main:
+            return
+        last = self.work_dir / "checkpoints" / "last.pth"
+        if self._updating:
+            logger.error("stopped while updating the weights in iteration %d: %s not updated", self.step + 1, last)
+            return
+        rng = ckpt_io.rng_state()
+        if self._boundary is not None:
+            rng, buffers = self._boundary
+            with torch.no_grad():
+                for name, buffer in self.model.named_buffers():
+                    buffer.copy_(buffers[name])
+        if self.step == self._saved_step or isinstance(err, NonFiniteWeightsError):
+            return
+        try:
+            path = self._write("last.pth", [rng])
+        except Exception as save_err:  # noqa: BLE001 - reported, the original error goes on
+            logger.error("could not save iteration %d: %s", self.step, save_err)
+            return
+        if isinstance(err, KeyboardInterrupt):
+            logger.warning("interrupted at iteration %d; saved %s (continue with --resume)", self.step, path)
+        else:
+            logger.warning("the run failed after iteration %d; saved %s (fix the cause, then continue with "
+                           "--resume)", self.step, path)
 
     def wall_time(self) -> float:
         return self.wall_offset + (time.time() - self._t0)
@@ -148,41 +314,49 @@ class Trainer:
         return SummaryWriter(str(self.work_dir / "tb"))
 
     def train(self, stop_at: int | None = None) -> dict:
-        """Train to ``train.max_iters`` (or pause after iteration ``stop_at``, saving last.pth)."""
-        cfg, t = self.cfg, self.cfg.train
+        """Train to ``train.max_iters`` (or pause after iteration ``stop_at``, saving last.pth).
+
+        A run already at its end trains nothing and writes nothing. Raises
+        :class:`TrainingInterrupted` after a signal, once last.pth is saved.
+        """
+        t = self.cfg.train
         end = t.max_iters if stop_at is None else min(stop_at, t.max_iters)
+        try:
+            if self.step >= end:
+                if self.main and self.step >= t.max_iters > 0:
+                    logger.warning("%s: the run already finished at iteration %d (train.max_iters=%d): nothing to "
+                                   "train (raise --max-iters to continue it, or start again with --overwrite)",
+                                   self.work_dir, self.step, t.max_iters)
+                return self.history[-1] if self.history else {}
+            if self.main and self._lock is None:
+                self._lock = WorkDirLock(self.work_dir).acquire()
+            with _StopSignals() as signals, _deterministic_algorithms(t.deterministic):
+                return self._train(end, signals)
+        finally:
+            self.close()
+
+    def _train(self, end: int, signals: _StopSignals) -> dict:
+        t = self.cfg.train
         if self.main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            config_text = yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()
+            config_text = yaml.safe_dump(to_dict(self.cfg), sort_keys=False).encode()
             atomic_write(self.work_dir / "config.yaml", lambda f: f.write(config_text))
         self.writer = self._open_writer()
-        self._t0 = time.time()
-        batches = self._loader()  # creating the iterator draws from the RNG: restore after it
-        if self._resume_state is not None:
-            ckpt_io.set_rng_state(self._resume_state)
+        self._t0, self._last_save = time.time(), time.monotonic()
+        rng = self._resume_rng or ckpt_io.rng_state()
+        batches = self._loader()  # creating the iterator draws from the RNG (the workers' seeds): undone
+        ckpt_io.set_rng_state(rng)
+        self._resume_rng = None
         metrics = self.history[-1] if self.history else {}
         bar = None
         if self.main and self.progress:
             from tqdm import tqdm
             bar = tqdm(total=t.max_iters, initial=self.step, desc="train", dynamic_ncols=True)
-        amp = t.bf16 and self.device.type == "cuda"
         self.net.train()
-        previous_sigterm = _sigterm_as_interrupt()
+        stop = 0
         try:
-            while self.step < end:
-                batch = next(batches)
-                batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
-                         for k, v in batch.items()}
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                    total, terms, _ = self.objective(self.net, self.model, batch, self.step + 1)
-                if not torch.isfinite(total):
-                    raise FloatingPointError(f"loss is {total.item()} at iteration {self.step + 1} "
-                                             f"({ {k: float(v) for k, v in terms.items()} })")
-                self.optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                self.optimizer.step()
-                self.scheduler.step()
-                self.step += 1
+            while self.step < end and not stop:
+                total, terms = self._iteration(batches)
                 self._log(bar, total, terms)
                 if self.main and (self.step % t.eval_interval == 0 or self.step == t.max_iters):
                     metrics = self.evaluate()
@@ -192,24 +366,55 @@ class Trainer:
                 if t.ckpt_interval and self.step % t.ckpt_interval == 0 and self.step != t.max_iters:
                     self.save(f"iter_{self.step:06d}.pth")
                     self.save()
-        except KeyboardInterrupt:
-            path = self.save()
-            if bar is not None:
-                bar.close()
-            if self.main:
-                logger.warning("interrupted at iteration %d; saved %s (continue with --resume)", self.step, path)
+                # the step boundary: a signal received, or last.pth due by wall time, on any rank
+                due = t.ckpt_minutes > 0 and time.monotonic() - self._last_save >= 60 * t.ckpt_minutes
+                stop, due = self._agree(signals.signum, int(due))
+                if due and self._saved_step != self.step:
+                    self.save()
+        except BaseException as err:
+            self._keep_last_good_state(err)
             raise
         finally:
-            if previous_sigterm is not None:
-                signal.signal(signal.SIGTERM, previous_sigterm)
+            if bar is not None:
+                bar.close()
             if self.writer is not None:
                 self.writer.close()
-        if bar is not None:
-            bar.close()
-        self.save()
-        if self.main and not metrics and self.step == t.max_iters:
-            metrics = self.evaluate()
+        path = self.save() if self._saved_step != self.step else self.work_dir / "checkpoints" / "last.pth"
+        if stop and self.step < end:  # (a signal during the last iteration finds the run done)
+            if self.main:
+                logger.warning("interrupted at iteration %d; saved %s (continue with --resume)", self.step, path)
+            raise TrainingInterrupted(stop)
         return metrics
+
+    def _iteration(self, batches) -> tuple[torch.Tensor, dict]:
+        """One optimisation step: (total loss, its terms). Until the update, a failure can restore
+        the state the step started from (:attr:`_boundary`); a non-finite loss on any rank raises
+        :class:`NonFiniteLossError` before it."""
+        t = self.cfg.train
+        self._boundary = (ckpt_io.rng_state(), {n: b.clone() for n, b in self.model.named_buffers()})
+        batch = next(batches)
+        batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.bf16 and self.device.type == "cuda"):
+            total, terms, _ = self.objective(self.net, self.model, batch, self.step + 1)
+        finite = bool(torch.isfinite(total))
+        if self._agree(int(not finite))[0]:
+            raise NonFiniteLossError(self.step + 1, {k: float(v.detach()) for k, v in terms.items()}, finite)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self._updating = True
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self._updating, self._boundary = False, None
+        return total, terms
+
+    def _agree(self, *flags: int) -> list[int]:
+        """Each flag's maximum over the ranks (the flags themselves outside torchrun)."""
+        if not self.distributed:
+            return list(flags)
+        values = torch.tensor(flags, device=self.device)
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return values.tolist()
 
     def _log(self, bar, total, terms) -> None:
         if bar is not None:
@@ -235,13 +440,11 @@ class Trainer:
 
 
 
-def run_training(cfg, work_dir=None, resume: bool = False) -> tuple[dict, Path]:
+def run_training(cfg, work_dir=None, resume: bool = False, overwrite: bool = False) -> tuple[dict, Path]:
     """Train ``cfg`` into ``work_dir`` (default: ``cfg.work_dir``); (last metrics, work dir).
 
-    ``resume`` continues from ``WORK_DIR/checkpoints/last.pth``, which must exist.
+    ``resume`` continues from ``WORK_DIR/checkpoints/last.pth``, which must exist; ``overwrite``
+    replaces a run already in ``work_dir`` (without either, such a run is an error).
     """
     work = Path(work_dir or cfg.work_dir)
-    if resume and not (work / "checkpoints" / "last.pth").is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {work / 'checkpoints' / 'last.pth'}")
-    cfg.work_dir = str(work)
-    return Trainer(cfg, work, resume=resume).train(), work
+    return Trainer(cfg, work, resume=resume, overwrite=overwrite).train(), work

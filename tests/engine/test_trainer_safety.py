@@ -1,0 +1,192 @@
+"""What the training loop keeps when a run fails, is stopped or is resumed (issue #17, items 4–8, 12).
+
+Each scenario stops a tiny run at iteration 3 (the first of stage 2, where the step draws random
+numbers and updates BatchNorm statistics), resumes it and compares the result with one
+uninterrupted run, bit for bit: a saved state that is not exactly "after iteration 2" (or 3)
+cannot give the same weights and optimiser state.
+"""
+import logging
+import math
+import os
+import signal
+
+import pytest
+import torch
+import yaml
+
+from tscd.config import load_config
+from tscd.engine import checkpoint as ckpt_io
+from tscd.engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
+from tscd.losses.objective import TSCDObjective
+
+from . import TINY
+
+
+def _cfg(*overrides):
+    return load_config("synthetic", [*TINY, *overrides])
+
+
+def _after_forward(monkeypatch, iteration: int, action) -> None:
+    """Call ``action(model, total, terms)`` inside the objective of ``iteration``, after the model's
+    forward (mid-step: BatchNorm statistics updated, random numbers drawn); a returned
+    ``(total, terms)`` replaces the objective's."""
+    original = TSCDObjective.forward
+
+    def forward(self, net, model, batch, step):
+        total, terms, aux = original(self, net, model, batch, step)
+        if step == iteration:
+            total, terms = action(model, total, terms) or (total, terms)
+        return total, terms, aux
+
+    monkeypatch.setattr(TSCDObjective, "forward", forward)
+
+
+def _assert_same_state(a: Trainer, b: Trainer) -> None:
+    for name, tensor in a.model.state_dict().items():
+        assert torch.equal(tensor, b.model.state_dict()[name]), name
+    oa, ob = a.optimizer.state_dict(), b.optimizer.state_dict()
+    assert oa["param_groups"] == ob["param_groups"] and oa["state"].keys() == ob["state"].keys()
+    for i, state in oa["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, ob["state"][i][key]), (i, key)
+    assert a.scheduler.state_dict() == b.scheduler.state_dict()
+
+
+def _last(work):
+    return ckpt_io.load(work / "checkpoints" / "last.pth")
+
+
+def _resume(work, *overrides) -> Trainer:
+    trainer = Trainer(_cfg(*overrides), work, resume=True, progress=False)
+    trainer.train()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted 4-iteration run (config work_dir: runs/demo, the synthetic config's)."""
+    trainer = Trainer(_cfg(), tmp_path_factory.mktemp("reference") / "run", progress=False)
+    trainer.train()
+    return trainer
+
+
+def test_a_failure_mid_step_saves_the_last_completed_iteration(tmp_path, monkeypatch, reference):
+    def fail(model, total, terms):
+        raise OSError("image-003.jpg: image file is truncated")
+
+    _after_forward(monkeypatch, 3, fail)
+    work = tmp_path / "run"
+    with pytest.raises(OSError, match="truncated"):
+        Trainer(_cfg(), work, progress=False).train()
+    assert _last(work)["step"] == 2
+    monkeypatch.undo()
+    _assert_same_state(reference, _resume(work))
+
+
+def test_a_signal_stops_at_the_step_boundary_and_resume_is_exact(tmp_path, monkeypatch, reference):
+    """(Here with a loader worker process, which changes nothing either.)"""
+    _after_forward(monkeypatch, 3, lambda model, total, terms: os.kill(os.getpid(), signal.SIGTERM))
+    work = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as stopped:
+        Trainer(_cfg("data.num_workers=1"), work, progress=False).train()
+    assert stopped.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handler is back
+    assert _last(work)["step"] == 3  # iteration 3 was finished, not cut off
+    monkeypatch.undo()
+    _assert_same_state(reference, _resume(work, "data.num_workers=1"))
+
+
+def test_a_second_signal_stops_at_once_keeping_the_last_completed_iteration(tmp_path, monkeypatch, reference):
+    def twice(model, total, terms):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    _after_forward(monkeypatch, 3, twice)
+    work = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as stopped:
+        Trainer(_cfg(), work, progress=False).train()
+    assert stopped.value.signum == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert _last(work)["step"] == 2
+    monkeypatch.undo()
+    _assert_same_state(reference, _resume(work))
+
+
+def test_a_non_finite_loss_names_the_term_and_keeps_the_state_before_it(tmp_path, monkeypatch, reference):
+    def nan_seg(model, total, terms):
+        return total * math.nan, {**terms, "seg": terms["seg"] * math.nan}
+
+    _after_forward(monkeypatch, 3, nan_seg)
+    work = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"iteration 3: seg is nan") as err:
+        Trainer(_cfg(), work, progress=False).train()
+    assert err.value.iteration == 3 and err.value.terms == ["seg"]
+    state = _last(work)
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    monkeypatch.undo()
+    _assert_same_state(reference, _resume(work))
+
+
+def test_weights_that_became_non_finite_are_never_saved(tmp_path, monkeypatch):
+    """A finite loss with a non-finite gradient (sqrt at 0) spoils the weights in iteration 2:
+    its checkpoint (saved every iteration here) is refused, last.pth keeps iteration 1."""
+    def nan_gradient(model, total, terms):
+        return total + torch.sqrt(next(model.parameters()).flatten()[0] * 0), terms
+
+    _after_forward(monkeypatch, 2, nan_gradient)
+    work = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match="non-finite weights after iteration 2"):
+        Trainer(_cfg("train.ckpt_interval=1"), work, progress=False).train()
+    state = _last(work)
+    assert state["step"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (work / "checkpoints" / "iter_000002.pth").exists()
+
+
+def test_checkpoints_by_wall_time(tmp_path, monkeypatch):
+    saved = []
+    original = ckpt_io.atomic_save
+    monkeypatch.setattr(ckpt_io, "atomic_save", lambda obj, path: (saved.append(obj["step"]), original(obj, path)))
+    Trainer(_cfg("train.max_iters=2", "train.ckpt_minutes=1e-9"), tmp_path / "a", progress=False).train()
+    assert saved == [1, 2]  # due after every iteration, at its end; the final save
+    saved.clear()
+    Trainer(_cfg("train.max_iters=2", "train.ckpt_minutes=0"), tmp_path / "b", progress=False).train()
+    assert saved == [2]
+
+
+def test_the_real_work_dir_is_recorded(reference):
+    work = reference.work_dir
+    assert yaml.safe_load((work / "config.yaml").read_text())["work_dir"] == str(work)
+    assert _last(work)["config"]["work_dir"] == str(work)
+
+
+def test_resume_with_another_model_shape_names_the_key(reference):
+    work = reference.work_dir
+    with pytest.raises(ckpt_io.CheckpointError, match=r"data\.num_classes=6 \(the config says 5\)"):
+        Trainer(_cfg("data.num_classes=5"), work, resume=True, progress=False)
+    with pytest.raises(ckpt_io.CheckpointError, match=r"model\.embedding_dim=16 \(the config says 32\)"):
+        Trainer(_cfg("model.embedding_dim=32"), work, resume=True, progress=False)
+
+
+def test_resume_of_a_finished_run_trains_nothing_and_names_changed_settings(reference, caplog):
+    work = reference.work_dir
+    before = (work / "checkpoints" / "last.pth").read_bytes()
+    with caplog.at_level(logging.INFO, logger="tscd"):
+        trainer = Trainer(_cfg("optim.lr=1e-4"), work, resume=True, progress=False)
+        metrics = trainer.train()
+    assert "optim.lr" in caplog.text and "0.0001" in caplog.text
+    assert "already finished at iteration 4" in caplog.text
+    assert trainer.step == 4 and metrics["iteration"] == 4
+    assert (work / "checkpoints" / "last.pth").read_bytes() == before
+
+
+def test_deterministic_runs_are_bit_identical(tmp_path, monkeypatch):
+    seen = []
+    _after_forward(monkeypatch, 3, lambda *_: seen.append(torch.are_deterministic_algorithms_enabled()))
+    a = Trainer(_cfg("train.max_iters=3", "train.deterministic=true"), tmp_path / "a", progress=False)
+    a.train()
+    b = Trainer(_cfg("train.max_iters=3", "train.deterministic=true"), tmp_path / "b", progress=False)
+    b.train()
+    assert seen == [True, True] and not torch.are_deterministic_algorithms_enabled()
+    _assert_same_state(a, b)

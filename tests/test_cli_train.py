@@ -1,0 +1,97 @@
+"""``tscd train`` / ``tscd demo`` and their work dir: one run at a time, an existing run continued
+(``--resume``) or replaced (``--overwrite``) only when asked, interrupts exit 128 + signal."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tscd.cli import main
+from tscd.losses.objective import TSCDObjective
+
+from .engine import TINY
+
+ONE_ITERATION = [*TINY, "train.max_iters=1"]
+
+
+def _err(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return lines[-1]
+
+
+def _train(work, *extra):
+    return main(["train", "--config", "synthetic", "--work-dir", str(work), *ONE_ITERATION, *extra])
+
+
+def test_an_existing_run_is_continued_or_replaced_only_when_asked(tmp_path, capsys):
+    work = tmp_path / "run"
+    assert _train(work) == 0
+    last = work / "checkpoints" / "last.pth"
+    before = last.read_bytes()
+    (work / "notes.txt").write_text("mine")
+    (work / "checkpoints" / "keep.txt").write_text("mine")
+    stale = [work / "checkpoints" / "iter_000500.pth", work / "vis" / "iter_000500.png"]
+    for path in stale:
+        path.write_bytes(b"old run")
+
+    assert _train(work) == 1
+    err = _err(capsys)
+    assert str(work) in err and "--resume" in err and "--overwrite" in err
+    assert last.read_bytes() == before and all(p.exists() for p in stale)
+
+    assert _train(work, "--overwrite") == 0
+    assert not any(p.exists() for p in stale)
+    assert (work / "notes.txt").read_text() == "mine" and (work / "checkpoints" / "keep.txt").read_text() == "mine"
+    assert [h["iteration"] for h in json.loads((work / "metrics.json").read_text())["history"]] == [1]
+    assert sorted(p.name for p in work.iterdir()) == ["checkpoints", "config.yaml", "metrics.json", "notes.txt",
+                                                      *(["tb"] if (work / "tb").exists() else []), "vis"]
+
+    with pytest.raises(SystemExit):
+        _train(work, "--resume", "--overwrite")
+    assert "not allowed with argument" in _err(capsys)
+
+
+def test_a_work_dir_in_use_is_refused_and_a_dead_holder_does_not_block(tmp_path, capsys):
+    work = tmp_path / "run"
+    hold = (f"import time; from tscd.engine.workdir import WorkDirLock; lock = WorkDirLock({str(work)!r}).acquire(); "
+            "print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert _train(work) == 1
+        err = _err(capsys)
+        assert str(work) in err and f"pid {holder.pid}" in err
+    finally:
+        holder.kill()  # SIGKILL: no clean-up, its lock file stays
+        holder.wait()
+    assert any(work.iterdir())  # the dead holder's lock file
+    assert _train(work) == 0
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_exits_128_plus_the_signal(tmp_path, monkeypatch, capsys, signum, status):
+    original = TSCDObjective.forward
+
+    def forward(self, net, model, batch, step):
+        if step == 1:
+            os.kill(os.getpid(), signum)
+        return original(self, net, model, batch, step)
+
+    monkeypatch.setattr(TSCDObjective, "forward", forward)
+    work = tmp_path / "run"
+    assert main(["train", "--config", "synthetic", "--work-dir", str(work), *TINY]) == status
+    assert "interrupted at iteration 1" in capsys.readouterr().err
+
+
+def test_demo_records_its_work_dir(tmp_path, monkeypatch):
+    """``demo --work-dir X`` trains into X and records X (not the config's runs/demo)."""
+    import yaml
+
+    work = tmp_path / "demo"
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--work-dir", str(work), *ONE_ITERATION]) == 0
+    assert yaml.safe_load((work / "config.yaml").read_text())["work_dir"] == str(work)
+    assert not (tmp_path / "runs").exists()
+    assert main(["demo", "--work-dir", str(work), *ONE_ITERATION, "--overwrite"]) == 0

@@ -1,0 +1,124 @@
+"""A training run's work dir: one run at a time, and an existing run continued or replaced only
+when asked.
+
+:class:`WorkDirLock` is an exclusive ``flock`` on ``WORK/.tscd.lock``, held while a run writes
+into ``WORK``. :func:`claim_work_dir` takes it and looks at what is there: a run (its
+``checkpoints/last.pth`` or ``metrics.json``) is continued with ``resume`` or replaced with
+``overwrite``, which deletes the files of :data:`RUN_FILES` and nothing else.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".tscd.lock"
+#: Files that show a run is there.
+RUN_MARKERS = ("checkpoints/last.pth", "metrics.json")
+#: Glob patterns of the files a run writes (trainer and ``tscd demo``), the markers last (a
+#: replacement cut short still shows the old run).
+RUN_FILES = ("tb/events.out.tfevents.*", "vis/iter_*.png", "curve.png", "config.yaml", "checkpoints/iter_*.pth",
+             *RUN_MARKERS)
+#: Folders of the run, removed once empty.
+RUN_FOLDERS = ("tb", "vis", "checkpoints")
+
+
+class WorkDirError(ValueError):
+    """A work dir that cannot take this run: in use by another, or holding a run not to be touched."""
+
+
+class WorkDirLock:
+    """``WorkDirLock(work_dir).acquire()`` holds ``work_dir`` until :meth:`release` (or the end of
+    the process, however it ends: the kernel drops the lock, so the file a killed run leaves
+    behind blocks nobody). The holder's pid is in the file, for the message of a refused run."""
+
+    def __init__(self, work_dir):
+        self.path = Path(work_dir) / LOCK_NAME
+        self._file = None
+
+    def acquire(self) -> WorkDirLock:
+        """Take the lock at once or raise :class:`WorkDirError` naming the folder and the holder's pid."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            file = open(self.path, "a+")
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                file.seek(0)
+                pid = file.read().strip()
+                file.close()
+                holder = f"pid {pid}" if pid else "another process"
+                raise WorkDirError(f"{self.path.parent} is in use by another tscd run ({holder}): wait for it to "
+                                   "finish or choose another --work-dir") from None
+            try:  # a releasing holder removes the file: our lock may be on a file no longer there
+                current = os.stat(self.path).st_ino == os.fstat(file.fileno()).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            file.close()
+        file.truncate(0)
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        self._file = file
+        return self
+
+    def release(self) -> None:
+        if self._file is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still locked, see acquire
+        self._file.close()
+        self._file = None
+
+
+def existing_run(work_dir) -> list[str]:
+    """The :data:`RUN_MARKERS` present in ``work_dir``."""
+    return [name for name in RUN_MARKERS if (Path(work_dir) / name).is_file()]
+
+
+def remove_run(work_dir) -> int:
+    """Delete the files of :data:`RUN_FILES` from ``work_dir`` (and the run's folders left empty);
+    the number of files deleted. Anything else in the folder stays."""
+    work = Path(work_dir)
+    removed = 0
+    for pattern in RUN_FILES:
+        for path in sorted(work.glob(pattern)):
+            if path.is_symlink() or path.is_file():  # a link goes, not what it points to
+                path.unlink()
+                removed += 1
+    for name in RUN_FOLDERS:
+        folder = work / name
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    return removed
+
+
+def claim_work_dir(work_dir, resume: bool = False, overwrite: bool = False) -> WorkDirLock:
+    """Lock ``work_dir`` for a training run and check what is there; the held lock.
+
+    ``resume``: ``checkpoints/last.pth`` must exist (``FileNotFoundError``, nothing created).
+    Otherwise a run already there is a :class:`WorkDirError` naming both ways on (``--resume``,
+    ``--overwrite``), unless ``overwrite``: its files are deleted (:func:`remove_run`).
+    A folder in use by another run is a :class:`WorkDirError` first, whatever the flags.
+    """
+    work = Path(work_dir)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
+    last = work / "checkpoints" / "last.pth"
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {last}")
+    lock = WorkDirLock(work).acquire()
+    try:
+        found = [] if resume else existing_run(work)
+        if found and not overwrite:
+            raise WorkDirError(f"{work} already holds a run ({', '.join(found)}): continue it with --resume or "
+                               "replace it with --overwrite")
+        if found:
+            logger.warning("--overwrite: deleted the %d files of the previous run in %s", remove_run(work), work)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
