@@ -417,6 +417,7 @@ VALID_VALUES: dict[str, Union[Bounds, Items]] = {
     "train.eval_interval": _AT_LEAST_ONE,
     "train.ckpt_interval": _NON_NEGATIVE,  # 0: no periodic checkpoints
     "train.num_threads": _NON_NEGATIVE,  # 0: leave as is
+    "train.ckpt_minutes": _NON_NEGATIVE,  # 0: no checkpoints by wall time
     "eval.batch_size": _AT_LEAST_ONE,
     "eval.max_images": _AT_LEAST_ONE,
     "eval.num_vis": _NON_NEGATIVE,

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from ..config import TSCDConfig, config_from_dict, to_dict
+from ..config import TSCDConfig, apply, config_from_dict, to_dict
 from ..constants import REFINE_MODES
 from ..data import collate, dataset_num_classes
 from ..losses.objective import TSCDObjective
@@ -37,14 +37,17 @@ def setup_runtime(cfg: TSCDConfig) -> None:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def build_model(cfg: TSCDConfig) -> TSCD:
+def build_model(cfg: TSCDConfig, pretrained: bool = True) -> TSCD:
     """The model of ``cfg.model`` for K = ``data.num_classes``, or the dataset's class count when that
     is unset (:func:`tscd.data.dataset_num_classes`; a given value is used as is, so that a
-    checkpoint's stored config builds its model without the dataset, which checks it when built)."""
+    checkpoint's stored config builds its model without the dataset, which checks it when built).
+
+    ``pretrained=False`` skips ``model.pretrained`` (a model about to receive a checkpoint's
+    weights needs neither the file nor the time to read it)."""
     m = cfg.model
     k = dataset_num_classes(cfg) if cfg.data.num_classes is None else cfg.data.num_classes
     return TSCD(backbone=m.backbone, num_classes=k, stride=tuple(m.stride), pooling=m.pooling,
-                embedding_dim=m.embedding_dim, pretrained=m.pretrained, topk_ratio=m.topk_ratio,
+                embedding_dim=m.embedding_dim, pretrained=m.pretrained if pretrained else None, topk_ratio=m.topk_ratio,
                 drop_path_rate=m.drop_path_rate)
 
 
@@ -118,11 +121,13 @@ def load_trained(checkpoint, cfg: TSCDConfig | None = None) -> tuple[TSCD, TSCDC
             raise ckpt_io.CheckpointError(f"{checkpoint} carries no config: pass --config")
         cfg = stored
     elif stored is not None:
+        if cfg.data.num_classes is None:  # left to the dataset: the trained count (the dataset checks it)
+            cfg = apply(cfg, values={"data.num_classes": stored.data.num_classes})
         check_config_compatible(stored, cfg, checkpoint)
-    model = build_model(cfg)
+    model = build_model(cfg, pretrained=False)
     try:
         load_checkpoint(model, state["model"])
     except ValueError as err:
         raise ckpt_io.CheckpointError(f"{checkpoint} does not fit the model: {str(err).splitlines()[0]}") from None
-    names = state.get("class_names") or [f"class_{i}" for i in range(cfg.data.num_classes)]
+    names = state.get("class_names") or [f"class_{i}" for i in range(model.num_classes)]
     return model, cfg, names

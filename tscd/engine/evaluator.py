@@ -48,7 +48,7 @@ class Evaluator:
         self.cfg, self.pseudo_labeler, self.class_names, self.device = cfg, pseudo_labeler, class_names, device
         self.protocol = protocol or EvalProtocol()
         self.distributed, self.progress, self.save_preds = distributed, progress, save_preds
-        self.num_classes = cfg.data.num_classes
+        self.num_classes = len(class_names)
         self.samples: list[dict] = []
 
     @torch.no_grad()

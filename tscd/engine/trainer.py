@@ -37,7 +37,7 @@ import torch.distributed as dist
 import yaml
 
 from ..config import config_from_dict, to_dict
-from ..data import StreamSampler, build_dataset, collate
+from ..data import StreamSampler, build_dataset, collate, resolve_num_classes
 from . import checkpoint as ckpt_io
 from .builders import (
     build_model,
@@ -153,7 +153,8 @@ class Trainer:
 
     def __init__(self, cfg, work_dir, resume: bool = False, progress: bool = True, overwrite: bool = False):
         self.work_dir, self.progress = Path(work_dir), progress
-        self.cfg = cfg = dataclasses.replace(cfg, work_dir=str(self.work_dir))
+        # the run records its real work dir and class count (data.num_classes may be left to the dataset)
+        self.cfg = cfg = resolve_num_classes(dataclasses.replace(cfg, work_dir=str(self.work_dir)))
         setup_runtime(cfg)
         if cfg.train.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
@@ -176,7 +177,7 @@ class Trainer:
                 logger.warning("resuming %s with changed settings: %s", path,
                                ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items()))
         seed_everything(cfg.seed + self.rank)
-        self.model = build_model(cfg).to(self.device)
+        self.model = build_model(cfg, pretrained=state is None).to(self.device)
         self.pseudo_labeler = build_pseudo_labeler(cfg)
         self.objective = build_objective(cfg, self.pseudo_labeler).to(self.device)
         net = self.model
