@@ -43,6 +43,18 @@ def test_flip_recovers_the_right_half():
     assert cam[0, 1, 2:4, 5:7].min() > 0.99 and cam[0, 1].sum() == pytest.approx(4, abs=1e-3)
 
 
+def test_without_flip_one_pass_per_scale_sees_only_the_left_half():
+    img = torch.zeros(1, 3, 8, 8)
+    img[0, 0] = torch.arange(64.0).view(8, 8) + 1
+    img[0, 1, 2:4, 5:7] = 5.0  # class 2 only on the right half: invisible without the flip
+    model = LeftHalfCam()
+    cam = multi_scale_cam(model, img, scales=[1.0, 0.5], flip=False)
+    assert model.sizes == [(1, 3, 8, 8), (1, 3, 4, 4)]
+    assert cam[0, 0, :, 4:].abs().max() < 0.2 and cam[0, 1].max() == 0  # the right half stays dark
+    single = multi_scale_cam(LeftHalfCam(), img, scales=[1.0], flip=False)
+    torch.testing.assert_close(single, normalize_cam(torch.cat([img[:, :2, :, :4], torch.zeros(1, 2, 8, 4)], -1)))
+
+
 def test_scales_are_resized_summed_and_normalised():
     torch.manual_seed(0)
     img = torch.rand(2, 3, 12, 10)

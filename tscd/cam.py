@@ -28,13 +28,14 @@ def normalize_cam(cam: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 @torch.no_grad()
 def multi_scale_cam(model, images: torch.Tensor, scales: Sequence[float] = (1.0, 0.5, 1.5),
-                    return_attention: bool = False):
+                    return_attention: bool = False, flip: bool = True):
     """Multi-scale, flip-augmented CAM of method §2, without gradient.
 
     ``model.forward_cam(x)`` must return ``(cam (B, K−1, h, w), attn_pred)`` (as ``TSCD``).
     For each scale s the image is resized to (⌊sH⌋, ⌊sW⌋) (bilinear) and run together with
     its horizontal flip; both CAMs are resized to (H, W), the flipped one un-flipped, and
     relu(max(cam, cam_flip)) is summed over scales, then normalised by ``normalize_cam``.
+    ``flip=False`` runs each scale without its flip (relu(cam) is summed): half the passes.
 
     images: (B, 3, H, W). Returns cam (B, K−1, H, W) in [0, 1]; with ``return_attention``
     also the ``attn_pred`` (B, N, N) of the un-flipped images at the largest scale.
@@ -46,9 +47,9 @@ def multi_scale_cam(model, images: torch.Tensor, scales: Sequence[float] = (1.0,
     for s in scales:
         x = images if s == 1.0 else F.interpolate(images, size=(int(s * h), int(s * w)), mode="bilinear",
                                                   align_corners=False)
-        cam, attn = model.forward_cam(torch.cat([x, x.flip(-1)]))
+        cam, attn = model.forward_cam(torch.cat([x, x.flip(-1)]) if flip else x)
         cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
-        cam = torch.maximum(cam[:b], cam[b:].flip(-1)).relu()
+        cam = (torch.maximum(cam[:b], cam[b:].flip(-1)) if flip else cam).relu()
         total = cam if total is None else total + cam
         if s == max(scales):
             attention = attn[:b]

@@ -82,6 +82,7 @@ class ModelConfig:
 @dataclass
 class CamConfig:
     scales: List[float] = _list(1.0, 0.5, 1.5)  # multi-scale CAM of §2 (each with its flip)
+    flip: bool = True  # run each scale with its horizontal flip too (§2; false: half the no-grad passes)
     high: float = 0.55
     low: float = 0.35
     bkg_score: float = 0.45  # plain CAM labels for evaluation (§3)

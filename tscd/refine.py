@@ -135,6 +135,7 @@ class PseudoLabeler:
 
     Args:
         scales: the multi-scale CAM's scales (each run with its flip, §2).
+        flip: whether each scale also runs the flipped images (§2; False halves the passes).
         high, low: the background scores of §3: a pixel is its class where the CAM exceeds
             ``high``, uncertain (ignore) between ``low`` and ``high``, background below ``low``.
         refine: ``"varm"`` (TSCD), ``"par"`` (AFA) or ``"none"`` (plain CAM labels of §3).
@@ -148,18 +149,19 @@ class PseudoLabeler:
 
     def __init__(self, scales: Sequence[float] = (1.0, 0.5, 1.5), high: float = 0.55, low: float = 0.35,
                  refine: str = "varm", dilations=DEFAULT_DILATIONS, num_iter: int = 10, downscale: float = 0.5,
-                 backend: str = "auto"):
+                 backend: str = "auto", flip: bool = True):
         if refine not in REFINE_MODES:
             raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
         if not low <= high:
             raise ValueError(f"low ({low}) must not exceed high ({high})")
         self.scales, self.high, self.low, self.downscale, self.refine = tuple(scales), high, low, downscale, refine
+        self.flip = flip
         self.refiner = None if refine == "none" else VARM(dilations, num_iter, refine, backend)
 
     @torch.no_grad()
     def cams(self, model, images: torch.Tensor) -> torch.Tensor:
         """Multi-scale CAMs (B, K−1, H, W) in [0, 1] of normalised images (B, 3, H, W)."""
-        return cam_utils.multi_scale_cam(model, images, self.scales)
+        return cam_utils.multi_scale_cam(model, images, self.scales, flip=self.flip)
 
     @torch.no_grad()
     def labels(self, rgb: torch.Tensor, cams: torch.Tensor, cls_labels: torch.Tensor, crop_boxes=None,
@@ -184,5 +186,5 @@ class PseudoLabeler:
         return cams, self.labels(rgb, cams, cls_labels, crop_boxes)
 
     def __repr__(self) -> str:
-        return (f"PseudoLabeler(scales={self.scales}, high={self.high}, low={self.low}, refine={self.refine!r}, "
+        return (f"PseudoLabeler(scales={self.scales}, flip={self.flip}, high={self.high}, low={self.low}, refine={self.refine!r}, "
                 f"downscale={self.downscale}, refiner={self.refiner})")

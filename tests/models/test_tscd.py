@@ -37,6 +37,23 @@ def test_outputs_for_odd_input(model):
     torch.testing.assert_close(a_eval, a2)
 
 
+def test_classify_only_gives_the_same_image_logits_without_decoder_or_affinity(model):
+    x = torch.randn(2, 3, 64, 48)
+    model.eval()
+    with torch.no_grad():
+        full, cls_only = model(x), model(x, classify_only=True)
+    model.train()
+    torch.testing.assert_close(cls_only.cls, full.cls)
+    assert cls_only.seg is None and cls_only.attn_pred is None
+    calls = []
+    hook = model.decoder.register_forward_hook(lambda *a: calls.append(1))
+    model(x, classify_only=True)
+    hook.remove()
+    assert not calls
+    with pytest.raises(ValueError, match="x_small"):
+        model(x, x[..., :32, :24], classify_only=True)
+
+
 def test_two_view_forward(model):
     torch.manual_seed(3)
     x, small = torch.randn(2, 3, 64, 48), torch.randn(2, 3, 48, 32)

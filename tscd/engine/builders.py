@@ -58,7 +58,8 @@ def build_pseudo_labeler(cfg: TSCDConfig, refine: str | None = None) -> PseudoLa
         raise ValueError(f"refine.mode must be one of {', '.join(REFINE_MODES)}, got {mode!r}")
     c, r = cfg.cam, cfg.refine
     return PseudoLabeler(scales=tuple(c.scales), high=c.high, low=c.low, refine=mode, dilations=tuple(r.dilations),
-                         num_iter=r.num_iter, downscale=r.scale, backend=cfg.train.backend)
+                         num_iter=r.num_iter, downscale=r.scale, backend=cfg.train.backend,
+                          flip=c.flip)
 
 
 def build_objective(cfg: TSCDConfig, pseudo_labeler: PseudoLabeler) -> TSCDObjective:

@@ -83,7 +83,7 @@ class TSCDObjective(nn.Module):
         box = batch.get("box")
         w = self.weights
         if self.in_stage1(step):
-            out = net(images)
+            out = net(images, classify_only=True)
             terms = {"cls": F.multilabel_soft_margin_loss(out.cls, labels)}
             return w["cls"] * terms["cls"], terms, {}
 

@@ -28,11 +28,12 @@ class TSCDOutput(NamedTuple):
     cls (B, K−1) image logits; seg (B, K, ⌈H/4⌉, ⌈W/4⌉) segmentation logits; attn_pred (B, N, N)
     the attention affinity of method §5; with a second view x′ (method §6) also seg_small, its
     segmentation logits, and cam_small (B, K−1, h₄′, w₄′), its CAM — all with gradient.
+    A ``classify_only`` forward holds cls alone (seg and attn_pred None).
     """
 
     cls: torch.Tensor
-    seg: torch.Tensor
-    attn_pred: torch.Tensor
+    seg: torch.Tensor | None
+    attn_pred: torch.Tensor | None
     seg_small: torch.Tensor | None = None
     cam_small: torch.Tensor | None = None
 
@@ -124,10 +125,19 @@ class TSCD(nn.Module):
         k = max(1, math.ceil(self.topk_ratio * cam.shape[-1]))
         return cam.topk(k, dim=-1).values.mean(dim=-1)
 
-    def forward(self, x: torch.Tensor, x_small: torch.Tensor | None = None) -> TSCDOutput:
+    def forward(self, x: torch.Tensor, x_small: torch.Tensor | None = None, *,
+                classify_only: bool = False) -> TSCDOutput:
         """The trainable forward of normalised images x (B, 3, H, W) and, in a training step of
         method §6, of their second view x_small (B, 3, H′, W′) too (one call, so that DDP wraps
-        the model itself). See :class:`TSCDOutput`."""
+        the model itself). See :class:`TSCDOutput`.
+
+        ``classify_only``: the image logits alone (the L_cls-only stage of §9): neither the
+        decoder nor the affinity is computed."""
+        if classify_only:
+            if x_small is not None:
+                raise ValueError("classify_only takes no second view x_small")
+            features, _ = self.encoder(x)
+            return TSCDOutput(self._image_logits(features[3]), None, None)
         features, attention_logits = self.encoder(x)
         attn_pred = self.attention_affinity(attention_logits)
         seg = self.decoder(features)
