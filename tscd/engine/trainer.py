@@ -49,6 +49,7 @@ from .builders import (
     setup_runtime,
 )
 from .distributed import init_distributed
+from .eta import RunClock, format_duration
 from .evaluator import Evaluator
 from .io import atomic_write, write_json
 from .schedule import build_optimizer, build_scheduler
@@ -354,14 +355,22 @@ class Trainer:
             from tqdm import tqdm
             bar = tqdm(total=t.max_iters, initial=self.step, desc="train", dynamic_ncols=True)
         self.net.train()
+        clock = RunClock(self.step, end, t.max_iters, self.cfg.loss.stage1_iters, t.eval_interval)
         stop = 0
         try:
             while self.step < end and not stop:
+                started = time.perf_counter()
                 total, terms = self._iteration(batches)
+                clock.step_done(self.step, time.perf_counter() - started)
                 self._log(bar, total, terms)
                 if self.main and (self.step % t.eval_interval == 0 or self.step == t.max_iters):
+                    started = time.perf_counter()
                     metrics = self.evaluate()
+                    clock.eval_done(time.perf_counter() - started)
                     logger.info(self._summary(metrics))
+                if self.main and clock.report_due(self.step):
+                    seconds, how = clock.remaining(self.step)
+                    logger.info("ETA: about %s left (%s)", format_duration(seconds), how)
                 if self.distributed and self.step % t.eval_interval == 0:
                     dist.barrier()
                 if t.ckpt_interval and self.step % t.ckpt_interval == 0 and self.step != t.max_iters:
