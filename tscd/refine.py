@@ -186,5 +186,5 @@ class PseudoLabeler:
         return cams, self.labels(rgb, cams, cls_labels, crop_boxes)
 
     def __repr__(self) -> str:
-        return (f"PseudoLabeler(scales={self.scales}, flip={self.flip}, high={self.high}, low={self.low}, refine={self.refine!r}, "
-                f"downscale={self.downscale}, refiner={self.refiner})")
+        return (f"PseudoLabeler(scales={self.scales}, flip={self.flip}, high={self.high}, low={self.low}, "
+                f"refine={self.refine!r}, downscale={self.downscale}, refiner={self.refiner})")

@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from tscd.config import load_config
+from tscd.data import DatasetError
 from tscd.engine import checkpoint as ckpt_io
 from tscd.engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 from tscd.losses.objective import TSCDObjective
@@ -163,8 +164,8 @@ def test_the_real_work_dir_is_recorded(reference):
 
 def test_resume_with_another_model_shape_names_the_key(reference):
     work = reference.work_dir
-    with pytest.raises(ckpt_io.CheckpointError, match=r"data\.num_classes=6 \(the config says 5\)"):
-        Trainer(_cfg("data.num_classes=5"), work, resume=True, progress=False)
+    with pytest.raises(DatasetError, match=r"data\.num_classes=5 does not match the dataset"):
+        Trainer(_cfg("data.num_classes=5"), work, resume=True, progress=False)  # the dataset says first
     with pytest.raises(ckpt_io.CheckpointError, match=r"model\.embedding_dim=16 \(the config says 32\)"):
         Trainer(_cfg("model.embedding_dim=32"), work, resume=True, progress=False)
 

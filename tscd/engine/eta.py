@@ -85,5 +85,6 @@ class RunClock:
             parts.append(f"{full_left} full steps of {full_step:.2f} s"
                          + (f" (assumed {FULL_STEP_COST:g}× until measured)" if assumed else ""))
         if evals:
-            parts.append(f"{evals} evaluation{'s' * (evals > 1)}" + (f" of {eval_time:.0f} s" if self.eval_seconds else ""))
+            measured = f" of {eval_time:.0f} s" if self.eval_seconds else ""
+            parts.append(f"{evals} evaluation{'s' * (evals > 1)}{measured}")
         return seconds, ", ".join(parts)
