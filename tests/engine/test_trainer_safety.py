@@ -104,13 +104,28 @@ def test_a_second_signal_stops_at_once_keeping_the_last_completed_iteration(tmp_
 
     _after_forward(monkeypatch, 3, twice)
     work = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted) as stopped:
-        Trainer(_cfg(), work, progress=False).train()
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job ignores SIGINT
+    try:
+        with pytest.raises(TrainingInterrupted) as stopped:
+            Trainer(_cfg(), work, progress=False).train()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert stopped.value.signum == signal.SIGINT
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert _last(work)["step"] == 2
     monkeypatch.undo()
     _assert_same_state(reference, _resume(work))
+
+
+def test_an_ignored_signal_stays_ignored_while_training(tmp_path, monkeypatch):
+    seen = []
+    _after_forward(monkeypatch, 1, lambda *_: seen.append(signal.getsignal(signal.SIGINT)))
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background job
+    try:
+        Trainer(_cfg("train.max_iters=1"), tmp_path / "run", progress=False).train()
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert seen == [signal.SIG_IGN]
 
 
 def test_a_non_finite_loss_names_the_term_and_keeps_the_state_before_it(tmp_path, monkeypatch, reference):

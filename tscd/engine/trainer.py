@@ -94,9 +94,10 @@ class NonFiniteWeightsError(FloatingPointError):
 
 
 class _StopSignals:
-    """SIGINT and SIGTERM while training (main thread only): the first sets :attr:`signum` for the
-    loop to stop after the iteration under way; the second puts the previous handlers back and
-    raises :class:`TrainingInterrupted` at once."""
+    """SIGINT and SIGTERM while training (main thread only, unless the process ignores them, as a
+    background job ignores SIGINT): the first sets :attr:`signum` for the loop to stop after the
+    iteration under way; the second puts the previous handlers back and raises
+    :class:`TrainingInterrupted` at once."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -105,8 +106,9 @@ class _StopSignals:
         self._previous: dict = {}
 
     def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        if threading.current_thread() is threading.main_thread():  # an ignored signal stays ignored
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS
+                              if signal.getsignal(s) is not signal.SIG_IGN}
         return self
 
     def _handle(self, signum, frame) -> None:
