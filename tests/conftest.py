@@ -5,6 +5,7 @@ TRITON_INTERPRET must be set before triton is first imported, hence at the top h
 Helpers live in ``tests/utils.py``.
 """
 import os
+import signal
 
 import torch
 
@@ -28,3 +29,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def device() -> str:
     return DEVICE
+
+
+@pytest.fixture
+def interactive_sigint():
+    """SIGINT handled as in a terminal (Python's KeyboardInterrupt): a background job, as CI may
+    be, starts with SIGINT ignored, and an ignored signal stays ignored by the trainer."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)

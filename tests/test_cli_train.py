@@ -71,7 +71,7 @@ def test_a_work_dir_in_use_is_refused_and_a_dead_holder_does_not_block(tmp_path,
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_an_interrupt_exits_128_plus_the_signal(tmp_path, monkeypatch, capsys, signum, status):
+def test_an_interrupt_exits_128_plus_the_signal(tmp_path, monkeypatch, capsys, interactive_sigint, signum, status):
     original = TSCDObjective.forward
 
     def forward(self, net, model, batch, step):

@@ -97,20 +97,17 @@ def test_a_signal_stops_at_the_step_boundary_and_resume_is_exact(tmp_path, monke
     _assert_same_state(reference, _resume(work, "data.num_workers=1"))
 
 
-def test_a_second_signal_stops_at_once_keeping_the_last_completed_iteration(tmp_path, monkeypatch, reference):
+def test_a_second_signal_stops_at_once_keeping_the_last_completed_iteration(tmp_path, monkeypatch, reference,
+                                                                           interactive_sigint):
     def twice(model, total, terms):
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
 
     _after_forward(monkeypatch, 3, twice)
     work = tmp_path / "run"
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job ignores SIGINT
-    try:
-        with pytest.raises(TrainingInterrupted) as stopped:
-            Trainer(_cfg(), work, progress=False).train()
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    finally:
-        signal.signal(signal.SIGINT, before)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        Trainer(_cfg(), work, progress=False).train()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert stopped.value.signum == signal.SIGINT
     assert _last(work)["step"] == 2
     monkeypatch.undo()
