@@ -83,3 +83,34 @@ def test_terms_switch_off_and_refinement_modes():
         assert set(terms) == {"cls", "seg", "aff"}
     with pytest.raises(ValueError, match="refine.mode"):
         _setup("loss.scd=0", "refine.mode=crf")
+
+
+@pytest.mark.parametrize(("backbone", "flip"), [("mit_b0", True), ("hybrid_b0", False)])
+def test_reuse_forward_cam_gives_the_separate_pass_numbers(backbone, flip):
+    """A deterministic forward (drop_path 0): the teachers taken from the step's own forward equal those of
+    a separate no-gradient pass, and so do every term and the gradients. (BatchNorm with flips is not
+    exact: a separate pass normalises x with the statistics of [x, flip x].)"""
+    results = []
+    for reuse in (False, True):
+        cfg, model, objective, batch = _setup(f"model.backbone={backbone}", "cam.scales=[1.0, 1.5]",
+                                              f"cam.flip={str(flip).lower()}", f"cam.reuse_forward={reuse}")
+        calls = []
+        model.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+        total, terms, aux = objective(model, model, batch, step=cfg.loss.stage1_iters + 1)
+        total.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((terms, aux, grads, calls))
+    (terms, aux, grads, calls), (terms_r, aux_r, grads_r, calls_r) = results
+    for name in terms:
+        torch.testing.assert_close(terms_r[name], terms[name], rtol=1e-4, atol=1e-6, msg=name)
+    torch.testing.assert_close(aux_r["cam"], aux["cam"], rtol=1e-4, atol=1e-5)
+    assert torch.equal(aux_r["pseudo"], aux["pseudo"])
+    for g_r, g in zip(grads_r, grads):
+        torch.testing.assert_close(g_r, g, rtol=1e-3, atol=1e-6)
+    # the un-flipped scale-1 images of each view (batch 2) went through the encoder once, not twice
+    assert sum(calls) - sum(calls_r) == 2 * 2
+
+
+def test_reuse_forward_cam_needs_scale_one():
+    with pytest.raises(ValueError, match="include 1.0"):
+        _setup("cam.scales=[0.5, 1.5]", "cam.reuse_forward=true")

@@ -28,7 +28,7 @@ def normalize_cam(cam: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 @torch.no_grad()
 def multi_scale_cam(model, images: torch.Tensor, scales: Sequence[float] = (1.0, 0.5, 1.5),
-                    return_attention: bool = False, flip: bool = True):
+                    return_attention: bool = False, flip: bool = True, scale1_cam: torch.Tensor | None = None):
     """Multi-scale, flip-augmented CAM of method §2, without gradient.
 
     ``model.forward_cam(x)`` must return ``(cam (B, K−1, h, w), attn_pred)`` (as ``TSCD``).
@@ -36,6 +36,9 @@ def multi_scale_cam(model, images: torch.Tensor, scales: Sequence[float] = (1.0,
     its horizontal flip; both CAMs are resized to (H, W), the flipped one un-flipped, and
     relu(max(cam, cam_flip)) is summed over scales, then normalised by ``normalize_cam``.
     ``flip=False`` runs each scale without its flip (relu(cam) is summed): half the passes.
+    ``scale1_cam`` (B, K−1, h, w): the raw CAM of the un-flipped images at scale 1 when the
+    caller already has it (a training step's own forward), so that pass is not run again
+    (scale 1 then runs the flipped images alone; scales must include 1.0).
 
     images: (B, 3, H, W). Returns cam (B, K−1, H, W) in [0, 1]; with ``return_attention``
     also the ``attn_pred`` (B, N, N) of the un-flipped images at the largest scale.
@@ -43,15 +46,24 @@ def multi_scale_cam(model, images: torch.Tensor, scales: Sequence[float] = (1.0,
     if len(scales) == 0:
         raise ValueError("scales must list at least one scale")
     b, _, h, w = images.shape
+    if scale1_cam is not None:
+        if 1.0 not in scales:
+            raise ValueError(f"scale1_cam is the CAM at scale 1.0, which scales {tuple(scales)} do not include")
+        if return_attention:
+            raise ValueError("return_attention needs the attention of every pass; it cannot take scale1_cam")
     total, attention = None, None
     for s in scales:
         x = images if s == 1.0 else F.interpolate(images, size=(int(s * h), int(s * w)), mode="bilinear",
                                                   align_corners=False)
-        cam, attn = model.forward_cam(torch.cat([x, x.flip(-1)]) if flip else x)
+        if s == 1.0 and scale1_cam is not None:
+            cam = torch.cat([scale1_cam, model.forward_cam(x.flip(-1))[0]]) if flip else scale1_cam
+            attn = None
+        else:
+            cam, attn = model.forward_cam(torch.cat([x, x.flip(-1)]) if flip else x)
         cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
         cam = (torch.maximum(cam[:b], cam[b:].flip(-1)) if flip else cam).relu()
         total = cam if total is None else total + cam
-        if s == max(scales):
+        if return_attention and s == max(scales):
             attention = attn[:b]
     total = normalize_cam(total)
     return (total, attention) if return_attention else total

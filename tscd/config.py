@@ -83,6 +83,10 @@ class ModelConfig:
 class CamConfig:
     scales: List[float] = _list(1.0, 0.5, 1.5)  # multi-scale CAM of §2 (each with its flip)
     flip: bool = True  # run each scale with its horizontal flip too (§2; false: half the no-grad passes)
+    # training: the teachers' un-flipped scale-1 CAMs come from the step's own forward (detached), one
+    # encoder pass per view fewer; exact when the forward is deterministic (drop_path_rate 0; with BatchNorm,
+    # cam.flip false)
+    reuse_forward: bool = False
     high: float = 0.55
     low: float = 0.35
     bkg_score: float = 0.45  # plain CAM labels for evaluation (§3)

@@ -159,9 +159,11 @@ class PseudoLabeler:
         self.refiner = None if refine == "none" else VARM(dilations, num_iter, refine, backend)
 
     @torch.no_grad()
-    def cams(self, model, images: torch.Tensor) -> torch.Tensor:
-        """Multi-scale CAMs (B, K−1, H, W) in [0, 1] of normalised images (B, 3, H, W)."""
-        return cam_utils.multi_scale_cam(model, images, self.scales, flip=self.flip)
+    def cams(self, model, images: torch.Tensor, scale1_cam: torch.Tensor | None = None) -> torch.Tensor:
+        """Multi-scale CAMs (B, K−1, H, W) in [0, 1] of normalised images (B, 3, H, W);
+        ``scale1_cam``: the model's raw CAM of the images when already computed (see
+        :func:`tscd.cam.multi_scale_cam`)."""
+        return cam_utils.multi_scale_cam(model, images, self.scales, flip=self.flip, scale1_cam=scale1_cam)
 
     @torch.no_grad()
     def labels(self, rgb: torch.Tensor, cams: torch.Tensor, cls_labels: torch.Tensor, crop_boxes=None,

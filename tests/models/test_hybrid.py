@@ -30,7 +30,7 @@ def test_in_tscd_every_parameter_gets_a_gradient():
     torch.manual_seed(0)
     m = TSCD("hybrid_b0", num_classes=4, stride=(4, 2, 1, 1), drop_path_rate=0.0, pooling="topk")
     x = torch.randn(2, 3, 64, 48)
-    cls, seg, attn_pred, _, _ = m(x)
+    cls, seg, attn_pred, *_ = m(x)
     assert cls.shape == (2, 3) and seg.shape == (2, 4, 16, 12) and attn_pred.shape == (2, 48, 48)
     assert m.output_stride == 8
     labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])

@@ -151,7 +151,7 @@ def test_total_loss_reaches_every_parameter():
     torch.manual_seed(0)
     m = TSCD("mit_b0", num_classes=4, drop_path_rate=0.0)
     x = torch.randn(2, 3, 64, 48)
-    cls, seg, attn_pred, _, _ = m(x)
+    cls, seg, attn_pred, *_ = m(x)
     labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
     pseudo = torch.randint(0, 4, (2, 64, 48))
     seg_up = F.interpolate(seg, size=(64, 48), mode="bilinear", align_corners=False)

@@ -69,7 +69,7 @@ def build_objective(cfg: TSCDConfig, pseudo_labeler: PseudoLabeler) -> TSCDObjec
         stage1_iters=lc.stage1_iters, dense_weight=lc.dense_weight, dense_sigma_rgb=lc.dense_sigma_rgb,
         dense_sigma_xy=lc.dense_sigma_xy, dense_scale=lc.dense_scale,
         scd_samples=None if lc.scd_dense else lc.scd_samples, scd_scale=lc.scd_scale, aff_radius=lc.aff_radius,
-        er_released=lc.er_released, backend=cfg.train.backend)
+        er_released=lc.er_released, reuse_forward_cam=cfg.cam.reuse_forward, backend=cfg.train.backend)
 
 
 def eval_loader(dataset, batch_size: int) -> torch.utils.data.DataLoader:

@@ -6,7 +6,8 @@ One step, after the L_cls-only stage (iterations ≤ ``stage1_iters``):
 2. multi-scale CAMs of both views, without gradient (§2): T for x, T′ for x′;
 3. pseudo labels of x from T (§3), refined by VARM/PAR (§4) — the :class:`~tscd.refine.PseudoLabeler`;
 4. one trainable forward of both views, ``net(x, x′)`` (the model, possibly DDP-wrapped):
-   image logits, seg logits and attention affinity of x; seg logits and live CAM of x′;
+   image logits, seg logits and attention affinity of x; seg logits and live CAM of x′
+   (with ``reuse_forward_cam`` it runs before 2, whose scale-1 passes then take its CAMs);
 5. the terms: cls (multilabel soft margin), seg (§8), dense energy (§8), aff (§5),
    scd (§6: teacher T, T′; students = seg logits upsampled to the CAM sizes), er (§7).
 
@@ -48,6 +49,11 @@ class TSCDObjective(nn.Module):
             (None: every position); scd_scale: the size of the second view.
         aff_radius: window radius of :class:`AffinityLoss`.
         er_released: the released code's inert ER term instead of the live one (§7).
+        reuse_forward_cam: the teachers' un-flipped scale-1 CAMs are the trainable forward's CAMs
+            (detached) rather than a separate no-gradient pass, one encoder pass of each view fewer:
+            the same numbers when the forward is deterministic (no stochastic depth or dropout) and,
+            with flips and BatchNorm, up to the batch statistics (x alone rather than x with its
+            flip). With stochastic depth the teacher shares the student's draw instead of its own.
         backend: the ``tscd.ops`` backend of the fused losses.
 
     ``forward(net, model, batch, step)`` returns ``(total, terms, aux)``: ``terms`` maps each
@@ -61,9 +67,14 @@ class TSCDObjective(nn.Module):
     def __init__(self, pseudo_labeler: PseudoLabeler, weights: Mapping[str, float], *, stage1_iters: int = 2000,
                  dense_weight: float = 1e-7 * 0.58, dense_sigma_rgb: float = 15.0, dense_sigma_xy: float = 100.0,
                  dense_scale: float = 0.5, scd_samples: int | None = 40, scd_scale: float = 0.3,
-                 aff_radius: int = 8, er_released: bool = False, backend: str = "auto"):
+                 aff_radius: int = 8, er_released: bool = False, reuse_forward_cam: bool = False,
+                 backend: str = "auto"):
         super().__init__()
+        if reuse_forward_cam and 1.0 not in pseudo_labeler.scales:
+            raise ValueError(f"reuse_forward_cam takes the scale-1 CAM from the forward, but the CAM scales "
+                             f"{pseudo_labeler.scales} do not include 1.0")
         self.pseudo_labeler = pseudo_labeler
+        self.reuse_forward_cam = reuse_forward_cam
         self.weights = {t: float(weights[t]) for t in TERMS}
         self.stage1_iters, self.scd_scale, self.er_released = stage1_iters, scd_scale, er_released
         if self.weights["aff"]:
@@ -91,11 +102,14 @@ class TSCDObjective(nn.Module):
         small = (F.interpolate(images, scale_factor=self.scd_scale, mode="bilinear", align_corners=True)
                  if need_small else None)
         labeler = self.pseudo_labeler
+        out = net(images, small) if self.reuse_forward_cam else None
         with torch.no_grad():
-            cam = labeler.cams(model, images)
-            cam_small = labeler.cams(model, small) if need_small else None
+            cam = labeler.cams(model, images, None if out is None else out.cam.detach())
+            cam_small = (labeler.cams(model, small, None if out is None else out.cam_small.detach())
+                         if need_small else None)
             pseudo = labeler.labels(batch["rgb"], cam, labels, box)
-        out = net(images, small)
+        if out is None:
+            out = net(images, small)
         terms = {"cls": F.multilabel_soft_margin_loss(out.cls, labels)}
         seg = out.seg
         if w["seg"]:

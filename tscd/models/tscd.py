@@ -27,8 +27,9 @@ class TSCDOutput(NamedTuple):
 
     cls (B, K−1) image logits; seg (B, K, ⌈H/4⌉, ⌈W/4⌉) segmentation logits; attn_pred (B, N, N)
     the attention affinity of method §5; with a second view x′ (method §6) also seg_small, its
-    segmentation logits, and cam_small (B, K−1, h₄′, w₄′), its CAM — all with gradient.
-    A ``classify_only`` forward holds cls alone (seg and attn_pred None).
+    segmentation logits, and cam_small (B, K−1, h₄′, w₄′), its CAM — all with gradient; cam
+    (B, K−1, h₄, w₄) is the raw CAM of x.
+    A ``classify_only`` forward holds cls alone (the others None).
     """
 
     cls: torch.Tensor
@@ -36,6 +37,7 @@ class TSCDOutput(NamedTuple):
     attn_pred: torch.Tensor | None
     seg_small: torch.Tensor | None = None
     cam_small: torch.Tensor | None = None
+    cam: torch.Tensor | None = None
 
 
 class CAMOutput(NamedTuple):
@@ -116,12 +118,13 @@ class TSCD(nn.Module):
         """Class activation maps of stage-4 features (B, C₄, h, w) → (B, K−1, h, w)."""
         return F.conv2d(features4, self.classifier.weight)
 
-    def _image_logits(self, f4: torch.Tensor) -> torch.Tensor:
+    def _image_logits(self, f4: torch.Tensor, cam: torch.Tensor | None = None) -> torch.Tensor:
+        """Image logits (B, K−1) of stage-4 features f4; ``cam``: their CAM when already computed."""
         if self.pooling == "gmp":
             return self.classifier(F.adaptive_max_pool2d(f4, 1)).flatten(1)
         if self.pooling == "gap":
             return self.classifier(F.adaptive_avg_pool2d(f4, 1)).flatten(1)
-        cam = self.cam(f4).flatten(2)  # (B, K-1, N)
+        cam = (self.cam(f4) if cam is None else cam).flatten(2)  # (B, K-1, N)
         k = max(1, math.ceil(self.topk_ratio * cam.shape[-1]))
         return cam.topk(k, dim=-1).values.mean(dim=-1)
 
@@ -141,11 +144,12 @@ class TSCD(nn.Module):
         features, attention_logits = self.encoder(x)
         attn_pred = self.attention_affinity(attention_logits)
         seg = self.decoder(features)
-        cls = self._image_logits(features[3])
+        cam = self.cam(features[3])
+        cls = self._image_logits(features[3], cam)
         if x_small is None:
-            return TSCDOutput(cls, seg, attn_pred)
+            return TSCDOutput(cls, seg, attn_pred, cam=cam)
         features_small, _ = self.encoder(x_small)
-        return TSCDOutput(cls, seg, attn_pred, self.decoder(features_small), self.cam(features_small[3]))
+        return TSCDOutput(cls, seg, attn_pred, self.decoder(features_small), self.cam(features_small[3]), cam)
 
     def forward_cam(self, x: torch.Tensor) -> CAMOutput:
         """CAM and attention affinity of normalised images x (B, 3, H, W); the decoder is skipped.
