@@ -47,7 +47,8 @@ def build_backbone(name: str = "mit_b1", stride=DEFAULT_STRIDE, drop_path_rate: 
     if is_model(name):
         if tuple(stride) != DEFAULT_STRIDE:
             raise ValueError(f"stride (model.stride) has no meaning for the ViT backbone {name!r}, whose "
-                             f"stride is its patch size; leave it at {list(DEFAULT_STRIDE)}, got {list(stride)}")
+                             f"stride is its patch size: set it to the default {list(DEFAULT_STRIDE)}, got "
+                             f"{list(stride)}")
         try:
             return ViTEncoder(name, drop_path_rate=drop_path_rate, **kwargs)
         except ValueError as err:
