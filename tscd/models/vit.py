@@ -21,6 +21,8 @@ whole encoder (``encoder.vit.*``) and a frozen encoder is really frozen.
 
 **Affinity.** ``attention_logits`` are the attention logits (q·kᵀ·scale, what the softmax sees)
 of the last two blocks only, between patch tokens: (B, heads, N, N) with N = h·w (method §5).
+(MiT's are unscaled, as in the released AFA code; the scale, head_dim^-0.5 in both blocks, is a
+constant factor that ``attn_proj``'s weights absorb.)
 timm's attention runs a fused kernel that never forms them, so they are computed from the
 block's own q and k, read off its ``qkv`` projection by a forward hook while the block runs as
 timm wrote it (its output is unchanged); every other block runs untouched. The logits keep
