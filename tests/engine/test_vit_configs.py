@@ -19,7 +19,7 @@ TINY_RUN = [
 
 @pytest.mark.parametrize("config,backbone,frozen", [
     ("voc_vit_b", "vit_base_patch16_224", False),
-    ("voc_clip_frozen", "vit_base_patch16_clip_224.openai", True),
+    ("voc_clip_frozen", "vit_base_patch16_clip_quickgelu_224.openai", True),
 ])
 def test_vit_config_trains_and_evaluates(tmp_path, config, backbone, frozen):
     cfg = load_config(config)
