@@ -70,13 +70,18 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    # mit_b0 … mit_b5 | hybrid_b0 | the timm name of a ViT (vit_base_patch16_224, vit_base_patch14_dinov2,
+    # vit_base_patch16_clip_224.openai …: tscd.models.vit)
     backbone: str = "mit_b1"
-    stride: List[int] = _list(4, 2, 2, 1)
+    stride: List[int] = _list(4, 2, 2, 1)  # per-stage strides of MiT/hybrid; a ViT takes only the default
     pooling: str = "gmp"  # gmp | gap | topk
     topk_ratio: float = 0.25  # fraction of positions averaged by topk pooling
     drop_path_rate: float = 0.1
     embedding_dim: int = 256
     pretrained: Optional[str] = None
+    # train the decoder, classifier and attn_proj on a frozen encoder (kept in eval mode, run
+    # without autograd): the frozen-CLIP recipe
+    freeze_backbone: bool = False
 
 
 @dataclass

@@ -48,7 +48,7 @@ def build_model(cfg: TSCDConfig, pretrained: bool = True) -> TSCD:
     k = dataset_num_classes(cfg) if cfg.data.num_classes is None else cfg.data.num_classes
     return TSCD(backbone=m.backbone, num_classes=k, stride=tuple(m.stride), pooling=m.pooling,
                 embedding_dim=m.embedding_dim, pretrained=m.pretrained if pretrained else None, topk_ratio=m.topk_ratio,
-                drop_path_rate=m.drop_path_rate)
+                drop_path_rate=m.drop_path_rate, freeze_backbone=m.freeze_backbone)
 
 
 def build_pseudo_labeler(cfg: TSCDConfig, refine: str | None = None) -> PseudoLabeler:
@@ -77,6 +77,7 @@ def eval_loader(dataset, batch_size: int) -> torch.utils.data.DataLoader:
 
 
 #: Settings a checkpoint's weights depend on: a config that differs in one of them cannot load it.
+#: (``model.freeze_backbone`` is not one: a model trained frozen has the same weights' shapes.)
 MODEL_KEYS = ("data.num_classes", "model.backbone", "model.stride", "model.embedding_dim")
 #: Settings that may differ from a checkpoint's without being reported (where the run is written).
 UNREPORTED_KEYS = ("work_dir",)

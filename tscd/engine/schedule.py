@@ -16,17 +16,19 @@ def lr_factor(step: int, max_iters: int, warmup_iters: int, warmup_ratio: float,
 
 
 def build_optimizer(model, cfg) -> torch.optim.AdamW:
-    """AdamW on the non-empty groups of ``model.param_groups()``.
+    """AdamW on the groups of ``model.param_groups()``.
 
     Per group (method §1, with the multipliers of ``optim``): encoder lr × 1; encoder norms
     lr × ``norm_lr_mult`` (0: frozen) without weight decay; heads and decoder lr ×
-    ``head_lr_mult`` (10). Each group carries its ``name`` and ``lr_mult``.
+    ``head_lr_mult`` (10). Each group carries its ``name`` and ``lr_mult``. Every group is
+    kept, empty ones too (a frozen encoder's, ``model.freeze_backbone``), so that the groups are
+    the same, in the same order, for every model: the first is always the encoder's, at the base lr.
     """
     o = cfg.optim
     policy = {"encoder": (1.0, o.weight_decay), "encoder_norm": (o.norm_lr_mult, 0.0),
               "heads": (o.head_lr_mult, o.weight_decay), "decoder": (o.head_lr_mult, o.weight_decay)}
     groups = [{"name": name, "params": params, "lr": o.lr * policy[name][0], "lr_mult": policy[name][0],
-               "weight_decay": policy[name][1]} for name, params in model.param_groups().items() if params]
+               "weight_decay": policy[name][1]} for name, params in model.param_groups().items()]
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
 
 

@@ -1,5 +1,9 @@
 """The encoders by name: :func:`build_backbone`, and their entries in timm's model registry.
 
+:func:`build_backbone` builds the built-in encoders (:data:`BACKBONES`) and, for any other name
+that timm builds as a ``VisionTransformer`` (``vit_base_patch16_224``, ``vit_base_patch14_dinov2``,
+``vit_base_patch16_clip_224.openai`` ...), a :class:`~tscd.models.vit.ViTEncoder`.
+
 ``mit_b0`` … ``mit_b5`` (:mod:`tscd.models.mit`) and ``hybrid_b0`` (:mod:`tscd.models.hybrid`)
 are registered with timm when this module is imported, so ``timm.create_model("mit_b1",
 stride=(4, 2, 2, 1))`` builds them. A name timm already defines is registered as
@@ -15,16 +19,23 @@ from torch import nn
 
 from .hybrid import HYBRID_CONFIGS, HybridEncoder
 from .mit import MIT_CONFIGS, MixVisionTransformer
+from .vit import VIT_EXAMPLES, ViTEncoder
 
 __all__ = ["BACKBONES", "build_backbone", "TIMM_NAMES"]
 
 logger = logging.getLogger(__name__)
 
 BACKBONES = (*MIT_CONFIGS, *HYBRID_CONFIGS)
+"""The built-in encoders; timm ViT names are accepted besides (:func:`build_backbone`)."""
+DEFAULT_STRIDE = (4, 2, 2, 1)
+_ACCEPTED = (f"expected one of {', '.join(BACKBONES)}, or the timm name of a VisionTransformer "
+             f"(e.g. {', '.join(VIT_EXAMPLES)}; see timm.list_models('vit_*'))")
 
 
-def build_backbone(name: str = "mit_b1", stride=(4, 2, 2, 1), drop_path_rate: float = 0.1, **kwargs) -> nn.Module:
-    """One of ``mit_b0`` … ``mit_b5`` (or the hybrid ``hybrid_b0``) with the given per-stage strides."""
+def build_backbone(name: str = "mit_b1", stride=DEFAULT_STRIDE, drop_path_rate: float = 0.1, **kwargs) -> nn.Module:
+    """One of ``mit_b0`` … ``mit_b5`` (or the hybrid ``hybrid_b0``) with the given per-stage strides,
+    or a timm ViT by its timm name (:class:`~tscd.models.vit.ViTEncoder`; its stride is its patch
+    size, so ``stride`` must stay :data:`DEFAULT_STRIDE`). A ValueError lists what is accepted."""
     if name in MIT_CONFIGS:
         cfg = MIT_CONFIGS[name]
         return MixVisionTransformer(cfg.embed_dims, cfg.depths, cfg.num_heads, cfg.mlp_ratios, cfg.sr_ratios,
@@ -33,7 +44,16 @@ def build_backbone(name: str = "mit_b1", stride=(4, 2, 2, 1), drop_path_rate: fl
         h = HYBRID_CONFIGS[name]
         return HybridEncoder(h.embed_dims, h.conv_depths, h.depth4, h.num_heads4, stride=stride,
                              drop_path_rate=drop_path_rate, **kwargs)
-    raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(MIT_CONFIGS) + sorted(HYBRID_CONFIGS)}")
+    if is_model(name):
+        if tuple(stride) != DEFAULT_STRIDE:
+            raise ValueError(f"stride (model.stride) has no meaning for the ViT backbone {name!r}, whose "
+                             f"stride is its patch size: set it to the default {list(DEFAULT_STRIDE)}, got "
+                             f"{list(stride)}")
+        try:
+            return ViTEncoder(name, drop_path_rate=drop_path_rate, **kwargs)
+        except ValueError as err:
+            raise ValueError(f"{err}; {_ACCEPTED}") from None
+    raise ValueError(f"unknown backbone {name!r}; {_ACCEPTED}")
 
 
 def _timm_entrypoint(variant: str, registered_as: str):

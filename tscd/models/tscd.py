@@ -1,4 +1,5 @@
-"""The TSCD network (method §1): MiT encoder, SegFormer head, CAM classifier, attention affinity.
+"""The TSCD network (method §1): MiT (or timm ViT) encoder, SegFormer head, CAM classifier,
+attention affinity.
 
 Module names follow the released AFA/TSCD code (``encoder``, ``decoder``, ``classifier``,
 ``attn_proj``), so their checkpoints load with ``tscd.models.load_checkpoint``.
@@ -14,6 +15,7 @@ from torch import nn
 
 from .registry import build_backbone
 from .segformer_head import SegFormerHead
+from .vit import ViTEncoder
 
 __all__ = ["TSCD", "TSCDOutput", "CAMOutput", "POOLINGS", "PARAM_GROUPS"]
 
@@ -25,7 +27,8 @@ PARAM_GROUPS = ("encoder", "encoder_norm", "heads", "decoder")
 class TSCDOutput(NamedTuple):
     """What :meth:`TSCD.forward` returns (N = h₄·w₄, the stage-4 positions).
 
-    cls (B, K−1) image logits; seg (B, K, ⌈H/4⌉, ⌈W/4⌉) segmentation logits; attn_pred (B, N, N)
+    cls (B, K−1) image logits; seg (B, K, h₁, w₁) segmentation logits at the first map's size
+    (⌈H/4⌉ × ⌈W/4⌉ for MiT; 4·⌈H/p⌉ × 4·⌈W/p⌉, covering the image, for a ViT of patch p); attn_pred (B, N, N)
     the attention affinity of method §5; with a second view x′ (method §6) also seg_small, its
     segmentation logits, and cam_small (B, K−1, h₄′, w₄′), its CAM — all with gradient; cam
     (B, K−1, h₄, w₄) is the raw CAM of x.
@@ -51,10 +54,13 @@ class TSCD(nn.Module):
     """TSCD / AFA network.
 
     Args:
-        backbone: ``"mit_b0"`` … ``"mit_b5"``, or ``"hybrid_b0"`` (convolutional stages 1–3 +
-            MiT-b0's stage 4; learns much faster from random initialisation, see tscd.models.hybrid).
+        backbone: ``"mit_b0"`` … ``"mit_b5"``, ``"hybrid_b0"`` (convolutional stages 1–3 +
+            MiT-b0's stage 4; learns much faster from random initialisation, see tscd.models.hybrid),
+            or the timm name of a ViT (``"vit_base_patch16_224"``, ``"vit_base_patch14_dinov2"``,
+            ``"vit_base_patch16_clip_224.openai"`` ...: :class:`~tscd.models.vit.ViTEncoder`).
         num_classes: K, background included (the classifier predicts the K−1 foreground classes).
-        stride: per-stage strides of the encoder; (4, 2, 2, 1) gives a stride-16 last stage.
+        stride: per-stage strides of the encoder; (4, 2, 2, 1) gives a stride-16 last stage. A ViT's
+            stride is its patch size: it takes the default only.
         pooling: image-level pooling of the classifier: ``"gmp"`` (global max of the stage-4
             features, the paper's default), ``"gap"`` (global average), or ``"topk"`` (per class,
             the mean of the highest ``topk_ratio`` fraction of CAM values: covers whole objects
@@ -67,11 +73,18 @@ class TSCD(nn.Module):
         symmetrize_attention: add the transpose of the concatenated attention logits before
             ``attn_proj`` (S + Sᵀ), as the released AFA/TSCD code does; their ``attn_proj``
             weights expect it, and it makes ``attn_pred`` symmetric.
+        freeze_backbone: train the decoder, classifier and ``attn_proj`` on a frozen encoder
+            (the frozen-CLIP recipe of WeCLIP, Zhang et al., CVPR 2024): the encoder's
+            parameters do not require gradients, it stays in eval mode when the model is put
+            in training mode (dropout, drop-path and BatchNorm statistics off), and its forward
+            runs without autograd — the attention logits need no gradient upstream of
+            ``attn_proj``, so no activation of the encoder is kept for the backward pass.
     """
 
     def __init__(self, backbone: str = "mit_b1", num_classes: int = 21, stride=(4, 2, 2, 1),
                  pooling: str = "gmp", embedding_dim: int = 256, pretrained: str | None = None,
-                 topk_ratio: float = 0.25, drop_path_rate: float = 0.1, symmetrize_attention: bool = True):
+                 topk_ratio: float = 0.25, drop_path_rate: float = 0.1, symmetrize_attention: bool = True,
+                 freeze_backbone: bool = False):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -83,21 +96,42 @@ class TSCD(nn.Module):
         self.pooling = pooling
         self.topk_ratio = topk_ratio
         self.symmetrize_attention = symmetrize_attention
+        self.freeze_backbone = freeze_backbone
         self.encoder = build_backbone(backbone, stride=stride, drop_path_rate=drop_path_rate)
         dims = self.encoder.embed_dims
         self.decoder = SegFormerHead(dims, embedding_dim=embedding_dim, num_classes=num_classes)
         self.classifier = nn.Conv2d(dims[3], num_classes - 1, kernel_size=1, bias=False)
-        affinity_heads = 2 * self.encoder.num_heads[3]  # the last two blocks are both in stage 4
+        affinity_heads = 2 * self.encoder.num_heads[3]  # the last two blocks (MiT: both in stage 4)
         self.attn_proj = nn.Conv2d(affinity_heads, 1, kernel_size=1, bias=True)
         nn.init.kaiming_normal_(self.attn_proj.weight, a=math.sqrt(5), mode="fan_out")
         if pretrained:
             from .checkpoint import load_checkpoint
             load_checkpoint(self, pretrained)
+        if freeze_backbone:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
 
     @property
     def output_stride(self) -> int:
-        """Stride of the stage-4 features (CAM and attention grid): 16 for strides (4, 2, 2, 1)."""
+        """Stride of the stage-4 features (CAM and attention grid): 16 for strides (4, 2, 2, 1);
+        a ViT's patch size (16, or 14 for DINOv2)."""
+        if isinstance(self.encoder, ViTEncoder):
+            return self.encoder.output_stride
         return math.prod(self.encoder.stride)
+
+    def train(self, mode: bool = True) -> TSCD:
+        """As ``nn.Module.train``; a frozen encoder stays in eval mode."""
+        super().train(mode)
+        if self.freeze_backbone:
+            self.encoder.eval()
+        return self
+
+    def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The encoder's ``(features, attention_logits)`` of x; without autograd when frozen."""
+        if not self.freeze_backbone:
+            return self.encoder(x)
+        with torch.no_grad():
+            return self.encoder(x)
 
     def attention_affinity(self, attention_logits: list[torch.Tensor]) -> torch.Tensor:
         """A = sigmoid(attn_proj(S)) with S the last two blocks' logits concatenated on the head
@@ -139,16 +173,16 @@ class TSCD(nn.Module):
         if classify_only:
             if x_small is not None:
                 raise ValueError("classify_only takes no second view x_small")
-            features, _ = self.encoder(x)
+            features, _ = self.encode(x)
             return TSCDOutput(self._image_logits(features[3]), None, None)
-        features, attention_logits = self.encoder(x)
+        features, attention_logits = self.encode(x)
         attn_pred = self.attention_affinity(attention_logits)
         seg = self.decoder(features)
         cam = self.cam(features[3])
         cls = self._image_logits(features[3], cam)
         if x_small is None:
             return TSCDOutput(cls, seg, attn_pred, cam=cam)
-        features_small, _ = self.encoder(x_small)
+        features_small, _ = self.encode(x_small)
         return TSCDOutput(cls, seg, attn_pred, self.decoder(features_small), self.cam(features_small[3]), cam)
 
     def forward_cam(self, x: torch.Tensor) -> CAMOutput:
@@ -156,16 +190,20 @@ class TSCD(nn.Module):
 
         The CAM keeps its gradient: wrap in ``torch.no_grad()`` for pseudo labels.
         """
-        features, attention_logits = self.encoder(x)
+        features, attention_logits = self.encode(x)
         return CAMOutput(self.cam(features[3]), self.attention_affinity(attention_logits))
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """The parameters by the groups of method §1 (:data:`PARAM_GROUPS`): encoder weights,
         encoder norms (every encoder parameter whose name contains "norm", i.e. all LayerNorms,
         as AFA), the heads (classifier + attn_proj), the decoder. Their learning rates and weight
-        decay are the optimiser's policy (``tscd.engine.schedule.build_optimizer``)."""
+        decay are the optimiser's policy (``tscd.engine.schedule.build_optimizer``).
+
+        Only parameters that train are listed: with ``freeze_backbone`` the two encoder groups
+        are empty."""
         encoder, norms = [], []
         for name, p in self.encoder.named_parameters():
-            (norms if "norm" in name else encoder).append(p)
+            if p.requires_grad:
+                (norms if "norm" in name else encoder).append(p)
         heads = [*self.classifier.parameters(), *self.attn_proj.parameters()]
         return dict(zip(PARAM_GROUPS, (encoder, norms, heads, list(self.decoder.parameters()))))
