@@ -4,7 +4,8 @@ initialised ``transformers.SegformerModel`` saved with ``save_pretrained`` gives
 
 transformers is a test-only dependency (the ``test`` extra); without it these tests are skipped,
 saying so. Every parameter is drawn at random before saving (transformers initialises biases and
-LayerNorms to constants, which would hide a swapped bias), and the inputs are not square.
+LayerNorms to constants, which would hide a swapped bias), and the inputs are not square. The
+strides are SegFormer's ImageNet ones, (4, 2, 2, 2) (TSCD's last stage has stride 1).
 """
 import re
 
@@ -14,30 +15,18 @@ import torch
 from tscd.models import TSCD, CheckpointMismatchError, build_backbone, load_checkpoint
 from tscd.models.mit import MixVisionTransformer
 
+from .test_pretrained import IMAGENET_STRIDES, randomised
+
 transformers = pytest.importorskip("transformers", reason="transformers (the test extra) is not installed")
 
 MIT_B0 = dict(hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], num_attention_heads=[1, 2, 5, 8],
               sr_ratios=[8, 4, 2, 1], mlp_ratios=[4, 4, 4, 4])
 ODD = dict(hidden_sizes=[24, 40, 72, 96], depths=[1, 3, 1, 2], num_attention_heads=[1, 2, 3, 4],
            sr_ratios=[4, 2, 2, 1], mlp_ratios=[2, 3, 4, 2])
-IMAGENET_STRIDES = (4, 2, 2, 2)  # SegFormer's; TSCD's last stage has stride 1
 
 
-def _randomised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Every parameter and buffer drawn at random (LayerNorm weights around 1); eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.state_dict().items():
-            if not p.is_floating_point():
-                continue
-            noise = torch.randn(p.shape, generator=gen)
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * noise)
-            elif name.endswith("running_var"):
-                p.copy_(1 + 0.2 * noise.abs())
-            else:
-                p.copy_(noise * (0.1 if p.dim() == 1 else 0.5 / max(p[0].numel(), 1) ** 0.5))
-    return model.eval()
+# transformers 5 names, then transformers 4 names
+_BLOCK_AND_STAGE_NORMS = r"(layernorm_(before|after)|stages\.\d+\.layer_norm|layer_norm_[12]|encoder\.layer_norm\.\d+)$"
 
 
 def _original_eps(hf_model: torch.nn.Module) -> None:
@@ -45,8 +34,7 @@ def _original_eps(hf_model: torch.nn.Module) -> None:
     original SegFormer (which trained the weights) uses 1e-6 there, as tscd's MiT does; give the
     reference the original's eps, so that outputs agree to 1e-5 (the weights are what is under test)."""
     for name, module in hf_model.named_modules():
-        if isinstance(module, torch.nn.LayerNorm) and re.search(r"layernorm_(before|after)$|stages\.\d+\.layer_norm$",
-                                                                name):
+        if isinstance(module, torch.nn.LayerNorm) and re.search(_BLOCK_AND_STAGE_NORMS, name):
             module.eps = 1e-6
 
 
@@ -72,7 +60,7 @@ def _assert_same_features(ours, theirs):
 @pytest.fixture(scope="module", params=["mit_b0", "odd"])
 def hf_model(request):
     cfg = transformers.SegformerConfig(**(MIT_B0 if request.param == "mit_b0" else ODD))
-    model = _randomised(transformers.SegformerModel(cfg), seed=7)
+    model = randomised(transformers.SegformerModel(cfg), seed=7)
     _original_eps(model)
     return request.param, model
 
@@ -99,13 +87,12 @@ def test_save_pretrained_safetensors_and_bin_reproduce_the_stage_outputs(hf_mode
             _assert_same_features(mit(x)[0], expected)
 
 
-def test_transformers5_module_names_convert_too(hf_model):
-    """A ``state_dict()`` of transformers 5 (``stages.*``, ``q_proj``/``k_proj``/``v_proj``, …), as torch.save writes it."""
+def test_an_in_memory_state_dict_converts_too(hf_model):
+    """``model.state_dict()`` saved by torch.save: transformers 5's module names (``stages.*``,
+    ``q_proj``/``k_proj``/``v_proj``, …), which its save_pretrained renames to the hub's."""
     name, model = hf_model
-    state = model.state_dict()
-    assert "stages.0.blocks.0.attention.k_proj.weight" in state
     mit = _mit_for(MIT_B0 if name == "mit_b0" else ODD)
-    assert load_checkpoint(mit, state)["layout"] == "hf-segformer"
+    assert load_checkpoint(mit, model.state_dict())["layout"] == "hf-segformer"
     x = torch.randn(1, 3, 96, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         _assert_same_features(mit(x)[0], _hf_features(model, x))
@@ -115,7 +102,7 @@ def test_semantic_segmentation_checkpoint_fills_the_tscd_encoder(tmp_path):
     """``segformer.encoder.*`` of SegformerForSemanticSegmentation; its decode head is dropped and
     TSCD's own decoder is left as it was."""
     cfg = transformers.SegformerConfig(**MIT_B0, num_labels=5, decoder_hidden_size=64)
-    model = _randomised(transformers.SegformerForSemanticSegmentation(cfg), seed=3)
+    model = randomised(transformers.SegformerForSemanticSegmentation(cfg), seed=3)
     _original_eps(model)
     model.save_pretrained(tmp_path)
     torch.manual_seed(0)
@@ -137,23 +124,28 @@ def test_semantic_segmentation_checkpoint_fills_the_tscd_encoder(tmp_path):
 
 def test_image_classification_checkpoint_drops_the_classifier():
     cfg = transformers.SegformerConfig(**MIT_B0, num_labels=10)
-    model = _randomised(transformers.SegformerForImageClassification(cfg), seed=4)
+    model = randomised(transformers.SegformerForImageClassification(cfg), seed=4)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     report = load_checkpoint(build_backbone("mit_b0"), state)
     assert report["dropped"] == ["classifier.bias", "classifier.weight"]
 
 
-def test_nothing_is_left_at_random_init(hf_model):
+def test_nothing_is_left_at_random_init(hf_model, tmp_path):
     """A key the converter does not know, or one missing, fails the strict load and is named."""
-    _, model = hf_model
-    mit_cfg = MIT_B0 if hf_model[0] == "mit_b0" else ODD
-    state = dict(model.state_dict())
-    state["stages.1.blocks.0.attention.rotary.weight"] = torch.zeros(3)
-    with pytest.raises(CheckpointMismatchError, match=r"unexpected \(1\): stages\.1\.blocks\.0\.attention\.rotary"):
+    from safetensors.torch import load_file
+
+    name, model = hf_model
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    mit_cfg = MIT_B0 if name == "mit_b0" else ODD
+    state = saved | {"encoder.block.1.0.attention.self.rotary.weight": torch.zeros(3)}
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"unexpected \(1\): encoder\.block\.1\.0\.attention\.self\.rotary\.weight"):
         load_checkpoint(_mit_for(mit_cfg), state)
-    state = dict(model.state_dict())
-    del state["stages.2.blocks.0.attention.v_proj.bias"]  # k without its v: kept under its own name
+    state = dict(saved)
+    del state["encoder.block.2.0.attention.self.value.bias"]  # a key without its value: kept under its own name
     with pytest.raises(CheckpointMismatchError) as err:
         load_checkpoint(_mit_for(mit_cfg), state)
-    message = str(err.value)
-    assert "missing (1): block3.0.attn.kv.bias" in message and "stages.2.blocks.0.attention.k_proj.bias" in message
+    first = str(err.value).splitlines()[0]
+    assert "missing (1): block3.0.attn.kv.bias" in first, first
+    assert "unexpected (1): encoder.block.2.0.attention.self.key.bias" in first, first
