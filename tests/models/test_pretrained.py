@@ -316,14 +316,51 @@ def _cache_file(cache, repo: str, filename: str, state: dict, commit: str = "a" 
 def test_hf_hub_offline_without_the_file_is_one_clear_line(hub_cache):
     with pytest.raises(PretrainedSourceError) as err:
         load_checkpoint(build_backbone("mit_b0"), "hf-hub:nvidia/mit-b0")
-    message = str(err.value)
-    assert "\n" not in message and isinstance(err.value, ValueError)
-    assert message.startswith("cannot get the weights of hf-hub:nvidia/mit-b0: tried nvidia/mit-b0 "
-                              "model.safetensors (not in the cache), pytorch_model.bin (not in the cache); "
-                              "HF_HUB_OFFLINE is set"), message
-    assert str(hub_cache) in message
-    assert message.endswith("download https://huggingface.co/nvidia/mit-b0/resolve/main/model.safetensors on a "
-                            "machine with a network and pass model.pretrained=PATH"), message
+    assert isinstance(err.value, ValueError)
+    assert str(err.value) == (
+        f"cannot get the weights of hf-hub:nvidia/mit-b0: model.safetensors or pytorch_model.bin of nvidia/mit-b0 is "
+        f"not in the cache {hub_cache} and HF_HUB_OFFLINE is set; download "
+        f"https://huggingface.co/nvidia/mit-b0/resolve/main/model.safetensors on a machine with a network and pass "
+        f"model.pretrained=PATH")
+
+
+def test_what_the_hub_answered_is_in_the_line(hub_cache, monkeypatch):
+    """Online (the download function stands in for the hub): unreachable, no such file, no such repository."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    answers, asked = [], []
+
+    def hub(repo, filename, revision=None, local_files_only=False):
+        asked.append((filename, local_files_only))
+        if local_files_only:
+            raise LocalEntryNotFoundError("not cached")
+        raise answers.pop(0)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
+    unreachable = LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub")
+    unreachable.__cause__ = ConnectionError("[Errno -2] Name or service not known")
+    url = "https://huggingface.co/nvidia/mit-b9/resolve/v1/model.safetensors"
+
+    class NoRepository(RepositoryNotFoundError):
+        def __init__(self):  # the hub's answer, without an HTTP response object
+            Exception.__init__(self, "401 Client Error: Repository Not Found")
+
+    cases = (([unreachable], "the hub cannot be reached (ConnectionError: [Errno -2] Name or service not known)"),
+             ([EntryNotFoundError("404")] * 2, "the hub answered: model.safetensors is not in the repository, "
+                                               "pytorch_model.bin is not in the repository"),
+             ([NoRepository()], "the hub answered: no repository nvidia/mit-b9 (or it is private or gated)"))
+    for answer, says in cases:
+        answers[:], asked[:] = answer, []
+        with pytest.raises(PretrainedSourceError) as err:
+            fetch("hf-hub:nvidia/mit-b9@v1")
+        message = str(err.value)
+        assert "\n" not in message and f" of nvidia/mit-b9@v1 is not in the cache {hub_cache} and {says}; download " \
+            f"{url} on a machine" in message, message
+        assert asked[:2] == [("model.safetensors", True), ("pytorch_model.bin", True)]  # the cache first
+        assert not answers  # and nothing asked of the hub after it could not be reached
 
 
 def test_hf_hub_from_the_cache(hub_cache):
@@ -345,7 +382,7 @@ def test_hf_hub_from_the_cache(hub_cache):
 def test_timm_source_uses_timms_hub_file(hub_cache, timm_state):
     repo = timm.models.get_pretrained_cfg("vit_tiny_patch16_224").hf_hub_id
     assert repo == "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"
-    with pytest.raises(PretrainedSourceError, match=f"tried {repo} model.safetensors \\(not in the cache\\)"):
+    with pytest.raises(PretrainedSourceError, match=f"model.safetensors or pytorch_model.bin of {repo} is not in"):
         load_checkpoint(StandInViTEncoder(), "timm:vit_tiny_patch16_224")
     _cache_file(hub_cache, repo, "model.safetensors", timm_state)
     encoder = StandInViTEncoder()
@@ -369,9 +406,9 @@ def test_the_environment_variables_are_respected(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
                          cwd=os.getcwd())
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("cannot get the weights of hf-hub:nvidia/mit-b1: tried nvidia/mit-b1 model.safetensors"
-                                 " (not in the cache)"), out.stdout
-    assert f"cache {tmp_path / 'hf' / 'hub'};" in out.stdout, out.stdout
+    assert out.stdout.startswith(
+        "cannot get the weights of hf-hub:nvidia/mit-b1: model.safetensors or pytorch_model.bin of nvidia/mit-b1 is "
+        f"not in the cache {tmp_path / 'hf' / 'hub'} and HF_HUB_OFFLINE is set;"), out.stdout
 
 
 # ---- the CLI ----------------------------------------------------------------------------------
@@ -384,7 +421,7 @@ def _cli_error(capsys) -> str:
 def test_a_bad_pretrained_is_one_line_at_the_cli(hub_cache, tmp_path, capsys):
     run = ["train", "--config", "synthetic", "--work-dir", str(tmp_path / "run"), *TINY]
     assert main([*run, "model.pretrained=hf-hub:nvidia/mit-b0"]) == 1
-    assert _cli_error(capsys).startswith("tscd: error: cannot get the weights of hf-hub:nvidia/mit-b0: tried")
+    assert _cli_error(capsys).startswith("tscd: error: cannot get the weights of hf-hub:nvidia/mit-b0: model.")
     unknown = tmp_path / "unknown.safetensors"
     save_file({"w": torch.zeros(1)}, unknown)
     assert main([*run, f"model.pretrained={unknown}"]) == 1

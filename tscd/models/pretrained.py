@@ -23,6 +23,7 @@ A remote source (:func:`fetch`) is only contacted when asked (``model.pretrained
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -239,9 +240,15 @@ def _hub_files(spec: str) -> tuple[str, str | None, tuple[str, ...]]:
     return repo, revision or None, (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _HUB_WEIGHTS
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
 def fetch(spec: str) -> Path:
-    """The local file of the remote source ``spec``, downloaded through huggingface_hub's cache
-    (``HF_HOME``) unless it is there already; with ``HF_HUB_OFFLINE=1`` only the cache is used.
+    """The local file of the remote source ``spec``, offline-first: a file in huggingface_hub's
+    cache (``HF_HOME``) is used without asking the hub; otherwise it is downloaded into the cache,
+    unless ``HF_HUB_OFFLINE=1``.
 
     ``hf-hub:owner/name[@revision]`` takes the repository's ``model.safetensors``, else its
     ``pytorch_model.bin``; ``timm:name`` the hub file of timm's pretrained config for ``name``.
@@ -253,22 +260,36 @@ def fetch(spec: str) -> Path:
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     repo, revision, files = _hub_files(spec)
-    tried = []
     for filename in files:
         try:
-            return Path(huggingface_hub.hf_hub_download(repo, filename, revision=revision))
-        except LocalEntryNotFoundError:
-            tried.append(f"{filename} (not in the cache)")
-        except EntryNotFoundError:
-            tried.append(f"{filename} (not in the repository)")
-        except RepositoryNotFoundError:
-            tried.append(f"{filename} (no such repository, or it is private or gated)")
-            break
-        except (OSError, ValueError) as err:  # connection, HTTP and revision errors
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            tried.append(f"{filename} ({type(err).__name__}: {reason})")
-    offline = "HF_HUB_OFFLINE is set, " if constants.is_offline_mode() else ""
+            return Path(huggingface_hub.hf_hub_download(repo, filename, revision=revision, local_files_only=True))
+        except EntryNotFoundError:  # LocalEntryNotFoundError included: not in the cache
+            pass
+    why = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else ""
+    answers = []
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # its retry warnings: the error below says what failed
+    try:
+        for filename in files if not why else ():
+            try:
+                return Path(huggingface_hub.hf_hub_download(repo, filename, revision=revision))
+            except LocalEntryNotFoundError as err:  # not cached, and the hub did not answer
+                cause = err.__cause__ or err.__context__
+                why = f"the hub cannot be reached ({_first_line(cause) if cause else 'no connection'})"
+                break
+            except EntryNotFoundError:
+                answers.append(f"{filename} is not in the repository")
+            except RepositoryNotFoundError:
+                answers.append(f"no repository {repo} (or it is private or gated)")
+                break
+            except (OSError, ValueError) as err:  # HTTP and revision errors
+                answers.append(f"{filename}: {_first_line(err)}")
+    finally:
+        hub_logger.setLevel(level)
+    why = why or "the hub answered: " + ", ".join(answers)
+    at = f"{repo}@{revision}" if revision else repo
     url = f"https://huggingface.co/{repo}/resolve/{revision or 'main'}/{files[0]}"
     raise PretrainedSourceError(
-        f"cannot get the weights of {spec}: tried {repo} {', '.join(tried)}; {offline}cache {constants.HF_HUB_CACHE}; "
-        f"download {url} on a machine with a network and pass model.pretrained=PATH")
+        f"cannot get the weights of {spec}: {' or '.join(files)} of {at} is not in the cache {constants.HF_HUB_CACHE} "
+        f"and {why}; download {url} on a machine with a network and pass model.pretrained=PATH")
