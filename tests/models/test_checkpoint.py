@@ -3,6 +3,7 @@ that pickle code are refused (weights-only loading, always)."""
 import inspect
 import json
 import struct
+import warnings
 import zipfile
 
 import pytest
@@ -172,6 +173,13 @@ def _zip_of_text(path):
         z.writestr("notes.txt", "not a checkpoint")
 
 
+def _torchscript(path):
+    """A torch.jit.save archive, as OpenAI's CLIP ViT-B-16.pt."""
+    with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
+
+
 def _truncated(path, state):
     torch.save(state, path)
     data = path.read_bytes()
@@ -191,6 +199,8 @@ NOT_CHECKPOINTS = {  # name -> (writer, what the message says)
     "folder": (lambda p, s: p.mkdir(), "is a folder"),
     "missing": (lambda p, s: None, "checkpoint not found"),
     "zip": (lambda p, s: _zip_of_text(p), "is a zip archive but not a PyTorch checkpoint"),
+    "torchscript": (lambda p, s: _torchscript(p),
+                    "is a TorchScript archive (as OpenAI's CLIP .pt files), which holds code; tscd loads weights only"),
     "safetensors": (lambda p, s: _damaged_safetensors(p), "is a damaged safetensors file"),
     "truncated": (lambda p, s: _truncated(p, s), "damaged"),
     "truncated_legacy": (lambda p, s: _truncated_legacy(p, s), "damaged"),

@@ -25,6 +25,7 @@ import pickle
 import re
 import struct
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -57,6 +58,15 @@ def _is_safetensors(head: bytes, size: int) -> bool:
     return len(head) >= 9 and head[8:9] == b"{" and 0 < struct.unpack("<Q", head[:8])[0] <= size - 8
 
 
+def _is_torchscript(path: Path) -> bool:
+    """A torch.jit.save archive: a zip with compiled code (``constants.pkl``, ``code/``) beside the weights."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def _refused_global(message: str) -> str:
     """What torch's weights-only unpickler refused, e.g. ``GLOBAL builtins.open`` (else "")."""
     found = re.search(r"WeightsUnpickler error: (?:Unsupported global: )?([^\n]*?)(?: was not an allowed global"
@@ -71,7 +81,7 @@ def read_checkpoint_file(path, map_location="cpu"):
     Only tensors and plain data come back; a file that pickles other objects (code included)
     is refused before anything of it runs. Every failure is a :class:`CheckpointReadError`
     whose one-line message names the file and the reason: not found, a folder, empty, not a
-    ``torch.save`` or safetensors file, damaged, refused.
+    ``torch.save`` or safetensors file, a TorchScript archive, damaged, refused.
     """
     path = Path(path)
     if not path.exists():
@@ -87,6 +97,10 @@ def read_checkpoint_file(path, map_location="cpu"):
         raise CheckpointReadError(f"checkpoint {path} is empty")
     if _is_safetensors(head, path.stat().st_size):
         return _read_safetensors(path, map_location)
+    if head.startswith(_ZIP_MAGIC) and _is_torchscript(path):
+        raise CheckpointReadError(
+            f"{path} is a TorchScript archive (as OpenAI's CLIP .pt files), which holds code; tscd loads weights only: "
+            f"pass a state-dict file instead (for CLIP: model.pretrained=timm:vit_base_patch16_clip_224.openai)")
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
