@@ -273,6 +273,40 @@ def test_dinov2_original_layout(timm_state):
     torch.testing.assert_close(encoder.vit.blocks[0].attn.qkv.weight, timm_state["blocks.0.attn.qkv.weight"])
 
 
+def _openai_clip_visual(vit) -> dict:
+    """``vit``'s weights in OpenAI CLIP's layout (``visual.*``, as open_clip_pytorch_model.bin holds
+    them), with a text-tower key and the image projection beside them."""
+    s = vit.state_dict()
+    out = {"visual.conv1.weight": s["patch_embed.proj.weight"], "visual.class_embedding": s["cls_token"][0, 0],
+           "visual.positional_embedding": s["pos_embed"][0], "visual.proj": torch.randn(s["norm.weight"].numel(), 8),
+           "token_embedding.weight": torch.zeros(10, 8)}
+    for ours, theirs in (("norm_pre", "ln_pre"), ("norm", "ln_post")):
+        out |= {f"visual.{theirs}.{p}": s[f"{ours}.{p}"] for p in ("weight", "bias")}
+    renames = (("norm1", "ln_1"), ("attn.qkv.", "attn.in_proj_"), ("attn.proj", "attn.out_proj"), ("norm2", "ln_2"),
+               ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"))
+    for key, v in s.items():
+        if key.startswith("blocks."):
+            for ours, theirs in renames:
+                key = key.replace(ours, theirs)
+            out["visual.transformer.resblocks." + key[len("blocks."):]] = v
+    return out
+
+
+def test_openai_clip_layout():
+    """OpenAI CLIP's vision tower (pre-norm ViT: no patch-embedding bias), converted by timm; the text tower
+    and the image projection (timm's head) do not reach the encoder."""
+    def clip_like():
+        return timm.models.VisionTransformer(img_size=32, patch_size=16, embed_dim=64, depth=2, num_heads=2,
+                                             pre_norm=True, num_classes=0, dynamic_img_size=True)
+
+    torch.manual_seed(0)
+    source = randomised(clip_like(), seed=9)
+    target = clip_like()
+    report = load_checkpoint(target, _openai_clip_visual(source))
+    assert report["layout"] == "timm" and report["dropped"] == ["head.bias", "head.weight"]
+    _assert_same_state(target.state_dict(), source.state_dict())
+
+
 def test_unknown_layout_for_a_vit_is_one_line(timm_state):
     with pytest.raises(CheckpointMismatchError) as err:
         load_checkpoint(StandInTSCD(), {"foo.weight": torch.zeros(2)})
