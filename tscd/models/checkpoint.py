@@ -59,7 +59,7 @@ def _is_safetensors(head: bytes, size: int) -> bool:
 
 
 def _is_torchscript(path: Path) -> bool:
-    """A torch.jit.save archive: a zip with compiled code (``constants.pkl``, ``code/``) beside the weights."""
+    """A torch.jit.save archive: a zip whose compiled code comes with a ``constants.pkl``."""
     try:
         with zipfile.ZipFile(path) as archive:
             return any(name.endswith("/constants.pkl") for name in archive.namelist())
