@@ -102,3 +102,14 @@ def test_a_checkpoint_with_numpy_objects_names_the_older_format(tmp_path):
     message = str(info.value)
     assert message.startswith(f"refused to load {path}: besides tensors it pickles Python objects")
     assert "numpy" in message and "\n" not in message
+
+
+def test_a_safetensors_file_is_read_but_is_no_training_checkpoint(tmp_path):
+    """safetensors files are read (tensors only), yet a weights file cannot resume training."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.ones(2)}, path)
+    with pytest.raises(ckpt_io.CheckpointError) as info:
+        ckpt_io.load(path)
+    assert str(info.value) == f"{path} is not a tscd training checkpoint (no 'model' entry)"

@@ -3,6 +3,7 @@ that pickle code are refused (weights-only loading, always)."""
 import inspect
 import json
 import struct
+import warnings
 import zipfile
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from tscd.models import TSCD, CheckpointMismatchError, build_backbone, load_checkpoint
 from tscd.models.checkpoint import CheckpointReadError, read_checkpoint_file
+from tscd.models.pretrained import LAYOUTS
 
 
 @pytest.fixture(scope="module")
@@ -160,14 +162,22 @@ def test_pickled_code_is_refused_and_never_runs(pickled_code):
     assert "weights_only" not in inspect.signature(load_checkpoint).parameters  # no way to switch it off
 
 
-def _safetensors(path):
-    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+def _damaged_safetensors(path):
+    """A safetensors header promising 16 bytes of data, followed by 4."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
 
 
 def _zip_of_text(path):
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("notes.txt", "not a checkpoint")
+
+
+def _torchscript(path):
+    """A torch.jit.save archive, as OpenAI's CLIP ViT-B-16.pt."""
+    with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
 
 
 def _truncated(path, state):
@@ -189,7 +199,9 @@ NOT_CHECKPOINTS = {  # name -> (writer, what the message says)
     "folder": (lambda p, s: p.mkdir(), "is a folder"),
     "missing": (lambda p, s: None, "checkpoint not found"),
     "zip": (lambda p, s: _zip_of_text(p), "is a zip archive but not a PyTorch checkpoint"),
-    "safetensors": (lambda p, s: _safetensors(p), "safetensors"),
+    "torchscript": (lambda p, s: _torchscript(p),
+                    "is a TorchScript archive (as OpenAI's CLIP .pt files), which holds code; tscd loads weights only"),
+    "safetensors": (lambda p, s: _damaged_safetensors(p), "is a damaged safetensors file"),
     "truncated": (lambda p, s: _truncated(p, s), "damaged"),
     "truncated_legacy": (lambda p, s: _truncated_legacy(p, s), "damaged"),
 }
@@ -207,6 +219,26 @@ def test_a_file_that_is_not_a_checkpoint_is_named_in_one_line(kind, source, tmp_
         message = str(err.value)
         assert isinstance(err.value, ValueError) and "\n" not in message, message
         assert str(path) in message and says in message, message
+
+
+def test_safetensors_files_load(source, tmp_path):
+    """safetensors holds tensors only: read as they are, in any layout load_checkpoint knows."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "mit_b0.safetensors"
+    save_file({k: v.contiguous() for k, v in source.encoder.state_dict().items()}, path)
+    state = read_checkpoint_file(path)
+    assert state.keys() == source.encoder.state_dict().keys()
+    target = _fresh()
+    assert load_checkpoint(target, path)["target"] == "encoder"
+    _assert_same(source.encoder, target.encoder)
+    _assert_same(source.encoder, TSCD("mit_b0", num_classes=4, pretrained=str(path)).encoder)
+    save_file({"w": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_checkpoint(_fresh(), path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path} is in no weights layout tscd knows for a TSCD"), message
+    assert "(first keys: w)" in message and all(f"{name}: " in message for name in LAYOUTS), message
 
 
 def test_a_mismatch_names_the_file_and_the_first_keys_on_its_first_line(source, tmp_path):

@@ -1,31 +1,42 @@
 """Loading weights into the MiT encoder or the TSCD network.
 
-Accepted files (or already-loaded dicts):
+Accepted files (or already-loaded dicts), their layout detected from the keys:
 - a SegFormer/MiT backbone file (``mit_b1.pth``): the encoder's own keys, possibly with the
   ImageNet ``head.*`` classifier (dropped) and possibly under ``"state_dict"``;
 - a full TSCD/AFA checkpoint: ``encoder.*``, ``decoder.*``, ``classifier.*``, ``attn_proj.*``;
-- one of ours: the same keys under ``"model"``.
+- one of ours: the same keys under ``"model"``;
+- the foreign layouts of :mod:`tscd.models.pretrained`: Hugging Face transformers and mmseg
+  SegFormer checkpoints (converted to MiT's names) and, for a timm ViT encoder, timm, DINOv2 and
+  OpenAI-CLIP checkpoints.
 ``module.`` prefixes (DistributedDataParallel) are stripped. A backbone file loaded into a TSCD
 model fills its encoder; a full checkpoint loaded into a bare encoder gives it ``encoder.*``.
+``hf-hub:owner/name`` and ``timm:name`` fetch the file first (:func:`tscd.models.pretrained.fetch`).
 
-Files are always read weights-only (:func:`read_checkpoint_file`): tensors and plain data
-(dicts, lists, numbers, strings), never pickled objects, so a crafted file cannot run code. A
-file that pickles anything else is refused, whoever wrote it.
+Files are read safely (:func:`read_checkpoint_file`): safetensors files hold tensors only, and
+PyTorch files are read weights-only: tensors and plain data (dicts, lists, numbers, strings),
+never pickled objects, so a crafted file cannot run code. A file that pickles anything else is
+refused, whoever wrote it.
 """
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
 import struct
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .pretrained import LAYOUTS, fetch, is_remote, timm_vit, to_segformer_layout, to_timm_vit
+
 __all__ = ["load_checkpoint", "read_checkpoint_file", "CheckpointMismatchError", "CheckpointReadError"]
+
+logger = logging.getLogger(__name__)
 
 _WRAPPER_KEYS = ("model", "state_dict")
 _LISTED = 20  # keys named per category in an error message
@@ -47,6 +58,15 @@ def _is_safetensors(head: bytes, size: int) -> bool:
     return len(head) >= 9 and head[8:9] == b"{" and 0 < struct.unpack("<Q", head[:8])[0] <= size - 8
 
 
+def _is_torchscript(path: Path) -> bool:
+    """A torch.jit.save archive: a zip whose compiled code comes with a ``constants.pkl``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def _refused_global(message: str) -> str:
     """What torch's weights-only unpickler refused, e.g. ``GLOBAL builtins.open`` (else "")."""
     found = re.search(r"WeightsUnpickler error: (?:Unsupported global: )?([^\n]*?)(?: was not an allowed global"
@@ -55,12 +75,13 @@ def _refused_global(message: str) -> str:
 
 
 def read_checkpoint_file(path, map_location="cpu"):
-    """The contents of the PyTorch checkpoint ``path``, loaded weights-only.
+    """The contents of the checkpoint ``path``: a safetensors file (its tensors, by name) or a
+    PyTorch file loaded weights-only.
 
     Only tensors and plain data come back; a file that pickles other objects (code included)
     is refused before anything of it runs. Every failure is a :class:`CheckpointReadError`
-    whose one-line message names the file and the reason: not found, a folder, empty, a
-    safetensors file, not a ``torch.save`` file, damaged, refused.
+    whose one-line message names the file and the reason: not found, a folder, empty, not a
+    ``torch.save`` or safetensors file, a TorchScript archive, damaged, refused.
     """
     path = Path(path)
     if not path.exists():
@@ -75,8 +96,11 @@ def read_checkpoint_file(path, map_location="cpu"):
     if not head:
         raise CheckpointReadError(f"checkpoint {path} is empty")
     if _is_safetensors(head, path.stat().st_size):
-        raise CheckpointReadError(f"{path} is a safetensors file; tscd reads PyTorch checkpoints (torch.save): "
-                                  f"convert it with torch.save(safetensors.torch.load_file(path), 'weights.pth')")
+        return _read_safetensors(path, map_location)
+    if head.startswith(_ZIP_MAGIC) and _is_torchscript(path):
+        raise CheckpointReadError(
+            f"{path} is a TorchScript archive (as OpenAI's CLIP .pt files), which holds code; tscd loads weights only: "
+            f"pass a state-dict file instead (for CLIP: model.pretrained=timm:vit_base_patch16_clip_224.openai)")
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -98,6 +122,19 @@ def read_checkpoint_file(path, map_location="cpu"):
         raise CheckpointReadError(f"{path} is not a PyTorch checkpoint (a file written by torch.save)")
     reason = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
     raise CheckpointReadError(f"{path} {kind} ({type(failure).__name__}: {reason})")
+
+
+def _read_safetensors(path: Path, map_location) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (a format that holds nothing but tensors)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    device = str(torch.device(map_location)) if isinstance(map_location, (str, torch.device)) else "cpu"
+    try:
+        return load_file(path, device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointReadError(f"{path} is a damaged safetensors file ({type(err).__name__}: {reason})") from None
 
 
 def _unwrap(obj, source: str) -> dict[str, torch.Tensor]:
@@ -125,35 +162,70 @@ def _listing(title: str, keys: list[str]) -> str:
     return f"  {title} ({len(keys)}): {shown}"
 
 
+def _match_layout(model: nn.Module, state: dict[str, torch.Tensor], source: str):
+    """``(target module, its name, layout, state in the target's names, dropped keys)``: the
+    layout of ``state`` detected from its keys (:data:`tscd.models.pretrained.LAYOUTS`), or a
+    one-line :class:`CheckpointMismatchError` listing the known layouts when none fits."""
+    encoder = getattr(model, "encoder", None)
+    encoder = encoder if isinstance(encoder, nn.Module) else None
+    layout, dropped = "segformer", []
+    converted = to_segformer_layout(state)
+    if converted is not None:
+        layout, state, dropped = converted
+    if _is_backbone(state):
+        dropped = sorted(dropped + [k for k in state if k.startswith("head.")])
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        target, name = (encoder, "encoder") if encoder is not None else (model, "model")
+        return target, name, layout, state, dropped
+    vit = timm_vit(model)
+    own = model.state_dict()
+    if (vit is None or vit[0] is not model) and any(k in own for k in state):
+        return model, "model", "tscd", state, dropped
+    if encoder is not None and any(k in encoder.state_dict() for k in state):
+        return encoder, "encoder", "tscd", state, dropped
+    inner = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    if encoder is None and any(k in own for k in inner):
+        return model, "model", "tscd", inner, sorted(k for k in state if not k.startswith("encoder."))
+    if vit is not None:
+        try:
+            converted, dropped = to_timm_vit(state, vit[0])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise CheckpointMismatchError(f"{source}: timm's checkpoint_filter_fn cannot convert it for the "
+                                          f"{vit[1]} ({type(err).__name__}: {err})".splitlines()[0]) from None
+        if any(k in vit[0].state_dict() for k in converted):
+            return vit[0], vit[1], "timm", converted, dropped
+    first = ", ".join(sorted(state)[:3]) + (", …" if len(state) > 3 else "")
+    known = "; ".join(f"{name}: {what}" for name, what in LAYOUTS.items())
+    raise CheckpointMismatchError(f"{source} is in no weights layout tscd knows for a {type(model).__name__} "
+                                  f"(first keys: {first}); known layouts: {known}")
+
+
 def load_checkpoint(model: nn.Module, checkpoint, strict: bool = True, map_location="cpu") -> dict:
-    """Load ``checkpoint`` (a path or a loaded dict) into ``model`` (TSCD or MixVisionTransformer).
+    """Load ``checkpoint`` (a path, ``hf-hub:owner/name[@revision]``, ``timm:name``, or a loaded
+    dict) into ``model`` (TSCD or an encoder).
 
-    A path is read by :func:`read_checkpoint_file` (weights only; a ``CheckpointReadError``
-    names an unusable file). strict=True: every key of the target must be present with the
-    same size and nothing else may be left over, or ``CheckpointMismatchError`` lists the
-    missing, unexpected and size-mismatched keys (its first line names the file and the first
-    key of each kind). strict=False loads the keys that match and reports the others.
+    A remote source is fetched by :func:`tscd.models.pretrained.fetch` (a
+    ``PretrainedSourceError`` says why it cannot be); a path is read by
+    :func:`read_checkpoint_file` (a ``CheckpointReadError`` names an unusable file). The layout
+    is detected from the keys and converted (module docstring). strict=True: every key of the
+    target must be present with the same size and nothing else may be left over, or
+    ``CheckpointMismatchError`` lists the missing, unexpected and size-mismatched keys (its
+    first line names the file and the first key of each kind). strict=False loads the keys that
+    match and reports the others.
 
-    Returns ``{"target": "model" | "encoder", "loaded": [...], "dropped": [...], "missing": [...],
-    "unexpected": [...], "mismatched": [...]}``.
+    Returns ``{"target": "model" | "encoder" | "encoder.vit" | "vit", "layout": ..., "loaded": [...],
+    "dropped": [...], "missing": [...], "unexpected": [...], "mismatched": [...]}``.
     """
     source = "the checkpoint"
     if isinstance(checkpoint, (str, os.PathLike)):
         source = str(checkpoint)
-        checkpoint = read_checkpoint_file(checkpoint, map_location)
+        path = checkpoint
+        if is_remote(source):
+            path = fetch(source)
+            source = f"{source} ({path})"
+        checkpoint = read_checkpoint_file(path, map_location)
     state = _unwrap(checkpoint, source)
-    has_encoder = hasattr(model, "encoder") and isinstance(model.encoder, nn.Module)
-    dropped = []
-    if _is_backbone(state):
-        dropped = sorted(k for k in state if k.startswith("head."))
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    if has_encoder and _is_backbone(state):
-        target, target_name = model.encoder, "encoder"
-    else:
-        target, target_name = model, "model"
-        if not has_encoder and "encoder.patch_embed1.proj.weight" in state:
-            dropped = sorted(k for k in state if not k.startswith("encoder."))
-            state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    target, target_name, layout, state, dropped = _match_layout(model, state, source)
 
     own = target.state_dict()
     missing = sorted(k for k in own if k not in state)
@@ -169,5 +241,7 @@ def load_checkpoint(model: nn.Module, checkpoint, strict: bool = True, map_locat
         raise CheckpointMismatchError("\n".join(lines))
     loadable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     target.load_state_dict(loadable, strict=strict)
-    return {"target": target_name, "loaded": sorted(loadable), "dropped": dropped, "missing": missing,
-            "unexpected": unexpected, "mismatched": mismatched}
+    logger.info("loaded %s (%s layout) into the %s: %d tensors, %d dropped", source, layout, target_name,
+                len(loadable), len(dropped))
+    return {"target": target_name, "layout": layout, "loaded": sorted(loadable), "dropped": dropped,
+            "missing": missing, "unexpected": unexpected, "mismatched": mismatched}
