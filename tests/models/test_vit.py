@@ -126,7 +126,7 @@ def test_patch14_output_stride_and_affinity_grid():
 def test_every_parameter_trains_and_the_affinity_reaches_the_encoder(tiny):
     tiny.zero_grad()
     x = torch.randn(2, 3, 48, 32)
-    cls, seg, attn_pred, _, _ = tiny(x)
+    cls, seg, attn_pred, *_ = tiny(x)
     labels = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
     pseudo = torch.randint(0, 5, (2, 48, 32))
     seg_up = F.interpolate(seg, size=(48, 32), mode="bilinear", align_corners=False)
