@@ -3,12 +3,15 @@ op on the fused backends against the naive reference (``torch``).
 
 Sizes: the CPU demo (hybrid_b0, strides [4,2,1,1], 64×64, K=6; ``demo_mit``: the same with
 MiT-b0) and the VOC training crop
-(MiT-B1, strides [4,2,2,1], 320×320, K=21); on CUDA also the paper's 512×512. The step
+(MiT-B1, strides [4,2,2,1], 320×320, K=21); on CUDA also the paper's 512×512. The backbones
+at ToCo's 448×448 crop (K=21), each with its recipe's settings: ``mitb1_448`` (``voc``),
+``vitb_448`` (``voc_vit_b``: ViT-B/16) and ``clip_frozen_448`` (``voc_clip_frozen``: the
+frozen CLIP ViT-B/16). The step
 covers the multi-scale CAM, VARM refinement, and the seg, dense energy, affinity, SCD and
 ER terms. Where the reference's N×N dense-energy matrix cannot fit in memory the row is
 recorded as out of memory without running it.
 
-    python bench/train_step.py [--sizes demo,voc320] [--backends torch,cpp]
+    python bench/train_step.py [--sizes demo,voc320,vitb_448] [--backends torch,cpp]
 """
 from __future__ import annotations
 
@@ -25,12 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Row, default_device, device_name, measure, timed_backends, write_results  # noqa: E402
 
 _DEMO = ["model.stride=[4,2,1,1]", "model.pooling=topk", "loss.scd_scale=0.5", "cam.scales=[1.0]", "data.num_classes=6"]
+_VOC = ["model.backbone=mit_b1", "model.stride=[4,2,2,1]", "data.num_classes=21"]
+_CROP448 = ["data.num_classes=21", "data.crop_size=448"]
 SIZES = {
-    # name: (overrides, image size, number of classes)
-    "demo": (["model.backbone=hybrid_b0", *_DEMO], 64, 6),
-    "demo_mit": (["model.backbone=mit_b0", *_DEMO], 64, 6),
-    "voc320": (["model.backbone=mit_b1", "model.stride=[4,2,2,1]", "data.num_classes=21"], 320, 21),
-    "voc512": (["model.backbone=mit_b1", "model.stride=[4,2,2,1]", "data.num_classes=21"], 512, 21),
+    # name: (built-in config or None for the defaults, overrides, image size, number of classes)
+    "demo": (None, ["model.backbone=hybrid_b0", *_DEMO], 64, 6),
+    "demo_mit": (None, ["model.backbone=mit_b0", *_DEMO], 64, 6),
+    "voc320": (None, _VOC, 320, 21),
+    "voc512": (None, _VOC, 512, 21),
+    "mitb1_448": ("voc", _CROP448, 448, 21),
+    "vitb_448": ("voc_vit_b", _CROP448, 448, 21),
+    "clip_frozen_448": ("voc_clip_frozen", _CROP448, 448, 21),
 }
 
 
@@ -54,8 +62,8 @@ def step_fn(size_name: str, backend: str, device: str):
     from tscd.config import load_config
     from tscd.engine.builders import build_model, build_objective, build_pseudo_labeler
 
-    overrides, size, k = SIZES[size_name]
-    cfg = load_config(None, overrides + ["data.name=synthetic"], {"train.backend": backend})
+    config, overrides, size, k = SIZES[size_name]
+    cfg = load_config(config, overrides + ["data.name=synthetic"], {"train.backend": backend})
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
     objective = build_objective(cfg, build_pseudo_labeler(cfg)).to(device)
@@ -83,7 +91,7 @@ def main() -> None:
             else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     rows = []
     for size_name in sizes:
-        _, size, _ = SIZES[size_name]
+        _, _, size, _ = SIZES[size_name]
         label = f"{size_name} {size}² B=2"
         for backend in backends:
             if backend == "torch" and _reference_dense_bytes(size) > 0.7 * free:

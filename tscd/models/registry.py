@@ -62,8 +62,9 @@ def _timm_entrypoint(variant: str, registered_as: str):
         model = build_backbone(variant, **kwargs)
         if pretrained:
             if not isinstance(pretrained, str):
-                raise ValueError(f"{registered_as}: nothing is downloaded; pass pretrained='path/to/"
-                                 f"{variant}.pth' (a SegFormer ImageNet file) instead of True")
+                hub = f" or 'hf-hub:nvidia/{variant.replace('_', '-')}'" if variant in MIT_CONFIGS else ""
+                raise ValueError(f"{registered_as}: pass the weights instead of True: pretrained='path/to/"
+                                 f"{variant}.pth' (a SegFormer ImageNet file){hub}")
             from .checkpoint import load_checkpoint
             load_checkpoint(model, pretrained)
         return model

@@ -67,8 +67,10 @@ class TSCD(nn.Module):
             better than gmp on small maps).
         topk_ratio: fraction of positions averaged by ``"topk"`` pooling (at least one).
         embedding_dim: width of the SegFormer head.
-        pretrained: optional path of a checkpoint (SegFormer ImageNet backbone or a full model),
-            loaded with ``tscd.models.load_checkpoint``.
+        pretrained: optional weights for the encoder or the whole model, loaded with
+            ``tscd.models.load_checkpoint``: a file in any layout of ``tscd.models.pretrained``
+            (SegFormer/MiT, Hugging Face, mmseg, timm ViT, a TSCD checkpoint), or a remote source
+            ``hf-hub:<repo>`` / ``timm:<name>`` (the Hugging Face cache first).
         drop_path_rate: stochastic depth of the encoder.
         symmetrize_attention: add the transpose of the concatenated attention logits before
             ``attn_proj`` (S + Sᵀ), as the released AFA/TSCD code does; their ``attn_proj``

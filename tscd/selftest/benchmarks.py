@@ -38,7 +38,8 @@ class Benchmark:
 #: The benchmarks in the order they run (the most informative first, in case the time budget ends).
 #: ``cuda``: SCD B=2 C=20 K=21 at the sampled N=1600 and the dense 4096, 16384 pixels; VARM and PAR
 #: 2×21×256², 10 iterations; dense energy 2×21×256² fwd, fwd+bwd and W·X; dense CRF 375×500, K=21,
-#: 10 iterations; one training step of MiT-B1 at 512², B=2. ``quick``: the same scripts at small sizes
+#: 10 iterations; one training step of MiT-B1 at 512², B=2, and of MiT-B1, ViT-B/16 and the frozen CLIP
+#: ViT-B/16 at 448² with their recipes. ``quick``: the same scripts at small sizes
 #: (on the CPU the training step without the slow reference).
 PLANS = {
     "cuda": (
@@ -46,7 +47,7 @@ PLANS = {
         Benchmark("varm.py", ("varm_refine",), ("--sizes", "256")),
         Benchmark("dense_energy.py", ("dense_energy_loss", "gaussian_product"), ("--sizes", "256")),
         Benchmark("dense_crf.py", ("dense_crf",), ("--sizes", "375x500")),
-        Benchmark("train_step.py", ("train_step",), ("--sizes", "voc512")),
+        Benchmark("train_step.py", ("train_step",), ("--sizes", "voc512,mitb1_448,vitb_448,clip_frozen_448")),
     ),
     "quick": (
         Benchmark("scd.py", ("scd_loss",), ("--sizes", "256")),
