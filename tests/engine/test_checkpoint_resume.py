@@ -88,3 +88,13 @@ def test_atomic_writes_keep_the_usual_permissions(tmp_path):
         assert path.read_text() == '{\n  "a": 1\n}' and [p.name for p in path.parent.iterdir()] == ["m.json"]
     finally:
         os.umask(old)
+
+
+def test_resume_refuses_a_changed_freeze_backbone(tmp_path):
+    """Freezing or unfreezing the encoder changes the optimiser's parameter groups: a resumed run
+    would fail inside torch; it is refused up front, naming the key and the way out."""
+    Trainer(load_config("synthetic", TINY), tmp_path, progress=False).train(stop_at=1)
+    with pytest.raises(ckpt_io.CheckpointError, match=r"model.freeze_backbone=False \(the config says True\).*"
+                                                     r"model.pretrained="):
+        Trainer(load_config("synthetic", [*TINY, "model.freeze_backbone=true"]), tmp_path, resume=True,
+                progress=False)

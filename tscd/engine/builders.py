@@ -79,6 +79,9 @@ def eval_loader(dataset, batch_size: int) -> torch.utils.data.DataLoader:
 #: Settings a checkpoint's weights depend on: a config that differs in one of them cannot load it.
 #: (``model.freeze_backbone`` is not one: a model trained frozen has the same weights' shapes.)
 MODEL_KEYS = ("data.num_classes", "model.backbone", "model.stride", "model.embedding_dim")
+#: Settings a training checkpoint's optimiser state depends on (its parameter groups): a resumed run
+#: cannot change them.
+OPTIMIZER_KEYS = ("model.freeze_backbone",)
 #: Settings that may differ from a checkpoint's without being reported (where the run is written).
 UNREPORTED_KEYS = ("work_dir",)
 
