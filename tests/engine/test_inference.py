@@ -75,7 +75,7 @@ def test_single_scale_protocol_is_one_plain_forward_pass(model):
     images = torch.randn(1, 3, 64, 72)
     fwd, preds = EvalProtocol().predict(model, images, (64, 72))
     with torch.no_grad():
-        cls, seg, _, _, _ = model(images)
+        cls, seg, *_ = model(images)
     assert list(preds) == ["seg"] and torch.equal(fwd.msf, fwd.seg)
     torch.testing.assert_close(fwd.cls, cls)
     expected = F.interpolate(seg, size=(64, 72), mode="bilinear", align_corners=False).argmax(1)
