@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .pretrained import LAYOUTS, fetch, is_remote, timm_vit, to_segformer_layout, to_timm_vit
+from .pretrained import LAYOUTS, error_line, fetch, is_remote, timm_vit, to_segformer_layout, to_timm_vit
 
 __all__ = ["load_checkpoint", "read_checkpoint_file", "CheckpointMismatchError", "CheckpointReadError"]
 
@@ -120,8 +120,7 @@ def read_checkpoint_file(path, map_location="cpu"):
         kind = "is damaged or not a PyTorch checkpoint"
     else:
         raise CheckpointReadError(f"{path} is not a PyTorch checkpoint (a file written by torch.save)")
-    reason = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
-    raise CheckpointReadError(f"{path} {kind} ({type(failure).__name__}: {reason})")
+    raise CheckpointReadError(f"{path} {kind} ({error_line(failure)})")
 
 
 def _read_safetensors(path: Path, map_location) -> dict[str, torch.Tensor]:
@@ -133,8 +132,7 @@ def _read_safetensors(path: Path, map_location) -> dict[str, torch.Tensor]:
     try:
         return load_file(path, device=device)
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointReadError(f"{path} is a damaged safetensors file ({type(err).__name__}: {reason})") from None
+        raise CheckpointReadError(f"{path} is a damaged safetensors file ({error_line(err)})") from None
 
 
 def _unwrap(obj, source: str) -> dict[str, torch.Tensor]:
@@ -191,7 +189,7 @@ def _match_layout(model: nn.Module, state: dict[str, torch.Tensor], source: str)
             converted, dropped = to_timm_vit(state, vit[0])
         except (KeyError, RuntimeError, ValueError) as err:
             raise CheckpointMismatchError(f"{source}: timm's checkpoint_filter_fn cannot convert it for the "
-                                          f"{vit[1]} ({type(err).__name__}: {err})".splitlines()[0]) from None
+                                          f"{vit[1]} ({error_line(err)})") from None
         if any(k in vit[0].state_dict() for k in converted):
             return vit[0], vit[1], "timm", converted, dropped
     first = ", ".join(sorted(state)[:3]) + (", …" if len(state) > 3 else "")

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["LAYOUTS", "PretrainedSourceError", "fetch", "is_remote", "timm_vit", "to_segformer_layout",
-           "to_timm_vit"]
+__all__ = ["LAYOUTS", "PretrainedSourceError", "error_line", "fetch", "is_remote", "timm_vit",
+           "to_segformer_layout", "to_timm_vit"]
 
 #: The layouts ``load_checkpoint`` recognises: name -> what identifies it.
 LAYOUTS = {
@@ -240,7 +240,8 @@ def _hub_files(spec: str) -> tuple[str, str | None, tuple[str, ...]]:
     return repo, revision or None, (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _HUB_WEIGHTS
 
 
-def _first_line(err: BaseException) -> str:
+def error_line(err: BaseException) -> str:
+    """``Type: the first line of its message`` (``Type`` alone for an empty one), for one-line errors."""
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
@@ -276,7 +277,7 @@ def fetch(spec: str) -> Path:
                 return Path(huggingface_hub.hf_hub_download(repo, filename, revision=revision))
             except LocalEntryNotFoundError as err:  # not cached, and the hub did not answer
                 cause = err.__cause__ or err.__context__
-                why = f"the hub cannot be reached ({_first_line(cause) if cause else 'no connection'})"
+                why = f"the hub cannot be reached ({error_line(cause) if cause else 'no connection'})"
                 break
             except EntryNotFoundError:
                 answers.append(f"{filename} is not in the repository")
@@ -284,7 +285,7 @@ def fetch(spec: str) -> Path:
                 answers.append(f"no repository {repo} (or it is private or gated)")
                 break
             except (OSError, ValueError) as err:  # HTTP and revision errors
-                answers.append(f"{filename}: {_first_line(err)}")
+                answers.append(f"{filename}: {error_line(err)}")
     finally:
         hub_logger.setLevel(level)
     why = why or "the hub answered: " + ", ".join(answers)
