@@ -97,19 +97,32 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_config_compatible(stored: TSCDConfig, asked: TSCDConfig, checkpoint) -> dict[str, tuple]:
+def check_config_compatible(stored: TSCDConfig, asked: TSCDConfig, checkpoint, resuming: bool = False
+                            ) -> dict[str, tuple]:
     """Compare the config ``checkpoint`` was trained with (``stored``) with the one ``asked`` for.
 
-    A difference in :data:`MODEL_KEYS` raises a ``CheckpointError`` naming each such key with the
-    stored and the asked value. Returns the other differences, ``{dotted key: (stored, asked)}``
+    A difference in :data:`MODEL_KEYS`, or when ``resuming`` the training run in
+    :data:`OPTIMIZER_KEYS`, raises a ``CheckpointError`` naming each such key with the stored and
+    the asked value. Returns the other differences, ``{dotted key: (stored, asked)}``
     (:data:`UNREPORTED_KEYS` left out), for the caller to report.
     """
     old, new = _flat(to_dict(stored)), _flat(to_dict(asked))
     changed = {key: (old[key], new[key]) for key in old if old[key] != new[key] and key not in UNREPORTED_KEYS}
-    clashes = [f"{key}={changed[key][0]} (the config says {changed[key][1]})" for key in MODEL_KEYS if key in changed]
-    if clashes:
-        raise ckpt_io.CheckpointError(f"{checkpoint} was trained with {', '.join(clashes)}: its weights do not "
-                                      f"fit that model")
+
+    def clashes(keys: tuple[str, ...]) -> str:
+        return ", ".join(f"{key}={changed[key][0]} (the config says {changed[key][1]})" for key in keys
+                         if key in changed)
+
+    weights_clash = clashes(MODEL_KEYS)
+    if weights_clash:
+        raise ckpt_io.CheckpointError(f"{checkpoint} was trained with {weights_clash}: its weights do not fit that "
+                                      f"model")
+    optimizer_clash = clashes(OPTIMIZER_KEYS) if resuming else ""
+    if optimizer_clash:
+        raise ckpt_io.CheckpointError(
+            f"{checkpoint} was trained with {optimizer_clash}, which changes the optimiser's parameter "
+            f"groups: it cannot be resumed so; start a new run in another --work-dir from its weights with "
+            f"model.pretrained={checkpoint}")
     return {key: values for key, values in changed.items() if key not in MODEL_KEYS}
 
 

@@ -40,7 +40,6 @@ from ..config import config_from_dict, to_dict
 from ..data import StreamSampler, build_dataset, collate, resolve_num_classes
 from . import checkpoint as ckpt_io
 from .builders import (
-    OPTIMIZER_KEYS,
     build_model,
     build_objective,
     build_pseudo_labeler,
@@ -176,14 +175,7 @@ class Trainer:
         path = self.work_dir / "checkpoints" / "last.pth"
         state = ckpt_io.load(path) if resume else None
         if state is not None and "config" in state:
-            changed = check_config_compatible(config_from_dict(state["config"]), cfg, path)
-            clashes = [f"{key}={changed[key][0]} (the config says {changed[key][1]})" for key in OPTIMIZER_KEYS
-                       if key in changed]
-            if clashes:
-                raise ckpt_io.CheckpointError(
-                    f"{path} was trained with {', '.join(clashes)}, which changes the optimiser's parameter groups: "
-                    f"it cannot be resumed so; start a new run in another --work-dir from its weights with "
-                    f"model.pretrained={path}")
+            changed = check_config_compatible(config_from_dict(state["config"]), cfg, path, resuming=True)
             if changed and self.main:
                 logger.warning("resuming %s with changed settings: %s", path,
                                ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items()))
