@@ -71,8 +71,8 @@ class TSCDObjective(nn.Module):
                  backend: str = "auto"):
         super().__init__()
         if reuse_forward_cam and 1.0 not in pseudo_labeler.scales:
-            raise ValueError(f"reuse_forward_cam takes the scale-1 CAM from the forward, but the CAM scales "
-                             f"{pseudo_labeler.scales} do not include 1.0")
+            raise ValueError(f"reuse_forward_cam (cam.reuse_forward) takes the scale-1 CAM from the forward, but "
+                             f"the CAM scales (cam.scales) {list(pseudo_labeler.scales)} do not include 1.0")
         self.pseudo_labeler = pseudo_labeler
         self.reuse_forward_cam = reuse_forward_cam
         self.weights = {t: float(weights[t]) for t in TERMS}
