@@ -8,6 +8,7 @@ from tscd.cam import (
     apply_crop_box,
     attention_random_walk,
     cam_to_label,
+    class_argmax,
     crop_box_mask,
     multi_scale_cam,
     normalize_cam,
@@ -98,6 +99,18 @@ def _hand_cam():
     cam[0, 1] = torch.tensor([[0.1, 0.1, 0.1, 0.1], [0.36, 0.35, 0.46, 0.45]])
     cam[0, 2] = torch.tensor([[0.95, 0.95, 0.95, 0.95], [0.95, 0.95, 0.95, 0.95]])  # absent class
     return cam, torch.tensor([[1.0, 1.0, 0.0]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_class_argmax_is_argmax_with_ties_and_nan(dtype):
+    torch.manual_seed(0)
+    scores = torch.randint(0, 3, (4, 5, 7, 9)).to(dtype)  # many ties
+    scores[0, 3, 0, 0] = float("nan")
+    assert torch.equal(class_argmax(scores), scores.argmax(1))
+    assert class_argmax(scores)[0, 0, 0] == 3
+    assert torch.equal(class_argmax(scores[0], dim=0), scores[0].argmax(0))
+    strided = scores.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert torch.equal(class_argmax(strided), scores.argmax(1))
 
 
 def test_pseudo_label_thresholds():

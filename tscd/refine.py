@@ -119,7 +119,7 @@ def refine_cams_with_bkg(
     refined = refiner(small_images, torch.cat(probs, dim=1))
     refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
     label_high, label_low = (
-        keys.gather(1, part.argmax(dim=1).flatten(1)).view(b, h, w) for part in refined.split(kp, dim=1)
+        keys.gather(1, cam_utils.class_argmax(part).flatten(1)).view(b, h, w) for part in refined.split(kp, dim=1)
     )
 
     label = label_high.masked_fill(label_high == 0, ignore_index)

@@ -77,7 +77,7 @@ class Evaluator:
                                                    radius=self.cfg.loss.aff_radius, bkg_score=c.low)
             if self.save_preds is not None:
                 save_predictions(self.save_preds, batch["name"], segs[self.protocol.kinds()[-1]])
-            for kind, p in {**segs, "cam": cam_label, "pseudo": pseudo, "aff": walk.argmax(1)}.items():
+            for kind, p in {**segs, "cam": cam_label, "pseudo": pseudo, "aff": cam_utils.class_argmax(walk)}.items():
                 if p.shape[-2:] != masks.shape[-2:]:
                     p = F.interpolate(p[:, None].float(), size=masks.shape[-2:], mode="nearest")[:, 0].long()
                 mats[kind].update(p, masks)

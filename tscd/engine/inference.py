@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..cam import class_argmax
 from ..constants import CRF_CHOICES, CRF_PRESETS, DEFAULT_CRF_PRESET
 from ..data.base import DatasetError, load_image
 from ..data.transforms import EvalTransform
@@ -154,10 +155,10 @@ class EvalProtocol:
         """
         fwd = multi_scale_forward(model, resize_long_side(images, self.resize_long), self.scales, self.flip)
         up = lambda x: F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # noqa: E731
-        out = {"seg": up(fwd.seg).argmax(1)}
+        out = {"seg": class_argmax(up(fwd.seg))}
         final = up(fwd.msf)
         if self.multi_scale:
-            out["seg_msf"] = final.argmax(1)
+            out["seg_msf"] = class_argmax(final)
         if self.crf != "none":
             if rgb is None:
                 raise ValueError("the CRF needs the images in [0, 1]: pass rgb")
@@ -165,8 +166,9 @@ class EvalProtocol:
             if rgb.shape[-2:] != tuple(size):
                 rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
             preset = CRF_PRESETS[self.crf_preset]
-            out[self.kinds()[-1]] = dense_crf(rgb, final.softmax(1), num_iter=preset.num_iter, smooth=preset.smooth,
-                                              appearance=preset.appearance, backend=self.crf).argmax(1)
+            refined = dense_crf(rgb, final.softmax(1), num_iter=preset.num_iter, smooth=preset.smooth,
+                                appearance=preset.appearance, backend=self.crf)
+            out[self.kinds()[-1]] = class_argmax(refined)
         return fwd, out
 
 

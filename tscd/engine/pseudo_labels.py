@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..cam import class_argmax
 from ..constants import IGNORE_INDEX
 from ..data import DatasetError, build_dataset, collate
 from ..data.base import load_mask
@@ -73,7 +74,7 @@ def crf_on_labels(rgb: torch.Tensor, label: torch.Tensor, cls_labels: torch.Tens
         rest = (1 - CRF_LABEL_CONFIDENCE) / max(n - 1, 1)
         probs = torch.where(sure[None], onehot * (CRF_LABEL_CONFIDENCE - rest) + rest,
                             torch.full_like(onehot, 1.0 / n))
-        refined = dense_crf(rgb[i:i + 1], probs[None], backend=crf)[0].argmax(0)
+        refined = class_argmax(dense_crf(rgb[i:i + 1], probs[None], backend=crf)[0], dim=0)
         out[i] = torch.where(sure, keys[refined], lab)
     return out
 
