@@ -6,7 +6,9 @@
 // that the two object files do not collide).
 #pragma once
 #include <torch/library.h>
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #ifdef __CUDACC__
 #define TSCD_HOST_DEVICE __host__ __device__
