@@ -1,4 +1,4 @@
-"""hybrid_b0: convolutional stages 1–3 + MiT stage 4, with MiT's interface inside TSCD."""
+"""hybrid_b0, hybrid_tiny: convolutional stages 1–3 + MiT stage 4, with MiT's interface inside TSCD."""
 import math
 
 import pytest
@@ -9,26 +9,32 @@ from tscd.losses import AffinityLoss
 from tscd.models import TSCD, build_backbone
 from tscd.models.layers import Block
 
+# name -> (widths, stage-4 heads)
+VARIANTS = {"hybrid_b0": ((32, 64, 160, 256), 8), "hybrid_tiny": ((32, 64, 96, 96), 3)}
 
+
+@pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("stride", [(4, 2, 2, 1), (4, 2, 1, 1), (2, 2, 2, 2)])
-def test_feature_and_attention_shapes_odd_input(stride):
+def test_feature_and_attention_shapes_odd_input(stride, name):
     torch.manual_seed(0)
-    enc = build_backbone("hybrid_b0", stride=stride).eval()
+    widths, heads = VARIANTS[name]
+    enc = build_backbone(name, stride=stride).eval()
     feats, logits = enc(torch.randn(2, 3, 97, 65))
     h, w, sizes = 97, 65, []
     for s in stride:
         h, w = math.ceil(h / s), math.ceil(w / s)
         sizes.append((h, w))
-    assert [tuple(f.shape) for f in feats] == [(2, c, *hw) for c, hw in zip((32, 64, 160, 256), sizes)]
+    assert [tuple(f.shape) for f in feats] == [(2, c, *hw) for c, hw in zip(widths, sizes)]
     n = sizes[3][0] * sizes[3][1]
-    assert [tuple(a.shape) for a in logits] == [(2, 8, n, n)] * 2  # stage 4 only: two MiT blocks
-    assert enc.num_heads[3] == 8 and enc.embed_dims == [32, 64, 160, 256]
+    assert [tuple(a.shape) for a in logits] == [(2, heads, n, n)] * 2  # stage 4 only: two MiT blocks
+    assert enc.num_heads[3] == heads and enc.embed_dims == list(widths)
     assert sum(isinstance(m, Block) for m in enc.modules()) == 2
 
 
-def test_in_tscd_every_parameter_gets_a_gradient():
+@pytest.mark.parametrize("name", VARIANTS)
+def test_in_tscd_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
-    m = TSCD("hybrid_b0", num_classes=4, stride=(4, 2, 1, 1), drop_path_rate=0.0, pooling="topk")
+    m = TSCD(name, num_classes=4, stride=(4, 2, 1, 1), drop_path_rate=0.0, pooling="topk")
     x = torch.randn(2, 3, 64, 48)
     cls, seg, attn_pred, *_ = m(x)
     assert cls.shape == (2, 3) and seg.shape == (2, 4, 16, 12) and attn_pred.shape == (2, 48, 48)
@@ -47,8 +53,9 @@ def test_timm_registry():
     import timm
 
     from tscd.models.hybrid import HybridEncoder
-    model = timm.create_model("hybrid_b0", stride=(4, 2, 1, 1))
-    assert isinstance(model, HybridEncoder) and model.stride == [4, 2, 1, 1]
+    for name, (widths, _) in VARIANTS.items():
+        model = timm.create_model(name, stride=(4, 2, 1, 1))
+        assert isinstance(model, HybridEncoder) and model.stride == [4, 2, 1, 1] and model.embed_dims == list(widths)
 
 
 def test_bad_arguments():

@@ -135,7 +135,7 @@ def test_layernorm_eps_and_segformer_init():
 
 
 def test_timm_registry():
-    assert TIMM_NAMES == {n: n for n in [*MIT_CONFIGS, "hybrid_b0"]}  # timm 1.0 has no mit_* of its own
+    assert TIMM_NAMES == {n: n for n in [*MIT_CONFIGS, "hybrid_b0", "hybrid_tiny"]}  # timm 1.0 has no mit_* of its own
     assert set(timm.list_models("mit_b*")) >= set(MIT_CONFIGS)
     model = timm.create_model("mit_b1", stride=(4, 2, 1, 1), drop_path_rate=0.0)
     assert isinstance(model, MixVisionTransformer) and model.stride == [4, 2, 1, 1]

@@ -203,7 +203,8 @@ def test_build_model_passes_freeze_backbone():
 
 
 def test_errors_name_what_is_accepted():
-    accepted = r"expected one of mit_b0, .*hybrid_b0, or the timm name of a VisionTransformer \(e\.g\. vit_base"
+    accepted = (r"expected one of mit_b0, .*hybrid_b0, hybrid_tiny, or the timm name of a VisionTransformer "
+                r"\(e\.g\. vit_base")
     with pytest.raises(ValueError, match=f"unknown backbone 'vit_nonexistent'; {accepted}"):
         build_backbone("vit_nonexistent")
     with pytest.raises(ValueError, match=f"'resnet18' is not a timm VisionTransformer .*; {accepted}"):
