@@ -70,7 +70,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    # mit_b0 … mit_b5 | hybrid_b0 | the timm name of a ViT (vit_base_patch16_224, vit_base_patch14_dinov2,
+    # mit_b0 … mit_b5 | hybrid_b0 | hybrid_tiny | the timm name of a ViT (vit_base_patch16_224, vit_base_patch14_dinov2,
     # vit_base_patch16_clip_224.openai …: tscd.models.vit)
     backbone: str = "mit_b1"
     stride: List[int] = _list(4, 2, 2, 1)  # per-stage strides of MiT/hybrid; a ViT takes only the default

@@ -4,9 +4,9 @@
 that timm builds as a ``VisionTransformer`` (``vit_base_patch16_224``, ``vit_base_patch14_dinov2``,
 ``vit_base_patch16_clip_224.openai`` ...), a :class:`~tscd.models.vit.ViTEncoder`.
 
-``mit_b0`` … ``mit_b5`` (:mod:`tscd.models.mit`) and ``hybrid_b0`` (:mod:`tscd.models.hybrid`)
-are registered with timm when this module is imported, so ``timm.create_model("mit_b1",
-stride=(4, 2, 2, 1))`` builds them. A name timm already defines is registered as
+``mit_b0`` … ``mit_b5`` (:mod:`tscd.models.mit`), ``hybrid_b0`` and ``hybrid_tiny``
+(:mod:`tscd.models.hybrid`) are registered with timm when this module is imported, so
+``timm.create_model("mit_b1", stride=(4, 2, 2, 1))`` builds them. A name timm already defines is registered as
 ``tscd_<name>`` instead (logged at DEBUG); :data:`TIMM_NAMES` says under which name each
 variant went.
 """
@@ -33,7 +33,7 @@ _ACCEPTED = (f"expected one of {', '.join(BACKBONES)}, or the timm name of a Vis
 
 
 def build_backbone(name: str = "mit_b1", stride=DEFAULT_STRIDE, drop_path_rate: float = 0.1, **kwargs) -> nn.Module:
-    """One of ``mit_b0`` … ``mit_b5`` (or the hybrid ``hybrid_b0``) with the given per-stage strides,
+    """One of ``mit_b0`` … ``mit_b5`` (or the hybrids ``hybrid_b0``, ``hybrid_tiny``) with the given strides,
     or a timm ViT by its timm name (:class:`~tscd.models.vit.ViTEncoder`; its stride is its patch
     size, so ``stride`` must stay :data:`DEFAULT_STRIDE`). A ValueError lists what is accepted."""
     if name in MIT_CONFIGS:

@@ -54,8 +54,9 @@ class TSCD(nn.Module):
     """TSCD / AFA network.
 
     Args:
-        backbone: ``"mit_b0"`` … ``"mit_b5"``, ``"hybrid_b0"`` (convolutional stages 1–3 +
-            MiT-b0's stage 4; learns much faster from random initialisation, see tscd.models.hybrid),
+        backbone: ``"mit_b0"`` … ``"mit_b5"``, ``"hybrid_b0"`` / ``"hybrid_tiny"`` (convolutional
+            stages 1–3 + a MiT stage 4; learn much faster from random initialisation, see
+            tscd.models.hybrid),
             or the timm name of a ViT (``"vit_base_patch16_224"``, ``"vit_base_patch14_dinov2"``,
             ``"vit_base_patch16_clip_224.openai"`` ...: :class:`~tscd.models.vit.ViTEncoder`).
         num_classes: K, background included (the classifier predicts the K−1 foreground classes).
