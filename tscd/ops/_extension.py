@@ -79,7 +79,8 @@ def _jit_build() -> None:
         logger.debug("tscd: loading the C++ extension built in %s", directory)
     else:
         logger.info("tscd: compiling the C++%s extension into %s (%d files; once per version of its sources, "
-                    "about a minute per file)...", "/CUDA" if with_cuda else "", directory, len(sources))
+                    "about 10 s of CPU per C++ file%s)...", "/CUDA" if with_cuda else "", directory, len(sources),
+                    ", a minute per CUDA file" if with_cuda else "")
     directory.mkdir(parents=True, exist_ok=True)
     load(
         name=name,
