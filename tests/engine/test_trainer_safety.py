@@ -203,3 +203,19 @@ def test_deterministic_runs_are_bit_identical(tmp_path, monkeypatch):
     b.train()
     assert seen == [True, True] and not torch.are_deterministic_algorithms_enabled()
     _assert_same_state(a, b)
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_the_ops_backends_are_resolved_before_the_first_step(tmp_path, monkeypatch, backend):
+    """A first build of the C++ extension happens while the trainer is built, before the first
+    step and the ETA measured on it, not at the first refinement (the demo's first evaluation)."""
+    from tscd.engine import trainer as trainer_module
+    from tscd.engine.builders import TRAINING_OPS, prepare_backends
+    from tscd.ops.backends import can_run
+
+    resolved = []
+    monkeypatch.setattr(trainer_module, "prepare_backends",
+                        lambda cfg, device: resolved.append(prepare_backends(cfg, device)))
+    trainer = Trainer(_cfg(f"train.backend={backend}"), tmp_path, progress=False)
+    expected = "torch" if backend == "torch" or not can_run("cpp", "cpu") else "cpp"
+    assert trainer.step == 0 and resolved == [{op: expected for op in TRAINING_OPS}]

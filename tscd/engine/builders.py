@@ -15,6 +15,7 @@ from ..constants import REFINE_MODES
 from ..data import collate, dataset_num_classes
 from ..losses.objective import TSCDObjective
 from ..models import TSCD, load_checkpoint
+from ..ops.backends import resolve
 from ..refine import PseudoLabeler
 from . import checkpoint as ckpt_io
 
@@ -70,6 +71,17 @@ def build_objective(cfg: TSCDConfig, pseudo_labeler: PseudoLabeler) -> TSCDObjec
         dense_sigma_xy=lc.dense_sigma_xy, dense_scale=lc.dense_scale,
         scd_samples=None if lc.scd_dense else lc.scd_samples, scd_scale=lc.scd_scale, aff_radius=lc.aff_radius,
         er_released=lc.er_released, reuse_forward_cam=cfg.cam.reuse_forward, backend=cfg.train.backend)
+
+
+#: The ops a training step calls (through the objective and the pseudo labeler).
+TRAINING_OPS = ("varm_affinity", "varm_refine", "scd_loss", "dense_energy_loss")
+
+
+def prepare_backends(cfg: TSCDConfig, device: torch.device) -> dict[str, str]:
+    """{op: backend} for :data:`TRAINING_OPS` under ``train.backend``, resolved now: a first build
+    of the C++ extension happens here, before the first step (and before the ETA is measured),
+    not at the first refinement, and a build that fails falls back with its warning up front."""
+    return {op: resolve(op, cfg.train.backend, device.type) for op in TRAINING_OPS}
 
 
 def eval_loader(dataset, batch_size: int) -> torch.utils.data.DataLoader:

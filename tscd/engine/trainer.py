@@ -46,6 +46,7 @@ from .builders import (
     check_config_compatible,
     eval_loader,
     pick_device,
+    prepare_backends,
     setup_runtime,
 )
 from .distributed import init_distributed
@@ -183,6 +184,7 @@ class Trainer:
         self.model = build_model(cfg, pretrained=state is None).to(self.device)
         self.pseudo_labeler = build_pseudo_labeler(cfg)
         self.objective = build_objective(cfg, self.pseudo_labeler).to(self.device)
+        prepare_backends(cfg, self.device)
         net = self.model
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
