@@ -107,15 +107,13 @@ def _background(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndar
 def _contrasting_colour(rng: np.random.Generator, behind: np.ndarray, min_distance: float = 0.35) -> np.ndarray:
     """A random colour at least ``min_distance`` (mean absolute difference) from ``behind``,
     so that an object is visible against what it covers (its shape stays the class cue)."""
-    behind = [float(b) for b in behind]
+    b0, b1, b2 = (float(b) for b in behind)
     for _ in range(20):
         colour = rng.uniform(0, 1, 3)
-        # np.abs(colour - behind).mean(), in Python floats: the same sum, without numpy's
-        # per-call cost on three numbers
-        if (abs(colour[0] - behind[0]) + abs(colour[1] - behind[1]) + abs(colour[2] - behind[2])) / 3 \
-                >= min_distance:
+        # the mean absolute difference in Python floats: numpy's per-call cost dominates on three numbers
+        if (abs(colour[0] - b0) + abs(colour[1] - b1) + abs(colour[2] - b2)) / 3 >= min_distance:
             return colour
-    return np.where(np.array(behind) > 0.5, 0.0, 1.0)
+    return np.where(behind > 0.5, 0.0, 1.0)
 
 
 @functools.cache
