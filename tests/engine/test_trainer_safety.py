@@ -17,8 +17,11 @@ import yaml
 from tscd.config import load_config
 from tscd.data import DatasetError
 from tscd.engine import checkpoint as ckpt_io
+from tscd.engine import trainer as trainer_module
+from tscd.engine.builders import TRAINING_OPS, prepare_backends
 from tscd.engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 from tscd.losses.objective import TSCDObjective
+from tscd.ops.backends import can_run
 
 from . import TINY
 
@@ -209,10 +212,6 @@ def test_deterministic_runs_are_bit_identical(tmp_path, monkeypatch):
 def test_the_ops_backends_are_resolved_before_the_first_step(tmp_path, monkeypatch, backend):
     """A first build of the C++ extension happens while the trainer is built, before the first
     step and the ETA measured on it, not at the first refinement (the demo's first evaluation)."""
-    from tscd.engine import trainer as trainer_module
-    from tscd.engine.builders import TRAINING_OPS, prepare_backends
-    from tscd.ops.backends import can_run
-
     resolved = []
     monkeypatch.setattr(trainer_module, "prepare_backends",
                         lambda cfg, device: resolved.append(prepare_backends(cfg, device)))
