@@ -130,6 +130,7 @@ class LossConfig:
 class OptimConfig:
     lr: float = 6e-5
     head_lr_mult: float = 10.0  # lr multiplier of the classifier + attn_proj and decoder groups (§1)
+    decoder_lr_mult: Optional[float] = None  # the decoder group's own multiplier (None: head_lr_mult)
     norm_lr_mult: float = 0.0  # lr multiplier of the encoder's LayerNorms (§1 freezes them: 0)
     betas: List[float] = _list(0.9, 0.999)
     weight_decay: float = 0.01
@@ -415,6 +416,7 @@ VALID_VALUES: dict[str, Union[Bounds, Items]] = {
     "loss.aff_radius": _NON_NEGATIVE,
     "optim.lr": _POSITIVE,
     "optim.head_lr_mult": _NON_NEGATIVE,
+    "optim.decoder_lr_mult": _NON_NEGATIVE,
     "optim.norm_lr_mult": _NON_NEGATIVE,
     "optim.betas": Items(Bounds(0, 1, high_open=True), 2),
     "optim.weight_decay": _NON_NEGATIVE,

@@ -40,7 +40,7 @@ def test_warmup_then_poly():
 
 
 def test_optimizer_groups_follow_the_config():
-    from tscd.config import load_config
+    from tscd.config import apply, load_config
     from tscd.engine.builders import build_model
     from tscd.engine.schedule import build_optimizer, build_scheduler
 
@@ -52,4 +52,9 @@ def test_optimizer_groups_follow_the_config():
     build_scheduler(opt, cfg)
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs == pytest.approx({"encoder": 1e-3, "encoder_norm": 5e-4, "heads": 3e-3, "decoder": 3e-3})
+    # the decoder's own multiplier, when set, replaces head_lr_mult for the decoder only
+    cfg = apply(cfg, values={"optim.decoder_lr_mult": 5.0})
+    opt = build_optimizer(build_model(cfg), cfg)
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == pytest.approx({"encoder": 1e-3, "encoder_norm": 5e-4, "heads": 3e-3, "decoder": 5e-3})
     assert load_config().optim.norm_lr_mult == 0.0  # method §1: frozen encoder norms by default

@@ -25,8 +25,9 @@ def build_optimizer(model, cfg) -> torch.optim.AdamW:
     the same, in the same order, for every model: the first is always the encoder's, at the base lr.
     """
     o = cfg.optim
+    decoder_mult = o.head_lr_mult if o.decoder_lr_mult is None else o.decoder_lr_mult
     policy = {"encoder": (1.0, o.weight_decay), "encoder_norm": (o.norm_lr_mult, 0.0),
-              "heads": (o.head_lr_mult, o.weight_decay), "decoder": (o.head_lr_mult, o.weight_decay)}
+              "heads": (o.head_lr_mult, o.weight_decay), "decoder": (decoder_mult, o.weight_decay)}
     groups = [{"name": name, "params": params, "lr": o.lr * policy[name][0], "lr_mult": policy[name][0],
                "weight_decay": policy[name][1]} for name, params in model.param_groups().items()]
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
