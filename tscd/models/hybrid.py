@@ -9,8 +9,8 @@ hybrid design of the ViT paper (Dosovitskiy et al., 2021).
 
 - ``hybrid_b0``: MiT-b0's widths (32, 64, 160, 256) and its stage 4 (two blocks, eight heads).
 - ``hybrid_tiny``: widths (32, 64, 96, 96), stage 4 two blocks of three heads; 2.3× cheaper
-  per demo step than ``hybrid_b0``, for seg mIoU 0.59–0.61 on the demo against hybrid_b0's
-  0.60–0.63 (README, "The demo, measured").
+  per demo step than ``hybrid_b0``: the demo's encoder (figures of both in the README, "The
+  demo, measured").
 
 They have the interface of :class:`~tscd.models.mit.MixVisionTransformer`; the layers they
 share with MiT live in :mod:`tscd.models.layers`.
