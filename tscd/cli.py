@@ -119,7 +119,7 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
 
 
 #: ``tscd demo``'s train + evaluate time on the README's quiet 2-core machine ("The demo, measured").
-DEMO_MINUTES = 7
+DEMO_MINUTES = 5
 
 
 def cmd_demo(args) -> int:

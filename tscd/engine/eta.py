@@ -7,9 +7,9 @@ steps, and the estimate says so.
 """
 from __future__ import annotations
 
-#: A step with every term costs about this many L_cls-only steps (2.7 measured for the synthetic
+#: A step with every term costs about this many L_cls-only steps (2.4 measured for the synthetic
 #: demo's hybrid_tiny on a 2-core CPU, 2.2–2.7 for hybrid_b0); replaced by the measured ratio once known.
-FULL_STEP_COST = 2.7
+FULL_STEP_COST = 2.4
 #: Steps of a kind that are timed before an estimate is reported from them.
 MEASURED_STEPS = 20
 
