@@ -7,8 +7,11 @@ cannot give the same weights and optimiser state.
 """
 import logging
 import math
+import multiprocessing
 import os
 import signal
+import subprocess
+import time
 
 import pytest
 import torch
@@ -98,6 +101,41 @@ def test_a_signal_stops_at_the_step_boundary_and_resume_is_exact(tmp_path, monke
     assert _last(work)["step"] == 3  # iteration 3 was finished, not cut off
     monkeypatch.undo()
     _assert_same_state(reference, _resume(work, "data.num_workers=1"))
+
+
+def test_a_signal_to_the_whole_process_group_stops_the_run_as_an_interruption(tmp_path, monkeypatch, reference):
+    """SIGTERM sent to every process of the run (``kill -- -PGID``, ``timeout``, a cluster's
+    scheduler cancelling the job) kills the loader's worker too (torch's worker dies of a SIGTERM
+    that its parent did not send), and torch raises that into the main process mid-step: the
+    iteration under way must still finish, and the run stop as interrupted by SIGTERM."""
+    sigchld = []
+
+    def terminate_all(model, total, terms):
+        workers = multiprocessing.active_children()
+        assert workers  # the loader's
+        sigchld.append(signal.getsignal(signal.SIGCHLD))  # torch's, installed with the workers
+        subprocess.run(["kill", "-TERM", str(os.getpid()), *(str(w.pid) for w in workers)], check=True)
+        time.sleep(2.0)  # the worker dies meanwhile: torch's SIGCHLD handler would raise here
+
+    _after_forward(monkeypatch, 3, terminate_all)
+    work = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as stopped:
+        Trainer(_cfg("data.num_workers=1"), work, progress=False).train()
+    assert stopped.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGCHLD) is sigchld[0]  # put back once stopped
+    assert _last(work)["step"] == 3
+    monkeypatch.undo()
+    _assert_same_state(reference, _resume(work, "data.num_workers=1"))
+
+
+def test_a_loader_worker_ignores_ctrl_c():
+    """Ctrl-C reaches the whole process group: the main process handles it, the worker does not."""
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        trainer_module._leave_interrupts_to_the_main_process(0)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_a_second_signal_stops_at_once_keeping_the_last_completed_iteration(tmp_path, monkeypatch, reference,

@@ -12,7 +12,9 @@ Nothing is lost, nothing half-done is kept:
   asked (:func:`~tscd.engine.workdir.claim_work_dir`, with ``resume`` / ``overwrite``);
 * checkpoints hold the state between two iterations. SIGINT / SIGTERM let the iteration under
   way finish, save last.pth and raise :class:`TrainingInterrupted` (a second signal stops at
-  once); any other failure in the loop saves last.pth as it was when the last iteration ended
+  once), also when the signal went to every process of the run, loader workers included
+  (Ctrl-C in a terminal, ``kill -- -PGID``, a scheduler cancelling the job); any other
+  failure in the loop saves last.pth as it was when the last iteration ended
   (:meth:`Trainer._keep_last_good_state`). Resuming either gives an uninterrupted run's
   weights, bit for bit;
 * a non-finite loss stops the run naming the term and the iteration (:class:`NonFiniteLossError`);
@@ -117,6 +119,11 @@ class _StopSignals:
             self._restore()
             raise TrainingInterrupted(signum)
         self.signum = signum
+        if hasattr(signal, "SIGCHLD"):
+            # A signal sent to every process of the run also kills the loader's workers, and torch
+            # raises a worker's death into the main process from its SIGCHLD handler, wherever that
+            # is: the iteration under way would fail instead of finishing. The run stops anyway.
+            self._previous.setdefault(signal.SIGCHLD, signal.signal(signal.SIGCHLD, signal.SIG_DFL))
         logger.warning("%s: stopping after this iteration (once more to stop at once)", signal.Signals(signum).name)
 
     def _restore(self) -> None:
@@ -126,6 +133,32 @@ class _StopSignals:
 
     def __exit__(self, *exc) -> None:
         self._restore()
+
+
+def _leave_interrupts_to_the_main_process(worker_id: int) -> None:
+    """A loader worker's ``worker_init_fn``: Ctrl-C in a terminal reaches every process of the
+    run; the main process stops at the step boundary and shuts the workers down (a worker would
+    otherwise run the inherited :class:`_StopSignals` handler and announce the stop a second time)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _worker_died(err: BaseException) -> bool:
+    """Whether ``err`` is torch's report of a loader worker that died or exited (raised when a
+    batch is awaited, or from its SIGCHLD handler wherever the main process is)."""
+    return isinstance(err, RuntimeError) and str(err).startswith("DataLoader worker")
+
+
+def _shut_down_workers(batches) -> None:
+    """Shut the loader's workers down now, so that one that dies afterwards (of a SIGTERM sent to
+    the whole run) can no longer raise into the main process while it saves a checkpoint."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multi-process iterator
+    if shutdown is None:
+        return
+    try:
+        shutdown()
+    except RuntimeError as err:
+        if not _worker_died(err):
+            raise
 
 
 @contextlib.contextmanager
@@ -307,7 +340,8 @@ class Trainer:
         loader = torch.utils.data.DataLoader(self.train_set, batch_size=c.batch_size, sampler=sampler,
                                              num_workers=c.num_workers, collate_fn=collate,
                                              persistent_workers=c.num_workers > 0, prefetch_factor=None
-                                             if c.num_workers == 0 else 4)
+                                             if c.num_workers == 0 else 4,
+                                             worker_init_fn=_leave_interrupts_to_the_main_process)
         return iter(loader)
 
     def _open_writer(self):
@@ -385,7 +419,14 @@ class Trainer:
                 stop, due = self._agree(signals.signum, int(due))
                 if due and self._saved_step != self.step:
                     self.save()
+            _shut_down_workers(batches)
         except BaseException as err:
+            _shut_down_workers(batches)
+            if signals.signum and _worker_died(err):
+                # the stop signal also killed the loader's worker while a batch was awaited
+                interrupted = TrainingInterrupted(signals.signum)
+                self._keep_last_good_state(interrupted)
+                raise interrupted from err
             self._keep_last_good_state(err)
             raise
         finally:
