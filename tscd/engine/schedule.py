@@ -20,9 +20,10 @@ def build_optimizer(model, cfg) -> torch.optim.AdamW:
 
     Per group (method §1, with the multipliers of ``optim``): encoder lr × 1; encoder norms
     lr × ``norm_lr_mult`` (0: frozen) without weight decay; heads and decoder lr ×
-    ``head_lr_mult`` (10). Each group carries its ``name`` and ``lr_mult``. Every group is
-    kept, empty ones too (a frozen encoder's, ``model.freeze_backbone``), so that the groups are
-    the same, in the same order, for every model: the first is always the encoder's, at the base lr.
+    ``head_lr_mult`` (10), the decoder × ``decoder_lr_mult`` instead when set. Each group
+    carries its ``name`` and ``lr_mult``. Every group is kept, empty ones too (a frozen
+    encoder's, ``model.freeze_backbone``), so that the groups are the same, in the same order,
+    for every model: the first is always the encoder's, at the base lr.
     """
     o = cfg.optim
     decoder_mult = o.head_lr_mult if o.decoder_lr_mult is None else o.decoder_lr_mult
