@@ -103,6 +103,7 @@ def test_a_signal_stops_at_the_step_boundary_and_resume_is_exact(tmp_path, monke
     _assert_same_state(reference, _resume(work, "data.num_workers=1"))
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # "Signal 17 ignored ..."
 def test_a_signal_to_the_whole_process_group_stops_the_run_as_an_interruption(tmp_path, monkeypatch, reference):
     """SIGTERM sent to every process of the run (``kill -- -PGID``, ``timeout``, a cluster's
     scheduler cancelling the job) kills the loader's worker too (torch's worker dies of a SIGTERM

@@ -96,6 +96,10 @@ class NonFiniteWeightsError(FloatingPointError):
     """A checkpoint refused: the weights are not finite."""
 
 
+def _ignore_child_exit(signum, frame) -> None:
+    """SIGCHLD handler of a run that is stopping (see :class:`_StopSignals`)."""
+
+
 class _StopSignals:
     """SIGINT and SIGTERM while training (main thread only, unless the process ignores them, as a
     background job ignores SIGINT): the first sets :attr:`signum` for the loop to stop after the
@@ -122,8 +126,9 @@ class _StopSignals:
         if hasattr(signal, "SIGCHLD"):
             # A signal sent to every process of the run also kills the loader's workers, and torch
             # raises a worker's death into the main process from its SIGCHLD handler, wherever that
-            # is: the iteration under way would fail instead of finishing. The run stops anyway.
-            self._previous.setdefault(signal.SIGCHLD, signal.signal(signal.SIGCHLD, signal.SIG_DFL))
+            # is: the iteration under way would fail instead of finishing. The run stops anyway. (A
+            # no-op handler, not SIG_DFL: Python reports a signal it caught but can no longer handle.)
+            self._previous.setdefault(signal.SIGCHLD, signal.signal(signal.SIGCHLD, _ignore_child_exit))
         logger.warning("%s: stopping after this iteration (once more to stop at once)", signal.Signals(signum).name)
 
     def _restore(self) -> None:
