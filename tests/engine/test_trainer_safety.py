@@ -129,6 +129,34 @@ def test_a_signal_to_the_whole_process_group_stops_the_run_as_an_interruption(tm
     _assert_same_state(reference, _resume(work, "data.num_workers=1"))
 
 
+def test_a_worker_found_dead_after_a_stop_signal_counts_as_the_interruption(tmp_path, monkeypatch, reference):
+    """A signal that arrives while the main process awaits a batch, and killed the worker that was
+    to send it: torch reports the worker's exit when the wait times out; the run stops as
+    interrupted, keeping the last completed iteration."""
+    loader = Trainer._loader
+
+    def dying_loader(self):
+        batches = loader(self)
+
+        def stream():
+            for served, batch in enumerate(batches):
+                if served == 2:  # the batch of iteration 3
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    raise RuntimeError("DataLoader worker (pid(s) 12345) exited unexpectedly")
+                yield batch
+        return stream()
+
+    monkeypatch.setattr(Trainer, "_loader", dying_loader)
+    work = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as stopped:
+        Trainer(_cfg(), work, progress=False).train()
+    assert stopped.value.signum == signal.SIGTERM
+    assert isinstance(stopped.value.__cause__, RuntimeError)
+    assert _last(work)["step"] == 2
+    monkeypatch.undo()
+    _assert_same_state(reference, _resume(work))
+
+
 def test_a_loader_worker_ignores_ctrl_c():
     """Ctrl-C reaches the whole process group: the main process handles it, the worker does not."""
     before = signal.getsignal(signal.SIGINT)
