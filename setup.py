@@ -1,43 +1,42 @@
 """Packaging for tscd.
 
-Everything ships inside the ``tscd`` package: the Triton kernels as ``tscd.kernels``, the
-C++/CUDA sources of ``tscd/csrc`` as package data (the extension is compiled just in time on
-first use) and the YAML files of ``tscd/configs``. ``TSCD_BUILD_EXT=1`` compiles the
-extension ahead of time into ``tscd/_C*.so`` instead; ``TSCD_FORCE_CUDA=1`` adds the CUDA
-sources even where no GPU is visible (CI compile check).
+The repository's top-level folders are installed inside the ``tscd`` package: ``kernels/`` as
+``tscd.kernels`` (the Triton kernels and the native build) and ``csrc/`` as the data package
+``tscd._csrc`` (the C++/CUDA sources, compiled just in time on first use), with the YAML files of
+``tscd/configs``. ``TSCD_BUILD_EXT=1`` compiles the library ahead of time instead
+(``pip install --no-build-isolation .``: the build needs the installed torch), with the sources
+and flags of :mod:`tscd.kernels.extension`; ``TSCD_FORCE_CUDA=1`` adds the CUDA sources even where
+no GPU is visible (CI's compile check).
 """
-import glob
+import importlib.util
 import os
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
-CSRC = os.path.join("tscd", "csrc")
+ROOT = Path(__file__).resolve().parent
+MAPPED = {"tscd.kernels": "kernels", "tscd._csrc": "csrc"}
 
 
-def extension_build():
+def native_build():
+    """The ahead-of-time extension and its build command, when ``TSCD_BUILD_EXT=1``."""
     if os.environ.get("TSCD_BUILD_EXT") != "1":
         return [], {}
     import torch
-    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension
 
-    sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")))
-    with_cuda = os.environ.get("TSCD_FORCE_CUDA") == "1" or (
-        torch.cuda.is_available() and CUDA_HOME is not None
-    )
-    flags = {"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math"]}
-    if with_cuda:
-        sources += sorted(glob.glob(os.path.join(CSRC, "*.cu")))
-        ext = CUDAExtension("tscd._C", sources, include_dirs=[os.path.abspath(CSRC)], extra_compile_args=flags)
-    else:
-        ext = CppExtension("tscd._C", sources, include_dirs=[os.path.abspath(CSRC)],
-                           extra_compile_args={"cxx": flags["cxx"]})
-    return [ext], {"build_ext": BuildExtension}
+    spec = importlib.util.spec_from_file_location("tscd_native_build", ROOT / "kernels" / "extension.py")
+    extension = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extension)
+    with_cuda = os.environ.get("TSCD_FORCE_CUDA") == "1" or (torch.cuda.is_available() and CUDA_HOME is not None)
+    return [extension.setuptools_extension(Path(MAPPED["tscd._csrc"]), with_cuda)], {"build_ext": BuildExtension}
 
 
-ext_modules, cmdclass = extension_build()
+ext_modules, cmdclass = native_build()
 setup(
-    packages=find_packages(include=["tscd", "tscd.*"]),
-    package_data={"tscd": ["csrc/*.cpp", "csrc/*.cu", "csrc/*.h", "csrc/*.cuh", "configs/*.yaml"]},
+    packages=find_packages(include=["tscd", "tscd.*"]) + list(MAPPED),
+    package_dir=MAPPED,
+    package_data={"tscd": ["configs/*.yaml"], "tscd._csrc": ["*.cpp", "*.cu", "*.h", "*.cuh"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -1,5 +1,5 @@
 """The GPU launch configurations of the Triton wrappers against their ``compile_variants()`` (what
-``bench/gpu_compile.py`` compiles ahead of time), and one ahead-of-time compile for sm_90."""
+``python -m tscd.kernels.compile_check`` compiles ahead of time), and one ahead-of-time compile for sm_90."""
 import json
 import math
 import os
@@ -90,9 +90,7 @@ def test_varm_affinity_rejects_too_many_dilations():
 
 # The bilateral product of the dense CRF and energy loss: 21 classes, 5 features.
 _AOT_SNIPPET = """
-import sys
-sys.path.insert(0, "bench")
-from gpu_compile import _compile_triton
+from tscd.kernels.compile_check import _compile_triton
 from tscd.kernels import gaussian
 from tscd.kernels.utils import compile_variant
 label = compile_variant(gaussian._gaussian_product_kernel, {}, gaussian._launch_config(21, 5)).label

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 import tscd
+import tscd.kernels
 
-PACKAGE = Path(tscd.__file__).resolve().parent
+#: Where each package's modules lie: ``tscd.kernels`` is the repository's top-level ``kernels/``.
+PACKAGE_ROOTS = {package.__name__: Path(package.__file__).resolve().parent for package in (tscd, tscd.kernels)}
 LAYERS = {
     "tscd": 0, "tscd.constants": 0, "tscd.log": 0, "tscd.config": 0,
     "tscd.kernels": 1,
@@ -60,11 +62,19 @@ def violations(source: str, module: str, is_package: bool = False) -> list[str]:
 
 
 def modules():
-    for path in sorted(PACKAGE.rglob("*.py")):
-        rel = path.relative_to(PACKAGE.parent).with_suffix("")
-        parts = list(rel.parts)
-        is_package = parts[-1] == "__init__"
-        yield ".".join(parts[:-1] if is_package else parts), path, is_package
+    found = {}
+    for package, root in PACKAGE_ROOTS.items():
+        for path in sorted(root.rglob("*.py")):
+            parts = package.split(".") + list(path.relative_to(root).with_suffix("").parts)
+            is_package = parts[-1] == "__init__"
+            found.setdefault(".".join(parts[:-1] if is_package else parts), (path, is_package))
+    for module, (path, is_package) in sorted(found.items()):
+        yield module, path, is_package
+
+
+def test_the_kernel_layer_is_seen():
+    assert {"tscd.kernels", "tscd.kernels.extension", "tscd.kernels.scd", "tscd.ops.backends"} <= {
+        m for m, _, _ in modules()}
 
 
 def test_every_module_has_a_layer():

@@ -19,6 +19,7 @@ default. A config is built in an OmegaConf structured config from the defaults, 
   >= 1, probabilities in [0, 1], sigmas > 0 and finite, 3 means and stds ...), else a
   :class:`ConfigError` names the key and the range: a bad value stops a run before it starts.
 """
+import importlib.resources
 import math
 import re
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -278,8 +279,8 @@ def _build(tree: Mapping[str, Any], source: str, overrides: Iterable[str] = (),
 
 
 def builtin_config_dir() -> Path:
-    """The shipped YAML configs, ``tscd/configs`` (next to this module)."""
-    return Path(__file__).resolve().parent / "configs"
+    """The shipped YAML configs, ``tscd/configs``."""
+    return Path(str(importlib.resources.files("tscd") / "configs"))
 
 
 def resolve_config_path(name: Union[str, Path]) -> Path:

@@ -29,7 +29,7 @@ FLOAT32_MAX = torch.finfo(torch.float32).max
 #: are normal float32 numbers (the references divide squared distances by 2σ², the fused kernels
 #: square distances/σ), with two decades to spare. At the small end every kernel is the identity,
 #: at the large end all ones. The lattice backends also bound the features distances/σ (see
-#: ``tscd/csrc/lattice.h`` and :data:`tscd.ops.dense_crf.PYDENSECRF_MAX_FEATURE`).
+#: ``csrc/lattice.h`` and :data:`tscd.ops.dense_crf.PYDENSECRF_MAX_FEATURE`).
 SIGMA_RANGE = (1e-18, 1e18)
 #: The dense CRF's kernel weights: a message is at most √N (N pixels), so weight × message stays
 #: far inside float32 for any image that fits in memory.

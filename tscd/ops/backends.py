@@ -33,14 +33,47 @@ import importlib.util
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
+from ..kernels import extension
 from ..kernels.utils import interpreted as triton_interpreted
-from . import _extension
 
 logger = logging.getLogger("tscd.ops")
+
+
+@functools.cache
+def _importable(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def _triton_unusable(device_type: str) -> str | None:
+    if not _importable("triton"):
+        return "triton is not installed"
+    if device_type == "cpu" and not triton_interpreted():
+        return "triton runs on CPU tensors only with TRITON_INTERPRET=1"
+    return None
+
+
+def _native_unusable(device_type: str) -> str | None:
+    reason = extension.load_failure()
+    if reason is not None:
+        return f"the C++ extension is unavailable ({reason})"
+    if device_type == "cuda" and not extension.has_cuda_kernels():
+        return "the C++ extension was compiled without CUDA"
+    return None
+
+
+def _lattice_unusable(device_type: str) -> str | None:
+    if device_type != "cpu":
+        return "no CUDA lattice yet (the permutohedral lattice runs on CPU tensors only)"
+    return _native_unusable(device_type)
+
+
+def _pydensecrf_unusable(device_type: str) -> str | None:
+    return None if _importable("pydensecrf") else "pydensecrf2 is not installed (pip install tscd[crf])"
 
 
 class Backend(NamedTuple):
@@ -48,14 +81,16 @@ class Backend(NamedTuple):
     exact: bool  # computes the op's sums exactly (lattice and pydensecrf approximate them)
     namespace: str | None  # torch.ops namespace of its primitives (None: the reference)
     modules: tuple[str, ...]  # modules whose import registers those primitives
+    unusable: Callable[[str], str | None]  # device type -> None, or why it cannot run there
 
 
 _REGISTRY = {b.name: b for b in (
-    Backend("torch", True, None, ()),
-    Backend("triton", True, "tscd_triton", ("tscd.kernels.gaussian", "tscd.kernels.scd", "tscd.kernels.varm")),
-    Backend("cpp", True, "tscd", ()),
-    Backend("lattice", False, "tscd_lattice", ()),
-    Backend("pydensecrf", False, "tscd_pydensecrf", ("tscd.kernels.pydensecrf",)),
+    Backend("torch", True, None, (), lambda device_type: None),
+    Backend("triton", True, "tscd_triton", ("tscd.kernels.gaussian", "tscd.kernels.scd", "tscd.kernels.varm"),
+            _triton_unusable),
+    Backend("cpp", True, "tscd", (), _native_unusable),
+    Backend("lattice", False, "tscd_lattice", (), _lattice_unusable),
+    Backend("pydensecrf", False, "tscd_pydensecrf", ("tscd.kernels.pydensecrf",), _pydensecrf_unusable),
 )}
 BACKENDS = tuple(_REGISTRY)
 _FUSED = ("torch", "triton", "cpp")
@@ -77,11 +112,6 @@ _PREFERRED = {("dense_crf", "cpu"): (CPU_CRF_LATTICE_PIXELS, ("lattice", "pydens
 _warned: set[tuple] = set()
 
 
-@functools.cache
-def _importable(package: str) -> bool:
-    return importlib.util.find_spec(package) is not None
-
-
 def is_exact(backend: str) -> bool:
     """Whether ``backend`` computes the ops' sums exactly (``lattice`` and ``pydensecrf`` approximate them)."""
     return _REGISTRY[backend].exact
@@ -89,26 +119,9 @@ def is_exact(backend: str) -> bool:
 
 def why_unusable(backend: str, device_type: str) -> str | None:
     """None when ``backend`` can run on tensors of ``device_type``, else the reason it cannot."""
-    if backend == "torch":
-        return None
-    if device_type not in _DEVICE_ORDER:
+    if backend != "torch" and device_type not in _DEVICE_ORDER:
         return f"no {backend} kernels for {device_type} tensors"
-    if backend == "triton":
-        if not _importable("triton"):
-            return "triton is not installed"
-        if device_type == "cpu" and not triton_interpreted():
-            return "triton runs on CPU tensors only with TRITON_INTERPRET=1"
-        return None
-    if backend == "pydensecrf":
-        return None if _importable("pydensecrf") else "pydensecrf2 is not installed (pip install tscd[crf])"
-    if backend == "lattice" and device_type != "cpu":
-        return "no CUDA lattice yet (the permutohedral lattice runs on CPU tensors only)"
-    reason = _extension.load_failure()
-    if reason is not None:
-        return f"the C++ extension is unavailable ({reason})"
-    if device_type == "cuda" and not _extension.has_cuda_kernels():
-        return "the C++ extension was compiled without CUDA"
-    return None
+    return _REGISTRY[backend].unusable(device_type)
 
 
 def can_run(backend: str, device: str | torch.device) -> bool:

@@ -1,17 +1,18 @@
 """Ahead-of-time GPU compile check of every kernel launch configuration; needs no GPU.
 
 Compiles each variant that ``compile_variants()`` of tscd.kernels.gaussian, .scd and .varm lists
-with Triton for sm_80 and sm_90 (the ptxas the triton wheel ships), and each
-``tscd/csrc/*_cuda.cu`` with nvcc to one cubin per architecture (skipped, saying so, without
-nvcc). ``cuobjdump -res-usage`` gives each kernel's registers, spills (stack frame + local
-memory) and static shared memory (plus Triton's dynamic shared memory); tensor-core instructions
+with Triton for sm_80 and sm_90 (the ptxas the triton wheel ships), and each ``*_cuda.cu`` of the
+native sources (:func:`tscd.kernels.extension.source_dir`, the checkout's ``csrc/``) with nvcc
+and the library's flags to one cubin per architecture (skipped, saying so, without nvcc).
+``cuobjdump -res-usage`` gives each kernel's registers, spills (stack frame + local memory) and
+static shared memory (plus Triton's dynamic shared memory); tensor-core instructions
 are counted in the PTX (Triton: ``mma.sync``, ``wgmma.mma_async``) or the SASS (CUDA: HMMA,
-HGMMA). Writes ``bench/results/gpu_compile.csv`` and prints a summary per kernel and target.
+HGMMA). Prints a summary per kernel and target; ``--out`` also writes every row as CSV.
 
 Exits 1 on a compile error, a spill, or shared memory above the target's per-block limit.
 The CUDA kernels' dynamic shared memory is a launch argument, checked by their wrappers.
 
-    python bench/gpu_compile.py [--kernels gaussian,scd,varm] [--no-cuda] [--jobs 2]
+    python -m tscd.kernels.compile_check [--kernels gaussian,scd,varm] [--no-cuda] [--jobs 2] [--out rows.csv]
 """
 from __future__ import annotations
 
@@ -32,14 +33,12 @@ from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU, not for the interpreter
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # check this checkout's kernels, not an installed copy
-
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results" / "gpu_compile.csv"
+from .extension import NVCC_FLAGS, source_dir  # noqa: E402
+
 FIELDS = ("kernel", "config", "target", "registers", "spill_bytes", "shared_bytes", "tensor_core_instructions")
 KERNEL_MODULES = ("gaussian", "scd", "varm")
 #: Compute capability and shared memory a block may use, per target.
@@ -94,7 +93,7 @@ def _nvcc_command(nvcc: str, source: Path, arch: int, cubin: Path) -> list[str]:
     from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
 
     includes = [f"-I{p}" for p in include_paths("cuda") + [str(source.parent)]]
-    return [nvcc, "-cubin", f"-arch=sm_{arch}", "-O3", "--use_fast_math", "-std=c++20", *COMMON_NVCC_FLAGS,
+    return [nvcc, "-cubin", f"-arch=sm_{arch}", *NVCC_FLAGS, "-std=c++20", *COMMON_NVCC_FLAGS,
             *includes, str(source), "-o", str(cubin)]
 
 
@@ -175,7 +174,7 @@ def main() -> int:
                         help="comma-separated modules of tscd.kernels whose compile_variants() to compile")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA extension's kernels")
     parser.add_argument("--jobs", type=int, default=2, help="compiler processes")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None, help="write every row to this CSV file")
     args = parser.parse_args()
     modules = [m for m in args.kernels.split(",") if m]
     unknown = set(modules) - set(KERNEL_MODULES)
@@ -188,7 +187,7 @@ def main() -> int:
     if nvcc is None:
         print("CUDA kernels skipped: " + ("--no-cuda" if args.no_cuda else "nvcc not found"))
     else:
-        for source in sorted(glob.glob(str(ROOT / "tscd" / "csrc" / "*_cuda.cu"))):
+        for source in sorted(source_dir().glob("*_cuda.cu")):
             jobs += [(f"{Path(source).name} on {t}", _compile_cuda, (nvcc, source, t)) for t in TARGETS]
     tasks, problems = _triton_tasks(modules)
     jobs += [(f"{m} variant {i} on {t}", _compile_triton, (m, i, t)) for m, i in tasks for t in TARGETS]
@@ -204,14 +203,15 @@ def main() -> int:
     for row in rows:
         problems += _problems(row)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
     _summary(rows)
-    print(f"{len(rows)} rows ({len(tasks)} distinct Triton variants) in {time.perf_counter() - start:.0f} s "
-          f"-> {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    print(f"{len(rows)} rows ({len(tasks)} distinct Triton variants) in {time.perf_counter() - start:.0f} s"
+          + (f" -> {args.out}" if args.out is not None else ""))
     for problem in problems:
         print("FAIL", problem, file=sys.stderr)
     return 1 if problems else 0

@@ -2,7 +2,7 @@
 // (pydensecrf) uses it: an O(N·(d+1)·K) approximation of the Gaussian-kernel product
 //   y_i ≈ Σ_j exp(−½‖f_i − f_j‖²) x_j
 // over d-dimensional per-pixel features f. Plain C++ (no ATen), one image at a time, so that a
-// CUDA version can share the geometry; tscd/csrc/lattice.cpp registers the operator.
+// CUDA version can share the geometry; csrc/lattice.cpp registers the operator.
 //
 // 1. Build (depends on the features only): each feature vector, scaled by √(2/3)·(d+1), is
 //    elevated onto the hyperplane Σ = 0 of R^(d+1) and lies in one simplex of the permutohedral

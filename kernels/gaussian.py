@@ -61,7 +61,7 @@ def _launch_config(K: int, D: int, interpreter: bool = False) -> dict:
 
     On a GPU: 128×16 weight tiles and up to 64 channels per program, 8 warps, 2 stages: ``tl.dot``
     on tensor cores without register spills on sm_80 and sm_90 for every D ≤ 8 (128×32 tiles spill
-    on sm_80 at 64 channels; ``bench/gpu_compile.py`` checks every configuration). The
+    on sm_80 at 64 channels; ``python -m tscd.kernels.compile_check`` checks every configuration). The
     interpreter pays per tile rather than per register, so it gets 128×128 tiles.
     """
     # Channels padded to >= 16 for tl.dot; wide channel counts are split over programs.

@@ -29,7 +29,7 @@ class CompileVariant(NamedTuple):
     ``signature`` maps each runtime argument to its Triton type (``"*fp32"``, ``"i32"``,
     ``"fp32"``, ...), ``constexprs`` each ``tl.constexpr`` argument to its value, ``options``
     holds ``num_warps``/``num_stages``. Each kernel module's ``compile_variants()`` lists every
-    configuration its wrapper can launch on a GPU (``bench/gpu_compile.py`` compiles them all).
+    configuration its wrapper can launch on a GPU (``python -m tscd.kernels.compile_check`` compiles them all).
     """
 
     kernel: object
