@@ -164,3 +164,10 @@ def test_the_bare_name_kernels_is_never_this_folder(tmp_path):
         assert Path(done.stdout.strip()).parent != ROOT / "kernels", done.stdout
     else:
         assert "tscd's kernel folder" in done.stderr, done.stderr[-2000:]
+
+
+def test_a_checkout_on_pythonpath_without_an_install_says_how_to_install(tmp_path):
+    python = _venv(tmp_path / "venv")
+    done = subprocess.run([python, "-c", "import tscd.ops"], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "pip install -e ." in done.stderr.splitlines()[-1], done.stderr[-2000:]

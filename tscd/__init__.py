@@ -5,17 +5,27 @@ __version__ = "0.1.0"
 
 
 def _import_mapped_kernels() -> None:
-    """Import ``tscd.kernels`` from where the installation maps it (the checkout's top-level
-    ``kernels/``) when an older checkout left a ``kernels/`` folder inside ``tscd/``: Python's path
-    search, which runs before an editable install's finder, would otherwise take that folder."""
-    here = _os.path.dirname(_os.path.abspath(__file__))
-    stale = _os.path.join(here, "kernels")
-    if not _os.path.isdir(stale) or _os.path.isdir(_os.path.join(here, "_csrc")):
-        return  # nothing left over, or an installed wheel (which carries both folders inside tscd/)
+    """Make sure ``tscd.kernels`` is the installation's (a checkout's top-level ``kernels/``).
+
+    When an older checkout left a ``kernels/`` folder inside ``tscd/``, Python's path search, which
+    runs before an editable install's finder, would take that folder: the mapped one is imported
+    instead, with a warning. Without any install (``PYTHONPATH`` set to a checkout) there is no
+    ``tscd.kernels`` at all: an ImportError says how to install.
+    """
     import importlib.machinery
     import importlib.util
     import sys
     import warnings
+
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    stale = _os.path.join(here, "kernels")
+    if not _os.path.isdir(stale) or _os.path.isdir(_os.path.join(here, "_csrc")):
+        # nothing left over, or an installed wheel (which carries both folders inside tscd/)
+        if importlib.util.find_spec(f"{__name__}.kernels") is None:
+            raise ImportError(f"tscd at {here} is not installed: its kernels (the checkout's kernels/ and csrc/) "
+                              "are found only through an install; run 'pip install -e .' in the checkout "
+                              "(PYTHONPATH pointing at a checkout is not supported)")
+        return
 
     for finder in sys.meta_path:
         if finder is importlib.machinery.PathFinder or not hasattr(finder, "find_spec"):
