@@ -23,15 +23,31 @@ __all__ = [
 def class_argmax(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Index of the largest score along ``dim`` (the first on ties, NaN wins), as ``argmax``.
 
-    scores: (B, C, H, W) or any shape. Uses ``max(dim).indices``: on the CPU, torch's argmax over
-    a dimension that is not the innermost is ~8× slower than max's (10 ms against 1.2 ms for
-    (16, 4, 64, 64) on one thread); both pick the first maximum.
+    Uses ``max(dim).indices``: on the CPU, torch's argmax over a dimension that is not the
+    innermost is several times slower than max's; both pick the first maximum.
+
+    Args:
+        scores: any tensor, e.g. class scores.
+        dim: the dimension reduced.
+
+    Shapes:
+        - ``scores``: (B, C, H, W) or any shape.
+        - returns: ``scores``' shape without ``dim``.
     """
     return scores.max(dim=dim).indices
 
 
 def normalize_cam(cam: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Per image and class: (cam − min) / (max(cam − min) + eps). cam: (B, C, H, W)."""
+    """Per image and class min–max normalisation: ``(cam − min) / (max(cam − min) + eps)``.
+
+    Args:
+        cam: class activation maps.
+        eps: added to the denominator.
+
+    Shapes:
+        - ``cam``: (B, C, H, W).
+        - returns: (B, C, H, W).
+    """
     cam = cam - cam.amin(dim=(-2, -1), keepdim=True)
     return cam / (cam.amax(dim=(-2, -1), keepdim=True) + eps)
 
@@ -41,17 +57,35 @@ def multi_scale_cam(model, images: torch.Tensor, scales: Sequence[float] = (1.0,
                     return_attention: bool = False, flip: bool = True, scale1_cam: torch.Tensor | None = None):
     """Multi-scale, flip-augmented CAM of method §2, without gradient.
 
-    ``model.forward_cam(x)`` must return ``(cam (B, K−1, h, w), attn_pred)`` (as ``TSCD``).
-    For each scale s the image is resized to (⌊sH⌋, ⌊sW⌋) (bilinear) and run together with
-    its horizontal flip; both CAMs are resized to (H, W), the flipped one un-flipped, and
-    relu(max(cam, cam_flip)) is summed over scales, then normalised by ``normalize_cam``.
-    ``flip=False`` runs each scale without its flip (relu(cam) is summed): half the passes.
-    ``scale1_cam`` (B, K−1, h, w): the raw CAM of the un-flipped images at scale 1 when the
-    caller already has it (a training step's own forward), so that pass is not run again
-    (scale 1 then runs the flipped images alone; scales must include 1.0).
+    For each scale s the images are resized to (⌊sH⌋, ⌊sW⌋) (bilinear) and run together with
+    their horizontal flip; both CAMs are resized to (H, W), the flipped one un-flipped, and
+    relu(max(cam, cam_flip)) is summed over scales, then normalised by
+    [`normalize_cam`][tscd.cam.normalize_cam].
 
-    images: (B, 3, H, W). Returns cam (B, K−1, H, W) in [0, 1]; with ``return_attention``
-    also the ``attn_pred`` (B, N, N) of the un-flipped images at the largest scale.
+    Args:
+        model: a model whose ``forward_cam(x)`` returns ``(cam, attn_pred)``, as
+            [`TSCD`][tscd.models.TSCD].
+        images: normalised images.
+        scales: the scales; at least one.
+        return_attention: also return the ``attn_pred`` of the un-flipped images at the largest
+            scale.
+        flip: run each scale with its flip; False sums relu(cam) of the un-flipped images alone
+            (half the passes).
+        scale1_cam: the raw CAM of the un-flipped images at scale 1 when the caller already has
+            it (a training step's own forward), so that pass is not run again (scale 1 then runs
+            the flipped images alone); ``scales`` must include 1.0.
+
+    Shapes:
+        - ``images``: (B, 3, H, W).
+        - ``scale1_cam``: (B, K−1, h, w).
+        - returns: (B, K−1, H, W), and with ``return_attention`` also (B, N, N).
+
+    Returns:
+        The CAM in [0, 1], or ``(cam, attn_pred)`` with ``return_attention``.
+
+    Raises:
+        ValueError: ``scales`` is empty, or ``scale1_cam`` is given without scale 1.0 or with
+            ``return_attention``.
     """
     if len(scales) == 0:
         raise ValueError("scales must list at least one scale")
@@ -81,10 +115,22 @@ def multi_scale_cam(model, images: torch.Tensor, scales: Sequence[float] = (1.0,
 
 def crop_box_mask(crop_box, batch: int, height: int, width: int, device=None,
                   name: str = "crop_box") -> torch.Tensor:
-    """(B, H, W) bool, True inside each image's crop box (y0, y1, x0, x1), ends exclusive.
+    """A mask that is True inside each image's crop box (y0, y1, x0, x1), ends exclusive.
 
-    ``crop_box``: an integer (B, 4) tensor or array; anything else raises ``ValueError`` naming
-    the argument ``name``.
+    Args:
+        crop_box: integer boxes, a tensor or array.
+        batch: B.
+        height: H.
+        width: W.
+        device: the mask's device.
+        name: the argument's name in error messages.
+
+    Shapes:
+        - ``crop_box``: (B, 4).
+        - returns: (B, H, W) bool.
+
+    Raises:
+        ValueError: ``crop_box`` is not an integer (B, 4) array.
     """
     boxes = torch.as_tensor(crop_box, device=device)
     if boxes.shape != (batch, 4) or boxes.is_floating_point() or boxes.dtype == torch.bool:
@@ -97,7 +143,18 @@ def crop_box_mask(crop_box, batch: int, height: int, width: int, device=None,
 
 
 def apply_crop_box(label: torch.Tensor, crop_box, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Set ``ignore_index`` outside each image's crop box. label: (B, H, W); crop_box: (B, 4) or None."""
+    """A copy of ``label`` with ``ignore_index`` outside each image's crop box.
+
+    Args:
+        label: class indices.
+        crop_box: integer (y0, y1, x0, x1) boxes, or None (``label`` is returned).
+        ignore_index: the value set outside the boxes.
+
+    Shapes:
+        - ``label``: (B, H, W).
+        - ``crop_box``: (B, 4).
+        - returns: (B, H, W).
+    """
     if crop_box is None:
         return label
     inside = crop_box_mask(crop_box, *label.shape, device=label.device)
@@ -114,9 +171,20 @@ def _best_class(cam: torch.Tensor, cls_labels: torch.Tensor) -> tuple[torch.Tens
 
 
 def cam_to_label(cam: torch.Tensor, cls_labels: torch.Tensor, bkg_score: float = 0.45) -> torch.Tensor:
-    """Plain CAM label for evaluation: argmax class, background where the max ≤ bkg_score.
+    """Plain CAM label for evaluation: the argmax class, background where the max ≤ ``bkg_score``.
 
-    cam: (B, K−1, H, W) in [0, 1]; cls_labels: (B, K−1). Returns (B, H, W) int64.
+    Args:
+        cam: foreground CAMs in [0, 1].
+        cls_labels: image-level labels; absent classes are never chosen.
+        bkg_score: the background threshold.
+
+    Shapes:
+        - ``cam``: (B, K−1, H, W).
+        - ``cls_labels``: (B, K−1).
+        - returns: (B, H, W) int64.
+
+    Raises:
+        ValueError: ``cls_labels`` does not match ``cam``.
     """
     value, label = _best_class(cam, cls_labels)
     return label.masked_fill(value <= bkg_score, 0)
@@ -124,11 +192,28 @@ def cam_to_label(cam: torch.Tensor, cls_labels: torch.Tensor, bkg_score: float =
 
 def pseudo_label(cam: torch.Tensor, cls_labels: torch.Tensor, crop_box: torch.Tensor | None = None,
                  high: float = 0.55, low: float = 0.35, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Pseudo label of method §3: class where max > high, ignore where low < max ≤ high,
-    background where max ≤ low, ignore outside the crop box.
+    """Pseudo label of method §3 from a CAM, without refinement.
 
-    cam: (B, K−1, H, W) in [0, 1]; cls_labels: (B, K−1); crop_box: (B, 4) or None.
-    Returns (B, H, W) int64.
+    The class where the largest score of a present class is > ``high``, ``ignore_index`` where it
+    lies in (``low``, ``high``], background where it is ≤ ``low``, ``ignore_index`` outside the
+    crop box.
+
+    Args:
+        cam: foreground CAMs in [0, 1].
+        cls_labels: image-level labels.
+        crop_box: integer (y0, y1, x0, x1) boxes, or None.
+        high: the foreground threshold.
+        low: the background threshold.
+        ignore_index: the label of uncertain pixels.
+
+    Shapes:
+        - ``cam``: (B, K−1, H, W).
+        - ``cls_labels``: (B, K−1).
+        - ``crop_box``: (B, 4).
+        - returns: (B, H, W) int64.
+
+    Raises:
+        ValueError: ``low`` exceeds ``high``, or ``cls_labels`` does not match ``cam``.
     """
     if not low <= high:
         raise ValueError(f"low ({low}) must not exceed high ({high})")
@@ -138,7 +223,17 @@ def pseudo_label(cam: torch.Tensor, cls_labels: torch.Tensor, crop_box: torch.Te
 
 
 def affinity_window(h: int, w: int, radius: int = 8, device=None) -> torch.Tensor:
-    """(h·w, h·w) bool: positions i, j of an h×w grid within Chebyshev distance ``radius``."""
+    """Which positions i, j of an h×w grid lie within Chebyshev distance ``radius``.
+
+    Args:
+        h: grid height.
+        w: grid width.
+        radius: the window radius.
+        device: the mask's device.
+
+    Shapes:
+        - returns: (h·w, h·w) bool.
+    """
     ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
     ys, xs = ys.reshape(-1), xs.reshape(-1)
     return ((ys[:, None] - ys[None, :]).abs() <= radius) & ((xs[:, None] - xs[None, :]).abs() <= radius)
@@ -149,14 +244,30 @@ def attention_random_walk(cam: torch.Tensor, attn_pred: torch.Tensor, cls_labels
                           bkg_score: float = 0.35, power: int = 2, eps: float = 0.1) -> torch.Tensor:
     """Refine a CAM by one random-walk step on the learned affinity (method §5, evaluation).
 
-    P = (A ⊙ window)^power with rows divided by (row sum + eps); the CAM, with a background
+    ``P = (A ⊙ window)^power`` with rows divided by (row sum + eps); the CAM, with a background
     channel of value ``bkg_score`` prepended and softmaxed over the present classes plus
-    background (absent classes get 0), is propagated as cam'_i = Σ_j P_ij cam_j. For the
-    symmetric A of ``TSCD`` this equals AFA's column-normalised product.
+    background (absent classes get 0), is propagated as ``cam′_i = Σ_j P_ij cam_j``. For the
+    symmetric A of [`TSCD`][tscd.models.TSCD] this equals AFA's column-normalised product. The CAM
+    is resized (bilinear) to the grid and the result back to (H, W).
 
-    cam: (B, K−1, H, W) in [0, 1]; attn_pred: (B, N, N) with N = h·w of ``grid_size`` (if None,
-    (H, W) must be the grid); cls_labels: (B, K−1). The CAM is resized (bilinear) to the grid
-    and the result back to (H, W). Returns (B, K, H, W), channel 0 background.
+    Args:
+        cam: foreground CAMs in [0, 1].
+        attn_pred: the learned affinity A on the attention grid.
+        cls_labels: image-level labels.
+        grid_size: (h, w) of the attention grid; None: (H, W) is the grid.
+        radius: window radius (Chebyshev distance).
+        bkg_score: the background channel's value.
+        power: the exponent applied to the affinity.
+        eps: added to the row sums.
+
+    Shapes:
+        - ``cam``: (B, K−1, H, W).
+        - ``attn_pred``: (B, N, N), N = h·w.
+        - ``cls_labels``: (B, K−1).
+        - returns: (B, K, H, W), channel 0 background.
+
+    Raises:
+        ValueError: ``attn_pred`` does not match the grid.
     """
     b, _, h_in, w_in = cam.shape
     gh, gw = grid_size if grid_size is not None else (h_in, w_in)

@@ -17,9 +17,15 @@ from .ops.varm import DEFAULT_DILATIONS, varm_refine
 
 
 class VARM(nn.Module):
-    """``forward(images (B, 3, H, W) in [0, 1], masks (B, K, h, w)) -> (B, K, H, W)``.
+    """The refiner of method §4 as a module: [`tscd.ops.varm_refine`][tscd.ops.varm_refine] with fixed settings.
 
-    ``mode="varm"`` (TSCD) or ``"par"`` (AFA's PAR); no parameters, no gradient.
+    No parameters, no gradient.
+
+    Args:
+        dilations: the neighbourhood's dilations.
+        num_iter: propagation iterations.
+        mode: ``"varm"`` (TSCD) or ``"par"`` (AFA's PAR).
+        backend: the ``tscd.ops`` backend.
     """
 
     def __init__(self, dilations=DEFAULT_DILATIONS, num_iter: int = 10, mode: str = "varm", backend: str = "auto"):
@@ -30,6 +36,17 @@ class VARM(nn.Module):
         self.backend = backend
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """The refined masks.
+
+        Args:
+            images: the images, with values in [0, 1].
+            masks: the masks to refine, at any size.
+
+        Shapes:
+            - ``images``: (B, 3, H, W).
+            - ``masks``: (B, K, h, w).
+            - returns: (B, K, H, W).
+        """
         return varm_refine(images, masks, dilations=self.dilations, num_iter=self.num_iter, mode=self.mode,
                            backend=self.backend)
 
@@ -70,24 +87,43 @@ def refine_cams_with_bkg(
 ) -> torch.Tensor:
     """Refined pseudo labels from CAMs, the training use of method §4 (AFA's ``refine_cams_with_bkg_v2``).
 
-    images: (B, 3, H, W), the de-normalised input in [0, 1]; cams: (B, K−1, h, w)
-    foreground CAMs in [0, 1] (any size, usually (H, W)); cls_labels: (B, K−1) image-level
-    labels (nonzero = present); crop_boxes: None (the whole image) or (B, 4) integers
-    (y0, y1, x0, x1) with exclusive ends, the region of each image that is not padding.
-    refiner: ``(images, masks) -> refined masks`` at the images' size, default ``VARM()``.
-
-    At size (⌊H·downscale⌋, ⌊W·downscale⌋) (bilinear, align_corners=False, as AFA) the CAMs
+    At size (⌊H·downscale⌋, ⌊W·downscale⌋) (bilinear, ``align_corners=False``, as AFA) the CAMs
     with a constant background channel prepended, once of value ``high`` and once ``low``,
-    restricted to background and the present classes, go through a softmax over those
-    channels and the refiner; the result is upsampled to (H, W) (bilinear,
-    align_corners=False) and its argmax mapped back to class ids. Final label (B, H, W)
-    long: the "high" label where it is foreground, 0 where both labels are background,
+    restricted to background and the present classes, go through a softmax over those channels
+    and the refiner; the result is upsampled to (H, W) and its argmax mapped back to class ids.
+    The label is the "high" label where it is foreground, 0 where both labels are background, and
     ``ignore_index`` where only the "low" label is foreground and outside the crop box.
 
-    Batched: every image keeps the channels of its present classes (padded to the largest
-    count in the batch); padded channels get logit −inf, hence probability 0, stay 0 under
-    the (linear) refinement and upsampling, and never win the argmax because the present
-    channels sum to a positive value at every pixel.
+    Batched: every image keeps the channels of its present classes (padded to the largest count in
+    the batch); padded channels get logit −inf, hence probability 0, stay 0 under the (linear)
+    refinement and upsampling, and never win the argmax. Runs without gradient.
+
+    Args:
+        images: the de-normalised input in [0, 1].
+        cams: foreground CAMs in [0, 1], at any size (usually (H, W)).
+        cls_labels: image-level labels (nonzero = present).
+        high: the background score of the "high" label.
+        low: the background score of the "low" label.
+        ignore_index: the label value of uncertain pixels.
+        crop_boxes: None (the whole image) or integer (y0, y1, x0, x1) boxes with exclusive ends,
+            the region of each image that is not padding.
+        downscale: the refinement runs at this fraction of the image size, in (0, 1].
+        refiner: ``(images, masks) -> refined masks`` at the images' size; default
+            [`VARM()`][tscd.refine.VARM].
+
+    Shapes:
+        - ``images``: (B, 3, H, W).
+        - ``cams``: (B, K−1, h, w).
+        - ``cls_labels``: (B, K−1).
+        - ``crop_boxes``: (B, 4).
+        - returns: (B, H, W).
+
+    Returns:
+        int64 labels: 0 background, 1…K−1 the classes, ``ignore_index`` uncertain.
+
+    Raises:
+        TypeError: an argument is not a tensor (floating point for ``images`` and ``cams``).
+        ValueError: the shapes, devices, ``downscale`` or ``crop_boxes`` are invalid.
     """
     check_tensor("images", images, "(B, 3, H, W)", (4,))
     if images.shape[1] != 3:
@@ -133,18 +169,26 @@ def refine_cams_with_bkg(
 class PseudoLabeler:
     """Model + batch → CAMs → thresholds → refinement → pseudo labels (method §2–§4).
 
+    The one path from a model and a batch to pseudo labels, shared by training, evaluation and the
+    pseudo-label export. [`cams`][tscd.refine.PseudoLabeler.cams] gives the CAMs,
+    [`labels`][tscd.refine.PseudoLabeler.labels] the labels from them, and calling the object,
+    ``labeler(model, images, rgb, cls_labels, crop_boxes)``, does both and returns
+    ``(cams, labels)``. Runs without gradient.
+
     Args:
-        scales: the multi-scale CAM's scales (each run with its flip, §2).
-        flip: whether each scale also runs the flipped images (§2; False halves the passes).
-        high, low: the background scores of §3: a pixel is its class where the CAM exceeds
-            ``high``, uncertain (ignore) between ``low`` and ``high``, background below ``low``.
-        refine: ``"varm"`` (TSCD), ``"par"`` (AFA) or ``"none"`` (plain CAM labels of §3).
-        dilations, num_iter: the refiner's neighbourhood and iteration count.
+        scales: the multi-scale CAM's scales (method §2).
+        high: background score of method §3: a pixel is its class where the CAM exceeds ``high``.
+        low: background score of method §3: uncertain (ignored) between ``low`` and ``high``,
+            background below ``low``.
+        refine: ``"varm"`` (TSCD), ``"par"`` (AFA) or ``"none"`` (the plain CAM labels of §3).
+        dilations: the refiner's neighbourhood.
+        num_iter: the refiner's iterations.
         downscale: the refinement runs at this fraction of the image size (§4).
         backend: the ``tscd.ops`` backend of the refinement.
+        flip: whether each scale also runs the flipped images (§2; False halves the passes).
 
-    ``cams(model, images)`` gives the CAMs, ``labels(rgb, cams, cls_labels, crop_boxes)`` the labels
-    from them, and calling the object does both. Runs without gradient.
+    Raises:
+        ValueError: ``refine`` is unknown or ``low`` exceeds ``high``.
     """
 
     def __init__(self, scales: Sequence[float] = (1.0, 0.5, 1.5), high: float = 0.55, low: float = 0.35,
@@ -160,19 +204,44 @@ class PseudoLabeler:
 
     @torch.no_grad()
     def cams(self, model, images: torch.Tensor, scale1_cam: torch.Tensor | None = None) -> torch.Tensor:
-        """Multi-scale CAMs (B, K−1, H, W) in [0, 1] of normalised images (B, 3, H, W);
-        ``scale1_cam``: the model's raw CAM of the images when already computed (see
-        :func:`tscd.cam.multi_scale_cam`)."""
+        """Multi-scale CAMs in [0, 1] of normalised images ([`multi_scale_cam`][tscd.cam.multi_scale_cam]).
+
+        Args:
+            model: a model with ``forward_cam``, e.g. [`TSCD`][tscd.models.TSCD].
+            images: normalised images.
+            scale1_cam: the model's raw CAM of the images at scale 1 when already computed (a
+                training step's own forward), so that pass is not run again.
+
+        Shapes:
+            - ``images``: (B, 3, H, W).
+            - ``scale1_cam``: (B, K−1, h, w).
+            - returns: (B, K−1, H, W).
+        """
         return cam_utils.multi_scale_cam(model, images, self.scales, flip=self.flip, scale1_cam=scale1_cam)
 
     @torch.no_grad()
     def labels(self, rgb: torch.Tensor, cams: torch.Tensor, cls_labels: torch.Tensor, crop_boxes=None,
                high: float | None = None, low: float | None = None) -> torch.Tensor:
-        """Pseudo labels (B, H, W) int64 (``IGNORE_INDEX`` where uncertain or outside the crop box).
+        """Pseudo labels from CAMs: thresholds (§3), then the refinement (§4) unless ``refine="none"``.
 
-        rgb: (B, 3, H, W) the images in [0, 1]; cams: (B, K−1, H, W); cls_labels: (B, K−1);
-        crop_boxes: (B, 4) or None. ``high``/``low`` replace the thresholds for this call
-        (evaluation asks for full labels with high = low).
+        Args:
+            rgb: the images in [0, 1].
+            cams: their CAMs, from [`cams`][tscd.refine.PseudoLabeler.cams].
+            cls_labels: image-level labels.
+            crop_boxes: integer (y0, y1, x0, x1) boxes, or None.
+            high: replaces the ``high`` threshold for this call.
+            low: replaces the ``low`` threshold for this call (evaluation asks for full labels
+                with high = low).
+
+        Shapes:
+            - ``rgb``: (B, 3, H, W).
+            - ``cams``: (B, K−1, H, W).
+            - ``cls_labels``: (B, K−1).
+            - ``crop_boxes``: (B, 4).
+            - returns: (B, H, W).
+
+        Returns:
+            int64 labels, ``IGNORE_INDEX`` (255) where uncertain or outside the crop box.
         """
         high = self.high if high is None else high
         low = self.low if low is None else low

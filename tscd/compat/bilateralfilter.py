@@ -5,10 +5,10 @@ in 0–255, values channel-major (K, H, W); ``out``/``outs`` are filled in place
 ``W·in`` where ``W_ij = exp(−‖p_i − p_j‖²/(2σ_xy²) − ‖I_i − I_j‖²/(2σ_rgb²))``.
 
 By default ``W·in`` comes from tscd's permutohedral lattice (O(N), the ``lattice`` backend of
-:func:`tscd.ops.gaussian_product`), which gives the family's values: ≈ 0.58 × the exact sum
+[`tscd.ops.gaussian_product`][tscd.ops.gaussian_product]), which gives the family's values: ≈ 0.58 × the exact sum
 on photographs (method §8), like the SWIG module's own lattice. ``use_exact_sum(True)``
 switches this module to the exact sum over every pixel pair (O(N²), the fused kernels)
-multiplied by :data:`~tscd.losses.dense_energy.LATTICE_SCALE` (0.58), so that loss weights
+multiplied by [`LATTICE_SCALE`][tscd.losses.LATTICE_SCALE] (0.58), so that loss weights
 tuned on the lattice keep their meaning. Wrong lengths or dtypes raise
 ``ValueError``/``TypeError`` where the SWIG module would read or write out of bounds.
 """
@@ -27,8 +27,17 @@ _exact_sum = False  # this module's setting: see use_exact_sum
 
 
 def use_exact_sum(flag: bool = True) -> bool:
-    """Compute ``W·in`` as the exact sum × 0.58 (``True``) or on the lattice (``False``, the
-    default) in every later call of this module; returns the previous setting."""
+    """Choose how every later call of this module computes ``W·in``.
+
+    Args:
+        flag: True: the exact sum × 0.58; False (the module's default): the lattice.
+
+    Returns:
+        The previous setting.
+
+    Raises:
+        TypeError: ``flag`` is not a bool.
+    """
     global _exact_sum
     if not isinstance(flag, bool):
         raise TypeError(f"flag must be a bool, got {flag!r}")
@@ -61,8 +70,29 @@ def _check_sigmas(sigma_rgb, sigma_xy) -> None:
 
 
 def bilateralfilter_batch(images, ins, outs, N, K, H, W, sigma_rgb, sigma_xy) -> None:
-    """``outs[n] = W_n · ins[n]`` for the N images (lattice, or exact × 0.58: :func:`use_exact_sum`);
-    arrays flat float32 of lengths N·3·H·W (images), N·K·H·W (ins, outs)."""
+    """``outs[n] = W_n · ins[n]`` for each of the N images, in place: the SWIG module's function.
+
+    ``W`` is the lattice's, or the exact sum × 0.58 after [`use_exact_sum`][tscd.compat.bilateralfilter.use_exact_sum].
+
+    Args:
+        images: flat float32 array of the images, channel-major (3, H, W) each, in 0–255.
+        ins: flat float32 array of the values to filter, channel-major (K, H, W) each.
+        outs: writable C-contiguous float32 array of the same length as ``ins``, filled in place.
+        N: the image count.
+        K: the channels per image.
+        H: the image height.
+        W: the image width.
+        sigma_rgb: colour kernel width (0–255 units), positive and finite.
+        sigma_xy: spatial kernel width in pixels, positive and finite.
+
+    Shapes:
+        - ``images``: N·3·H·W values.
+        - ``ins``, ``outs``: N·K·H·W values.
+
+    Raises:
+        TypeError: an array is not a float32 ``numpy.ndarray``.
+        ValueError: a length, size or σ is wrong, or ``outs`` cannot be written in place.
+    """
     _check_sizes(N=N, K=K, H=H, W=W)
     _check_sigmas(sigma_rgb, sigma_xy)
     images = _as_flat_float32("images", images, N * 3 * H * W)
@@ -74,8 +104,24 @@ def bilateralfilter_batch(images, ins, outs, N, K, H, W, sigma_rgb, sigma_xy) ->
 
 
 def bilateralfilter(image, in_, out, H, W, sigma_rgb, sigma_xy) -> None:
-    """One image: ``out = W · in_`` as :func:`bilateralfilter_batch`; image flat float32 (3·H·W),
-    in_/out (K·H·W)."""
+    """``out = W · in_`` for one image, in place: the SWIG module's function.
+
+    As [`bilateralfilter_batch`][tscd.compat.bilateralfilter.bilateralfilter_batch] with N = 1 and
+    K = ``in_.size // (H·W)``.
+
+    Args:
+        image: flat float32 array of the image, channel-major (3, H, W), in 0–255.
+        in_: flat float32 array of the values to filter, channel-major (K, H, W).
+        out: writable C-contiguous float32 array of the same length as ``in_``, filled in place.
+        H: the image height.
+        W: the image width.
+        sigma_rgb: colour kernel width (0–255 units).
+        sigma_xy: spatial kernel width in pixels.
+
+    Raises:
+        TypeError: an array is not a float32 ``numpy.ndarray``.
+        ValueError: a length, size or σ is wrong, or ``out`` cannot be written in place.
+    """
     _check_sizes(H=H, W=W)
     if not isinstance(in_, np.ndarray) or in_.size % (H * W) or in_.size == 0:
         raise ValueError(f"in_ must be a numpy.ndarray holding K·H·W values (H·W = {H * W}), "

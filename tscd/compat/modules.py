@@ -39,31 +39,34 @@ class _FamilyGradient(torch.autograd.Function):
 
 
 class DenseEnergyLoss(_RecipeDenseEnergyLoss):
-    """``DenseEnergyLoss(weight, sigma_rgb, sigma_xy, scale_factor)`` of the AFA family (method §8).
+    """The AFA family's ``DenseEnergyLoss(weight, sigma_rgb, sigma_xy, scale_factor)`` (method §8).
 
-    ``forward(images, segmentations, ROIs, seg_label)``: images (B, 3, H, W) in 0–255,
-    segmentations (B, K, H, W) probabilities, ROIs (B, H, W) crop-box masks, seg_label
-    (B, 1, H, W) or (B, H, W) with 255 where unlabelled. As the released module, it resizes
-    them by ``scale_factor`` (nearest, bilinear for the segmentations; sizes rounded down),
-    uses ``sigma_xy · scale_factor`` and returns ``weight · L`` with
-    ``L = −(1/B) Σ S·g·(W S)``, ``S = segmentations · ROIs``, ``g = max(ROIs − max_k S, 0)``
-    (1 where unlabelled).
+    As the released module, ``forward`` resizes its inputs by ``scale_factor`` (nearest, bilinear
+    for the segmentations; sizes rounded down), uses ``sigma_xy · scale_factor`` and returns
+    ``weight · L`` with ``L = −(1/B) Σ S·g·(W S)``, ``S = segmentations · ROIs``,
+    ``g = max(ROIs − max_k S, 0)`` (1 where unlabelled).
+
+    Deliberate differences from the released module: the loss is a 0-dim float32 tensor on the
+    inputs' device (the released one is a (1,) CPU tensor, which its callers move with
+    ``.cuda()``; both work with a 0-dim tensor); no input is moved to the CPU or to CUDA.
 
     Args:
-        weight, sigma_rgb, sigma_xy, scale_factor: the released module's (1e-7, 15, 100, 0.5
-            in the family's scripts); ``.weight`` is the weight given.
-        gradient: ``"family"`` (default): the released backward ``−(2/B)·g·(W S)·ROIs`` — the
+        weight: multiplies the loss (1e-7 in the family's scripts); ``.weight`` is the weight given.
+        sigma_rgb: colour kernel width (15 in the family's scripts).
+        sigma_xy: spatial kernel width at full resolution (100 in the family's scripts).
+        scale_factor: the inputs' resize factor (0.5 in the family's scripts).
+        gradient: ``"family"`` (default): the released backward ``−(2/B)·g·(W S)·ROIs``, the
             gradient the family's loss weights were tuned with; it is exact only where g is
-            uniform and W symmetric, which the lattice is not quite (3.6 % RMS off with g = 1);
+            uniform and W symmetric, which the lattice is not quite (3.6 % RMS off with g = 1).
             ``"true"``: the loss's own gradient ``−(1/B)(g·W S + Wᵀ(g·S))·ROIs`` (tscd's recipe).
-        exact_sum: ``None`` (default): ``W S`` on tscd's permutohedral lattice for CPU tensors —
-            the released values, like its SWIG module — and the exact sum × 0.58 on CUDA;
-            ``True``: the exact sum × :data:`~tscd.losses.dense_energy.LATTICE_SCALE` (O(N²));
+        exact_sum: ``None`` (default): ``W S`` on tscd's permutohedral lattice for CPU tensors
+            (the released values, like its SWIG module) and the exact sum × 0.58 on CUDA;
+            ``True``: the exact sum × [`LATTICE_SCALE`][tscd.losses.LATTICE_SCALE] (O(N²));
             ``False``: the lattice (CPU tensors only).
 
-    Deliberate differences from the released module: the loss is a 0-dim float32 tensor on
-    the inputs' device (the released one is a (1,) CPU tensor, which its callers move with
-    ``.cuda()``; both work with a 0-dim tensor); no input is moved to the CPU or to CUDA.
+    Raises:
+        ValueError: ``gradient`` is unknown, or a setting is out of its range.
+        TypeError: ``exact_sum`` is not True, False or None.
     """
 
     recompute_scale_factor = True  # the released module's resizing (sizes rounded down)
@@ -80,6 +83,25 @@ class DenseEnergyLoss(_RecipeDenseEnergyLoss):
 
     def forward(self, images: torch.Tensor, segmentations: torch.Tensor, ROIs: torch.Tensor,
                 seg_label: torch.Tensor) -> torch.Tensor:
+        """The weighted loss, as the released module's ``forward``.
+
+        Args:
+            images: the images in 0–255.
+            segmentations: class probabilities.
+            ROIs: the crop-box masks.
+            seg_label: the pseudo labels, 255 where unlabelled.
+
+        Shapes:
+            - ``images``: (B, 3, H, W).
+            - ``segmentations``: (B, K, H, W).
+            - ``ROIs``: (B, H, W).
+            - ``seg_label``: (B, 1, H, W) or (B, H, W).
+            - returns: () — a 0-dim tensor.
+
+        Raises:
+            TypeError: an argument is not a tensor.
+            ValueError: the shapes or devices do not match.
+        """
         check_tensor("segmentations", segmentations, "(B, K, H, W)", (4,))
         check_tensor("images", images, "(B, 3, H, W)", (4,), floating=False)
         check_tensor("ROIs", ROIs, "(B, H, W)", (3,), floating=False)
@@ -111,15 +133,29 @@ class DenseEnergyLoss(_RecipeDenseEnergyLoss):
 
 
 class PAR(_Refiner):
-    """AFA's pixel-adaptive refiner: ``PAR(dilations, num_iter)``, ``forward(imgs, masks)``
-    with imgs (B, 3, H, W) in [0, 1] and masks (B, K, h, w) → (B, K, H, W)."""
+    """AFA's pixel-adaptive refiner, with its constructor: ``PAR(dilations, num_iter)``.
+
+    ``forward(imgs, masks)`` as [`tscd.refine.VARM`][tscd.refine.VARM] in ``mode="par"``: imgs
+    (B, 3, H, W) in [0, 1], masks (B, K, h, w) → (B, K, H, W).
+
+    Args:
+        dilations: the neighbourhood's dilations.
+        num_iter: propagation iterations.
+    """
 
     def __init__(self, dilations=DEFAULT_DILATIONS, num_iter: int = 10):
         super().__init__(dilations, num_iter, mode="par")
 
 
 class VARM(_Refiner):
-    """TSCD's variation-aware refiner with PAR's constructor: ``VARM(dilations, num_iter)``."""
+    """TSCD's variation-aware refiner with PAR's constructor: ``VARM(dilations, num_iter)``.
+
+    ``forward(imgs, masks)`` as [`tscd.refine.VARM`][tscd.refine.VARM] in ``mode="varm"``.
+
+    Args:
+        dilations: the neighbourhood's dilations.
+        num_iter: propagation iterations.
+    """
 
     def __init__(self, dilations=DEFAULT_DILATIONS, num_iter: int = 10):
         super().__init__(dilations, num_iter, mode="varm")

@@ -28,10 +28,21 @@ CLASS_COUNTS: dict[str, Callable[[TSCDConfig], tuple[int, str]]] = {}
 
 
 def register_dataset(name: str, num_classes: Callable[[TSCDConfig], tuple[int, str]] | None = None):
-    """Decorator: ``@register_dataset("folder", count) def build(cfg, split, train): ...``.
+    """Register a dataset builder under ``name`` (a decorator), for ``data.name`` and
+    [`build_dataset`][tscd.data.build_dataset].
 
-    ``num_classes(cfg)`` returns (K, a phrase saying where K comes from) without building the
-    dataset; without it, ``data.num_classes`` must be set for that dataset.
+    ``@register_dataset("folder", count) def build(cfg, split, train): ...``: the builder takes
+    the config, the split name and whether it is for training, and returns a Dataset whose items
+    are dicts (module docstring of ``tscd.data``).
+
+    Args:
+        name: the dataset's name (``data.name``).
+        num_classes: ``num_classes(cfg)`` returns (K, a phrase saying where K comes from)
+            without building the dataset; without it, ``data.num_classes`` must be set for that
+            dataset.
+
+    Returns:
+        The decorator, which returns the builder unchanged.
     """
     def wrap(builder):
         DATASETS[name] = builder
@@ -58,9 +69,21 @@ def _check_name(cfg: TSCDConfig) -> str:
 
 
 def dataset_num_classes(cfg: TSCDConfig) -> int:
-    """K, background included, of the dataset of ``cfg.data``, without building it: its own count
-    (synthetic 6, VOC 21, COCO 81, folder 1 + the classes of ``classes.txt``). An explicit
-    ``data.num_classes`` must equal it (a DatasetError names both otherwise)."""
+    """K, background included, of the dataset of ``cfg.data``, without building it.
+
+    The dataset's own count (synthetic 6, VOC 21, COCO 81, folder 1 + the classes of
+    ``classes.txt``), or ``data.num_classes`` for a dataset that does not know its count.
+
+    Args:
+        cfg: the run's config (``tscd.config.TSCDConfig``).
+
+    Returns:
+        K.
+
+    Raises:
+        DatasetError: the dataset is unknown, an explicit ``data.num_classes`` differs from the
+            dataset's count (the message names both), or neither says how many classes there are.
+    """
     name, explicit = _check_name(cfg), cfg.data.num_classes
     if name not in CLASS_COUNTS:
         if explicit is None:
@@ -113,8 +136,26 @@ def _build_folder(cfg, split: str, train: bool):
 
 
 def build_dataset(cfg, split: str, train: bool):
-    """The dataset ``cfg.data.name`` of ``split``, every file checked (see :mod:`tscd.data.base`);
-    its class count must be :func:`dataset_num_classes`."""
+    """The dataset ``cfg.data.name`` of ``split``, every file checked when it is built.
+
+    Its items are dicts with ``image`` (3, H, W) normalised, ``rgb`` (3, H, W) the same pixels in
+    [0, 1], ``label`` (K−1,) multi-hot, ``box`` (4,) the crop box (y0, y1, x0, x1), ``name`` and,
+    outside training, ``mask`` (H, W) with 255 = ignore.
+
+    Args:
+        cfg: the run's config (``tscd.config.TSCDConfig``); ``cfg.data`` names and configures
+            the dataset.
+        split: the split, e.g. ``"train_aug"`` or ``"val"`` for VOC.
+        train: training items (random crops and augmentation) or evaluation items (whole images
+            with their masks).
+
+    Returns:
+        A ``torch.utils.data.Dataset``.
+
+    Raises:
+        DatasetError: the dataset is unknown, a file is missing or bad (the message names the
+            first one), or its class count is not [`dataset_num_classes`][tscd.data.dataset_num_classes].
+    """
     k = dataset_num_classes(cfg)
     dataset = DATASETS[cfg.data.name](cfg, split, train)
     if getattr(dataset, "num_classes", k) != k:

@@ -17,12 +17,24 @@ __all__ = ["AffinityLoss", "affinity_targets"]
 
 def affinity_targets(label: torch.Tensor, grid_size: tuple[int, int], radius: int = 8,
                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Pairwise targets from a pseudo label.
+    """Pairwise affinity targets from a pseudo label (method §5).
 
-    label: (B, H, W) class indices, downsampled to ``grid_size`` (h, w) by nearest neighbour.
-    Returns (B, N, N) int64, N = h·w: 1 where the labels of i and j are equal, 0 where they
-    differ, ``ignore_index`` where either is ignore or where i, j are farther apart than
-    ``radius`` (Chebyshev distance).
+    Args:
+        label: pseudo label, class indices; downsampled to ``grid_size`` by nearest neighbour.
+        grid_size: (h, w), the attention grid.
+        radius: window radius: pairs farther apart (Chebyshev distance) are ignored.
+        ignore_index: label value that is ignored.
+
+    Shapes:
+        - ``label``: (B, H, W).
+        - returns: (B, N, N), N = h·w.
+
+    Returns:
+        int64 targets: 1 where the labels of i and j are equal, 0 where they differ,
+        ``ignore_index`` where either is ignored or i and j are farther apart than ``radius``.
+
+    Raises:
+        ValueError: ``label`` is not (B, H, W).
     """
     if label.dim() != 3:
         raise ValueError(f"label must have shape (B, H, W), got {tuple(label.shape)}")
@@ -34,7 +46,10 @@ def affinity_targets(label: torch.Tensor, grid_size: tuple[int, int], radius: in
 
 
 class AffinityLoss(nn.Module):
-    """L = ½·Σ_pos (1 − A_ij)/(n_pos + 1) + ½·Σ_neg A_ij/(n_neg + 1), sums and counts over the batch.
+    """Affinity loss of method §5 (from AFA) between the learned affinity and a pseudo label.
+
+    ``L = ½·Σ_pos (1 − A_ij)/(n_pos + 1) + ½·Σ_neg A_ij/(n_neg + 1)``, the sums and counts over
+    the batch, with the pairs of [`affinity_targets`][tscd.losses.affinity_targets].
 
     Args:
         radius: window radius r on the attention grid (Chebyshev distance ≤ r).
@@ -51,7 +66,21 @@ class AffinityLoss(nn.Module):
 
     def forward(self, attn_pred: torch.Tensor, label: torch.Tensor,
                 grid_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """attn_pred: (B, N, N) in (0, 1); label: (B, H, W) refined pseudo label. Returns a scalar."""
+        """The loss of one batch.
+
+        Args:
+            attn_pred: the learned affinity A in (0, 1) (``TSCDOutput.attn_pred``).
+            label: the refined pseudo label.
+            grid_size: (h, w) of the attention grid; default from ``stride``.
+
+        Shapes:
+            - ``attn_pred``: (B, N, N), N = h·w.
+            - ``label``: (B, H, W).
+            - returns: () — a 0-dim tensor.
+
+        Raises:
+            ValueError: ``attn_pred`` does not match the grid.
+        """
         if grid_size is None:
             grid_size = (math.ceil(label.shape[-2] / self.stride), math.ceil(label.shape[-1] / self.stride))
         n = grid_size[0] * grid_size[1]

@@ -21,19 +21,22 @@ LATTICE_SCALE = 0.58
 
 
 class DenseEnergyLoss(nn.Module):
-    """``weight · L_dense`` at ``scale_factor`` resolution (method §8).
+    """The recipe's dense energy (CRF) loss, ``weight · L_dense`` at ``scale_factor`` resolution (method §8).
+
+    Built on [`tscd.ops.dense_energy_loss`][tscd.ops.dense_energy_loss]. The settings may be any
+    finite real numbers (Python, NumPy or 0-dim tensors), stored as floats.
 
     Args:
-        weight: multiplies the loss (1e-7 released; 1e-7 × :data:`LATTICE_SCALE` is the
-            recipe's default with this exact operator).
-        sigma_rgb: colour kernel width (0–255 units).
-        sigma_xy: spatial kernel width in pixels of the full-resolution input; it is scaled
-            by ``scale_factor`` together with the inputs.
-        scale_factor: the inputs are resized by this factor before the loss (1: no resizing).
-        backend: passed to :func:`tscd.ops.dense_energy_loss`.
+        weight: multiplies the loss, >= 0 (1e-7 released; 1e-7 × [`LATTICE_SCALE`][tscd.losses.LATTICE_SCALE]
+            is the recipe's default with this exact operator).
+        sigma_rgb: colour kernel width (0–255 units), in ``tscd.ops._checks.SIGMA_RANGE``.
+        sigma_xy: spatial kernel width in pixels of the full-resolution input, in ``SIGMA_RANGE``;
+            it is scaled by ``scale_factor`` together with the inputs.
+        scale_factor: the inputs are resized by this factor before the loss (1: no resizing), > 0.
+        backend: passed to [`tscd.ops.dense_energy_loss`][tscd.ops.dense_energy_loss].
 
-    The settings may be any finite real numbers (Python, numpy, 0-dim tensors), stored as floats:
-    weight >= 0, the σ in ``tscd.ops._checks.SIGMA_RANGE``, scale_factor > 0 (``ValueError`` otherwise).
+    Raises:
+        ValueError: a setting is out of its range.
     """
 
     def __init__(self, weight: float = 1e-7, sigma_rgb: float = 15.0, sigma_xy: float = 100.0,
@@ -68,9 +71,24 @@ class DenseEnergyLoss(nn.Module):
 
     def forward(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor,
                 seg_label: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W) in 0–255; probs (B, K, H, W) probabilities (with gradient); roi
-        (B, H, W) crop-box mask; seg_label (B, H, W) or (B, 1, H, W) pseudo label, 255 where
-        unlabelled (the gate is 1 there). Returns the weighted 0-dim loss."""
+        """The weighted loss of one batch.
+
+        Args:
+            images: the images in 0–255.
+            probs: class probabilities, with gradient.
+            roi: the crop-box mask.
+            seg_label: the pseudo label, 255 where unlabelled (the gate is 1 there).
+
+        Shapes:
+            - ``images``: (B, 3, H, W).
+            - ``probs``: (B, K, H, W).
+            - ``roi``: (B, H, W).
+            - ``seg_label``: (B, H, W) or (B, 1, H, W).
+            - returns: () — a 0-dim tensor.
+
+        Raises:
+            ValueError: ``roi`` or ``seg_label`` has the wrong rank (the op checks the rest).
+        """
         if not isinstance(seg_label, torch.Tensor) or seg_label.dim() not in (3, 4):
             raise ValueError("seg_label must be a tensor of shape (B, H, W) or (B, 1, H, W)")
         if seg_label.dim() == 3:

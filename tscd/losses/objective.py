@@ -38,17 +38,26 @@ def crop_roi(box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class TSCDObjective(nn.Module):
-    """The §9 sum of the recipe's terms.
+    """The training objective of method §9: the weighted sum of the recipe's terms, with its schedule.
+
+    Iterations up to ``stage1_iters`` train L_cls alone; after that a step makes the pseudo labels
+    and computes every term whose weight is not 0 (module docstring: the order of a step).
 
     Args:
         pseudo_labeler: makes the CAMs and refined pseudo labels of a batch.
-        weights: the weight of each term of :data:`TERMS` (0 switches a term off).
+        weights: the weight of each term of ``TERMS`` (``cls``, ``seg``, ``dense``, ``aff``,
+            ``scd``, ``er``); 0 switches a term off.
         stage1_iters: iterations ≤ this train L_cls only.
-        dense_weight, dense_sigma_rgb, dense_sigma_xy, dense_scale: :class:`DenseEnergyLoss`.
-        scd_samples: positions sampled per view by :class:`SelfCorrespondenceDistillation`
-            (None: every position); scd_scale: the size of the second view.
-        aff_radius: window radius of :class:`AffinityLoss`.
-        er_released: the released code's inert ER term instead of the live one (§7).
+        dense_weight: the weight inside [`DenseEnergyLoss`][tscd.losses.DenseEnergyLoss].
+        dense_sigma_rgb: its colour kernel width.
+        dense_sigma_xy: its spatial kernel width.
+        dense_scale: its ``scale_factor``.
+        scd_samples: positions sampled per view by
+            [`SelfCorrespondenceDistillation`][tscd.losses.SelfCorrespondenceDistillation]
+            (None: every position).
+        scd_scale: the size of the second view, relative to the first.
+        aff_radius: window radius of [`AffinityLoss`][tscd.losses.AffinityLoss].
+        er_released: the released code's inert ER term instead of the live one (method §7).
         reuse_forward_cam: the teachers' un-flipped scale-1 CAMs are the trainable forward's CAMs
             (detached) rather than a separate no-gradient pass, one encoder pass of each view fewer:
             the same numbers when the forward is deterministic (no stochastic depth or dropout) and,
@@ -56,12 +65,8 @@ class TSCDObjective(nn.Module):
             flip). With stochastic depth the teacher shares the student's draw instead of its own.
         backend: the ``tscd.ops`` backend of the fused losses.
 
-    ``forward(net, model, batch, step)`` returns ``(total, terms, aux)``: ``terms`` maps each
-    computed term name to its unweighted value, ``aux`` holds the step's ``cam`` (B,K-1,H,W)
-    and ``pseudo`` label (B,H,W) for display. ``net`` is the model as it is trained (possibly
-    DDP-wrapped), ``model`` the bare TSCD used for the no-gradient CAMs. The batch holds
-    ``image`` (B,3,H,W) normalised, ``rgb`` (B,3,H,W) the same images in [0, 1], ``label``
-    (B,K-1) and ``box`` (B,4).
+    Raises:
+        ValueError: ``reuse_forward_cam`` is set but the pseudo labeler's scales lack 1.0.
     """
 
     def __init__(self, pseudo_labeler: PseudoLabeler, weights: Mapping[str, float], *, stage1_iters: int = 2000,
@@ -90,6 +95,25 @@ class TSCDObjective(nn.Module):
         return step <= self.stage1_iters
 
     def forward(self, net: nn.Module, model: nn.Module, batch: dict, step: int):
+        """The loss terms of one training step.
+
+        Args:
+            net: the model as it is trained (possibly DDP-wrapped).
+            model: the bare [`TSCD`][tscd.models.TSCD], for the no-gradient CAMs.
+            batch: ``image`` normalised, ``rgb`` the same images in [0, 1], ``label`` the
+                image-level labels, ``box`` the crop boxes (y0, y1, x0, x1).
+            step: the iteration, from 1.
+
+        Shapes:
+            - ``batch["image"]``, ``batch["rgb"]``: (B, 3, H, W).
+            - ``batch["label"]``: (B, K−1).
+            - ``batch["box"]``: (B, 4).
+
+        Returns:
+            ``(total, terms, aux)``: the weighted sum; each computed term's unweighted value by
+            name; for display, the step's ``cam`` (B, K−1, H, W) and ``pseudo`` label (B, H, W)
+            (empty in the L_cls-only stage).
+        """
         images, labels = batch["image"], batch["label"].float()
         box = batch.get("box")
         w = self.weights

@@ -16,17 +16,20 @@ def _sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 
 class SelfCorrespondenceDistillation(nn.Module):
-    """L_scd between teacher maps (CAMs) and student maps (segmentation logits) of two views.
+    """L_scd of method §6 between teacher maps (CAMs) and student maps (segmentation logits) of two views.
+
+    Samples positions as the released code does, then calls
+    [`tscd.ops.scd_loss`][tscd.ops.scd_loss].
 
     Args:
-        num_samples: n; each view is sampled at n×n random positions (uniform in the
-            normalised square, drawn per image from torch's default generator), the same
-            positions for the teacher and student of a view and independent ones for the
-            other view. ``None`` uses every position (dense SCD).
-        backend: passed to :func:`tscd.ops.scd_loss`.
+        num_samples: n; each view is sampled at n×n random positions (uniform in the normalised
+            square, drawn per image from torch's default generator, bilinear), the same positions
+            for the teacher and student of a view and independent ones for the other view.
+            ``None`` uses every position (dense SCD).
+        backend: passed to [`tscd.ops.scd_loss`][tscd.ops.scd_loss].
 
-    forward(t1 (B,C,H1,W1), t2 (B,C,H2,W2), s1 (B,K,H1,W1), s2 (B,K,H2,W2)) → 0-dim loss;
-    t1 and t2 receive no gradient.
+    Raises:
+        ValueError: ``num_samples`` is neither a positive int nor None.
     """
 
     def __init__(self, num_samples: int | None = 40, backend: str = "auto"):
@@ -37,6 +40,21 @@ class SelfCorrespondenceDistillation(nn.Module):
         self.backend = backend
 
     def forward(self, t1, t2, s1, s2) -> torch.Tensor:
+        """The loss of one batch; ``t1`` and ``t2`` receive no gradient.
+
+        Args:
+            t1: teacher map of view 1.
+            t2: teacher map of view 2.
+            s1: student map of view 1.
+            s2: student map of view 2.
+
+        Shapes:
+            - ``t1``: (B, C, H1, W1).
+            - ``t2``: (B, C, H2, W2).
+            - ``s1``: (B, K, H1, W1).
+            - ``s2``: (B, K, H2, W2).
+            - returns: () — a 0-dim tensor.
+        """
         if self.num_samples is None:
             return scd_loss(t1, t2, s1, s2, backend=self.backend)
         for name, x, shape in (("t1", t1, "(B, C, H1, W1)"), ("t2", t2, "(B, C, H2, W2)"),

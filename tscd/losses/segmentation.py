@@ -16,10 +16,23 @@ def _masked_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) ->
 
 
 def segmentation_loss(seg_logits: torch.Tensor, label: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """``½·CE(seg, bkg-only label) + ½·CE(seg, fg-only label)``.
+    """Segmentation loss of method §8: ``½·CE(seg, bkg-only label) + ½·CE(seg, fg-only label)``.
 
-    seg_logits (B,K,h,w), upsampled bilinearly to the label's size; label (B,H,W) int64 with
-    0 = background, 1..K-1 = classes, ``ignore_index`` = ignore.
+    The background and foreground pixels weigh half each; each cross entropy is the mean over its
+    non-ignored pixels (0 when there are none).
+
+    Args:
+        seg_logits: segmentation logits, upsampled bilinearly to the label's size.
+        label: int64 pseudo label: 0 background, 1…K−1 the classes, ``ignore_index`` ignored.
+        ignore_index: label value that is ignored.
+
+    Shapes:
+        - ``seg_logits``: (B, K, h, w).
+        - ``label``: (B, H, W).
+        - returns: () — a 0-dim tensor.
+
+    Returns:
+        The loss.
     """
     if seg_logits.shape[-2:] != label.shape[-2:]:
         seg_logits = F.interpolate(seg_logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
@@ -30,9 +43,16 @@ def segmentation_loss(seg_logits: torch.Tensor, label: torch.Tensor, ignore_inde
 
 
 class SegmentationLoss(nn.Module):
+    """[`segmentation_loss`][tscd.losses.segmentation_loss] as a module.
+
+    Args:
+        ignore_index: label value that is ignored.
+    """
+
     def __init__(self, ignore_index: int = IGNORE_INDEX):
         super().__init__()
         self.ignore_index = ignore_index
 
     def forward(self, seg_logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """``segmentation_loss(seg_logits, label, ignore_index)``."""
         return segmentation_loss(seg_logits, label, self.ignore_index)

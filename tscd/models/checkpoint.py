@@ -199,20 +199,33 @@ def _match_layout(model: nn.Module, state: dict[str, torch.Tensor], source: str)
 
 
 def load_checkpoint(model: nn.Module, checkpoint, strict: bool = True, map_location="cpu") -> dict:
-    """Load ``checkpoint`` (a path, ``hf-hub:owner/name[@revision]``, ``timm:name``, or a loaded
-    dict) into ``model`` (TSCD or an encoder).
+    """Load weights into a TSCD model or an encoder, detecting the layout from the keys.
 
-    A remote source is fetched by :func:`tscd.models.pretrained.fetch` (a
-    ``PretrainedSourceError`` says why it cannot be); a path is read by
-    :func:`read_checkpoint_file` (a ``CheckpointReadError`` names an unusable file). The layout
-    is detected from the keys and converted (module docstring). strict=True: every key of the
-    target must be present with the same size and nothing else may be left over, or
-    ``CheckpointMismatchError`` lists the missing, unexpected and size-mismatched keys (its
-    first line names the file and the first key of each kind). strict=False loads the keys that
-    match and reports the others.
+    Accepted layouts (module docstring of ``tscd.models.checkpoint``): SegFormer/MiT backbone
+    files, TSCD/AFA checkpoints and tscd's own, Hugging Face and mmseg SegFormer checkpoints, and
+    for a timm ViT encoder timm, DINOv2 and OpenAI-CLIP checkpoints. Files are read weights-only:
+    a file that pickles anything but tensors and plain data is refused.
 
-    Returns ``{"target": "model" | "encoder" | "encoder.vit" | "vit", "layout": ..., "loaded": [...],
-    "dropped": [...], "missing": [...], "unexpected": [...], "mismatched": [...]}``.
+    Args:
+        model: a [`TSCD`][tscd.models.TSCD] or an encoder. A backbone file loaded into a TSCD model
+            fills its encoder; a full checkpoint loaded into a bare encoder gives it ``encoder.*``.
+        checkpoint: a path, a remote source ``hf-hub:owner/name[@revision]`` or ``timm:name``
+            (fetched through the Hugging Face cache first), or an already loaded dict.
+        strict: every key of the target must be present with the same size and nothing else may be
+            left over; False loads the keys that match and reports the others.
+        map_location: where the tensors are loaded.
+
+    Returns:
+        ``{"target": "model" | "encoder" | "encoder.vit" | "vit", "layout": ..., "loaded": [...],
+        "dropped": [...], "missing": [...], "unexpected": [...], "mismatched": [...]}``.
+
+    Raises:
+        CheckpointMismatchError: the layout is unknown (the message lists the known ones), or,
+            with ``strict``, keys are missing, unexpected or of another size (the first line names
+            the file and the first key of each kind).
+        CheckpointReadError: the file is missing, not a checkpoint, damaged, or refused.
+        tscd.models.pretrained.PretrainedSourceError: a remote source cannot be fetched (says
+            why).
     """
     source = "the checkpoint"
     if isinstance(checkpoint, (str, os.PathLike)):

@@ -2,15 +2,15 @@
 
 MiT learns slowly from random initialisation: on the synthetic demo, MiT-b0 sits at the
 label prior for hundreds of iterations, while a BatchNorm CNN of the same size starts to
-learn within a hundred (measured in the README). A hybrid keeps what TSCD needs from the
+learn within a hundred (measured: docs/demo.md). A hybrid keeps what TSCD needs from the
 transformer — stage 4 is a stack of MiT blocks, so the attention affinity of method §5 comes
 from attention logits as in MiT — and replaces stages 1–3 with conv–BN–ReLU layers, the
 hybrid design of the ViT paper (Dosovitskiy et al., 2021).
 
 - ``hybrid_b0``: MiT-b0's widths (32, 64, 160, 256) and its stage 4 (two blocks, eight heads).
 - ``hybrid_tiny``: widths (32, 64, 96, 96), stage 4 two blocks of three heads; 2.3× cheaper
-  per demo step than ``hybrid_b0``: the demo's encoder (figures of both in the README, "The
-  demo, measured").
+  per demo step than ``hybrid_b0``: the demo's encoder (figures of both in docs/demo.md,
+  "Why not MiT-b0 or a ViT").
 
 They have the interface of :class:`~tscd.models.mit.MixVisionTransformer`; the layers they
 share with MiT live in :mod:`tscd.models.layers`.

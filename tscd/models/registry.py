@@ -26,16 +26,31 @@ __all__ = ["BACKBONES", "build_backbone", "TIMM_NAMES"]
 logger = logging.getLogger(__name__)
 
 BACKBONES = (*MIT_CONFIGS, *HYBRID_CONFIGS)
-"""The built-in encoders; timm ViT names are accepted besides (:func:`build_backbone`)."""
+"""The built-in encoders; timm ViT names are accepted besides ([`build_backbone`][tscd.models.build_backbone])."""
 DEFAULT_STRIDE = (4, 2, 2, 1)
 _ACCEPTED = (f"expected one of {', '.join(BACKBONES)}, or the timm name of a VisionTransformer "
              f"(e.g. {', '.join(VIT_EXAMPLES)}; see timm.list_models('vit_*'))")
 
 
 def build_backbone(name: str = "mit_b1", stride=DEFAULT_STRIDE, drop_path_rate: float = 0.1, **kwargs) -> nn.Module:
-    """One of ``mit_b0`` … ``mit_b5`` (or the hybrids ``hybrid_b0``, ``hybrid_tiny``) with the given strides,
-    or a timm ViT by its timm name (:class:`~tscd.models.vit.ViTEncoder`; its stride is its patch
-    size, so ``stride`` must stay :data:`DEFAULT_STRIDE`). A ValueError lists what is accepted."""
+    """An encoder by name: a built-in one (``BACKBONES``) or a timm Vision Transformer.
+
+    Args:
+        name: ``mit_b0`` … ``mit_b5``, ``hybrid_b0``, ``hybrid_tiny``, or the timm name of a
+            ``VisionTransformer`` (``vit_base_patch16_224``, ``vit_base_patch14_dinov2``,
+            ``vit_base_patch16_clip_224.openai`` ...), built as a ``tscd.models.ViTEncoder``.
+        stride: the per-stage strides of a built-in encoder. A ViT's stride is its patch size, so
+            for a ViT it must stay ``DEFAULT_STRIDE`` (4, 2, 2, 1).
+        drop_path_rate: stochastic depth.
+        **kwargs: passed to the encoder's constructor.
+
+    Returns:
+        The encoder, an ``nn.Module`` whose forward returns ``(features, attention_logits)``.
+
+    Raises:
+        ValueError: the name is unknown (the message lists what is accepted), or a ViT is given
+            another stride.
+    """
     if name in MIT_CONFIGS:
         cfg = MIT_CONFIGS[name]
         return MixVisionTransformer(cfg.embed_dims, cfg.depths, cfg.num_heads, cfg.mlp_ratios, cfg.sr_ratios,

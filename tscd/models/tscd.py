@@ -25,14 +25,20 @@ PARAM_GROUPS = ("encoder", "encoder_norm", "heads", "decoder")
 
 
 class TSCDOutput(NamedTuple):
-    """What :meth:`TSCD.forward` returns (N = h₄·w₄, the stage-4 positions).
+    """What [`TSCD.forward`][tscd.models.TSCD.forward] returns, all with gradient.
 
-    cls (B, K−1) image logits; seg (B, K, h₁, w₁) segmentation logits at the first map's size
-    (⌈H/4⌉ × ⌈W/4⌉ for MiT; 4·⌈H/p⌉ × 4·⌈W/p⌉, covering the image, for a ViT of patch p); attn_pred (B, N, N)
-    the attention affinity of method §5; with a second view x′ (method §6) also seg_small, its
-    segmentation logits, and cam_small (B, K−1, h₄′, w₄′), its CAM — all with gradient; cam
-    (B, K−1, h₄, w₄) is the raw CAM of x.
-    A ``classify_only`` forward holds cls alone (the others None).
+    A ``classify_only`` forward holds ``cls`` alone (the others None); ``seg_small`` and
+    ``cam_small`` are set when a second view x′ (method §6) was given.
+
+    Shapes:
+        - ``cls``: (B, K−1), the image logits.
+        - ``seg``: (B, K, h₁, w₁), the segmentation logits at the first map's size: ⌈H/4⌉ × ⌈W/4⌉
+          for MiT; 4·⌈H/p⌉ × 4·⌈W/p⌉, covering the image, for a ViT of patch p.
+        - ``attn_pred``: (B, N, N), the attention affinity of method §5; N = h₄·w₄, the stage-4
+          positions.
+        - ``seg_small``: (B, K, h₁′, w₁′), the segmentation logits of x′.
+        - ``cam_small``: (B, K−1, h₄′, w₄′), the CAM of x′.
+        - ``cam``: (B, K−1, h₄, w₄), the raw CAM of x.
     """
 
     cls: torch.Tensor
@@ -44,21 +50,29 @@ class TSCDOutput(NamedTuple):
 
 
 class CAMOutput(NamedTuple):
-    """What :meth:`TSCD.forward_cam` returns: cam (B, K−1, h₄, w₄) and attn_pred (B, N, N)."""
+    """What [`TSCD.forward_cam`][tscd.models.TSCD.forward_cam] returns.
+
+    Shapes:
+        - ``cam``: (B, K−1, h₄, w₄), the raw CAM.
+        - ``attn_pred``: (B, N, N), the attention affinity, N = h₄·w₄.
+    """
 
     cam: torch.Tensor
     attn_pred: torch.Tensor
 
 
 class TSCD(nn.Module):
-    """TSCD / AFA network.
+    """The TSCD / AFA network of method §1: encoder, SegFormer head, CAM classifier, attention affinity.
+
+    Module names follow the released AFA/TSCD code (``encoder``, ``decoder``, ``classifier``,
+    ``attn_proj``), so their checkpoints load with [`load_checkpoint`][tscd.models.load_checkpoint].
 
     Args:
         backbone: ``"mit_b0"`` … ``"mit_b5"``, ``"hybrid_b0"`` / ``"hybrid_tiny"`` (convolutional
             stages 1–3 + a MiT stage 4; learn much faster from random initialisation, see
             tscd.models.hybrid),
             or the timm name of a ViT (``"vit_base_patch16_224"``, ``"vit_base_patch14_dinov2"``,
-            ``"vit_base_patch16_clip_224.openai"`` ...: :class:`~tscd.models.vit.ViTEncoder`).
+            ``"vit_base_patch16_clip_224.openai"`` ...: ``tscd.models.ViTEncoder``).
         num_classes: K, background included (the classifier predicts the K−1 foreground classes).
         stride: per-stage strides of the encoder; (4, 2, 2, 1) gives a stride-16 last stage. A ViT's
             stride is its patch size: it takes the default only.
@@ -69,7 +83,7 @@ class TSCD(nn.Module):
         topk_ratio: fraction of positions averaged by ``"topk"`` pooling (at least one).
         embedding_dim: width of the SegFormer head.
         pretrained: optional weights for the encoder or the whole model, loaded with
-            ``tscd.models.load_checkpoint``: a file in any layout of ``tscd.models.pretrained``
+            [`load_checkpoint`][tscd.models.load_checkpoint]: a file in any layout of ``tscd.models.pretrained``
             (SegFormer/MiT, Hugging Face, mmseg, timm ViT, a TSCD checkpoint), or a remote source
             ``hf-hub:<repo>`` / ``timm:<name>`` (the Hugging Face cache first).
         drop_path_rate: stochastic depth of the encoder.
@@ -82,6 +96,10 @@ class TSCD(nn.Module):
             in training mode (dropout, drop-path and BatchNorm statistics off), and its forward
             runs without autograd — the attention logits need no gradient upstream of
             ``attn_proj``, so no activation of the encoder is kept for the backward pass.
+
+    Raises:
+        ValueError: ``pooling``, ``topk_ratio`` or ``num_classes`` is invalid, or the backbone
+            is unknown.
     """
 
     def __init__(self, backbone: str = "mit_b1", num_classes: int = 21, stride=(4, 2, 2, 1),
@@ -137,11 +155,19 @@ class TSCD(nn.Module):
             return self.encoder(x)
 
     def attention_affinity(self, attention_logits: list[torch.Tensor]) -> torch.Tensor:
-        """A = sigmoid(attn_proj(S)) with S the last two blocks' logits concatenated on the head
-        axis (B, 16, N, N) (plus its transpose if symmetrised): (B, N, N), N = h₄·w₄.
+        """The learned affinity ``A = sigmoid(attn_proj(S))`` of method §5.
 
-        attn_proj is a 1×1 conv, i.e. Σ_k w_k S_k + b, and the transpose commutes with the sum,
-        so it is computed as P + Pᵀ + b with P = Σ_k w_k S_k: no concatenated copy of S.
+        S is the last two blocks' logits concatenated on the head axis (plus its transpose if
+        symmetrised). ``attn_proj`` is a 1×1 conv, i.e. Σ_k w_k S_k + b, and the transpose commutes
+        with the sum, so it is computed as P + Pᵀ + b with P = Σ_k w_k S_k: no concatenated copy
+        of S.
+
+        Args:
+            attention_logits: the encoder's attention logits per block; the last two are used.
+
+        Shapes:
+            - ``attention_logits[-2]``, ``attention_logits[-1]``: (B, heads, N, N).
+            - returns: (B, N, N), N = h₄·w₄.
         """
         first, second = attention_logits[-2:]
         b, heads, n, _ = first.shape
@@ -152,7 +178,12 @@ class TSCD(nn.Module):
         return torch.sigmoid(p + self.attn_proj.bias)
 
     def cam(self, features4: torch.Tensor) -> torch.Tensor:
-        """Class activation maps of stage-4 features (B, C₄, h, w) → (B, K−1, h, w)."""
+        """Class activation maps of stage-4 features.
+
+        Shapes:
+            - ``features4``: (B, C₄, h, w).
+            - returns: (B, K−1, h, w).
+        """
         return F.conv2d(features4, self.classifier.weight)
 
     def _image_logits(self, f4: torch.Tensor, cam: torch.Tensor | None = None) -> torch.Tensor:
@@ -167,12 +198,26 @@ class TSCD(nn.Module):
 
     def forward(self, x: torch.Tensor, x_small: torch.Tensor | None = None, *,
                 classify_only: bool = False) -> TSCDOutput:
-        """The trainable forward of normalised images x (B, 3, H, W) and, in a training step of
-        method §6, of their second view x_small (B, 3, H′, W′) too (one call, so that DDP wraps
-        the model itself). See :class:`TSCDOutput`.
+        """The trainable forward of normalised images and, in a training step, of their second view.
 
-        ``classify_only``: the image logits alone (the L_cls-only stage of §9): neither the
-        decoder nor the affinity is computed."""
+        Both views go through one call, so that DDP wraps the model itself.
+
+        Args:
+            x: normalised images.
+            x_small: their second view x′ of method §6 (the 0.3× images), or None.
+            classify_only: the image logits alone (the L_cls-only stage of §9): neither the
+                decoder nor the affinity is computed.
+
+        Shapes:
+            - ``x``: (B, 3, H, W).
+            - ``x_small``: (B, 3, H′, W′).
+
+        Returns:
+            A [`TSCDOutput`][tscd.models.TSCDOutput].
+
+        Raises:
+            ValueError: ``classify_only`` with ``x_small``.
+        """
         if classify_only:
             if x_small is not None:
                 raise ValueError("classify_only takes no second view x_small")
@@ -189,21 +234,34 @@ class TSCD(nn.Module):
         return TSCDOutput(cls, seg, attn_pred, self.decoder(features_small), self.cam(features_small[3]), cam)
 
     def forward_cam(self, x: torch.Tensor) -> CAMOutput:
-        """CAM and attention affinity of normalised images x (B, 3, H, W); the decoder is skipped.
+        """CAM and attention affinity of normalised images; the decoder is skipped.
 
         The CAM keeps its gradient: wrap in ``torch.no_grad()`` for pseudo labels.
+
+        Args:
+            x: normalised images.
+
+        Shapes:
+            - ``x``: (B, 3, H, W).
+
+        Returns:
+            A [`CAMOutput`][tscd.models.CAMOutput].
         """
         features, attention_logits = self.encode(x)
         return CAMOutput(self.cam(features[3]), self.attention_affinity(attention_logits))
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """The parameters by the groups of method §1 (:data:`PARAM_GROUPS`): encoder weights,
-        encoder norms (every encoder parameter whose name contains "norm", i.e. all LayerNorms,
-        as AFA), the heads (classifier + attn_proj), the decoder. Their learning rates and weight
-        decay are the optimiser's policy (``tscd.engine.schedule.build_optimizer``).
+        """The parameters by the groups of method §1.
 
-        Only parameters that train are listed: with ``freeze_backbone`` the two encoder groups
-        are empty."""
+        Their learning rates and weight decay are the optimiser's policy
+        (``tscd.engine.schedule.build_optimizer``). Only parameters that train are listed: with
+        ``freeze_backbone`` the two encoder groups are empty.
+
+        Returns:
+            ``{"encoder": ..., "encoder_norm": ..., "heads": ..., "decoder": ...}`` (``PARAM_GROUPS``):
+            the encoder's weights; its norms (every encoder parameter whose name contains "norm",
+            i.e. all LayerNorms, as AFA); the classifier and ``attn_proj``; the decoder.
+        """
         encoder, norms = [], []
         for name, p in self.encoder.named_parameters():
             if p.requires_grad:

@@ -124,23 +124,36 @@ def dense_crf(images: torch.Tensor, probs: torch.Tensor, *, num_iter: int = _DEF
               smooth: tuple[float, float] = _DEFAULT.smooth,
               appearance: tuple[float, float, float] = _DEFAULT.appearance,
               backend: str = "auto") -> torch.Tensor:
-    """Mean-field dense CRF of method §10: the refined probabilities Q, (B, K, H, W).
+    """Mean-field dense CRF of method §10: fully connected, Potts, as pydensecrf's ``DenseCRF2D``.
+
+    The defaults are the ``afa`` preset of ``tscd.constants.CRF_PRESETS`` (the published TSCD/AFA
+    protocol): 10 iterations, smoothness (3, 3), appearance (64, 5, 4). Runs without gradient.
 
     Args:
-        images: (B, 3, H, W) in 0–255, float or uint8.
-        probs: (B, K, H, W) class probabilities (e.g. a softmax), any float dtype.
-        num_iter: mean-field iterations (defaults: the `afa` preset of tscd.constants.CRF_PRESETS: 10,
-            smoothness (3, 3), appearance (64, 5, 4)).
+        images: the images in 0–255, float or uint8; must be finite.
+        probs: class probabilities (e.g. a softmax), any float dtype.
+        num_iter: mean-field iterations.
         smooth: (σ_xy, weight) of the smoothness kernel.
         appearance: (σ_xy, σ_rgb, weight) of the appearance kernel.
-        backend: ``"auto" | "exact" | "torch" | "triton" | "cpp" | "lattice" | "pydensecrf"``
-            (:mod:`tscd.ops.backends`).
+        backend: ``"auto" | "exact" | "torch" | "triton" | "cpp" | "lattice" | "pydensecrf"`` (see
+            ``tscd.ops.backends``); on the CPU ``auto`` takes the lattice from 256 pixels.
 
-    Returns float32 probabilities (float64 for the float64 torch reference); no gradient; an empty
-    batch gives an empty output. ``images`` must be finite, the σ real numbers in ``SIGMA_RANGE`` and
-    the weights in ``WEIGHT_RANGE`` (``ValueError`` otherwise; :mod:`tscd.ops._checks`); the
-    approximations also bound the features coordinates/σ and colours/σ (:data:`PYDENSECRF_MAX_FEATURE`,
-    ``tscd/csrc/lattice.h``).
+    Shapes:
+        - ``images``: (B, 3, H, W).
+        - ``probs``: (B, K, H, W).
+        - returns: (B, K, H, W).
+
+    Returns:
+        The refined probabilities Q in float32 (float64 for the float64 torch reference); an
+        empty batch gives an empty output.
+
+    Raises:
+        TypeError: ``images`` or ``probs`` is not a tensor of a supported dtype.
+        ValueError: the shapes or devices do not match, ``images`` holds NaN or infinity, a σ
+            lies outside ``SIGMA_RANGE`` or a weight outside ``WEIGHT_RANGE``
+            (``tscd.ops._checks``), or an approximate backend cannot hold the features
+            (coordinates / σ and colours / σ: ``PYDENSECRF_MAX_FEATURE``,
+            ``csrc/lattice.h``).
     """
     device, num_iter, smooth, appearance = _check(images, probs, num_iter, smooth, appearance)
     pixels = probs.shape[2] * probs.shape[3]

@@ -99,21 +99,39 @@ def _check(images, probs, roi, ignore, sigma_rgb, sigma_xy):
 
 def dense_energy_loss(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor, ignore: torch.Tensor, *,
                       sigma_rgb: float = 15.0, sigma_xy: float = 50.0, backend: str = "auto") -> torch.Tensor:
-    """Exact dense energy loss of method §8 (no weight, no rescaling): a 0-dim tensor.
+    """Exact dense energy (CRF) loss of method §8, without weight or rescaling.
+
+    ``L = −(1/B) Σ_b Σ_{i,k} S_ik g_i (W S)_ik`` with ``S = probs · roi``, the Gaussian kernel
+    ``W_ij = exp(−‖p_i−p_j‖²/(2σ_xy²) − ‖I_i−I_j‖²/(2σ_rgb²))`` over every pixel pair and the gate
+    ``g = max(roi − max_k probs, 0)``, 1 where ignored, held constant. The fused backends never
+    build the N×N matrix W.
 
     Args:
-        images: (B, 3, H, W) in 0–255, float or uint8 (no gradient).
-        probs: (B, K, H, W) class probabilities, float16/bfloat16/float32/float64.
-        roi: (B, H, W) crop-box mask in {0, 1}, bool or float.
-        ignore: (B, H, W) bool, True where the gate is forced to 1 (unlabelled pixels).
-        sigma_rgb, sigma_xy: kernel widths in colour (0–255) and pixel units.
-        backend: ``"auto" | "exact" | "torch" | "triton" | "cpp" | "lattice"`` (:mod:`tscd.ops.backends`);
-            ``"lattice"`` is the released O(N) approximation, whose loss is ≈ 0.58 × the exact one.
+        images: the images in 0–255, float or uint8; no gradient; must be finite.
+        probs: class probabilities, float16/bfloat16/float32/float64.
+        roi: the crop-box mask in {0, 1}, bool or float.
+        ignore: bool, True where the gate is forced to 1 (unlabelled pixels).
+        sigma_rgb: colour kernel width (0–255 units).
+        sigma_xy: spatial kernel width in pixels.
+        backend: ``"auto" | "exact" | "torch" | "triton" | "cpp" | "lattice"`` (see
+            ``tscd.ops.backends``); ``"lattice"`` is the released O(N) approximation, whose loss
+            is ≈ 0.58 × the exact one.
 
-    The loss is float32 (float64 for float64 probs); the gradient flows to ``probs`` only,
-    with the gate held constant. The fused backends never build the N×N kernel matrix.
-    ``images`` must be finite, the σ real numbers in ``SIGMA_RANGE`` and B >= 1 (``ValueError``
-    otherwise; :mod:`tscd.ops._checks`); an image of no pixels has loss 0.
+    Shapes:
+        - ``images``: (B, 3, H, W).
+        - ``probs``: (B, K, H, W).
+        - ``roi``: (B, H, W).
+        - ``ignore``: (B, H, W).
+        - returns: () — a 0-dim tensor.
+
+    Returns:
+        The loss in float32 (float64 for float64 ``probs``), with a gradient to ``probs`` only;
+        0 for images of no pixels.
+
+    Raises:
+        TypeError: an argument is not a tensor of a supported dtype.
+        ValueError: the shapes or devices do not match, B is 0, ``images`` holds NaN or
+            infinity, or a σ lies outside ``SIGMA_RANGE`` (``tscd.ops._checks``).
     """
     device, sigma_rgb, sigma_xy = _check(images, probs, roi, ignore, sigma_rgb, sigma_xy)
     request, backend = backend, resolve("dense_energy_loss", backend, device.type)

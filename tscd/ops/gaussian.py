@@ -7,7 +7,7 @@ tile from feature differences and accumulate in float32 (the ``gaussian_product`
 :mod:`tscd.kernels.primitives`).
 
 The ``lattice`` backend (CPU) approximates the same product in O(N) with the permutohedral
-lattice (``tscd/csrc/lattice.h``): its sums are ≈ 0.58 × the exact ones on photographs (the
+lattice (``csrc/lattice.h``): its sums are ≈ 0.58 × the exact ones on photographs (the
 released ``bilateralfilter`` module's and pydensecrf's scale, method §8), so ``auto`` never
 picks it here; ask for it by name.
 
@@ -86,18 +86,41 @@ def _row_window(row_window, pixels: int) -> tuple[int, int]:
 def gaussian_product(feats: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | None = None, *,
                      cutoff: float | None = None, row_window: tuple[int, int] | None = None,
                      backend: str = "auto"):
-    """``W·x`` (and ``W·x2`` from the same sweep), ``W_ij = exp(−½‖f_i − f_j‖²)``.
+    """The Gaussian-kernel product ``W·x``, ``W_ij = exp(−½‖f_i − f_j‖²)``, summed over every pair.
 
-    feats (B, D, N) with D ≤ 8; x (B, K, N); x2 (B, K2, N) or None. Returns W·x, or the pair
-    (W·x, W·x2) when x2 is given, in float32 (float64 for the float64 torch reference).
-    ``cutoff``: pairs with ``‖f_i − f_j‖ > cutoff`` are left out (None: all pairs, exact); a
-    finite real number of at least ``SIGMA_RANGE[0]`` (:mod:`tscd.ops._checks`).
-    ``row_window``: a speed hint for windowed spatial kernels, see :func:`fused_product`.
-    ``backend``: ``"auto" | "exact" | "torch" | "triton" | "cpp" | "lattice"``; ``"lattice"``
-    (explicit only) is the O(N) approximation, ≈ 0.58 × the exact sums, ignoring ``cutoff``.
+    The fused backends compute W tile by tile from the features and never build it; the product
+    serves the dense energy loss, the dense CRF and ``tscd.compat.bilateralfilter``. With ``x2``,
+    ``W·x2`` comes from the same sweep over W.
 
-    feats must hold finite values (a ``ValueError`` otherwise, on every backend); the lattice
-    also needs them within ±16384 (``tscd/csrc/lattice.h``).
+    Args:
+        feats: per-pixel feature vectors (e.g. coordinates and colours, each divided by its σ);
+            must be finite.
+        x: the values to filter.
+        x2: more values to filter with the same weights, or None.
+        cutoff: pairs with ``‖f_i − f_j‖ > cutoff`` are left out (None: all pairs, exact); a
+            finite real number of at least ``SIGMA_RANGE[0]`` (``tscd.ops._checks``).
+        row_window: ``(width, radius)``, a speed hint for windowed spatial kernels: the pixels are
+            in raster order with rows of ``width``, and rows more than ``radius`` apart are
+            skipped; ``cutoff`` must already give those pairs weight 0.
+        backend: ``"auto" | "exact" | "torch" | "triton" | "cpp" | "lattice"`` (see
+            ``tscd.ops.backends``); ``"lattice"`` (by name only) is the O(N) approximation,
+            ≈ 0.58 × the exact sums, which ignores ``cutoff`` and ``row_window``.
+
+    Shapes:
+        - ``feats``: (B, D, N) with 1 ≤ D ≤ 8.
+        - ``x``: (B, K, N).
+        - ``x2``: (B, K2, N).
+        - returns: (B, K, N), or the pair ((B, K, N), (B, K2, N)) with ``x2``.
+
+    Returns:
+        ``W·x``, or the pair ``(W·x, W·x2)`` when ``x2`` is given, in float32 (float64 for the
+        float64 torch reference).
+
+    Raises:
+        TypeError: an argument is not a floating-point tensor.
+        ValueError: the shapes or devices do not match, ``feats`` holds NaN or infinity (or, for
+            the lattice, values beyond ±16384: ``csrc/lattice.h``), or ``cutoff`` or
+            ``row_window`` is invalid.
     """
     _checks.check_tensor("feats", feats, "(B, D, N)", (3,))
     _checks.check_tensor("x", x, "(B, K, N)", (3,))

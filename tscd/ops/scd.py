@@ -91,17 +91,33 @@ def _flatten_checked(t1, t2, s1, s2) -> tuple[torch.Tensor, ...]:
 
 
 def scd_loss(t1, t2, s1, s2, *, backend: str = "auto") -> torch.Tensor:
-    """Self-correspondence distillation loss of method §6 as a 0-dim tensor.
+    """Self-correspondence distillation loss of method §6.
+
+    ``−1/(B·N1·N2) Σ relu(Ŝ_i·Ŝ′_j)·f_ij``, with Ŝ, Ŝ′ the unit-normalised student columns of the
+    two views and f the row-centred, batch-offset teacher correspondence. The fused backends never
+    build the N1×N2 matrices and compute in float32.
 
     Args:
-        t1: teacher map of view 1, (B, C, H1, W1) or flattened (B, C, N1); no gradient.
-        t2: teacher map of view 2, (B, C, H2, W2) or (B, C, N2); no gradient.
-        s1: student map of view 1, (B, K, H1, W1) or (B, K, N1).
-        s2: student map of view 2, (B, K, H2, W2) or (B, K, N2).
-        backend: ``"auto" | "exact" | "torch" | "triton" | "cpp"`` (:mod:`tscd.ops.backends`).
+        t1: teacher map of view 1 (e.g. its CAM); receives no gradient.
+        t2: teacher map of view 2; receives no gradient.
+        s1: student map of view 1 (e.g. its segmentation logits).
+        s2: student map of view 2.
+        backend: ``"auto" | "exact" | "torch" | "triton" | "cpp"`` (see ``tscd.ops.backends``).
 
-    ``−1/(B·N1·N2) Σ relu(Ŝ_i·Ŝ′_j)·f_ij`` with the row-centred, batch-offset teacher
-    correspondence f. Fused backends compute in float32 and return the promoted input dtype.
+    Shapes:
+        - ``t1``: (B, C, H1, W1), or flattened (B, C, N1).
+        - ``t2``: (B, C, H2, W2), or (B, C, N2).
+        - ``s1``: (B, K, H1, W1), or (B, K, N1).
+        - ``s2``: (B, K, H2, W2), or (B, K, N2).
+        - returns: () — a 0-dim tensor.
+
+    Returns:
+        The loss in the promoted dtype of the inputs, with gradients to ``s1`` and ``s2``.
+
+    Raises:
+        TypeError: an argument is not a floating-point tensor, or the two teachers (or students)
+            differ in dtype.
+        ValueError: the shapes or devices do not match, or B, N1 or N2 is 0.
     """
     t1, t2, s1, s2 = _flatten_checked(t1, t2, s1, s2)
     chosen = resolve("scd_loss", backend, s1.device.type)

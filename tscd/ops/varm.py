@@ -67,11 +67,25 @@ def _fused_affinity(backend: str, images: torch.Tensor, dilations: tuple[int, ..
 
 def varm_affinity(images: torch.Tensor, *, dilations=DEFAULT_DILATIONS, mode: str = "varm",
                   backend: str = "auto") -> torch.Tensor:
-    """Per-pixel neighbour weights of method §4.
+    """Per-pixel neighbour weights ``w_n`` of method §4, which [`varm_refine`][tscd.ops.varm_refine] propagates.
 
-    images: (B, 3, H, W) with values in [0, 1], finite (``ValueError`` otherwise). Returns (B, N, H, W)
-    in the images' dtype, N = 8·len(dilations), neighbours dilation-major with the 8 offsets in
-    row-major order; empty when B, H or W is 0.
+    Args:
+        images: the images, with values in [0, 1]; must be finite.
+        dilations: the neighbourhood's dilations; each gives the 8 neighbours at that distance.
+        mode: ``"varm"`` (TSCD) or ``"par"`` (AFA's PAR).
+        backend: ``"auto" | "exact" | "torch" | "triton" | "cpp"`` (see ``tscd.ops.backends``).
+
+    Shapes:
+        - ``images``: (B, 3, H, W).
+        - returns: (B, N, H, W), N = 8·len(dilations), the neighbours dilation-major with the 8
+          offsets in row-major order.
+
+    Returns:
+        The weights in the images' dtype, without gradient; empty when B, H or W is 0.
+
+    Raises:
+        TypeError: ``images`` is not a floating-point tensor, or ``dilations`` not a sequence.
+        ValueError: a shape, mode or dilation is invalid, or ``images`` holds NaN or infinity.
     """
     _check_images(images)
     dilations, _ = _check_options(dilations, None, mode)
@@ -87,11 +101,33 @@ def varm_affinity(images: torch.Tensor, *, dilations=DEFAULT_DILATIONS, mode: st
 
 def varm_refine(images: torch.Tensor, masks: torch.Tensor, *, dilations=DEFAULT_DILATIONS, num_iter: int = 10,
                 mode: str = "varm", backend: str = "auto") -> torch.Tensor:
-    """Refine masks along the image, method §4.
+    """Refine masks along the image: the variation-aware refinement of method §4, or AFA's PAR.
 
-    images: (B, 3, H, W) with values in [0, 1]; masks: (B, K, h, w), any size (resized to
-    (H, W) bilinearly with align_corners=True). Returns (B, K, H, W) in the promoted dtype of
-    images and masks; empty when B, K, H or W is 0. ``images`` must be finite (``ValueError``).
+    The masks are resized to the images' size (bilinear, ``align_corners=True``), then each of
+    ``num_iter`` iterations replaces every pixel by the weighted sum of its neighbours, with the
+    weights of [`varm_affinity`][tscd.ops.varm_affinity]. Runs without gradient.
+
+    Args:
+        images: the images, with values in [0, 1]; must be finite.
+        masks: the masks to refine (e.g. class probabilities), at any size.
+        dilations: the neighbourhood's dilations; each gives the 8 neighbours at that distance.
+        num_iter: propagation iterations (0: the resized masks).
+        mode: ``"varm"`` (TSCD) or ``"par"`` (AFA's PAR).
+        backend: ``"auto" | "exact" | "torch" | "triton" | "cpp"`` (see ``tscd.ops.backends``).
+
+    Shapes:
+        - ``images``: (B, 3, H, W).
+        - ``masks``: (B, K, h, w).
+        - returns: (B, K, H, W).
+
+    Returns:
+        The refined masks in the promoted dtype of ``images`` and ``masks``; empty when B, K, H
+        or W is 0.
+
+    Raises:
+        TypeError: an argument is not a floating-point tensor, or ``dilations`` not a sequence.
+        ValueError: the shapes, devices, mode or options are invalid, or ``images`` holds NaN
+            or infinity.
     """
     _check_images(images)
     check_tensor("masks", masks, "(B, K, h, w)", (4,))
