@@ -1,15 +1,24 @@
 """``python -m tscd.selftest``: its CPU half passes here, in-process, at the smallest sizes; a
 backend that computes wrong values, a crashing one and a missing required one make it fail; the
-quick benchmarks run the bench scripts into a scratch folder; the 2× rule itself."""
+quick benchmarks run the package's cases into the folder asked for, check them before timing
+them and measure peak memory in a child process; the package never reaches into bench/; the 2×
+rule itself."""
+import ast
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
+import tscd
 import tscd.ops.varm as varm_module
 from tests.utils import require
 from tscd.ops import backends
-from tscd.selftest import benchmarks, checks, timing
+from tscd.selftest import benchmarks, cases, checks, timing
 from tscd.selftest.runner import main
 from tscd.selftest.tolerance import error_and_bound
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_cpu_half_passes(capsys):
@@ -72,21 +81,50 @@ def test_unknown_op_is_one_clear_line():
         main(["--device", "cpu", "--only", "scd", "--no-bench"])
 
 
-def test_quick_benchmark_writes_to_its_folder_only(tmp_path):
-    published = sorted(p.stat().st_mtime_ns for p in timing.RESULTS.glob("*"))
-    scd = next(b for b in benchmarks.PLANS["quick"] if b.script == "scd.py")
-    outcome = benchmarks.run_benchmark(scd, "cpu", tmp_path, quick=True)
-    assert outcome.error == ""
-    assert outcome.files == [tmp_path / "scd_cpu.csv"]
-    assert outcome.files[0].read_text().splitlines()[0] == ",".join(timing.FIELDS)
-    assert {r.backend for r in outcome.rows} >= {"torch"} and all(r.op == "scd" for r in outcome.rows)
-    assert sorted(p.stat().st_mtime_ns for p in timing.RESULTS.glob("*")) == published
+def test_quick_benchmark_writes_to_its_folder_only(tmp_path, capsys):
+    published = sorted((p.name, p.stat().st_mtime_ns) for p in (ROOT / "bench" / "results").glob("*"))
+    assert main(["--device", "cpu", "--quick", "--only", "scd_loss", "--results-dir", str(tmp_path)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["selftest_cpu.json"]
+    rows = json.loads((tmp_path / "selftest_cpu.json").read_text())["benchmarks"]
+    assert {r["extra_info"]["backend"] for r in rows} >= {"torch"} and all(r["extra_info"]["op"] == "scd_loss"
+                                                                           for r in rows)
+    assert all(r["extra_info"]["check"].startswith("against the torch reference") for r in rows)
+    out = capsys.readouterr().out
+    assert "bench full N=1024" in out and "triton on the CPU runs only in its interpreter" in out
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (ROOT / "bench" / "results").glob("*")) == published
 
 
-def test_a_failing_benchmark_is_reported(tmp_path):
-    broken = benchmarks.Benchmark("scd.py", ("scd_loss",), ("--sizes", "not-a-number"))
-    outcome = benchmarks.run_benchmark(broken, "cpu", tmp_path, quick=True)
-    assert outcome.error.startswith("ValueError") and outcome.rows == []
+def test_a_benchmark_that_computes_wrong_values_fails_its_check(monkeypatch):
+    require("cpp", "cpu")
+    monkeypatch.setattr(varm_module, "primitives", _Wrong)
+    case = next(c for c in cases.select("quick", "cpu", ["varm_refine"]) if c.backend == "cpp")
+    outcome = benchmarks.run_case(case, "cpu", quick=True)
+    assert outcome.row is None and outcome.error.startswith("check failed: masks: error")
+
+
+def test_peak_memory_is_measured_in_a_child_of_its_own():
+    megabytes = timing.peak_memory_mib(lambda n: torch.ones(n * 2**18).sum(), "cpu", setup=lambda: (64,))
+    assert 63 <= megabytes <= 66
+    with pytest.raises(RuntimeError, match="failed: ValueError: invalid literal"):
+        timing.peak_memory_mib(lambda: int("no"), "cpu")
+
+
+def test_cases_have_unique_ids_and_a_quick_size_per_op():
+    for tier in cases.TIERS:
+        for device in ("cpu", "cuda"):
+            selected = cases.select(tier, device)
+            assert len({(c.op, c.id) for c in selected}) == len(selected)
+    assert {c.op for c in cases.select("quick", "cpu")} == set(cases.OPS)
+    case = next(c for c in cases.select("quick", "cpu", ["scd_loss"]) if c.backend == "triton")
+    assert "interpreter" in cases.skip_reason(case, "cpu", cases.CPU_REFERENCE_LIMIT_BYTES)
+
+
+def test_the_package_never_imports_bench():
+    for path in Path(tscd.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            assert not any(n.split(".")[0] in ("bench", "common") for n in names), path
 
 
 def test_benchmarks_after_the_budget_are_skipped(capsys):

@@ -1,123 +1,123 @@
-"""The benchmark half of the self-test: the scripts of ``bench/`` run in this process, unchanged,
-at the sizes of a tier, their rows collected through :func:`tscd.selftest.timing.session`.
+"""The benchmark half of the self-test: the cases of :mod:`.cases` of one tier, each checked against
+its reference (:func:`.cases.check`) and then timed and measured by :mod:`.timing`.
 
-On CUDA (tier ``cuda``) they write ``bench/results/<name>_cuda.csv`` and their plots, as when run
-by hand. The ``quick`` tier (the CPU default) runs them at small sizes with timing loops cut to a
-fraction of a second and writes into a scratch folder, so that the published CPU results in
-``bench/results`` stay untouched: its figures only show that the benchmarks run.
-The scripts live in the source checkout (``<repo>/bench``), not in an installed package.
+On CUDA the self-test runs the ``full`` tier (the GPU sizes); on the CPU the ``quick`` tier, on one
+thread as ``bench/`` does by default (on a loaded machine every parallel region waits for a
+descheduled thread), with timing loops cut to a fraction of a second: its figures only show that
+the benchmarks run (the CPU tables come from ``pytest bench/``). The rows go to one JSON file in
+pytest-benchmark's layout (:func:`write_json`), which ``bench/tables.py`` reads as it reads
+``bench/``'s results.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import gc
-import importlib.util
-import io
-import os
-import sys
+import json
+import math
 import time
 import traceback
 from pathlib import Path
 
 import torch
 
-from . import timing
+from . import cases, timing
 from .checks import describe
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
-
-
-@dataclasses.dataclass(frozen=True)
-class Benchmark:
-    script: str  # file name in bench/
-    ops: tuple[str, ...]  # the ops it times (``train_step``: the whole objective)
-    args: tuple[str, ...]  # its command line
-
-
-#: The benchmarks in the order they run (the most informative first, in case the time budget ends).
-#: ``cuda``: SCD B=2 C=20 K=21 at the sampled N=1600 and the dense 4096, 16384 pixels; VARM and PAR
-#: 2×21×256², 10 iterations; dense energy 2×21×256² fwd, fwd+bwd and W·X; dense CRF 375×500, K=21,
-#: 10 iterations; one training step of MiT-B1 at 512², B=2, and of MiT-B1, ViT-B/16 and the frozen CLIP
-#: ViT-B/16 at 448² with their recipes. ``quick``: the same scripts at small sizes
-#: (on the CPU the training step without the slow reference).
-PLANS = {
-    "cuda": (
-        Benchmark("scd.py", ("scd_loss",), ("--sizes", "1600,4096,16384")),
-        Benchmark("varm.py", ("varm_refine",), ("--sizes", "256")),
-        Benchmark("dense_energy.py", ("dense_energy_loss", "gaussian_product"), ("--sizes", "256")),
-        Benchmark("dense_crf.py", ("dense_crf",), ("--sizes", "375x500")),
-        Benchmark("train_step.py", ("train_step",), ("--sizes", "voc512,mitb1_448,vitb_448,clip_frozen_448")),
-    ),
-    "quick": (
-        Benchmark("scd.py", ("scd_loss",), ("--sizes", "256")),
-        Benchmark("varm.py", ("varm_refine",), ("--sizes", "16", "--modes", "varm")),
-        Benchmark("dense_energy.py", ("dense_energy_loss", "gaussian_product"), ("--sizes", "16")),
-        Benchmark("dense_crf.py", ("dense_crf",), ("--sizes", "16x20")),
-        Benchmark("train_step.py", ("train_step",), ("--sizes", "demo", "--backends", "cpp")),
-    ),
-}
+#: The CPU timing loop of the quick tier: the warm-up and one timed call, or a few within this budget.
+QUICK_BUDGET_S = 0.2
 
 
 @dataclasses.dataclass
 class Outcome:
-    """What one benchmark script did: its rows (empty when it failed or was skipped) and why not."""
+    """What one case did: its row (None when it was skipped or failed), the check's verdict, why it
+    was skipped or failed, the traceback of a crash, the images one timed call processed and the
+    threads it ran on."""
 
-    benchmark: Benchmark
-    rows: list[timing.Row]
+    case: cases.BenchCase
+    row: timing.Row | None
     seconds: float
+    verdict: str = ""
+    skipped: str = ""
     error: str = ""
-    files: list[Path] = dataclasses.field(default_factory=list)
     log: str = ""
+    items: int = 1
+    threads: int = 1
 
 
-def _load(path: Path):
-    spec = importlib.util.spec_from_file_location(f"tscd_selftest_bench_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tier_for(device_type: str, quick: bool) -> str:
+    """The tier the self-test runs: ``quick`` on the CPU or when asked, else ``full`` (the GPU sizes)."""
+    return "quick" if quick or device_type != "cuda" else "full"
 
 
 @contextlib.contextmanager
-def _as_script(argv: list[str], device_type: str, log: io.StringIO):
-    """``sys.argv`` set to ``argv``, the bench device to ``device_type``, stdout into ``log``."""
-    saved_argv, saved_device = sys.argv, os.environ.get("TSCD_BENCH_DEVICE")
-    sys.argv = argv
-    os.environ["TSCD_BENCH_DEVICE"] = device_type
+def _cpu_threads(device_type: str, threads: int):
+    """torch's intra-op threads set to ``threads`` within the block when ``device_type`` is the CPU."""
+    previous = torch.get_num_threads()
+    if device_type == "cpu":
+        torch.set_num_threads(threads)
     try:
-        with contextlib.redirect_stdout(log):
-            yield
+        yield
     finally:
-        sys.argv = saved_argv
-        if saved_device is None:
-            del os.environ["TSCD_BENCH_DEVICE"]
-        else:
-            os.environ["TSCD_BENCH_DEVICE"] = saved_device
+        torch.set_num_threads(previous)
 
 
-def run_benchmark(benchmark: Benchmark, device_type: str, results_dir: Path | None = None,
-                  quick: bool = False, bench_dir: Path = BENCH_DIR) -> Outcome:
-    """Run one bench script's ``main()`` with its arguments on ``device_type`` (``cpu`` or ``cuda``);
-    failures are returned, not raised. What the script prints (and the traceback of a failure) goes
-    to ``Outcome.log``. ``quick``: CPU timings of one call (:func:`tscd.selftest.timing.session`)."""
-    path = bench_dir / benchmark.script
+def run_case(case: cases.BenchCase, device_type: str, quick: bool, limit: int | None = None) -> Outcome:
+    """Check, time and measure ``case`` on ``device_type`` (the CPU: on one thread); failures are
+    returned, not raised. ``quick``: CPU timings of the warm-up and about one call; ``limit``: the
+    reference's memory limit in bytes (default :func:`.cases.reference_limit_bytes`)."""
+    limit = cases.reference_limit_bytes(device_type) if limit is None else limit
+    reason = cases.skip_reason(case, device_type, limit)
+    if reason is not None:
+        return Outcome(case, None, 0.0, skipped=reason)
     start = time.perf_counter()
-    if not path.is_file():
-        return Outcome(benchmark, [], 0.0, f"{path} not found: the benchmarks need the source checkout")
-    log = io.StringIO()
-    with timing.session(results_dir, quick) as session:
-        try:
-            with _as_script([str(path), *benchmark.args], device_type, log):
-                _load(path).main()
-            error = ""
-        except SystemExit as exc:  # argparse rejected the arguments
-            error = f"{benchmark.script} exited with {exc.code} (its arguments: {' '.join(benchmark.args)})"
-        except Exception as exc:
-            error = describe(exc)
-            traceback.print_exc(file=log)
-    gc.collect()  # the script's tensors, before the next one measures its memory
+    loop = dict(min_reps=1, budget_s=QUICK_BUDGET_S) if quick else {}
+    outcome = Outcome(case, None, 0.0)
+    try:
+        with _cpu_threads(device_type, 1), case.workload(device_type) as work:
+            outcome.verdict, _ = cases.check(case, work, device_type, limit)
+            outcome.items, outcome.threads = work.items, torch.get_num_threads()
+            run = timing.synchronized(work.run, device_type)
+            median, p20, p80 = timing.time_ms(run, device_type, work.setup, **loop)
+            peak = timing.peak_memory_mib(work.run, device_type, work.setup)
+        outcome.row = timing.Row(case.op, case.backend, case.mode, case.size.label, median, p20, p80, peak,
+                                 timing.device_name(device_type))
+    except torch.OutOfMemoryError:
+        inf = math.inf
+        outcome.row = timing.Row(case.op, case.backend, case.mode, case.size.label, inf, inf, inf, inf,
+                                 timing.device_name(device_type))
+    except AssertionError as exc:
+        outcome.error = f"check failed: {exc}"
+    except Exception as exc:
+        outcome.error = describe(exc)
+        outcome.log = traceback.format_exc()
+    gc.collect()  # the case's tensors, before the next one measures its memory
     if device_type == "cuda":
         torch.cuda.empty_cache()
-    rows = [row for _, written in session.written for row in written]
-    return Outcome(benchmark, rows, time.perf_counter() - start, error, [p for p, _ in session.written],
-                   log.getvalue())
+    outcome.seconds = time.perf_counter() - start
+    return outcome
+
+
+def write_json(path: Path, outcomes: list[Outcome], device_type: str, tier: str) -> Path:
+    """The measured rows of ``outcomes`` as ``path`` in pytest-benchmark's JSON layout (stats in
+    seconds: the median and, in place of the raw times, p20 and p80; the rest in ``extra_info``) and
+    the skipped cases with their reasons."""
+    benchmarks = []
+    for o in outcomes:
+        if o.row is None or math.isinf(o.row.median_ms):
+            continue
+        c, r = o.case, o.row
+        benchmarks.append({
+            "group": c.group, "name": f"selftest[{c.op}-{c.id}]", "fullname": f"selftest::{c.op}[{c.id}]",
+            "params": {"case": c.id},
+            "stats": {"median": r.median_ms / 1e3, "p20": r.p20_ms / 1e3, "p80": r.p80_ms / 1e3},
+            "extra_info": {"op": c.op, "size": c.size.label, "mode": c.mode, "backend": c.backend,
+                           "reference": c.is_reference, "exact": c.spec.is_exact(c.backend),
+                           "headline": c.headline, "peak_mib": r.peak_mib, "device": r.device,
+                           "device_type": device_type, "threads": o.threads, "items": o.items,
+                           "check": o.verdict},
+        })
+    skipped = [{"op": o.case.op, "size": o.case.size.label, "mode": o.case.mode, "backend": o.case.backend,
+                "reason": o.skipped} for o in outcomes if o.skipped]
+    path.write_text(json.dumps({"tier": tier, "benchmarks": benchmarks, "skipped": skipped}, indent=1))
+    return path

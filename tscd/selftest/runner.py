@@ -1,7 +1,7 @@
 """``python -m tscd.selftest``: check every op on every exact backend of a device, benchmark them,
 print one table, exit non-zero on any mismatch, crash or failed benchmark.
 
-    python -m tscd.selftest --device cuda            # GPU: checks + benchmarks → bench/results/*_cuda.csv
+    python -m tscd.selftest --device cuda            # GPU: checks + benchmarks at the GPU sizes
     python -m tscd.selftest --device cpu             # CPU: checks at smaller sizes + a quick benchmark
     python -m tscd.selftest --quick --no-bench       # the smallest checks only
     python -m tscd.selftest --only scd_loss,dense_crf --require triton,cpp
@@ -19,11 +19,13 @@ from pathlib import Path
 import torch
 
 from ..ops import backends
-from . import benchmarks, checks, timing
+from . import benchmarks, cases, checks
 
 OPS = tuple(backends.OP_BACKENDS)
-ONLY_CHOICES = OPS + ("train_step",)
+#: The checked ops, then the benchmarked ones without checks of their own (tscd.compat, training, evaluation).
+ONLY_CHOICES = OPS + tuple(op for op in cases.OPS if op not in OPS)
 DEFAULT_BUDGET_S = {"cuda": 480.0, "cpu": 180.0}
+BUDGET_SPENT = "the time budget is spent"
 _COLUMNS = f"{'op':<18} {'backend':<10} {'check':<38} {'result':<11} {'max error / bound':<22} time"
 
 
@@ -40,8 +42,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="total time budget; benchmarks that would start after it are skipped (default "
                              f"{DEFAULT_BUDGET_S['cuda']:.0f} s on cuda, {DEFAULT_BUDGET_S['cpu']:.0f} s on cpu)")
     parser.add_argument("--results-dir", type=Path, default=None,
-                        help="where the benchmarks write (default: bench/results at the GPU sizes, "
-                             "else a scratch folder)")
+                        help="where the benchmarks write selftest_<device>.json (default: a scratch folder)")
     return parser
 
 
@@ -65,7 +66,7 @@ def _header(device: str, tier: str, plan: str | None) -> None:
         print(f"CUDA devices: {torch.cuda.device_count()} (a second one is checked too when present)")
     sizes = {"quick": "the smallest sizes", "cpu": "CPU sizes (smaller than the GPU's)", "cuda": "GPU sizes"}
     print(f"checks at {sizes[tier]}; benchmarks: " + ("none" if plan is None else
-          "GPU sizes" if plan == "cuda" else "quick, small sizes (only shows that they run)"))
+          "GPU sizes" if plan == "full" else "quick, small sizes (only shows that they run)"))
 
 
 def _load_extension(device: str) -> None:
@@ -108,28 +109,24 @@ def _format_row(row) -> str:
     return f"{row.op:<18} {row.backend:<10} {check:<38} {'measured':<11} {f'peak {row.peak_mib:.1f} MiB':<22} {timing}"
 
 
-def _run_benchmarks(device: str, plan: str, only: list[str], results_dir: Path, log_dir: Path,
-                    deadline: float) -> tuple[list[str], list[str]]:
-    """Run the plan's benchmarks of ``only`` while time is left, each script's output into
-    ``log_dir/<script>.log``; returns (failures, skipped)."""
-    failures, skipped = [], []
-    for benchmark in benchmarks.PLANS[plan]:
-        if not set(benchmark.ops) & set(only):
-            continue
-        label = f"bench/{benchmark.script} {' '.join(benchmark.args)}"
+def _run_benchmarks(device: str, plan: str, only: list[str], deadline: float) -> list[benchmarks.Outcome]:
+    """Run the cases of tier ``plan`` of the ops in ``only`` while time is left, one line each."""
+    outcomes = []
+    for case in cases.select(plan, device, only):
+        label = f"bench {case.mode} {case.size.label}"
         if time.perf_counter() > deadline:
-            print(f"{'':<18} {'':<10} {label:<38} skipped: the time budget is spent", flush=True)
-            skipped.append(label)
+            print(f"{case.op:<18} {case.backend:<10} {label:<38} skipped: {BUDGET_SPENT}", flush=True)
+            outcomes.append(benchmarks.Outcome(case, None, 0.0, skipped=BUDGET_SPENT))
             continue
-        outcome = benchmarks.run_benchmark(benchmark, device, results_dir, quick=plan == "quick")
-        (log_dir / f"{benchmark.script.removesuffix('.py')}.log").write_text(outcome.log)
-        for row in outcome.rows:
-            print(_format_row(row), flush=True)
-        state = f"ERROR {outcome.error}" if outcome.error else f"{len(outcome.rows)} rows"
-        print(f"{'':<18} {'':<10} {label:<38} {state} ({outcome.seconds:.1f} s)", flush=True)
-        if outcome.error:
-            failures.append(f"{label}: {outcome.error}")
-    return failures, skipped
+        outcome = benchmarks.run_case(case, device, quick=plan == "quick")
+        outcomes.append(outcome)
+        if outcome.row is not None:
+            print(_format_row(outcome.row), flush=True)
+        elif outcome.skipped:
+            print(f"{case.op:<18} {case.backend:<10} {label:<38} {'skipped':<11} [{outcome.skipped}]", flush=True)
+        else:
+            print(f"{case.op:<18} {case.backend:<10} {label:<38} {'ERROR':<11} [{outcome.error}]", flush=True)
+    return outcomes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     only = _comma_list(args.only, ONLY_CHOICES, "op") or list(ONLY_CHOICES)
     required = _comma_list(args.require or None, backends.BACKENDS, "backend") or []
     tier = "quick" if args.quick else device
-    plan = None if args.no_bench else ("cuda" if tier == "cuda" else "quick")
+    plan = None if args.no_bench else benchmarks.tier_for(device, args.quick)
     budget = args.budget_s if args.budget_s is not None else DEFAULT_BUDGET_S[device]
 
     _header(device, tier, plan)
@@ -168,12 +165,17 @@ def main(argv: list[str] | None = None) -> int:
 
     bench_failures, bench_skipped = [], []
     if plan is not None:
-        log_dir = Path(tempfile.mkdtemp(prefix="tscd_selftest_"))
-        results_dir = args.results_dir or (timing.RESULTS if plan == "cuda" else log_dir)
+        outcomes = _run_benchmarks(device, plan, only, start + budget)
+        results_dir = args.results_dir or Path(tempfile.mkdtemp(prefix="tscd_selftest_"))
         results_dir.mkdir(parents=True, exist_ok=True)
-        bench_failures, bench_skipped = _run_benchmarks(device, plan, only, results_dir, log_dir, start + budget)
-        print(f"benchmarks: {time.perf_counter() - checks_done:.1f} s; results in {results_dir}, "
-              f"each script's output in {log_dir}", flush=True)
+        written = benchmarks.write_json(results_dir / f"selftest_{device}.json", outcomes, device, plan)
+        crashes = "".join(f"{o.case.op} {o.case.id}:\n{o.log}\n" for o in outcomes if o.log)
+        if crashes:
+            (results_dir / "selftest_tracebacks.log").write_text(crashes)
+        bench_failures = [f"{o.case.op} {o.case.id}: {o.error}" for o in outcomes if o.error]
+        bench_skipped = [f"{o.case.op} {o.case.id}" for o in outcomes if o.skipped == BUDGET_SPENT]
+        print(f"benchmarks: {time.perf_counter() - checks_done:.1f} s; results in {written}"
+              + (", tracebacks in selftest_tracebacks.log beside it" if crashes else ""), flush=True)
 
     failed = [r for r in results if r.failed]
     passed = sum(r.status == "ok" for r in results)

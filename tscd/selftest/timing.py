@@ -1,40 +1,44 @@
-"""Time and peak memory of a callable: the measuring core of ``bench/`` and of :mod:`tscd.selftest`.
+"""Time and peak memory of one call: the measuring core of the self-test's benchmarks, and the peak
+memory of ``bench/``'s (whose timing is pytest-benchmark's).
 
-A measurement is a :class:`Row` (op, backend, mode, size, median and p20/p80 in ms, peak MiB,
-device); :func:`write_csv` writes rows to ``<results dir>/<name>_<cpu|cuda>.csv``.
-Time: ``triton.testing.do_bench`` on CUDA, a wall-clock loop on CPU; median and p20/p80.
-Peak memory: extra bytes allocated by the call above what existed before it —
-``torch.cuda.max_memory_allocated`` on CUDA; on CPU the process's peak resident set,
-reset through ``/proc/self/clear_refs`` just before the call, with glibc told to serve every
-block above 64 KiB by mmap so that memory freed by earlier calls is returned to the system
-instead of being reused unseen (which would read as 0 MiB).
+Time (:func:`time_ms`): on CUDA ``triton.testing.do_bench`` (CUDA events after a warm-up; median
+and p20/p80 of repeated calls); on the CPU a wall-clock loop after one warm-up call.
 
-:func:`session` lets the self-test run the bench scripts unchanged: it collects the rows they
-write, can send their files to another folder and can shorten the CPU timing loops.
+Peak memory (:func:`peak_memory_mib`): the extra memory at the peak of one call above what existed
+before it, measured in a call of its own, never in a timed one. CUDA:
+``torch.cuda.max_memory_allocated``. CPU: the peak resident set of the call run once in a forked
+child process. In the child, glibc is told to serve every block above 64 KiB by mmap and to give
+freed memory back, so that memory freed by earlier calls is not reused unseen (which would read as
+0 MiB), and ``/proc/self/clear_refs`` resets the peak just before the call; the file-backed pages
+the call maps there (library code, which a fork shares without mapping it) are not counted. The
+allocator setting dies with the child: the timing process keeps glibc's default allocator
+(serving every block by mmap would make each large temporary pay its page faults on every timed
+call). The child runs the call on one thread, since OpenMP's thread pool does not survive a fork:
+with more threads, the scratch memory of the others is not counted.
 """
 from __future__ import annotations
 
-import contextlib
-import csv
 import ctypes
 import dataclasses
-import functools
 import gc
+import os
+import platform
+import select
+import signal
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import torch
 
-#: The results folder of the source checkout (``bench/results``).
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
-FIELDS = ("op", "backend", "mode", "size", "median_ms", "p20_ms", "p80_ms", "peak_mib", "device")
-QUICK_BUDGET_S = 0.2  # the timing loop of a quick CPU timing (see session)
+#: How long the child measuring a CPU call's peak memory may take before it is killed (seconds).
+PEAK_MEMORY_TIMEOUT_S = 1800.0
 
 
 @dataclasses.dataclass
 class Row:
+    """One benchmark result: times in milliseconds, the peak extra memory in MiB (inf: out of memory)."""
+
     op: str
     backend: str
     mode: str
@@ -46,42 +50,73 @@ class Row:
     device: str
 
 
-@dataclasses.dataclass
-class Session:
-    """What :func:`session` changes: where results go, quick CPU timing, the rows written."""
-
-    results_dir: Path = RESULTS
-    quick_cpu_timing: bool = False
-    written: list[tuple[Path, list[Row]]] = dataclasses.field(default_factory=list)
-
-
-_session = Session()
-
-
-@contextlib.contextmanager
-def session(results_dir: Path | None = None, quick_cpu_timing: bool = False) -> Iterator[Session]:
-    """Within the block, :func:`write_csv` writes to ``results_dir`` (default ``bench/results``) and
-    records what it wrote in the yielded :class:`Session`; with ``quick_cpu_timing`` a CPU timing
-    is the warm-up and one timed call (or a few within :data:`QUICK_BUDGET_S`), whatever the caller asked."""
-    global _session
-    previous = _session
-    _session = Session(Path(results_dir) if results_dir is not None else RESULTS, quick_cpu_timing)
-    try:
-        yield _session
-    finally:
-        _session = previous
-
-
-def results_dir() -> Path:
-    """The folder results are written to (``bench/results`` unless a :func:`session` says otherwise)."""
-    return _session.results_dir
-
-
 def device_name(device: str | torch.device) -> str:
+    """The GPU's name, or the CPU's model (from /proc/cpuinfo where there is one)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def synchronized(fn: Callable, device: str | torch.device) -> Callable:
+    """``fn`` ending with ``torch.cuda.synchronize()`` on CUDA (so that a wall clock sees its kernels
+    finish), ``fn`` itself elsewhere."""
+    if torch.device(device).type != "cuda":
+        return fn
+
+    def call(*args):
+        result = fn(*args)
+        torch.cuda.synchronize()
+        return result
+
+    return call
+
+
+def time_ms(fn: Callable, device: str | torch.device, setup: Callable[[], tuple] | None = None,
+            min_reps: int = 3, budget_s: float = 2.0) -> tuple[float, float, float]:
+    """(median, p20, p80) in milliseconds of ``fn(*setup())`` (``fn()`` without ``setup``); ``setup``
+    runs outside the timing, once on CUDA (``fn`` must then be repeatable on its outputs), before
+    every call on the CPU. CPU: one warm-up call, then at least ``min_reps`` calls and more while
+    ``budget_s`` lasts (at most 50)."""
+    if torch.device(device).type == "cuda":
+        import triton.testing
+
+        args = setup() if setup is not None else ()
+        torch.cuda.synchronize()
+        return tuple(triton.testing.do_bench(lambda: fn(*args), quantiles=[0.5, 0.2, 0.8]))
+    fn(*(setup() if setup is not None else ()))  # warm-up (JIT builds, caches)
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < 50):
+        args = setup() if setup is not None else ()
+        t0 = time.perf_counter()
+        fn(*args)
+        times.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else times * 9
+    return statistics.median(times), q[1], q[7]
+
+
+def peak_memory_mib(fn: Callable, device: str | torch.device, setup: Callable[[], tuple] | None = None,
+                    timeout_s: float = PEAK_MEMORY_TIMEOUT_S) -> float:
+    """Extra memory at the peak of one call ``fn(*setup())`` (MiB), ``setup`` outside the measure;
+    on the CPU in a forked child (see the module's docstring), killed after ``timeout_s``."""
+    if torch.device(device).type == "cuda":
+        gc.collect()
+        args = setup() if setup is not None else ()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn(*args)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return _peak_rss_mib_in_child(fn, setup, timeout_s)
 
 
 def _rss_kib(field: str) -> int:
@@ -92,7 +127,6 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} missing from /proc/self/status")
 
 
-@functools.cache
 def _return_freed_memory_to_system() -> None:
     libc = ctypes.CDLL("libc.so.6")
     libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD (a fixed value also stops its growth)
@@ -100,71 +134,47 @@ def _return_freed_memory_to_system() -> None:
     libc.malloc_trim(0)  # what was freed before the setting
 
 
-def peak_memory_mib(fn: Callable[[], object], device: str) -> float:
-    """Extra memory at the peak of one call of ``fn`` (MiB)."""
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
+def _measure_in_child(fn: Callable, setup: Callable[[], tuple] | None) -> str:
+    """The child's side: the peak extra resident memory of one call in MiB, as text."""
+    torch.set_num_threads(1)
     _return_freed_memory_to_system()
+    args = setup() if setup is not None else ()
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM, the peak resident set, to the current one
-    base = _rss_kib("VmRSS")
-    fn()
-    return max(0, _rss_kib("VmHWM") - base) / 1024
+    base, file_base = _rss_kib("VmRSS"), _rss_kib("RssFile")
+    fn(*args)
+    # Less the library code the call faulted in: a fork shares it without mapping it in the child.
+    return repr(max(0, _rss_kib("VmHWM") - base - (_rss_kib("RssFile") - file_base)) / 1024)
 
 
-def time_ms(fn: Callable[[], object], device: str, min_reps: int = 3, budget_s: float = 2.0):
-    """(median, p20, p80) in milliseconds."""
-    if torch.device(device).type == "cuda":
-        import triton.testing
-
-        return tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
-    if _session.quick_cpu_timing:
-        min_reps, budget_s = 1, min(budget_s, QUICK_BUDGET_S)
-    fn()  # warm-up (JIT builds, caches)
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < 50):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else times * 9
-    return statistics.median(times), q[1], q[7]
-
-
-def measure(op: str, backend: str, mode: str, size: str, fn: Callable[[], object], device: str, **kw) -> Row:
-    """Time and peak memory of ``fn`` as one result row; an out-of-memory run gives inf."""
-    cuda = torch.device(device).type == "cuda"
-    if not cuda:
-        _return_freed_memory_to_system()  # before the timing loop, whose blocks would be reused unseen
+def _peak_rss_mib_in_child(fn: Callable, setup: Callable[[], tuple] | None, timeout_s: float) -> float:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: measure, report through the pipe, exit without the parent's exit handlers
+        os.close(read_end)
+        try:
+            message = _measure_in_child(fn, setup)
+        except BaseException as exc:
+            message = f"error {type(exc).__name__}: {exc}"
+        finally:
+            os.write(write_end, message.encode()[:4096])
+            os._exit(0)
+    os.close(write_end)
     try:
-        median, p20, p80 = time_ms(fn, device, **kw)
-        peak = peak_memory_mib(fn, device)
-    except torch.OutOfMemoryError:
-        median = p20 = p80 = peak = float("inf")
-        if cuda:
-            torch.cuda.empty_cache()
-    row = Row(op, backend, mode, size, median, p20, p80, peak, device_name(device))
-    print(f"{op:>14} {backend:>7} {mode:>4} {size:>18}  {median:10.2f} ms  {peak:9.1f} MiB", flush=True)
-    return row
-
-
-def write_csv(name: str, rows: list[Row]) -> Path:
-    """Write ``rows`` to ``<results dir>/<name>_<cuda|cpu>.csv`` (columns :data:`FIELDS`); returns the path."""
-    folder = results_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    tag = "cuda" if any("cpu" not in r.device for r in rows) else "cpu"
-    path = folder / f"{name}_{tag}.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(FIELDS)
-        for r in rows:
-            writer.writerow(dataclasses.astuple(r))
-    _session.written.append((path, list(rows)))
-    return path
+        ready, _, _ = select.select([read_end], [], [], timeout_s)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            raise TimeoutError(f"measuring the peak memory took more than {timeout_s:.0f} s")
+        chunks = []
+        while chunk := os.read(read_end, 4096):
+            chunks.append(chunk)
+        message = b"".join(chunks).decode()
+    finally:
+        os.close(read_end)
+        _, status = os.waitpid(pid, 0)
+    if not message:
+        raise RuntimeError(f"the child measuring the peak memory died (wait status {status}; out of memory?)")
+    if message.startswith("error "):
+        raise RuntimeError(f"measuring the peak memory failed: {message.removeprefix('error ')}")
+    return float(message)
