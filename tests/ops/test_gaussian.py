@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from tests.utils import ALL, FUSED
-from tscd.ops.gaussian import bilateral_features, gaussian_product, position_features
+from tests.utils import ALL, FUSED, backend_param
+from tscd.ops.gaussian import bilateral_features, fused_product, gaussian_product, position_features
 
 
 def naive(feats, x, cutoff=None):
@@ -73,6 +73,47 @@ def test_half_inputs_and_features(backend, device):
     x = torch.rand(1, 2, 35, generator=torch.Generator().manual_seed(3)).to(device)
     y = gaussian_product(feats, x.half(), backend=backend)
     check(y, naive(feats, x.half().float()))
+
+
+@pytest.mark.parametrize("backend", ALL + [backend_param("lattice", "cpu")])
+@pytest.mark.parametrize("with_x2,cutoff,dtype", [(False, None, torch.float32), (True, 2.5, torch.float32),
+                                                  (False, None, torch.float16)])
+def test_gradient_in_x_on_every_backend(backend, device, with_x2, cutoff, dtype):
+    """The product's own gradient: ``Wᵀ·g`` for each input, of the input's dtype, on every backend (the
+    lattice's against its own transposed product, as its W is only approximately the exact one)."""
+    if backend == "lattice" and device != "cpu":
+        pytest.skip("the lattice runs on CPU tensors only")
+    g = torch.Generator().manual_seed(7)
+    feats = (torch.randn(2, 3, 53, generator=g) * 1.5).to(device)
+    x = torch.randn(2, 4, 53, generator=g).to(device).to(dtype).requires_grad_()
+    x2 = torch.randn(2, 2, 53, generator=g).to(device).to(dtype).requires_grad_() if with_x2 else None
+    weights = [torch.randn(2, 4, 53, generator=g).to(device)] + ([torch.randn(2, 2, 53, generator=g).to(device)]
+                                                                  if with_x2 else [])
+    out = gaussian_product(feats, x, x2, cutoff=cutoff, backend=backend)
+    outs = out if with_x2 else (out,)
+    sum(((y.float() * w).sum() for y, w in zip(outs, weights))).backward()
+    for inp, w in zip((x, x2) if with_x2 else (x,), weights):
+        assert inp.grad is not None and inp.grad.dtype == dtype
+        if backend == "lattice":
+            expected = fused_product("lattice", feats, w, transposed=True)
+            torch.testing.assert_close(inp.grad.float(), expected, rtol=1e-3 if dtype == torch.float16 else 1e-6,
+                                       atol=1e-2 if dtype == torch.float16 else 1e-6)
+        else:
+            ref = naive(feats, w, cutoff).transpose(1, 2)  # W is symmetric: Wᵀ·w = W·w
+            tol = 2e-3 if dtype == torch.float16 else 2e-6
+            assert (inp.grad.double() - ref).abs().max().item() <= tol * max(1.0, ref.abs().max().item()) * 3
+
+
+@pytest.mark.parametrize("backend", FUSED + [backend_param("lattice", "cpu")])
+def test_a_gradient_in_the_features_is_refused_where_it_would_be_dropped(backend, device):
+    if backend == "lattice" and device != "cpu":
+        pytest.skip("the lattice runs on CPU tensors only")
+    feats = torch.randn(1, 2, 10, device=device, requires_grad=True)
+    with pytest.raises(ValueError, match="feats requires a gradient"):
+        gaussian_product(feats, torch.randn(1, 1, 10, device=device), backend=backend)
+    with torch.no_grad():
+        gaussian_product(feats, torch.randn(1, 1, 10, device=device), backend=backend)
+    gaussian_product(feats.detach(), torch.randn(1, 1, 10, device=device), backend=backend)
 
 
 def test_bad_inputs(device):

@@ -12,7 +12,10 @@ released ``bilateralfilter`` module's and pydensecrf's scale, method §8), so ``
 picks it here; ask for it by name.
 
 It serves the dense energy loss, dense CRF inference and ``tscd.compat.bilateralfilter``; the
-ops' autograd Functions call :func:`fused_product`, which has no gradient of its own.
+ops' autograd Functions call :func:`fused_product`, which has no gradient of its own. The public
+:func:`gaussian_product` is differentiable in ``x`` (and ``x2``) on every backend: the gradient of
+``W·x`` is ``Wᵀ·g``, the same product for the exact kernels and the transposed lattice product for
+the lattice.
 """
 from __future__ import annotations
 
@@ -71,6 +74,23 @@ def fused_product(backend: str, feats: torch.Tensor, x: torch.Tensor, cutoff: fl
     return product(feats, x.to(torch.float32).contiguous(), cut2, width, radius)
 
 
+class _Product(torch.autograd.Function):
+    """``W·x`` by a fused backend, differentiable in ``x``: the backward is ``Wᵀ·grad``."""
+
+    @staticmethod
+    def forward(ctx, feats, x, backend, cutoff, row_window):
+        ctx.save_for_backward(feats)
+        ctx.settings = (backend, cutoff, row_window, x.dtype)
+        return fused_product(backend, feats, x, cutoff, row_window)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (feats,) = ctx.saved_tensors
+        backend, cutoff, row_window, dtype = ctx.settings
+        grad_x = fused_product(backend, feats, grad, cutoff, row_window, transposed=True).to(dtype)
+        return None, grad_x, None, None, None
+
+
 def _row_window(row_window, pixels: int) -> tuple[int, int]:
     """(width, radius) as Python ints: width >= 1 dividing N = ``pixels``, radius >= 0."""
     try:
@@ -90,7 +110,8 @@ def gaussian_product(feats: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | No
 
     The fused backends compute W tile by tile from the features and never build it; the product
     serves the dense energy loss, the dense CRF and ``tscd.compat.bilateralfilter``. With ``x2``,
-    ``W·x2`` comes from the same sweep over W.
+    ``W·x2`` comes from the same sweep over W. Gradients flow to ``x`` and ``x2`` on
+    every backend, to ``feats`` only on ``torch``.
 
     Args:
         feats: per-pixel feature vectors (e.g. coordinates and colours, each divided by its σ);
@@ -119,8 +140,8 @@ def gaussian_product(feats: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | No
     Raises:
         TypeError: an argument is not a floating-point tensor.
         ValueError: the shapes or devices do not match, ``feats`` holds NaN or infinity (or, for
-            the lattice, values beyond ±16384: ``csrc/lattice.h``), or ``cutoff`` or
-            ``row_window`` is invalid.
+            the lattice, values beyond ±16384: ``csrc/lattice.h``), ``cutoff`` or ``row_window``
+            is invalid, or ``feats`` requires a gradient under grad mode on a fused backend.
     """
     _checks.check_tensor("feats", feats, "(B, D, N)", (3,))
     _checks.check_tensor("x", x, "(B, K, N)", (3,))
@@ -139,6 +160,9 @@ def gaussian_product(feats: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | No
         row_window = _row_window(row_window, feats.shape[2])
     _checks.check_finite("feats", feats)
     request, backend = backend, resolve("gaussian_product", backend, device.type)
+    if backend != "torch" and feats.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"gaussian_product on backend {backend!r} differentiates with respect to x only, but feats "
+                         "requires a gradient: detach feats, or pass backend='torch' for the gradient in feats")
     xs = x if x2 is None else torch.cat((x, x2.to(x.dtype)), dim=1)
     if backend == "torch":
         dtype = _checks.compute_dtype(feats, xs)
@@ -146,5 +170,5 @@ def gaussian_product(feats: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | No
         check_reference_fallback("gaussian_product", request, device.type, B * (D + 2) * N * N * dtype.itemsize)
         y = _reference_product(feats.to(dtype), xs.to(dtype), cutoff)
     else:
-        y = fused_product(backend, feats, xs, cutoff, row_window)
+        y = _Product.apply(feats, xs, backend, cutoff, row_window)
     return y if x2 is None else (y[:, : x.shape[1]], y[:, x.shape[1]:])
