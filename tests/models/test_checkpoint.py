@@ -162,6 +162,65 @@ def test_pickled_code_is_refused_and_never_runs(pickled_code):
     assert "weights_only" not in inspect.signature(load_checkpoint).parameters  # no way to switch it off
 
 
+class RunsSystem:
+    """Unpickling this calls ``os.system``: the refusal must say that loading would run code, and never
+    repeat torch's advice to load with ``weights_only=False``."""
+
+    def __reduce__(self):
+        import os
+
+        return os.system, ("true",)
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_code_is_refused_as_code_not_as_damage(zip_format, tmp_path):
+    path = tmp_path / "system.pth"
+    torch.save({"w": torch.ones(2), "x": RunsSystem()}, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(CheckpointReadError) as err:
+        read_checkpoint_file(path)
+    message = str(err.value)
+    assert "would run code" in message and "system" in message and "damaged" not in message, message
+    assert "weights_only" not in message, message
+
+
+def test_a_damaged_file_does_not_repeat_torchs_advice(tmp_path):
+    path = tmp_path / "damaged.pth"
+    torch.save({"w": torch.ones(3)}, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    path.write_bytes(data[:2] + b"\xff\xfe" * 40)
+    with pytest.raises(CheckpointReadError, match="damaged") as err:
+        read_checkpoint_file(path)
+    assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@pytest.mark.parametrize("damage", ["nan", "inf", "integer"])
+def test_weights_that_would_load_as_garbage_are_refused(source, tmp_path, suffix, damage):
+    """NaN/inf weights (a diverged run) or float weights stored as integers load silently into junk
+    masks unless refused, naming the file and the first bad key; by --checkpoint, pretrained= and timm."""
+    state = dict(source.state_dict())
+    key = sorted(k for k, v in state.items() if v.is_floating_point())[3]
+    if damage == "integer":
+        state[key] = state[key].round().to(torch.int32)
+    else:
+        state[key] = state[key].clone()
+        state[key].view(-1)[0] = float(damage)
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save({"model": state}, path)
+    expected = "int32" if damage == "integer" else "non-finite"
+    for load in (lambda: load_checkpoint(_fresh(), path), lambda: load_checkpoint(_fresh(), path, strict=False),
+                 lambda: TSCD("mit_b0", num_classes=4, pretrained=str(path))):
+        with pytest.raises(CheckpointMismatchError) as err:
+            load()
+        message = str(err.value)
+        assert str(path) in message and key in message and expected in message and "\n" not in message, message
+
+
 def _damaged_safetensors(path):
     """A safetensors header promising 16 bytes of data, followed by 4."""
     header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()

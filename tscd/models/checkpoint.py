@@ -68,10 +68,18 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _refused_global(message: str) -> str:
-    """What torch's weights-only unpickler refused, e.g. ``GLOBAL builtins.open`` (else "")."""
-    found = re.search(r"WeightsUnpickler error: (?:Unsupported global: )?([^\n]*?)(?: was not an allowed global"
-                      r" by default|\. Please|$)", message, re.MULTILINE)
-    return found.group(1).strip() if found else ""
+    """What torch's weights-only unpickler refused to build, e.g. ``GLOBAL posix.system`` (else "")."""
+    found = re.search(r"\bGLOBAL ([\w.]+)", message)
+    return f"GLOBAL {found.group(1)}" if found else ""
+
+
+def _unpickler_reason(message: str) -> str:
+    """The weights-only unpickler's own reason (e.g. ``Unsupported operand 255``), without torch's
+    advice around it (which suggests loading the file unsafely)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    kept = [line for line in lines if not line.startswith(("Weights only load failed", "Check the documentation",
+                                                           "Please file an issue", "WeightsUnpickler error:"))]
+    return kept[0] if kept else "the weights-only unpickler stopped"
 
 
 def read_checkpoint_file(path, map_location="cpu"):
@@ -109,9 +117,9 @@ def read_checkpoint_file(path, map_location="cpu"):
         refused = _refused_global(str(err))
         if refused:
             raise CheckpointReadError(
-                f"refused to load {path}: besides tensors it pickles Python objects ({refused}), which could run "
-                f"code; tscd loads weights only (re-save the state dict alone if you trust the file)") from None
-        failure = err
+                f"refused to load {path}: loading it would run code (it pickles {refused}, not only tensors and "
+                f"plain data); tscd loads weights only (re-save the state dict alone if you trust the file)") from None
+        failure = pickle.UnpicklingError(_unpickler_reason(str(err)))
     except Exception as err:  # noqa: BLE001 - whatever torch.load trips on, the file is unusable
         failure = err
     if head.startswith(_ZIP_MAGIC):
@@ -198,13 +206,30 @@ def _match_layout(model: nn.Module, state: dict[str, torch.Tensor], source: str)
                                   f"(first keys: {first}); known layouts: {known}")
 
 
+def _check_values(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse tensors that would load as garbage: a floating-point parameter or buffer of the model
+    from a tensor that is not floating point (torch would cast it silently), and non-finite values
+    (a diverged run's or a damaged file's weights), naming the first such key."""
+    for key in sorted(state):
+        value = state[key]
+        if own[key].is_floating_point() and not value.is_floating_point():
+            raise CheckpointMismatchError(f"{source}: {key} holds {value.dtype} values where the model's tensor is "
+                                          f"{own[key].dtype}; the file does not hold this model's weights")
+    for key in sorted(state):
+        value = state[key]
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointMismatchError(f"{source}: {key} holds non-finite values (NaN or infinity): the weights are "
+                                          f"damaged, or the run that saved them diverged")
+
+
 def load_checkpoint(model: nn.Module, checkpoint, strict: bool = True, map_location="cpu") -> dict:
     """Load weights into a TSCD model or an encoder, detecting the layout from the keys.
 
     Accepted layouts (module docstring of ``tscd.models.checkpoint``): SegFormer/MiT backbone
     files, TSCD/AFA checkpoints and tscd's own, Hugging Face and mmseg SegFormer checkpoints, and
     for a timm ViT encoder timm, DINOv2 and OpenAI-CLIP checkpoints. Files are read weights-only:
-    a file that pickles anything but tensors and plain data is refused.
+    a file that pickles anything but tensors and plain data is refused. Either way a tensor that would load as garbage is
+    refused: a floating-point tensor of the model from an integer one, or non-finite values.
 
     Args:
         model: a [`TSCD`][tscd.models.TSCD] or an encoder. A backbone file loaded into a TSCD model
@@ -222,7 +247,8 @@ def load_checkpoint(model: nn.Module, checkpoint, strict: bool = True, map_locat
     Raises:
         CheckpointMismatchError: the layout is unknown (the message lists the known ones), or,
             with ``strict``, keys are missing, unexpected or of another size (the first line names
-            the file and the first key of each kind).
+            the file and the first key of each kind), or a tensor would load as garbage (its key
+            named).
         CheckpointReadError: the file is missing, not a checkpoint, damaged, or refused.
         tscd.models.pretrained.PretrainedSourceError: a remote source cannot be fetched (says
             why).
@@ -251,6 +277,7 @@ def load_checkpoint(model: nn.Module, checkpoint, strict: bool = True, map_locat
         lines += [_listing(t, ks) for t, ks in kinds]
         raise CheckpointMismatchError("\n".join(lines))
     loadable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    _check_values(loadable, own, source)
     target.load_state_dict(loadable, strict=strict)
     logger.info("loaded %s (%s layout) into the %s: %d tensors, %d dropped", source, layout, target_name,
                 len(loadable), len(dropped))
