@@ -370,3 +370,58 @@ def test_gaussian_product_accepts_numpy_scalars(backend, device):
     out = gaussian_product(feats, x, cutoff=np.float32(2.0), row_window=(np.int64(4), torch.tensor(2)),
                            backend=backend)
     torch.testing.assert_close(out, expected)
+
+
+# ------------------------------------------------------------------ inputs outside the ops' contract
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("op", ["varm_refine", "varm_affinity"])
+@pytest.mark.parametrize("scale,shift", [(255.0, 0.0), (1.0, -0.5)])
+def test_varm_refuses_images_outside_0_1(backend, device, op, scale, shift):
+    """0–255 images (or ImageNet-normalised ones) would run and refine with the wrong colour
+    distances: refused, naming the argument and what was found."""
+    images = torch.rand(1, 3, 6, 7, generator=torch.Generator().manual_seed(0)).to(device) * scale + shift
+    masks = torch.rand(1, 2, 6, 7, device=device)
+    call = (lambda: varm_refine(images, masks, num_iter=1, backend=backend)) if op == "varm_refine" else (
+        lambda: varm_affinity(images, backend=backend))
+    with pytest.raises(ValueError, match=r"images must hold values in \[.*\], got values in .*divide 0–255"):
+        call()
+    images = images.clamp(0, 1)
+    call = (lambda: varm_refine(images, masks, num_iter=1, backend=backend)) if op == "varm_refine" else (
+        lambda: varm_affinity(images, backend=backend))
+    assert torch.isfinite(call()).all()
+
+
+@pytest.mark.parametrize("backend", CRF)
+@pytest.mark.parametrize("damage,match", [
+    ("negative", "probabilities.*got a value of -"),
+    ("logits", "probabilities"),
+    ("unnormalised", "summing to 1.*away from 1"),
+    ("images_0_1000", r"images must hold values in \[0, 255\]"),
+])
+def test_dense_crf_refuses_inputs_that_are_not_its_contract(backend, device, damage, match):
+    images, probs = images_and_probs(1, 3, 5, 6, on(backend, device))
+    if damage == "negative":
+        probs = probs.clone()
+        probs[0, 0, 0, 0] = -0.2
+        probs[0, 1, 0, 0] += 0.2
+    elif damage == "logits":
+        probs = torch.randn_like(probs)
+    elif damage == "unnormalised":
+        probs = probs * 0.9
+    else:
+        images = images * 4
+    with pytest.raises(ValueError, match=match):
+        dense_crf(images, probs, num_iter=1, backend=backend)
+
+
+@pytest.mark.parametrize("backend", CRF)
+def test_dense_crf_accepts_half_precision_softmax(backend, device):
+    images, probs = images_and_probs(1, 21, 5, 6, on(backend, device))
+    assert torch.isfinite(dense_crf(images, probs.half(), num_iter=1, backend=backend)).all()
+
+
+def test_dense_crf_needs_a_class():
+    with pytest.raises(ValueError, match="at least one class K"):
+        dense_crf(torch.zeros(1, 3, 4, 4), torch.zeros(1, 0, 4, 4))

@@ -12,6 +12,10 @@ The numerical contract, the same on every backend:
   0-dim tensor (:func:`real`); counts and sizes are integers (:func:`integer`). Each is
   checked against the range in which every backend computes correctly: :data:`SIGMA_RANGE`
   for kernel widths, :data:`WEIGHT_RANGE` for the dense CRF's kernel weights.
+- Ranges that only a caller's mistake leaves: images in [0, 1] where an op expects them so
+  (:func:`check_range`: 0–255 images would run and give a wrong answer), class probabilities
+  where they are expected (:func:`check_probabilities`: non-negative, summing to 1 over the
+  classes). One more reduction each, skipped while tracing like :func:`check_finite`.
 - Empty inputs: the per-pixel ops return an empty output of the right shape; the losses, means
   over the batch, refuse a batch of size 0 (and scd_loss, a mean over position pairs, empty maps).
 """
@@ -133,3 +137,34 @@ def check_finite(name: str, x: torch.Tensor, divisor: tuple[str, float] | None =
     if divisor is not None and peak / divisor[1] > FLOAT32_MAX:
         raise ValueError(f"{name} / {divisor[0]} must stay within float32 (the kernels' features), got a value of "
                          f"magnitude {peak:g} / {divisor[1]:g}")
+
+
+def check_range(name: str, x: torch.Tensor, low: float, high: float, hint: str = "") -> None:
+    """``x`` holds values in ``[low, high]``; else a ``ValueError`` naming ``name``, the range found
+    and ``hint`` (what the caller probably did). One reduction; skipped while tracing."""
+    if torch.compiler.is_compiling() or x.numel() == 0:
+        return
+    found_low, found_high = torch.stack(torch.aminmax(x.detach())).tolist()
+    if not (low <= found_low and found_high <= high):  # NaN compares false
+        raise ValueError(f"{name} must hold values in [{low:g}, {high:g}], got values in [{found_low:g}, "
+                         f"{found_high:g}]" + (f" ({hint})" if hint else ""))
+
+
+#: How far class probabilities may sum from 1 (float16 inputs round each of up to 256 classes).
+PROBABILITY_SUM_TOLERANCE = 1e-2
+
+
+def check_probabilities(name: str, probs: torch.Tensor, dim: int = 1) -> None:
+    """``probs`` holds class probabilities along ``dim``: non-negative, summing to 1 (within
+    :data:`PROBABILITY_SUM_TOLERANCE`); else a ``ValueError`` naming ``name``. Skipped while tracing."""
+    if torch.compiler.is_compiling() or probs.numel() == 0:
+        return
+    detached = probs.detach()
+    lowest = detached.amin().item()
+    worst = (detached.sum(dim, dtype=torch.float32) - 1).abs().amax().item()
+    if not lowest >= 0:
+        raise ValueError(f"{name} must hold probabilities (non-negative, summing to 1 over the classes, e.g. a "
+                         f"softmax), got a value of {lowest:g}")
+    if not worst <= PROBABILITY_SUM_TOLERANCE:
+        raise ValueError(f"{name} must hold probabilities summing to 1 over the classes (dimension {dim}, e.g. a "
+                         f"softmax), got a sum that is {worst:g} away from 1")

@@ -98,10 +98,14 @@ def _check(images, probs, num_iter, smooth, appearance):
     if tuple(images.shape) != (B, 3, H, W):
         raise ValueError(f"images must have shape (B, 3, H, W) = {(B, 3, H, W)} to match probs, "
                          f"got {tuple(images.shape)}")
+    if K == 0:
+        raise ValueError(f"probs must have at least one class K, got shape {tuple(probs.shape)}")
     num_iter = _checks.integer("num_iter", num_iter)
     smooth, appearance = _kernel_params("smooth", smooth), _kernel_params("appearance", appearance)
     device = _checks.check_same_device(images=images, probs=probs)
     _checks.check_finite("images", images, ("appearance[1] (sigma_rgb)", appearance[1]))
+    _checks.check_range("images", images, 0, 255, "the images in 0–255")
+    _checks.check_probabilities("probs", probs)
     return device, num_iter, smooth, appearance
 
 
@@ -131,7 +135,8 @@ def dense_crf(images: torch.Tensor, probs: torch.Tensor, *, num_iter: int = _DEF
 
     Args:
         images: the images in 0–255, float or uint8; must be finite.
-        probs: class probabilities (e.g. a softmax), any float dtype.
+        probs: class probabilities (e.g. a softmax), any float dtype, at least one class:
+            non-negative and summing to 1 over the classes (within 0.01).
         num_iter: mean-field iterations.
         smooth: (σ_xy, weight) of the smoothness kernel.
         appearance: (σ_xy, σ_rgb, weight) of the appearance kernel.
@@ -149,7 +154,8 @@ def dense_crf(images: torch.Tensor, probs: torch.Tensor, *, num_iter: int = _DEF
 
     Raises:
         TypeError: ``images`` or ``probs`` is not a tensor of a supported dtype.
-        ValueError: the shapes or devices do not match, ``images`` holds NaN or infinity, a σ
+        ValueError: the shapes or devices do not match, ``images`` holds NaN, infinity or values
+            outside 0–255, ``probs`` is not probabilities or has no class, a σ
             lies outside ``SIGMA_RANGE`` or a weight outside ``WEIGHT_RANGE``
             (``tscd.ops._checks``), or an approximate backend cannot hold the features
             (coordinates / σ and colours / σ: ``PYDENSECRF_MAX_FEATURE``,

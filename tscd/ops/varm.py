@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_dim_equal, check_finite, check_same_device, check_tensor, integer
+from ._checks import check_dim_equal, check_finite, check_range, check_same_device, check_tensor, integer
 from .backends import primitives, resolve
 from .reference import varm as reference
 
@@ -47,11 +47,17 @@ def _check_options(dilations, num_iter, mode: str) -> tuple[tuple[int, ...], int
     return dilations, num_iter
 
 
+#: How far outside [0, 1] an image value may lie (less than one grey level of 0–255).
+IMAGE_RANGE_SLACK = 1 / 512
+
+
 def _check_images(images) -> None:
     check_tensor("images", images, "(B, 3, H, W)", (4,))
     if images.shape[1] != 3:
         raise ValueError(f"images must have shape (B, 3, H, W) with 3 colour channels, got {tuple(images.shape)}")
     check_finite("images", images)
+    check_range("images", images, -IMAGE_RANGE_SLACK, 1 + IMAGE_RANGE_SLACK,
+                "the images in [0, 1]: divide 0–255 images by 255, de-normalise normalised ones")
 
 
 def _fused_affinity(backend: str, images: torch.Tensor, dilations: tuple[int, ...], mode: str):
