@@ -214,3 +214,10 @@ def test_refiners_match_reference(module, mode):
     resized = F.interpolate(masks.double(), size=(17, 13), mode="bilinear", align_corners=True)
     expected = ref_varm.varm_refine(imgs.double(), resized, (1, 2, 4), 5, mode)
     torch.testing.assert_close(refined.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_energy_loss_input_that_vanishes_at_the_loss_scale():
+    loss_fn = DenseEnergyLoss(1e-7, 15.0, 100.0, 0.5)
+    args = (torch.rand(1, 3, 1, 1) * 255, torch.ones(1, 3, 1, 1) / 3, torch.ones(1, 1, 1), torch.zeros(1, 1, 1, 1))
+    with pytest.raises(ValueError, match=r"1×1 pixels vanish at the loss's scale_factor 0.5.*at least 2 pixels"):
+        loss_fn(*args)

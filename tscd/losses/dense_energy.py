@@ -63,6 +63,11 @@ class DenseEnergyLoss(nn.Module):
         """The inputs resized by ``scale_factor`` (images, roi, seg_label (B, 1, H, W) nearest; probs
         bilinear): images (B, 3, h, w) float32, probs (B, K, h, w), roi (B, h, w) float32 and the
         ignore mask (B, h, w), True where the label is 255."""
+        height, width = probs.shape[-2:]
+        if height and width and min(int(height * self.scale_factor), int(width * self.scale_factor)) < 1:
+            raise ValueError(f"the inputs of {height}×{width} pixels vanish at the loss's scale_factor "
+                             f"{self.scale_factor:g}: the loss needs inputs of at least {1 / self.scale_factor:g} "
+                             f"pixels a side")
         images = self._resize(images.to(torch.float32), "nearest")
         probs = self._resize(probs, "bilinear")
         roi = self._resize(roi[:, None].to(torch.float32), "nearest")[:, 0]
