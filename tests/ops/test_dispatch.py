@@ -125,8 +125,22 @@ def test_no_silent_fallback_to_a_huge_reference(monkeypatch, op):
         "dense_crf": lambda b: ops.dense_crf(images, probs, num_iter=1, backend=b),
         "scd_loss": lambda b: ops.scd_loss(*_inputs(), backend=b),
     }
-    with pytest.warns(RuntimeWarning) if op != "dense_crf" else warnings.catch_warnings():
+    with pytest.warns(RuntimeWarning):  # a named backend falling back, or auto left with the reference
         with pytest.raises(RuntimeError, match=r"no fused backend can run on cpu tensors \(.*cpp: disabled by the "
                                                r"test.*backend='torch'"):
             calls[op]("exact" if op == "dense_crf" else "cpp")
     assert torch.isfinite(torch.as_tensor(calls[op]("torch"))).all()
+
+
+def test_auto_left_with_the_reference_says_so_once(calls, monkeypatch):
+    """A C++ build that cannot happen (no compiler, say) must not leave every op silently on the slow
+    reference: auto warns once, naming the backend and why; a request for torch itself does not warn."""
+    monkeypatch.setattr(backends.extension, "load_failure", lambda: "CalledProcessError: c++: not found")
+    with pytest.warns(RuntimeWarning, match=r"no fused backend can run on cpu.*cpp: .*c\+\+: not found"):
+        scd_loss(*_inputs())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scd_loss(*_inputs())  # once per process
+        monkeypatch.setattr(backends, "_warned", set())
+        scd_loss(*_inputs(), backend="torch")
+    assert calls == ["torch"] * 3

@@ -23,7 +23,9 @@ images of at least :data:`CPU_CRF_LATTICE_PIXELS` pixels prefers the lattice, th
 The approximate backends are never chosen by ``exact``, nor by ``auto`` for the ops whose value
 they would change (the gaussian product and the dense energy loss). A named backend that
 cannot run falls back to the first usable one of that order with one warning per (op,
-backend, device). Each choice is logged at DEBUG on ``tscd.ops``.
+backend, device); ``auto`` left with only the torch reference (the C++ extension could not be
+built, say) warns once per device type, naming each fused backend and why it cannot run. Each
+choice is logged at DEBUG on ``tscd.ops``.
 """
 from __future__ import annotations
 
@@ -181,6 +183,11 @@ def resolve(op: str, backend: str, device_type: str, pixels: int = 0) -> str:
         if reason is not None:
             warn_once((op, request, device_type), f"tscd.ops.{op}: backend {request!r} cannot run on {device_type} "
                       f"tensors ({reason}); using {chosen!r}")
+        elif chosen == "torch" and len(order) > 1:
+            reasons = "; ".join(f"{b}: {why_unusable(b, device_type)}" for b in order if b != "torch")
+            warn_once(("reference fallback", device_type),
+                      f"tscd.ops: no fused backend can run on {device_type} tensors ({reasons}); the ops run on the "
+                      f"naive torch reference, many times slower and with O(N²) memory")
     for module in _REGISTRY[chosen].modules:
         importlib.import_module(module)
     logger.debug("tscd.ops.%s on %s tensors: %s (requested %r)", op, device_type, chosen, backend)
