@@ -115,3 +115,14 @@ def test_mask_with_a_class_beyond_classes_txt(tmp_path):
     with pytest.raises(DatasetError, match=r"mask .*a.png has class 7"):
         ds[0]
     assert torch.is_tensor(ds[1]["mask"])
+
+
+def test_a_row_without_suffix_that_fits_two_images_names_both(tmp_path):
+    """``im0`` with both im0.jpg and im0.png present was silently taken as the .jpg."""
+    root = make_folder(tmp_path / "d", rows=["a,cat", "b,dog"])
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(root / "images" / "a.png")
+    says = r"val.csv line 2: image 'a' is ambiguous, 2 files fit it: .*a\.jpg, .*a\.png; write"
+    with pytest.raises(DatasetError, match=says):
+        FolderDataset(root, "val", train=False)
+    (root / "val.csv").write_text("image,labels\na.jpg,cat\nb,dog\n")  # naming the file settles it
+    assert FolderDataset(root, "val", train=False).image_path("a").name == "a.jpg"

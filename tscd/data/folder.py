@@ -8,13 +8,14 @@ Layout under ``root``::
     masks/<name>.png                     optional: class ids (0 background, 255 ignore), for evaluation
 
 ``image`` is a path relative to ``images/`` (``cat1.jpg``, ``2024/cat1.jpg``) or that without
-its suffix (``cat1``); a row whose path is absolute or leads out of ``images/`` is refused
-(symbolic links inside are followed; :mod:`tscd.data.base` says why). Text files are UTF-8
-with or without a BOM. K (``num_classes``) is 1 + the classes of ``classes.txt``. Everything is
-checked when the dataset is built: an unknown class name, a missing or unreadable image, a row
-without labels, a duplicate row, or a mask that cannot be read, has another size than its image
-or a class beyond K raises :class:`DatasetError` naming the file and line. Images without a
-mask evaluate as all-ignore.
+its suffix (``cat1``; an error when ``cat1.jpg`` and ``cat1.png`` both exist); a row whose path
+is absolute or leads out of ``images/`` is refused (symbolic links inside are followed;
+:mod:`tscd.data.base` says why). Text files are UTF-8 with or without a BOM. K
+(``num_classes``) is 1 + the classes of ``classes.txt``. Everything is checked when the dataset
+is built: an unknown class name, a missing or unreadable image, a row without labels, a
+duplicate row, or a mask that cannot be read, has another size than its image or a class beyond
+K raises :class:`DatasetError` naming the file and line. Images without a mask evaluate as
+all-ignore.
 """
 from __future__ import annotations
 
@@ -83,15 +84,18 @@ class FolderDataset(MaskFolderDataset):
             self.check()
 
     @staticmethod
-    def _find_image(path: Path) -> Path | None:
-        """``path`` when it is an image file, else ``path`` + the image suffix that exists."""
+    def _find_images(path: Path) -> list[Path]:
+        """[``path``] when it is an image file, else the files ``path`` + an image suffix (one
+        per file: on a case-insensitive file system ``a.jpg`` and ``a.JPG`` are one)."""
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-            return path
+            return [path]
+        found: dict[tuple[int, int], Path] = {}
         for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
             candidate = path.with_name(path.name + suffix)
             if candidate.is_file():
-                return candidate
-        return None
+                st = candidate.stat()
+                found.setdefault((st.st_dev, st.st_ino), candidate)
+        return list(found.values())
 
     def _read_split(self, root: Path, index: dict[str, int]) -> dict[str, np.ndarray]:
         """Image-level labels name -> (K−1,) of the split CSV; fills ``self.files`` and ``self.lines``."""
@@ -119,9 +123,13 @@ class FolderDataset(MaskFolderDataset):
             confined = inside(images, entry)
             if confined is None:
                 raise DatasetError(f"{where}: image '{entry}' is outside {images} (an absolute path or '..')")
-            image = self._find_image(confined)
-            if image is None:
+            found = self._find_images(confined)
+            if not found:
                 raise DatasetError(f"{where}: image '{entry}' not found in {images}")
+            if len(found) > 1:
+                raise DatasetError(f"{where}: image '{entry}' is ambiguous, {len(found)} files fit it: "
+                                   f"{', '.join(map(str, found))}; write the file's name with its suffix")
+            image = found[0]
             name = image.stem
             if name in self.lines:
                 raise DatasetError(f"{where}: image '{name}' is already listed on line {self.lines[name]}")
