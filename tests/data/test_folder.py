@@ -126,3 +126,15 @@ def test_a_row_without_suffix_that_fits_two_images_names_both(tmp_path):
         FolderDataset(root, "val", train=False)
     (root / "val.csv").write_text("image,labels\na.jpg,cat\nb,dog\n")  # naming the file settles it
     assert FolderDataset(root, "val", train=False).image_path("a").name == "a.jpg"
+
+
+@pytest.mark.parametrize("line, separator", [("cat;dog", ";"), ("cat, dog", ",")])
+def test_a_class_name_holding_a_label_separator_is_refused_in_classes_txt(tmp_path, line, separator):
+    """``cat;dog`` was accepted as one class; the CSV, whose labels it splits, was blamed later."""
+    root = make_folder(tmp_path / "d")
+    (root / "classes.txt").write_text(f"bird\n{line}\n")
+    says = rf"classes.txt line 2: class '{line}' contains '{separator}', which separates the labels"
+    with pytest.raises(DatasetError, match=says):
+        FolderDataset(root, "val")
+    with pytest.raises(DatasetError, match=says):  # also where only the class count is asked
+        build_dataset(cfg_for(root), "val", train=False)

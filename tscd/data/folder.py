@@ -30,8 +30,14 @@ from .base import DatasetError, MaskFolderDataset, inside, read_text
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
+#: What separates the labels of a split CSV: its cells, and the class names within the labels cell.
+LABEL_SEPARATORS = (",", ";")
+
+
 def read_classes(path: Path) -> tuple[str, ...]:
-    """Foreground class names of ``classes.txt`` (blank lines skipped)."""
+    """Foreground class names of ``classes.txt`` (blank lines skipped): each listed once, none
+    named ``background``, none holding a :data:`LABEL_SEPARATORS` character (the split CSVs
+    could not name it)."""
     if not path.is_file():
         raise DatasetError(f"class list not found: {path} (one foreground class name per line)")
     names, seen = [], {}
@@ -42,6 +48,10 @@ def read_classes(path: Path) -> tuple[str, ...]:
         if name.lower() == "background":
             raise DatasetError(f"{path} line {lineno}: 'background' is implicit (class 0); list only the "
                                "foreground classes")
+        separator = next((c for c in LABEL_SEPARATORS if c in name), None)
+        if separator is not None:
+            raise DatasetError(f"{path} line {lineno}: class '{name}' contains '{separator}', which separates the "
+                               f"labels in the split CSVs (image,labels with the names joined by ';'): rename it")
         if name in seen:
             raise DatasetError(f"{path} line {lineno}: class '{name}' is already listed on line {seen[name]}")
         seen[name] = lineno
