@@ -91,3 +91,20 @@ def test_other_errors_keep_their_first_line(monkeypatch, capsys):
     monkeypatch.setitem(cli.COMMANDS, "train", (add_args, run, help_text))
     assert main(["train", "--config", "synthetic"]) == 1
     assert _error_lines(capsys) == ["tscd: error: the first line"]
+
+
+def test_a_config_that_is_a_folder_or_not_text_is_one_line_naming_it(tmp_path, capsys):
+    """A folder said "config file not found"; a binary file gave a bare UTF-8 decode error."""
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    binary = tmp_path / "model.pth"
+    binary.write_bytes(b"PK\x03\x04\x80\xff\x00 not text")
+    for config, says in [(folder, f"config {folder} is a folder, not a YAML file (or the name of a built-in "
+                                  "config: coco, folder, synthetic, voc"),
+                         (binary, f"{binary} line 1: not UTF-8 (byte 0x80 at offset 4); save the config file as "
+                                  "UTF-8")]:
+        assert main(["train", "--config", str(config), "--work-dir", str(tmp_path / "run")]) == 1
+        [line] = _error_lines(capsys)
+        assert line.startswith(f"tscd: error: {says}"), line
+    assert not (tmp_path / "run").exists()
+

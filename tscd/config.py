@@ -291,7 +291,20 @@ def resolve_config_path(name: Union[str, Path]) -> Path:
     builtin = builtin_config_dir() / f"{name}.yaml"
     if path.suffix == "" and path.parent == Path(".") and builtin.is_file():
         return builtin
+    if path.is_dir():
+        raise ConfigError(f"config {name} is a folder, not a YAML file (or the name of a built-in config: "
+                          f"{', '.join(sorted(p.stem for p in builtin_config_dir().glob('*.yaml')))})")
     raise ConfigError(f"config file not found: {name}")
+
+
+def _read_text(file: Path) -> str:
+    """The UTF-8 text of the config file ``file`` (:func:`tscd.data.base.read_text`'s rules)."""
+    from .data.base import DatasetError, read_text  # tscd.data imports this module
+
+    try:
+        return read_text(file, "config file")
+    except DatasetError as err:
+        raise ConfigError(str(err)) from None
 
 
 def load_config(path: Union[str, Path, None] = None, overrides: Iterable[str] = (),
@@ -299,7 +312,7 @@ def load_config(path: Union[str, Path, None] = None, overrides: Iterable[str] = 
     """The defaults, updated by the YAML file ``path`` (if any), ``key=value`` overrides, then ``values``."""
     file = None if path is None else resolve_config_path(path)
     try:
-        tree = _yaml(file.read_text()) if file else {}
+        tree = _yaml(_read_text(file)) if file else {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{file}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(tree, (Mapping, type(None))):
