@@ -108,3 +108,9 @@ def test_a_config_that_is_a_folder_or_not_text_is_one_line_naming_it(tmp_path, c
         assert line.startswith(f"tscd: error: {says}"), line
     assert not (tmp_path / "run").exists()
 
+
+def test_an_unknown_log_level_is_one_line_naming_the_variable(monkeypatch, capsys):
+    monkeypatch.setenv("TSCD_LOG_LEVEL", "LOUD")
+    assert main(["train", "--config", "synthetic", "--max-iters", "0"]) == 1
+    assert _error_lines(capsys) == ["tscd: error: TSCD_LOG_LEVEL must be a logging level name (DEBUG, INFO, "
+                                    "WARNING, ERROR), got 'LOUD'"]

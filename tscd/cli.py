@@ -304,7 +304,11 @@ def _error_line(err: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging()
+    try:
+        configure_logging()
+    except ValueError as err:  # TSCD_LOG_LEVEL: nothing is logged yet
+        print(f"tscd: error: {err}", file=sys.stderr)
+        return 1
     try:
         return args.run(args)
     except KeyboardInterrupt as err:  # Ctrl-C, or training stopped by a signal (it carries signum)
