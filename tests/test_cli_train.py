@@ -95,3 +95,14 @@ def test_demo_records_its_work_dir(tmp_path, monkeypatch):
     assert yaml.safe_load((work / "config.yaml").read_text())["work_dir"] == str(work)
     assert not (tmp_path / "runs").exists()
     assert main(["demo", "--work-dir", str(work), *ONE_ITERATION, "--overwrite"]) == 0
+
+
+def test_a_work_dir_that_is_a_file_is_named(tmp_path, capsys):
+    """Formerly "[Errno 17] File exists"."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for work, says in [(notes, f"work dir {notes} is a file"), (notes / "run", f"work dir {notes / 'run'}: {notes} "
+                                                                                "is a file")]:
+        assert _train(work) == 1
+        assert _err(capsys) == f"tscd: error: {says}"
+    assert notes.read_text() == "mine"

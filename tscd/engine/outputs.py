@@ -37,14 +37,15 @@ def dataset_files(dataset) -> list[Path]:
     return [path for name in dataset.names for path in (dataset.image_path(name), dataset.mask_path(name))]
 
 
-def check_output_folder(folder) -> None:
-    """``folder`` is a folder or can be made one: neither it nor a folder above it is a file."""
+def check_output_folder(folder, what: str = "output folder") -> None:
+    """Raise :class:`OutputConflictError` unless ``folder`` is a folder or can be made one:
+    neither it nor a folder above it may be a file. ``what`` names the folder in the message."""
     folder = Path(folder)
     for place in (folder, *folder.parents):
         if place.exists():
             if not place.is_dir():
                 where = "" if place == folder else f": {place}"
-                raise OutputConflictError(f"output folder {folder}{where} is a file")
+                raise OutputConflictError(f"{what} {folder}{where} is a file")
             return
 
 

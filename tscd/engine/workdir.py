@@ -13,6 +13,8 @@ import logging
 import os
 from pathlib import Path
 
+from .outputs import check_output_folder
+
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".tscd.lock"
@@ -40,7 +42,9 @@ class WorkDirLock:
         self._file = None
 
     def acquire(self) -> WorkDirLock:
-        """Take the lock at once or raise :class:`WorkDirError` naming the folder and the holder's pid."""
+        """Take the lock at once or raise :class:`WorkDirError` naming the folder and the holder's pid
+        (:class:`~tscd.engine.outputs.OutputConflictError` where the folder is a file)."""
+        check_output_folder(self.path.parent, "work dir")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             file = open(self.path, "a+")
