@@ -155,3 +155,20 @@ def test_temporary_files_of_live_writers_are_kept(tmp_path):
     finally:
         other.kill()
     assert _temps(tmp_path) == []
+
+
+def test_a_full_disk_says_whether_a_previous_file_is_kept(tmp_path):
+    """It said "any previous last.pth is kept" when there was none."""
+    path = tmp_path / "last.pth"
+
+    def fill_up(f):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError) as info:
+        atomic_write(path, fill_up)
+    assert str(info.value) == f"cannot write {path}: no space left on device (no last.pth was written)"
+    assert not path.exists()
+    atomic_write(path, lambda f: f.write(b"old"))
+    with pytest.raises(OSError) as info:
+        atomic_write(path, fill_up)
+    assert str(info.value) == f"cannot write {path}: no space left on device (the previous last.pth is kept)"

@@ -5,6 +5,7 @@ numbers and updates BatchNorm statistics), resumes it and compares the result wi
 uninterrupted run, bit for bit: a saved state that is not exactly "after iteration 2" (or 3)
 cannot give the same weights and optimiser state.
 """
+import errno
 import logging
 import math
 import multiprocessing
@@ -12,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +24,7 @@ from tscd.data import DatasetError
 from tscd.engine import checkpoint as ckpt_io
 from tscd.engine import trainer as trainer_module
 from tscd.engine.builders import TRAINING_OPS, prepare_backends
+from tscd.engine.io import atomic_write
 from tscd.engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 from tscd.losses.objective import TSCDObjective
 from tscd.ops.backends import can_run
@@ -285,3 +288,31 @@ def test_the_ops_backends_are_resolved_before_the_first_step(tmp_path, monkeypat
     trainer = Trainer(_cfg(f"train.backend={backend}"), tmp_path, progress=False)
     expected = "torch" if backend == "torch" or not can_run("cpp", "cpu") else "cpp"
     assert trainer.step == 0 and resolved == [{op: expected for op in TRAINING_OPS}]
+
+
+def test_after_a_full_disk_resume_continues_from_the_newest_checkpoint(tmp_path, monkeypatch, reference, caplog):
+    """iter_000002.pth was saved, last.pth then hit a full disk: the message claimed a previous
+    last.pth was kept (there was none) and --resume did not look at iter_000002.pth."""
+    original = ckpt_io.atomic_save
+
+    def full_disk(obj, path):
+        if Path(path).name != "last.pth":
+            return original(obj, path)
+
+        def write(f):
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        atomic_write(path, write)
+
+    monkeypatch.setattr(ckpt_io, "atomic_save", full_disk)
+    work = tmp_path / "run"
+    with pytest.raises(OSError, match=r"last.pth: no space left on device \(no last.pth was written\)$"):
+        Trainer(_cfg("train.ckpt_interval=2"), work, progress=False).train()
+    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["iter_000002.pth"]
+    assert "iter_000002.pth holds iteration 2: continue with --resume" in caplog.text
+    monkeypatch.undo()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tscd"):
+        _assert_same_state(reference, _resume(work, "train.ckpt_interval=2"))
+    assert "resuming from iter_000002.pth (iteration 2)" in caplog.text

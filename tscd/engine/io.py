@@ -122,12 +122,13 @@ def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
     The folder is created if needed (and cleared of dead writers' temporary files); the file
     gets the permissions a plain ``open`` would give it (0o666 less the umask; ``mkstemp``
     alone would make it private); on any failure the temporary file is removed and ``path`` is
-    left as it was. A full disk or quota raises an ``OSError`` (its ``errno``) that says so and
-    names ``path``.
+    left as it was. A full disk or quota raises an ``OSError`` (its ``errno``) that says so, names
+    ``path`` and says whether a previous file there is kept.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(path.parent.absolute())
+    existed = path.exists()
     with _lock:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_machine()}-{os.getpid()}.", suffix=".tmp",
                                    dir=path.parent)
@@ -145,7 +146,8 @@ def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
         full = _disk_full(err)
         if full is None:
             raise
-        error = OSError(f"cannot write {path}: {_DISK_FULL[full.errno]} (any previous {path.name} is kept)")
+        kept = f"the previous {path.name} is kept" if existed else f"no {path.name} was written"
+        error = OSError(f"cannot write {path}: {_DISK_FULL[full.errno]} ({kept})")
         error.errno = full.errno
         raise error from err
     finally:

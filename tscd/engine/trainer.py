@@ -1,7 +1,8 @@
 """The training job: a thin loop around ``TSCDObjective`` (no loss math here).
 
 Writes under the work dir: ``checkpoints/last.pth`` (+ ``iter_<n>.pth`` every
-``train.ckpt_interval``; last.pth also every ``train.ckpt_minutes`` of training),
+``train.ckpt_interval``; last.pth also every ``train.ckpt_minutes`` of training; a resumed run
+continues from the newest of them),
 ``metrics.json`` (latest evaluation and the whole history), ``vis/iter_<n>.png`` grids,
 ``config.yaml`` and TensorBoard events when tensorboard is installed. Under torchrun, only rank 0
 logs, evaluates, holds the work dir and writes.
@@ -57,7 +58,7 @@ from .evaluator import Evaluator
 from .io import atomic_write, write_json
 from .schedule import build_optimizer, build_scheduler
 from .visualize import save_grid
-from .workdir import WorkDirLock, claim_work_dir
+from .workdir import WorkDirLock, claim_work_dir, periodic_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -209,10 +210,25 @@ class Trainer:
             self.close()
             raise
 
+    def _resume_from(self) -> tuple[Path, dict]:
+        """(path, state) of the checkpoint a resumed run continues from: ``last.pth``, or the
+        ``iter_<n>.pth`` of a later iteration where there is one (saved when last.pth could not
+        be, on a full disk say)."""
+        path = self.work_dir / "checkpoints" / "last.pth"
+        state = ckpt_io.load(path) if path.is_file() else None
+        later = {step: p for step, p in periodic_checkpoints(self.work_dir).items()
+                 if state is None or step > state["step"]}
+        if later:
+            newest = max(later)
+            if self.main:
+                logger.warning("resuming from %s (iteration %d): %s", later[newest].name, newest,
+                               "no last.pth" if state is None else f"last.pth holds iteration {state['step']}")
+            path, state = later[newest], ckpt_io.load(later[newest])
+        return path, state
+
     def _build(self, resume: bool) -> None:
         cfg = self.cfg
-        path = self.work_dir / "checkpoints" / "last.pth"
-        state = ckpt_io.load(path) if resume else None
+        path, state = self._resume_from() if resume else (None, None)
         if state is not None and "config" in state:
             changed = check_config_compatible(config_from_dict(state["config"]), cfg, path, resuming=True)
             if changed and self.main:
@@ -242,6 +258,7 @@ class Trainer:
             self.wall_offset = state.get("wall_time", 0.0)
             self._resume_rng = state["rng"][self.rank] if self.rank < len(state["rng"]) else state["rng"][0]
         self._saved_step = self.step  # the iteration last.pth holds (0: none worth keeping)
+        self._periodic_step = None  # the iteration of the last iter_<n>.pth written
         self._boundary = None  # (random states, buffers) as the iteration under way found them
         self._updating = False  # inside the weights' update, which cannot be undone
         self.writer = None
@@ -267,6 +284,8 @@ class Trainer:
         path = self._write(name, rng) if self.main else None
         if name == "last.pth":
             self._saved_step, self._last_save = self.step, time.monotonic()
+        else:
+            self._periodic_step = self.step
         return path
 
     def _write(self, name: str, rng: list) -> Path:
@@ -309,6 +328,9 @@ class Trainer:
             path = self._write("last.pth", [rng])
         except Exception as save_err:  # noqa: BLE001 - reported, the original error goes on
             logger.error("could not save iteration %d: %s", self.step, save_err)
+            if self._periodic_step == self.step:
+                logger.warning("%s holds iteration %d: continue with --resume", f"iter_{self.step:06d}.pth",
+                               self.step)
             return
         if isinstance(err, KeyboardInterrupt):
             logger.warning("interrupted at iteration %d; saved %s (continue with --resume)", self.step, path)

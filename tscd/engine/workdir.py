@@ -78,6 +78,16 @@ class WorkDirLock:
         self._file = None
 
 
+def periodic_checkpoints(work_dir) -> dict[int, Path]:
+    """iteration -> ``checkpoints/iter_<iteration>.pth`` of the run in ``work_dir``."""
+    found = {}
+    for path in (Path(work_dir) / "checkpoints").glob("iter_*.pth"):
+        step = path.name[len("iter_"):-len(".pth")]
+        if step.isdigit() and path.is_file():
+            found[int(step)] = path
+    return found
+
+
 def existing_run(work_dir) -> list[str]:
     """The :data:`RUN_MARKERS` present in ``work_dir``."""
     return [name for name in RUN_MARKERS if (Path(work_dir) / name).is_file()]
@@ -103,7 +113,8 @@ def remove_run(work_dir) -> int:
 def claim_work_dir(work_dir, resume: bool = False, overwrite: bool = False) -> WorkDirLock:
     """Lock ``work_dir`` for a training run and check what is there; the held lock.
 
-    ``resume``: ``checkpoints/last.pth`` must exist (``FileNotFoundError``, nothing created).
+    ``resume``: ``checkpoints/last.pth`` or an ``iter_<n>.pth`` must exist (``FileNotFoundError``,
+    nothing created).
     Otherwise a run already there is a :class:`WorkDirError` naming both ways on (``--resume``,
     ``--overwrite``), unless ``overwrite``: its files are deleted (:func:`remove_run`).
     A folder in use by another run is a :class:`WorkDirError` first, whatever the flags.
@@ -112,8 +123,8 @@ def claim_work_dir(work_dir, resume: bool = False, overwrite: bool = False) -> W
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
     last = work / "checkpoints" / "last.pth"
-    if resume and not last.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {last}")
+    if resume and not last.is_file() and not periodic_checkpoints(work):
+        raise FileNotFoundError(f"--resume: no checkpoint at {last} (nor an iter_<n>.pth beside it)")
     lock = WorkDirLock(work).acquire()
     try:
         found = [] if resume else existing_run(work)
