@@ -52,8 +52,9 @@ def _umask() -> int:
 
 
 @functools.cache
-def _machine() -> str:
-    """8 hex digits naming where this process's pids are meaningful: host, boot, pid namespace."""
+def machine_id() -> str:
+    """8 hex digits naming where this process's pids are meaningful: host, boot, pid namespace
+    (a pid recorded with another machine's id says nothing here)."""
     parts = [socket.gethostname()]
     for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
                  lambda: os.readlink("/proc/self/ns/pid")):
@@ -64,7 +65,8 @@ def _machine() -> str:
     return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:8]
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` of this machine runs (another user's too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -79,9 +81,9 @@ def _is_stale(name: str, mtime: float) -> bool:
     found = _TEMP_NAME.fullmatch(name)
     if found is None or name in _in_flight:
         return False
-    if found["machine"] == _machine():
+    if found["machine"] == machine_id():
         pid = int(found["pid"])  # this pid, not in flight: an earlier process that had it
-        if pid == os.getpid() or not _running(pid):
+        if pid == os.getpid() or not process_running(pid):
             return True
     return time.time() - mtime > STALE_AFTER_S  # another machine's writer, or a pid reused since
 
@@ -130,7 +132,7 @@ def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
     _remove_stale_temps(path.parent.absolute())
     existed = path.exists()
     with _lock:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_machine()}-{os.getpid()}.", suffix=".tmp",
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{machine_id()}-{os.getpid()}.", suffix=".tmp",
                                    dir=path.parent)
         _in_flight.add(os.path.basename(tmp))
     try:

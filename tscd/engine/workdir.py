@@ -11,8 +11,10 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import weakref
 from pathlib import Path
 
+from .io import machine_id, process_running
 from .outputs import check_output_folder
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,14 @@ class WorkDirError(ValueError):
 class WorkDirLock:
     """``WorkDirLock(work_dir).acquire()`` holds ``work_dir`` until :meth:`release` (or the end of
     the process, however it ends: the kernel drops the lock, so the file a killed run leaves
-    behind blocks nobody). The holder's pid is in the file, for the message of a refused run."""
+    behind blocks nobody). The holder's pid and :func:`~tscd.engine.io.machine_id` are in the
+    file, for the message of a refused run.
+
+    The lock is the process's alone: a forked child (a DataLoader worker) closes its copy at
+    once, so that an orphaned worker of a killed run does not keep it. A lock still held while
+    its owner's pid no longer runs on this machine (kept by a process forked outside Python,
+    say) is stale, and taken over.
+    """
 
     def __init__(self, work_dir):
         self.path = Path(work_dir) / LOCK_NAME
@@ -52,23 +61,45 @@ class WorkDirLock:
                 fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 file.seek(0)
-                pid = file.read().strip()
+                owner = file.read().split()
+                stale = _owner_is_dead(owner)
+                if stale:
+                    self._remove_stale(file, owner[0])
                 file.close()
-                holder = f"pid {pid}" if pid else "another process"
+                if stale:
+                    continue
+                holder = f"pid {owner[0]}" if owner else "another process"
                 raise WorkDirError(f"{self.path.parent} is in use by another tscd run ({holder}): wait for it to "
                                    "finish or choose another --work-dir") from None
-            try:  # a releasing holder removes the file: our lock may be on a file no longer there
-                current = os.stat(self.path).st_ino == os.fstat(file.fileno()).st_ino
-            except FileNotFoundError:
-                current = False
-            if current:
+            if self._is_current(file):  # a releasing holder removes the file: our lock may be on a file gone
                 break
             file.close()
         file.truncate(0)
-        file.write(f"{os.getpid()}\n")
+        file.write(f"{os.getpid()} {machine_id()}\n")
         file.flush()
         self._file = file
+        _held.add(self)
         return self
+
+    def _is_current(self, file) -> bool:
+        """Whether ``file`` is the one at :attr:`path` now."""
+        try:
+            now, ours = os.stat(self.path), os.fstat(file.fileno())
+        except FileNotFoundError:
+            return False
+        return (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino)
+
+    def _remove_stale(self, file, pid: str) -> None:
+        """Remove the lock file ``file``, whose owner ``pid`` is dead, unless another process did
+        so first (takeovers are serialised by a lock on the folder)."""
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            if self._is_current(file):
+                self.path.unlink()
+                logger.warning("%s: taking over the lock of pid %s, which no longer runs", self.path.parent, pid)
+        finally:
+            os.close(folder)
 
     def release(self) -> None:
         if self._file is None:
@@ -76,6 +107,27 @@ class WorkDirLock:
         self.path.unlink(missing_ok=True)  # while still locked, see acquire
         self._file.close()
         self._file = None
+        _held.discard(self)
+
+
+def _owner_is_dead(owner: list[str]) -> bool:
+    """Whether the lock file's ``[pid, machine]`` names a process of this machine that no longer runs."""
+    return (len(owner) == 2 and owner[0].isdigit() and owner[1] == machine_id()
+            and not process_running(int(owner[0])))
+
+
+_held: weakref.WeakSet[WorkDirLock] = weakref.WeakSet()  # the locks this process holds
+
+
+def _let_go_in_child() -> None:
+    """In a forked child: close the copies of the parent's locks (without unlocking them)."""
+    for lock in list(_held):
+        lock._file.close()
+        lock._file = None
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_let_go_in_child)
 
 
 def periodic_checkpoints(work_dir) -> dict[int, Path]:
