@@ -1,11 +1,15 @@
 """The CLI's one error line names the cause: bad config values before anything runs, the file
 behind a DataLoader worker's error; overrides may come before, between or after the flags."""
+import os
+
 import pytest
 import torch
 
 from tscd import cli
 from tscd.cli import _config, build_parser, main
 from tscd.data import DatasetError
+
+from .engine import TINY
 
 
 def _error_lines(capsys) -> list[str]:
@@ -114,3 +118,17 @@ def test_an_unknown_log_level_is_one_line_naming_the_variable(monkeypatch, capsy
     assert main(["train", "--config", "synthetic", "--max-iters", "0"]) == 1
     assert _error_lines(capsys) == ["tscd: error: TSCD_LOG_LEVEL must be a logging level name (DEBUG, INFO, "
                                     "WARNING, ERROR), got 'LOUD'"]
+
+
+def test_triton_on_the_cpu_without_its_interpreter_is_refused_up_front(tmp_path, monkeypatch, capsys):
+    """It trained, then failed at the first evaluation: "Cannot call @triton.jit'd outside of the
+    scope of a kernel" (TRITON_INTERPRET set by the run itself, after Triton was imported)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    work = tmp_path / "run"
+    assert main(["train", "--config", "synthetic", "--work-dir", str(work), "--backend", "triton",
+                 "train.device=cpu", *TINY, "train.max_iters=3", "loss.stage1_iters=1", "train.eval_interval=1"]) == 1
+    [line] = _error_lines(capsys)
+    assert line.startswith("tscd: error: train.backend=triton cannot run on the cpu: triton runs on CPU tensors "
+                           "only with TRITON_INTERPRET=1; "), line
+    assert "TRITON_INTERPRET=1" in line and "CUDA" in line and "--backend" in line
+    assert "TRITON_INTERPRET" not in os.environ and not work.exists()

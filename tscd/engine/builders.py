@@ -6,8 +6,6 @@ The configuration's ``train.backend`` goes into the constructors of the modules 
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
 from ..config import TSCDConfig, apply, config_from_dict, to_dict
@@ -15,7 +13,7 @@ from ..constants import REFINE_MODES
 from ..data import collate, dataset_num_classes
 from ..losses.objective import TSCDObjective
 from ..models import TSCD, load_checkpoint
-from ..ops.backends import resolve
+from ..ops.backends import resolve, why_unusable
 from ..refine import PseudoLabeler
 from . import checkpoint as ckpt_io
 
@@ -30,12 +28,21 @@ def pick_device(name: str) -> torch.device:
 
 
 def setup_runtime(cfg: TSCDConfig) -> None:
-    """Process settings a run needs: ``train.num_threads``; Triton's interpreter when the
-    backend is triton without a GPU (it must be set before the kernels are first imported)."""
+    """Process settings a run needs: ``train.num_threads``."""
     if cfg.train.num_threads:
         torch.set_num_threads(int(cfg.train.num_threads))
-    if cfg.train.backend == "triton" and not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def check_backend(cfg: TSCDConfig, device: torch.device) -> None:
+    """Raise a ``ValueError`` when ``train.backend`` is ``triton`` and Triton cannot run on
+    ``device`` here, saying why and what to do: on the CPU it runs only under its interpreter,
+    which must be on (``TRITON_INTERPRET=1``) before Triton is first imported, so no run can
+    turn it on for itself."""
+    reason = why_unusable("triton", device.type) if cfg.train.backend == "triton" else None
+    if reason is not None:
+        raise ValueError(f"train.backend=triton cannot run on the {device.type}: {reason}; start tscd with "
+                         f"TRITON_INTERPRET=1 in its environment (slow) or on a CUDA device, or choose another "
+                         f"--backend (auto, cpp, torch)")
 
 
 def build_model(cfg: TSCDConfig, pretrained: bool = True) -> TSCD:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .. import cam as cam_utils
 from ..data import build_dataset
 from ..refine import PseudoLabeler
-from .builders import build_pseudo_labeler, eval_loader, pick_device
+from .builders import build_pseudo_labeler, check_backend, eval_loader, pick_device
 from .distributed import all_reduce_counts, init_distributed, shard
 from .inference import EvalProtocol, progress_bar
 from .io import write_json
@@ -118,6 +118,7 @@ def run_evaluation(model, cfg, split: str, out, *, checkpoint=None, save_preds=N
     nothing overwrites ``checkpoint`` or the dataset's files, nothing goes into the dataset's
     image or mask folders, no two outputs share a path."""
     rank, world, device = init_distributed(pick_device(cfg.train.device))
+    check_backend(cfg, device)
     model.to(device)
     dataset = build_dataset(cfg, split, train=False)
     out = Path(out)

@@ -23,7 +23,7 @@ from ..data import DatasetError, build_dataset, collate
 from ..data.base import load_mask
 from ..ops.dense_crf import dense_crf
 from ..refine import PseudoLabeler
-from .builders import build_pseudo_labeler, pick_device
+from .builders import build_pseudo_labeler, check_backend, pick_device
 from .distributed import all_reduce_counts, init_distributed, shard
 from .inference import progress_bar
 from .io import write_json
@@ -171,6 +171,7 @@ def run_export(model, cfg, split: str, out_dir, *, refine: str | None = None, cr
     default ``refine.mode``) with the pseudo-labeller of ``cfg``; the summary of
     :func:`export_pseudo_labels`. Under torchrun the ranks share the work."""
     rank, world, device = init_distributed(pick_device(cfg.train.device))
+    check_backend(cfg, device)
     dataset = build_dataset(cfg, split, train=False)
     return export_pseudo_labels(build_pseudo_labeler(cfg, refine), model.to(device), dataset, out_dir, crf=crf,
                                 device=device, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,

@@ -46,6 +46,7 @@ from .builders import (
     build_model,
     build_objective,
     build_pseudo_labeler,
+    check_backend,
     check_config_compatible,
     eval_loader,
     pick_device,
@@ -202,6 +203,7 @@ class Trainer:
         if cfg.train.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
         self.rank, self.world, self.device = init_distributed(pick_device(cfg.train.device))
+        check_backend(cfg, self.device)
         self.distributed, self.main = self.world > 1, self.rank == 0
         self._lock = claim_work_dir(self.work_dir, resume, overwrite) if self.main else None
         try:
