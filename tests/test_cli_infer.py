@@ -216,3 +216,12 @@ def test_pretrained_file_that_is_not_plain_weights_is_one_line(kind, tmp_path, c
     err = _error(capsys)
     assert err.startswith(says), err
     assert not marker.exists()
+
+
+def test_infer_refuses_a_long_side_beyond_any_memory(ckpt, tmp_path, capsys):
+    """``--resize-long 100000`` ended in torch's raw allocation error."""
+    photo, out = _photo(tmp_path / "photo.png"), tmp_path / "out"
+    assert _infer(ckpt, out, photo, extra=["--resize-long", "100000"]) == 1
+    assert _error(capsys).startswith("tscd: error: 'eval.resize_long' must be in [0, 8192], got 100000: a larger "
+                                     "image does not fit in memory")
+    assert not out.exists()

@@ -344,12 +344,14 @@ def _number(x: float) -> str:
 @dataclass(frozen=True)
 class Bounds:
     """The valid range of a number: finite, above ``low`` and below ``high`` (None: no bound),
-    each bound included unless ``*_open``."""
+    each bound included unless ``*_open``; ``why_high``: the reason for the upper bound, said to
+    a value above it."""
 
     low: Optional[float] = None
     high: Optional[float] = None
     low_open: bool = False
     high_open: bool = False
+    why_high: str = ""
 
     def __contains__(self, x: float) -> bool:
         return (math.isfinite(x)
@@ -389,12 +391,18 @@ class Items:
 
 _FINITE, _POSITIVE, _NON_NEGATIVE, _AT_LEAST_ONE = Bounds(), Bounds(0, low_open=True), Bounds(0), Bounds(1)
 _PROBABILITY = Bounds(0, 1)
+#: The longest image side a setting may ask for (crop, long side, synthetic images): at 8192 px
+#: and the usual output stride 16, one image's attention affinity alone is 512⁴ float32 numbers,
+#: 256 GiB.
+MAX_IMAGE_SIDE = 8192
+_TOO_LARGE = ("a larger image does not fit in memory (one image's attention affinity alone holds "
+              "(side / output stride)⁴ numbers)")
 
 #: dotted key -> the valid values of every number and list of numbers of the schema (None, where
 #: a field is optional, is always valid)
 VALID_VALUES: dict[str, Union[Bounds, Items]] = {
     "seed": Bounds(0, 2**32 - 1),  # numpy's global seed
-    "data.synthetic.image_size": _AT_LEAST_ONE,
+    "data.synthetic.image_size": Bounds(1, MAX_IMAGE_SIDE, why_high=_TOO_LARGE),
     "data.synthetic.num_train": _AT_LEAST_ONE,
     "data.synthetic.num_val": _AT_LEAST_ONE,
     "data.synthetic.max_objects": _AT_LEAST_ONE,
@@ -404,7 +412,7 @@ VALID_VALUES: dict[str, Union[Bounds, Items]] = {
     "data.num_classes": Bounds(2),  # the background and at least one class
     "data.batch_size": _AT_LEAST_ONE,
     "data.num_workers": _NON_NEGATIVE,
-    "data.crop_size": _AT_LEAST_ONE,
+    "data.crop_size": Bounds(1, MAX_IMAGE_SIDE, why_high=_TOO_LARGE),
     "data.scale_range": Items(_POSITIVE, 2, ordered=True),
     "data.color_jitter": _NON_NEGATIVE,
     "data.mean": Items(_FINITE, 3),
@@ -448,7 +456,7 @@ VALID_VALUES: dict[str, Union[Bounds, Items]] = {
     "eval.max_images": _AT_LEAST_ONE,
     "eval.num_vis": _NON_NEGATIVE,
     "eval.scales": Items(_POSITIVE),
-    "eval.resize_long": _NON_NEGATIVE,  # 0: keep the size
+    "eval.resize_long": Bounds(0, MAX_IMAGE_SIDE, why_high=_TOO_LARGE),  # 0: keep the size
 }
 
 #: (low, high) keys whose values must not decrease
@@ -470,7 +478,8 @@ def validate(cfg: TSCDConfig) -> None:
             continue
         if isinstance(valid, Bounds) and not math.isfinite(value):
             raise ConfigError(f"'{key}' must be a finite number{f' {valid}' if str(valid) else ''}, got {value!r}")
-        raise ConfigError(f"'{key}' must be {valid}, got {value!r}")
+        why = valid.why_high if isinstance(valid, Bounds) and valid.why_high and value > valid.high else ""
+        raise ConfigError(f"'{key}' must be {valid}, got {value!r}{f': {why}' if why else ''}")
     for low, high in _ORDERED_KEYS:
         if _value(cfg, low) > _value(cfg, high):
             raise ConfigError(f"'{low}' ({_value(cfg, low)!r}) must not exceed '{high}' ({_value(cfg, high)!r})")

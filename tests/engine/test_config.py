@@ -120,7 +120,7 @@ OUT_OF_RANGE = [
     ("data.mean=[0.5,0.5]", "'data.mean' must be 3 finite numbers, got [0.5, 0.5]"),
     ("data.std=[0.2,0.0,0.2]", "'data.std' must be 3 numbers, each > 0, got [0.2, 0.0, 0.2]"),
     ("data.std=[0.2,.inf,0.2]", "'data.std' must be 3 numbers, each > 0"),
-    ("data.crop_size=0", "'data.crop_size' must be >= 1, got 0"),
+    ("data.crop_size=0", "'data.crop_size' must be in [1, 8192], got 0"),
     ("data.batch_size=0", "'data.batch_size' must be >= 1, got 0"),
     ("data.num_workers=-1", "'data.num_workers' must be >= 0, got -1"),
     ("data.num_classes=1", "'data.num_classes' must be >= 2, got 1"),
@@ -154,7 +154,12 @@ OUT_OF_RANGE = [
     ("seed=-1", "'seed' must be in [0, 4294967295], got -1"),
     ("eval.max_images=0", "'eval.max_images' must be >= 1, got 0"),
     ("eval.batch_size=0", "'eval.batch_size' must be >= 1, got 0"),
-    ("eval.resize_long=-1", "'eval.resize_long' must be >= 0, got -1"),
+    ("eval.resize_long=-1", "'eval.resize_long' must be in [0, 8192], got -1"),
+    # formerly torch's raw allocation error, once the run was under way
+    ("data.crop_size=100000", "'data.crop_size' must be in [1, 8192], got 100000: a larger image does not fit in "
+                              "memory (one image's attention affinity alone holds (side / output stride)⁴ numbers)"),
+    ("eval.resize_long=100000", "'eval.resize_long' must be in [0, 8192], got 100000: a larger image"),
+    ("data.synthetic.image_size=100000", "'data.synthetic.image_size' must be in [1, 8192], got 100000: a larger"),
 ]
 
 
