@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from tscd.config import load_config
+from tscd.config import ConfigError, load_config
 from tscd.data import DatasetError
 from tscd.engine import checkpoint as ckpt_io
 from tscd.engine import trainer as trainer_module
@@ -316,3 +316,19 @@ def test_after_a_full_disk_resume_continues_from_the_newest_checkpoint(tmp_path,
     with caplog.at_level(logging.WARNING, logger="tscd"):
         _assert_same_state(reference, _resume(work, "train.ckpt_interval=2"))
     assert "resuming from iter_000002.pth (iteration 2)" in caplog.text
+
+
+@pytest.mark.parametrize("backbone, crop, says", [
+    # trained and evaluated on 1×1 maps without a word
+    ("hybrid_tiny", 3, "'data.crop_size' is 3, below 16, the smallest crop the network can use: its output stride "
+                       "is 8 (model.backbone=hybrid_tiny, model.stride=[4, 2, 1, 1]), and a smaller crop leaves its "
+                       "CAM fewer than 2×2 positions"),
+    # failed in the first step of stage 2 with "input too small: stage 1 grid ..."
+    ("mit_b0", 40, "'data.crop_size' is 40, below 58, the smallest crop the network can use: on a smaller one, "
+                   "the second view (loss.scd_scale=0.5 × the crop) fails: input too small: stage 1 grid is 7×7"),
+])
+def test_a_crop_the_network_cannot_use_is_refused_naming_the_minimum(tmp_path, backbone, crop, says):
+    with pytest.raises(ConfigError) as info:
+        Trainer(_cfg(f"model.backbone={backbone}", f"data.crop_size={crop}"), tmp_path / "run", progress=False)
+    assert str(info.value).startswith(says), str(info.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -6,9 +6,11 @@ The configuration's ``train.backend`` goes into the constructors of the modules 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ..config import TSCDConfig, apply, config_from_dict, to_dict
+from ..config import MAX_IMAGE_SIDE, ConfigError, TSCDConfig, apply, config_from_dict, to_dict
 from ..constants import REFINE_MODES
 from ..data import collate, dataset_num_classes
 from ..losses.objective import TSCDObjective
@@ -57,6 +59,60 @@ def build_model(cfg: TSCDConfig, pretrained: bool = True) -> TSCD:
     return TSCD(backbone=m.backbone, num_classes=k, stride=tuple(m.stride), pooling=m.pooling,
                 embedding_dim=m.embedding_dim, pretrained=m.pretrained if pretrained else None, topk_ratio=m.topk_ratio,
                 drop_path_rate=m.drop_path_rate, freeze_backbone=m.freeze_backbone)
+
+
+def _crop_failure(model: TSCD, cfg: TSCDConfig, crop: int, device: torch.device) -> str | None:
+    """Why ``model`` cannot take a training crop of ``crop`` px (None if it can): a forward of the
+    crop and, where ``loss.scd`` or ``loss.er`` asks for it, of its second view (``loss.scd_scale``
+    × the crop), in eval mode and without autograd (no state of the model changes)."""
+    uses_small = cfg.loss.scd > 0 or cfg.loss.er > 0
+    small = math.floor(crop * cfg.loss.scd_scale) if uses_small else None
+    what = "the crop"
+    if small is not None and small < 1:
+        return f"the second view (loss.scd_scale={cfg.loss.scd_scale:g} × the crop) is empty"
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x = torch.zeros(1, 3, crop, crop, device=device)
+            model(x)
+            if small is not None:
+                what = f"the second view (loss.scd_scale={cfg.loss.scd_scale:g} × the crop)"
+                model(x, torch.zeros(1, 3, small, small, device=device))
+    except (ValueError, RuntimeError) as err:
+        return f"{what} fails: {str(err).strip().splitlines()[0]}"
+    finally:
+        model.train(was_training)
+    return None
+
+
+def check_crop_size(model: TSCD, cfg: TSCDConfig, device: torch.device) -> None:
+    """Raise a :class:`~tscd.config.ConfigError` naming ``data.crop_size``, the smallest crop the
+    model can use and why, when the crop is smaller: its stage-4 map (CAM, attention grid) must
+    have at least 2×2 positions (a crop of 2 × the output stride), and the network must run on the
+    crop and its second view (:func:`_crop_failure`). A crop the network fails on for another
+    reason (memory) is named with that reason."""
+    crop, stride = cfg.data.crop_size, model.output_stride
+    least = 2 * stride
+    failure = _crop_failure(model, cfg, crop, device)
+    if crop >= least and failure is None:
+        return
+    # the smallest working crop from `least` on, up to 4× the larger of the two: doubling, then
+    # bisection (a network that takes a size takes every larger one, memory permitting)
+    below, above, limit = least - 1, least, min(MAX_IMAGE_SIDE, 4 * max(crop, least))
+    while (failing := _crop_failure(model, cfg, above, device) is not None) and above < limit:
+        below, above = above, min(2 * above, limit)
+    if failing or crop >= above:  # not a matter of a small size
+        raise ConfigError(f"'data.crop_size' is {crop}: the network cannot take a crop of that size: {failure}")
+    while above - below > 1:
+        middle = (below + above) // 2
+        below, above = (below, middle) if _crop_failure(model, cfg, middle, device) is None else (middle, above)
+    if above == least:
+        why = (f"its output stride is {stride} (model.backbone={cfg.model.backbone}, model.stride={cfg.model.stride}"
+               f"), and a smaller crop leaves its CAM fewer than 2×2 positions")
+    else:
+        why = f"on a smaller one, {_crop_failure(model, cfg, above - 1, device)}"
+    raise ConfigError(f"'data.crop_size' is {crop}, below {above}, the smallest crop the network can use: {why}")
 
 
 def build_pseudo_labeler(cfg: TSCDConfig, refine: str | None = None) -> PseudoLabeler:

@@ -48,6 +48,7 @@ from .builders import (
     build_pseudo_labeler,
     check_backend,
     check_config_compatible,
+    check_crop_size,
     eval_loader,
     pick_device,
     prepare_backends,
@@ -238,6 +239,7 @@ class Trainer:
                                ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items()))
         seed_everything(cfg.seed + self.rank)
         self.model = build_model(cfg, pretrained=state is None).to(self.device)
+        check_crop_size(self.model, cfg, self.device)
         self.pseudo_labeler = build_pseudo_labeler(cfg)
         self.objective = build_objective(cfg, self.pseudo_labeler).to(self.device)
         prepare_backends(cfg, self.device)
