@@ -225,3 +225,27 @@ def test_infer_refuses_a_long_side_beyond_any_memory(ckpt, tmp_path, capsys):
     assert _error(capsys).startswith("tscd: error: 'eval.resize_long' must be in [0, 8192], got 100000: a larger "
                                      "image does not fit in memory")
     assert not out.exists()
+
+
+# ---- an image too small for the network is named, up front where the job reads a dataset ---------
+def test_an_image_too_small_for_the_network_is_named(folder_run, ckpt, tmp_path, capsys):
+    """A 1×1 image passed the dataset check and failed later: "input too small: stage 1 grid is
+    1×1, smaller than its spatial reduction 8×8", without its name (in training, only at the
+    first evaluation)."""
+    root, trained = folder_run
+    tiny = root / "images" / "b.png"
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tiny)
+    says = f"image {tiny} (1×1): input too small: stage 1 grid is 1×1, smaller than its spatial reduction 8×8"
+    assert main(["eval", "--checkpoint", str(trained), "--out", str(tmp_path / "m.json")]) == 1
+    assert _error(capsys).startswith(f"tscd: error: {says}; --resize-long")
+    assert not (tmp_path / "m.json").exists()
+    work = tmp_path / "run2"
+    assert main(["train", "--config", "folder", "--data-root", str(root), "--work-dir", str(work), *TINY]) == 1
+    assert _error(capsys).startswith(f"tscd: error: {says}")
+    assert not (work / "checkpoints").exists()
+    assert _infer(ckpt, tmp_path / "out", tiny) == 1
+    assert _error(capsys).startswith(f"tscd: error: image {tiny} (1×1): input too small")
+    assert main(["pseudo-labels", "--checkpoint", str(trained), "--split", "val", "--out", str(tmp_path / "p"),
+                 "eval.batch_size=1", "data.num_workers=0"]) == 1
+    last = capsys.readouterr().err.splitlines()[-1]  # after the progress bar, which a.jpg moved on
+    assert last.startswith(f"tscd: error: image {tiny} (1×1): input too small"), last

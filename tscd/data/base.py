@@ -209,6 +209,7 @@ class MaskFolderDataset(torch.utils.data.Dataset):
         self.root, self.split, self.names, self.train = Path(root), split, names, train
         self.transform = transform or (TrainTransform(320, (0.5, 2.0)) if train else EvalTransform())
         self.labels, self.labels_from, self.seed = labels, labels_from, int(seed)
+        self.sizes: dict[str, tuple[int, int]] = {}  # name -> (H, W) of the image, filled by check()
 
     def image_path(self, name: str) -> Path:
         raise NotImplementedError
@@ -248,19 +249,20 @@ class MaskFolderDataset(torch.utils.data.Dataset):
             present = mask_classes(im, path, self.num_classes, self.classes_from)
             return (np.array(im).astype(np.int64) if as_array else None), present
 
-    def _check_one(self, name: str, read_masks: bool) -> np.ndarray | None:
+    def _check_one(self, name: str, read_masks: bool) -> tuple[tuple[int, int], np.ndarray | None]:
         size = image_size(self.image_path(name))
         present = self._mask(name, size, as_array=False)[1] if read_masks and self.has_mask(name) else None
         if self.labels is not None:
             self._label(name)
-        return present
+        return size, present
 
     def check(self) -> None:
         """Read every file once: each image's header and last bytes (:func:`image_size`), and,
         where masks are used (evaluation, or labels from the masks), each mask whole: readable,
         the image's size, values in 0..K−1 or ``IGNORE_INDEX``; each name's label in the label
         file. Files are read by a few threads (Pillow decodes without the GIL). Labels taken
-        from the masks are kept, so training does not decode the masks again.
+        from the masks are kept, so training does not decode the masks again; the images' sizes
+        are kept in :attr:`sizes` (name -> (H, W) as displayed).
 
         Raises DatasetError with the first bad file (in list order) and how many more there are.
         """
@@ -271,13 +273,14 @@ class MaskFolderDataset(torch.utils.data.Dataset):
             try:
                 return self._check_one(name, read_masks), None
             except DatasetError as err:
-                return None, err
+                return (None, None), err
 
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-            for name, (classes, error) in zip(self.names, pool.map(one, self.names)):
+            for name, ((size, classes), error) in zip(self.names, pool.map(one, self.names)):
                 if error is not None:
                     errors.append(error)
                 present[name] = classes
+                self.sizes[name] = size
         if errors:
             more = len(errors) - 1
             suffix = f" (and {more} more bad file{'s' * (more > 1)} in the {self.split} split)" if more else ""

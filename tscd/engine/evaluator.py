@@ -17,7 +17,7 @@ from ..data import build_dataset
 from ..refine import PseudoLabeler
 from .builders import build_pseudo_labeler, check_backend, eval_loader, pick_device
 from .distributed import all_reduce_counts, init_distributed, shard
-from .inference import EvalProtocol, progress_bar
+from .inference import EvalProtocol, image_names, naming_the_image, progress_bar, smallest_images
 from .io import write_json
 from .metrics import ConfusionMatrix, MultiLabelF1
 from .outputs import check_output_folder, check_outputs
@@ -40,60 +40,87 @@ class Evaluator:
     (for :func:`tscd.engine.visualize.save_grid`). New output kinds add a confusion matrix."""
 
     def __init__(self, cfg, pseudo_labeler: PseudoLabeler, class_names, device, protocol: EvalProtocol | None = None,
-                 *, distributed: bool = False, progress: bool = False, save_preds=None):
+                 *, distributed: bool = False, progress: bool = False, save_preds=None, size_hint: str = ""):
         """``pseudo_labeler``: the CAMs and refined labels (with the one background score
         ``cam.bkg_score``); ``protocol``: segmentation inference (default: single scale, the
         training-time check); ``distributed``: the loader holds this rank's shard, counts are
-        all-reduced; ``save_preds``: a folder for palette PNGs of the protocol's final prediction."""
+        all-reduced; ``save_preds``: a folder for palette PNGs of the protocol's final prediction;
+        ``size_hint``: what the message of an image the network fails on adds (the setting
+        that resizes the images)."""
         self.cfg, self.pseudo_labeler, self.class_names, self.device = cfg, pseudo_labeler, class_names, device
         self.protocol = protocol or EvalProtocol()
         self.distributed, self.progress, self.save_preds = distributed, progress, save_preds
+        self.size_hint = size_hint
         self.num_classes = len(class_names)
         self.samples: list[dict] = []
+
+    def _outputs(self, model, images, rgb, labels, box, size) -> dict:
+        """Every prediction of one batch (images and masks of ``size``): the protocol's
+        (``fwd``, ``segs``) and the CAM, CAM labels, pseudo labels and random-walk scores."""
+        c = self.cfg.cam
+        fwd, segs = self.protocol.predict(model, images, size, rgb)
+        cam = self.pseudo_labeler.cams(model, images)
+        return {"fwd": fwd, "segs": segs, "cam": cam, "cam_label": cam_utils.cam_to_label(cam, labels, c.bkg_score),
+                "pseudo": self.pseudo_labeler.labels(rgb, cam, labels, box, high=c.bkg_score, low=c.bkg_score),
+                "walk": cam_utils.attention_random_walk(cam, fwd.attn_pred, labels, grid_size=fwd.grid,
+                                                        radius=self.cfg.loss.aff_radius, bkg_score=c.low)}
+
+    @torch.no_grad()
+    def check_sizes(self, model, dataset, max_images: int | None = None) -> None:
+        """Run every prediction on blank images of the sizes of the smallest images of
+        ``dataset`` (:func:`~tscd.engine.inference.smallest_images`), before the evaluation: an
+        image the network cannot take raises :class:`~tscd.engine.inference.ImageError` naming it,
+        now rather than when its turn comes. No state of the model changes."""
+        was_training = model.training
+        model.eval()
+        try:
+            for name, (h, w) in smallest_images(dataset, max_images).items():
+                blank = torch.zeros(1, 3, h, w, device=self.device)
+                with naming_the_image(image_names(dataset, [name]), (h, w), self.size_hint):
+                    self._outputs(model, blank, blank, torch.ones(1, self.num_classes - 1, device=self.device),
+                                  torch.tensor([[0, h, 0, w]], device=self.device), (h, w))
+        finally:
+            model.train(was_training)
 
     @torch.no_grad()
     def run(self, model, loader, max_images: int | None = None, num_vis: int = 0) -> dict:
         was_training = model.training
         model.eval()
-        c = self.cfg.cam
         kinds = self.protocol.kinds() + KINDS[1:]
         mats = {k: ConfusionMatrix(self.num_classes) for k in kinds}
-        bar = progress_bar(len(loader.dataset) if max_images is None else min(max_images, len(loader.dataset)),
-                           self.progress)
+        total = len(loader.dataset) if max_images is None else min(max_images, len(loader.dataset))
         f1 = MultiLabelF1()
         self.samples, seen, start = [], 0, time.time()
-        for batch in loader:
-            images, rgb = batch["image"].to(self.device), batch["rgb"].to(self.device)
-            labels = batch["label"].to(self.device).float()
-            masks = batch["mask"].to(self.device)
-            box = batch["box"].to(self.device)
-            fwd, segs = self.protocol.predict(model, images, masks.shape[-2:], rgb)
-            cls, pred, attn_pred = fwd.cls, segs["seg"], fwd.attn_pred
-            f1.update(cls, labels)
-            cam = self.pseudo_labeler.cams(model, images)
-            cam_label = cam_utils.cam_to_label(cam, labels, c.bkg_score)
-            pseudo = self.pseudo_labeler.labels(rgb, cam, labels, box, high=c.bkg_score, low=c.bkg_score)
-            walk = cam_utils.attention_random_walk(cam, attn_pred, labels, grid_size=fwd.grid,
-                                                   radius=self.cfg.loss.aff_radius, bkg_score=c.low)
-            if self.save_preds is not None:
-                save_predictions(self.save_preds, batch["name"], segs[self.protocol.kinds()[-1]])
-            for kind, p in {**segs, "cam": cam_label, "pseudo": pseudo, "aff": cam_utils.class_argmax(walk)}.items():
-                if p.shape[-2:] != masks.shape[-2:]:
-                    p = F.interpolate(p[:, None].float(), size=masks.shape[-2:], mode="nearest")[:, 0].long()
-                mats[kind].update(p, masks)
-            for i in range(images.shape[0]):
-                if len(self.samples) < num_vis:
-                    img = rgb[i] * 255
-                    present = labels[i].bool()
-                    heat = cam[i][present].amax(0) if present.any() else torch.zeros_like(cam[i, 0])
-                    self.samples.append({"image": img.permute(1, 2, 0).byte().cpu().numpy(),
-                                         "cam": heat.cpu().numpy(), "pseudo": pseudo[i].cpu().numpy(),
-                                         "pred": pred[i].cpu().numpy(), "gt": masks[i].cpu().numpy()})
-            seen += images.shape[0]
-            bar.update(images.shape[0])
-            if max_images is not None and seen >= max_images:
-                break
-        bar.close()
+        with progress_bar(total, self.progress) as bar:  # closed on an error too
+            for batch in loader:
+                images, rgb = batch["image"].to(self.device), batch["rgb"].to(self.device)
+                labels = batch["label"].to(self.device).float()
+                masks = batch["mask"].to(self.device)
+                box = batch["box"].to(self.device)
+                with naming_the_image(image_names(loader.dataset, batch["name"]), masks.shape[-2:], self.size_hint):
+                    out = self._outputs(model, images, rgb, labels, box, masks.shape[-2:])
+                fwd, segs, cam, pseudo = out["fwd"], out["segs"], out["cam"], out["pseudo"]
+                pred = segs["seg"]
+                f1.update(fwd.cls, labels)
+                if self.save_preds is not None:
+                    save_predictions(self.save_preds, batch["name"], segs[self.protocol.kinds()[-1]])
+                for kind, p in {**segs, "cam": out["cam_label"], "pseudo": pseudo,
+                                "aff": cam_utils.class_argmax(out["walk"])}.items():
+                    if p.shape[-2:] != masks.shape[-2:]:
+                        p = F.interpolate(p[:, None].float(), size=masks.shape[-2:], mode="nearest")[:, 0].long()
+                    mats[kind].update(p, masks)
+                for i in range(images.shape[0]):
+                    if len(self.samples) < num_vis:
+                        img = rgb[i] * 255
+                        present = labels[i].bool()
+                        heat = cam[i][present].amax(0) if present.any() else torch.zeros_like(cam[i, 0])
+                        self.samples.append({"image": img.permute(1, 2, 0).byte().cpu().numpy(),
+                                             "cam": heat.cpu().numpy(), "pseudo": pseudo[i].cpu().numpy(),
+                                             "pred": pred[i].cpu().numpy(), "gt": masks[i].cpu().numpy()})
+                seen += images.shape[0]
+                bar.update(images.shape[0])
+                if max_images is not None and seen >= max_images:
+                    break
         model.train(was_training)
         if self.distributed:
             seen = reduce_counts(mats.values(), f1, seen)
@@ -130,7 +157,9 @@ def run_evaluation(model, cfg, split: str, out, *, checkpoint=None, save_preds=N
                     for name in getattr(dataset, "names", ())]  # a dataset of files lists them
     check_outputs(outputs, inputs=[checkpoint] if checkpoint is not None else [], dataset=dataset)
     evaluator = Evaluator(cfg, build_pseudo_labeler(cfg), dataset.class_names, device, EvalProtocol.from_config(cfg),
-                          distributed=world > 1, progress=rank == 0, save_preds=save_preds)
+                          distributed=world > 1, progress=rank == 0, save_preds=save_preds,
+                          size_hint="; --resize-long N (eval.resize_long) resizes the images for the network")
+    evaluator.check_sizes(model, dataset, cfg.eval.max_images)
     loader = eval_loader(shard(dataset, rank, world, cfg.eval.max_images), cfg.eval.batch_size)
     with torch.no_grad():
         metrics = evaluator.run(model, loader, None, cfg.eval.num_vis if rank == 0 else 0)

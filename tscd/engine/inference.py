@@ -13,6 +13,7 @@ that one evaluation reports, from the same forward passes. Images of a batch sha
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -172,6 +173,45 @@ class EvalProtocol:
         return fwd, out
 
 
+class ImageError(RuntimeError):
+    """The network failed on an image: the message names the image, its size and the cause."""
+
+
+def image_names(dataset, names: Sequence[str]) -> str:
+    """The images ``names`` of ``dataset`` as a message names them: their files where the dataset
+    (or the one a ``Subset`` takes from) knows them, else their names."""
+    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+    path = getattr(base, "image_path", None)
+    return ", ".join(str(path(name)) if path is not None else f"'{name}'" for name in names)
+
+
+@contextlib.contextmanager
+def naming_the_image(what: str, size: Sequence[int], hint: str = ""):
+    """Inside, an error of the network (a ``ValueError`` or ``RuntimeError``: a size it cannot
+    take, memory) becomes an :class:`ImageError` ``"image <what> (H×W): <its first line><hint>"``;
+    a :class:`~tscd.data.base.DatasetError`, which names its file already, passes unchanged."""
+    try:
+        yield
+    except DatasetError:
+        raise
+    except (ValueError, RuntimeError) as err:
+        lines = str(err).strip().splitlines()
+        raise ImageError(f"image {what} ({size[0]}×{size[1]}): {lines[0] if lines else type(err).__name__}"
+                         f"{hint}") from err
+
+
+def smallest_images(dataset, max_images: int | None = None) -> dict[str, tuple[int, int]]:
+    """name -> (H, W) of the images with the least height and the least width among the first
+    ``max_images`` of ``dataset`` (a network that takes them takes every image), from the sizes
+    its check recorded; empty for a dataset that records none (synthetic)."""
+    sizes = getattr(dataset, "sizes", None) or {}
+    names = [name for name in getattr(dataset, "names", ())[:max_images] if name in sizes]
+    if not names:
+        return {}
+    lowest, narrowest = min(names, key=lambda n: sizes[n][0]), min(names, key=lambda n: sizes[n][1])
+    return {name: sizes[name] for name in (lowest, narrowest)}
+
+
 def progress_bar(total: int, enabled: bool = True, desc: str = "eval"):
     """A tqdm bar counting images (its rate reads images/s); silent when not ``enabled``."""
     from tqdm.auto import tqdm
@@ -222,7 +262,8 @@ def infer_images(model, paths: Sequence, out_dir, protocol: EvalProtocol, class_
         img = load_image(path)
         fields = to_tensors(img)
         images, rgb = fields["image"][None].to(device), fields["rgb"][None].to(device)
-        _, segs = protocol.predict(model, images, img.shape[:2], rgb)
+        with naming_the_image(str(path), img.shape[:2], "; --resize-long N resizes the images for the network"):
+            _, segs = protocol.predict(model, images, img.shape[:2], rgb)
         mask = segs[protocol.kinds()[-1]][0].cpu().numpy().astype(np.uint8)
         write_palette_png(mask, mask_path)
         save_png(Image.fromarray(overlay(img, mask)), overlay_path)

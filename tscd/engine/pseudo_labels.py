@@ -25,7 +25,7 @@ from ..ops.dense_crf import dense_crf
 from ..refine import PseudoLabeler
 from .builders import build_pseudo_labeler, check_backend, pick_device
 from .distributed import all_reduce_counts, init_distributed, shard
-from .inference import progress_bar
+from .inference import image_names, naming_the_image, progress_bar
 from .io import write_json
 from .metrics import ConfusionMatrix
 from .outputs import check_output_folder, check_outputs
@@ -139,17 +139,17 @@ def export_pseudo_labels(labeler: PseudoLabeler, model, dataset, out_dir, *, crf
     part = shard(torch.utils.data.Subset(dataset, todo), rank, world)
     loader = torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, collate_fn=_same_size_collate,
                                          num_workers=num_workers)
-    bar = progress_bar(len(part), progress and rank == 0, desc="pseudo-labels")
-    for batch in loader:
-        images = batch["image"].to(device)
-        label = pseudo_labels_for_batch(labeler, model, images, batch["rgb"].to(device), batch["label"].to(device),
-                                        crf).cpu()
-        for j, name in enumerate(batch["name"]):
-            write_palette_png(label[j].numpy(), path_of(name))
-        if "mask" in batch:
-            count(label, batch["mask"])
-        bar.update(images.shape[0])
-    bar.close()
+    with progress_bar(len(part), progress and rank == 0, desc="pseudo-labels") as bar:  # closed on an error too
+        for batch in loader:
+            images = batch["image"].to(device)
+            with naming_the_image(image_names(dataset, batch["name"]), images.shape[-2:]):
+                label = pseudo_labels_for_batch(labeler, model, images, batch["rgb"].to(device),
+                                                batch["label"].to(device), crf).cpu()
+            for j, name in enumerate(batch["name"]):
+                write_palette_png(label[j].numpy(), path_of(name))
+            if "mask" in batch:
+                count(label, batch["mask"])
+            bar.update(images.shape[0])
 
     all_reduce_counts([mat.mat, ignored])
     has_masks = bool(mat.mat.sum())

@@ -252,6 +252,9 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.train_set = build_dataset(cfg, cfg.data.train_split, train=True)
         self.val_set = build_dataset(cfg, cfg.data.val_split, train=False) if self.main else None
+        if self.val_set is not None:  # an image the evaluation cannot take is named now, not at the first one
+            Evaluator(cfg, self.pseudo_labeler, self.val_set.class_names, self.device).check_sizes(
+                self.model, self.val_set, cfg.eval.max_images)
         self.step, self.history, self.wall_offset = 0, [], 0.0
         self._resume_rng = None
         if state is not None:
