@@ -249,3 +249,28 @@ def test_an_image_too_small_for_the_network_is_named(folder_run, ckpt, tmp_path,
                  "eval.batch_size=1", "data.num_workers=0"]) == 1
     last = capsys.readouterr().err.splitlines()[-1]  # after the progress bar, which a.jpg moved on
     assert last.startswith(f"tscd: error: image {tiny} (1×1): input too small"), last
+
+
+def test_no_output_is_a_file_the_command_reads(folder_run, tmp_path, capsys):
+    """``eval --data-root DIR --out DIR/classes.txt`` replaced the dataset's classes.txt with the
+    metrics; the split CSV, the config and (for pseudo-labels) the checkpoint were as exposed."""
+    root, ckpt = folder_run
+    config = tmp_path / "my.yaml"
+    config.write_text("data:\n  name: folder\n  num_classes: 4\n")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    weights = kept / "summary.json"  # a checkpoint where the export writes its summary
+    weights.write_bytes(ckpt.read_bytes())
+    before = {**_contents(root), **_contents(ckpt.parent), **_contents(kept), config: config.read_bytes()}
+    evaluate = ["eval", "--checkpoint", str(ckpt), "--data-root", str(root), "eval.max_images=1"]
+    cases = [(evaluate + ["--out", str(root / "classes.txt")], f"would overwrite the input {root / 'classes.txt'}"),
+             (evaluate + ["--out", str(root / "val.csv")], f"would overwrite the input {root / 'val.csv'}"),
+             (evaluate + ["--config", str(config), *TINY, "--out", str(config)],
+              f"would overwrite the input {config}"),
+             (["pseudo-labels", "--checkpoint", str(weights), "--data-root", str(root), "--split", "val", "--out",
+               str(kept)], f"would overwrite the input {weights}")]
+    for argv, says in cases:
+        assert main(argv) == 1, argv
+        err = _error(capsys)
+        assert says in err, (argv, err)
+    assert {**_contents(root), **_contents(ckpt.parent), **_contents(kept), config: config.read_bytes()} == before

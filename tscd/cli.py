@@ -160,6 +160,14 @@ def _add_split_args(p: argparse.ArgumentParser, split_help: str) -> None:
     p.add_argument("--split", help=split_help)
 
 
+def _config_file(args) -> list[Path]:
+    """[the file ``--config`` names], or [] without one: a file the command reads, which it must
+    not write over."""
+    from .config import resolve_config_path
+
+    return [resolve_config_path(args.config)] if args.config else []
+
+
 def _trained_for(args):
     """(model, cfg, class names) of ``--checkpoint``: with ``--config`` if given, else the
     checkpoint's own config; the command's overrides and flags applied; the runtime set up."""
@@ -176,7 +184,7 @@ def _trained_for(args):
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
     _add_split_args(p, "split to evaluate (default: data.val_split)")
     p.add_argument("--out", help="metrics JSON path (default: next to the checkpoint); the grid goes next to it, "
-                                 "with .png")
+                                 "with .png; never a file the command reads (checkpoint, config, the dataset's files)")
     p.add_argument("--backend", choices=BACKEND_CHOICES)
     _add_protocol_args(p)
     p.add_argument("--save-preds", metavar="DIR",
@@ -192,7 +200,7 @@ def cmd_eval(args) -> int:
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else ckpt.with_name(ckpt.stem + "_eval.json")
     metrics = run_evaluation(model, cfg, args.split or cfg.data.val_split, out, checkpoint=ckpt,
-                             save_preds=args.save_preds)
+                             save_preds=args.save_preds, reads=_config_file(args))
     if metrics is not None:
         _log_metrics(metrics)
         logger.info("metrics: %s  grid: %s", out, out.with_suffix(".png"))
@@ -202,8 +210,8 @@ def cmd_eval(args) -> int:
 def _add_pseudo_label_args(p: argparse.ArgumentParser) -> None:
     _add_split_args(p, "split to label (default: data.train_split)")
     p.add_argument("--out", required=True,
-                   help="output folder for <name>.png (existing files are skipped; never the dataset's image or "
-                        "mask folder)")
+                   help="output folder for <name>.png and summary.json (existing labels are skipped; never the "
+                        "dataset's image or mask folder, never over a file the command reads)")
     p.add_argument("--refine", choices=REFINE_MODES, help="refinement of method §4 (default: refine.mode)")
     p.add_argument("--crf", choices=CRF_CHOICES, default="none", dest="label_crf",
                    help="dense CRF on the confident pixels (default: none)")
@@ -216,7 +224,7 @@ def cmd_pseudo_labels(args) -> int:
 
     model, cfg, _ = _trained_for(args)
     summary = run_export(model, cfg, args.split or cfg.data.train_split, args.out, refine=args.refine,
-                         crf=args.label_crf)
+                         crf=args.label_crf, reads=[Path(args.checkpoint), *_config_file(args)])
     if _is_main_process():
         miou = summary["pseudo_miou"]
         logger.info(f"{summary['written']} written, {summary['skipped']} already there, to {args.out}; pseudo-label "

@@ -194,8 +194,9 @@ def mask_classes(im: Image.Image, path: Path, num_classes: int, classes_from: st
 class MaskFolderDataset(torch.utils.data.Dataset):
     """Images + per-pixel masks listed by name; image-level labels from a label file or the masks.
 
-    Subclasses set ``num_classes``, ``class_names`` and the path layout (:meth:`image_path`,
-    :meth:`mask_path`). Items as :class:`tscd.data.synthetic.SyntheticDataset`. ``labels`` is
+    Subclasses set ``num_classes``, ``class_names``, the path layout (:meth:`image_path`,
+    :meth:`mask_path`) and :attr:`sources`, the text files they read (name lists, CSVs, class
+    and label files: what no job may write over). Items as :class:`tscd.data.synthetic.SyntheticDataset`. ``labels`` is
     a dict name -> (K−1,) vector read from ``labels_from`` (a file, named in errors), or None
     (labels from the masks). Subclasses run :meth:`check` once built, unless told not to.
     """
@@ -210,6 +211,7 @@ class MaskFolderDataset(torch.utils.data.Dataset):
         self.transform = transform or (TrainTransform(320, (0.5, 2.0)) if train else EvalTransform())
         self.labels, self.labels_from, self.seed = labels, labels_from, int(seed)
         self.sizes: dict[str, tuple[int, int]] = {}  # name -> (H, W) of the image, filled by check()
+        self.sources: tuple[Path, ...] = ()  # the text files it was read from (lists, labels): set by subclasses
 
     def image_path(self, name: str) -> Path:
         raise NotImplementedError

@@ -90,6 +90,7 @@ class FolderDataset(MaskFolderDataset):
         self.lines: dict[str, int] = {}
         labels = self._read_split(root, {n: i for i, n in enumerate(foreground)})
         super().__init__(root, split, list(self.files), train, transform, labels, seed, str(self.split_file))
+        self.sources = (root / "classes.txt", self.split_file)
         if check:
             self.check()
 

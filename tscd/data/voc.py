@@ -55,9 +55,11 @@ class VOCStyleDataset(MaskFolderDataset):
                  seed: int = 0, check: bool = True):
         root = check_root(root, self.dataset_name, ("JPEGImages", self.mask_dir))
         split = split or self.default_split
-        names = read_names(find_name_list(root, split))
+        name_list = find_name_list(root, split)
+        names = read_names(name_list)
         labels = load_label_file(label_file) if label_file else None
         super().__init__(root, split, names, train, transform, labels, seed, f"label file {label_file}")
+        self.sources = (name_list, Path(label_file)) if label_file else (name_list,)
         if check:
             self.check()
 

@@ -137,13 +137,14 @@ class Evaluator:
         return metrics
 
 
-def run_evaluation(model, cfg, split: str, out, *, checkpoint=None, save_preds=None) -> dict | None:
+def run_evaluation(model, cfg, split: str, out, *, checkpoint=None, save_preds=None, reads=()) -> dict | None:
     """``tscd eval``: evaluate ``model`` on ``split`` with the protocol of ``cfg.eval``; rank 0
     writes the metrics JSON to ``out`` and the grid next to it (``out`` with ``.png``), and
     returns the metrics (other ranks of a torchrun: None); ``save_preds``: a folder for the
-    predictions (``<name>.png``). Checked first (:func:`tscd.engine.outputs.check_outputs`):
-    nothing overwrites ``checkpoint`` or the dataset's files, nothing goes into the dataset's
-    image or mask folders, no two outputs share a path."""
+    predictions (``<name>.png``); ``reads``: other files the job read (the config file).
+    Checked first (:func:`tscd.engine.outputs.check_outputs`): nothing overwrites ``checkpoint``,
+    ``reads`` or the dataset's files (images, masks, lists, CSVs, class and label files),
+    nothing goes into the dataset's image or mask folders, no two outputs share a path."""
     rank, world, device = init_distributed(pick_device(cfg.train.device))
     check_backend(cfg, device)
     model.to(device)
@@ -155,7 +156,7 @@ def run_evaluation(model, cfg, split: str, out, *, checkpoint=None, save_preds=N
         check_output_folder(save_preds)
         outputs += [(Path(save_preds) / f"{name}.png", f"the prediction of {name}")
                     for name in getattr(dataset, "names", ())]  # a dataset of files lists them
-    check_outputs(outputs, inputs=[checkpoint] if checkpoint is not None else [], dataset=dataset)
+    check_outputs(outputs, inputs=[*reads, *([checkpoint] if checkpoint is not None else [])], datasets=[dataset])
     evaluator = Evaluator(cfg, build_pseudo_labeler(cfg), dataset.class_names, device, EvalProtocol.from_config(cfg),
                           distributed=world > 1, progress=rank == 0, save_preds=save_preds,
                           size_hint="; --resize-long N (eval.resize_long) resizes the images for the network")

@@ -1,5 +1,6 @@
-"""The files a job will write, checked before it writes any: never over one of its inputs, never
-two outputs on one path, never into the folders that hold a dataset's images and masks.
+"""The files a job will write, checked before it writes any: never over one of its inputs (the
+files it reads: images, masks, a dataset's lists and label files, checkpoint, config), never two
+outputs on one path, never into the folders that hold a dataset's images and masks.
 
 Paths are compared as the files they are, not as strings: an output that exists is matched
 to an input by device and inode (through symbolic links, hard links and case-insensitive file
@@ -49,17 +50,20 @@ def check_output_folder(folder, what: str = "output folder") -> None:
             return
 
 
-def check_outputs(outputs: Sequence[tuple[Path, str]], inputs: Iterable = (), dataset=None) -> None:
+def check_outputs(outputs: Sequence[tuple[Path, str]], inputs: Iterable = (), datasets: Iterable = ()) -> None:
     """Raise :class:`OutputConflictError` unless every planned output is safe to write.
 
     outputs: (path, what is written there, e.g. "the mask of photo.jpg"). Refused: two outputs
     on one path; an existing folder where a file is to go; an output that is one of ``inputs``
-    (files the job reads); with ``dataset``, an output in a folder holding its images or masks,
-    or one of those files. Nothing is written; the message names the first conflict.
+    (files the job reads: checkpoint, config, images) or of the files of ``datasets`` (their
+    images, masks and ``sources``: name lists, CSVs, class and label files); an output in a
+    folder holding a dataset's images or masks. Nothing is written; the message names the first
+    conflict.
     """
-    own = dataset_files(dataset) if dataset is not None else []
+    datasets = list(datasets)
+    own = [path for dataset in datasets for path in dataset_files(dataset)]
     read: dict[tuple[int, int], Path] = {}
-    for path in [*map(Path, inputs), *own]:
+    for path in [*map(Path, inputs), *own, *(Path(p) for d in datasets for p in getattr(d, "sources", ()))]:
         ident = file_identity(path)
         if ident is not None:
             read.setdefault(ident, path)

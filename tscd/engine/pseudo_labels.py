@@ -100,13 +100,14 @@ def _same_size_collate(items: list[dict]) -> dict:
 
 def export_pseudo_labels(labeler: PseudoLabeler, model, dataset, out_dir, *, crf: str = "none", device="cpu",
                          batch_size: int = 1, num_workers: int = 0, progress: bool = True, rank: int = 0,
-                         world: int = 1) -> dict:
+                         world: int = 1, reads=()) -> dict:
     """Write ``out_dir/<name>.png`` for every image of ``dataset`` (eval items: full images).
 
     Images whose file exists are skipped (their stored labels still count towards the mIoU
     when the dataset has the mask on disk). Nothing is written into the folders of the
-    dataset's images or masks, nor over any of its files
-    (:func:`tscd.engine.outputs.check_outputs`, before the first label). Under torchrun each rank takes every
+    dataset's images or masks, nor over any of its files or ``reads`` (the other files the job
+    read: checkpoint, config), all checked before the first label
+    (:func:`tscd.engine.outputs.check_outputs`). Under torchrun each rank takes every
     ``world``-th missing image and the counts are summed over ranks. Returns a summary:
     num_images, written, skipped, pseudo_miou (None without masks), per_class_iou,
     ignore_fraction (of the evaluated pixels labelled 255), and writes it to
@@ -117,7 +118,7 @@ def export_pseudo_labels(labeler: PseudoLabeler, model, dataset, out_dir, *, crf
     names = [item_name(dataset, i) for i in range(len(dataset))]
     path_of = lambda name: out_dir / f"{name}.png"  # noqa: E731
     check_outputs([(path_of(name), f"the pseudo label of {name}") for name in names]
-                  + [(out_dir / "summary.json", "the summary")], dataset=dataset)
+                  + [(out_dir / "summary.json", "the summary")], inputs=reads, datasets=[dataset])
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     todo = [i for i, name in enumerate(names) if not path_of(name).is_file()]
@@ -166,13 +167,14 @@ def export_pseudo_labels(labeler: PseudoLabeler, model, dataset, out_dir, *, crf
     return summary
 
 
-def run_export(model, cfg, split: str, out_dir, *, refine: str | None = None, crf: str = "none") -> dict:
+def run_export(model, cfg, split: str, out_dir, *, refine: str | None = None, crf: str = "none", reads=()) -> dict:
     """``tscd pseudo-labels``: export the pseudo labels of ``split`` (refinement ``refine``,
     default ``refine.mode``) with the pseudo-labeller of ``cfg``; the summary of
-    :func:`export_pseudo_labels`. Under torchrun the ranks share the work."""
+    :func:`export_pseudo_labels` (``reads``: the files the job read besides the dataset, which
+    no label overwrites). Under torchrun the ranks share the work."""
     rank, world, device = init_distributed(pick_device(cfg.train.device))
     check_backend(cfg, device)
     dataset = build_dataset(cfg, split, train=False)
     return export_pseudo_labels(build_pseudo_labeler(cfg, refine), model.to(device), dataset, out_dir, crf=crf,
                                 device=device, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
-                                rank=rank, world=world)
+                                rank=rank, world=world, reads=reads)
