@@ -106,3 +106,31 @@ def test_a_work_dir_that_is_a_file_is_named(tmp_path, capsys):
         assert _train(work) == 1
         assert _err(capsys) == f"tscd: error: {says}"
     assert notes.read_text() == "mine"
+
+
+def test_a_run_never_writes_or_deletes_a_file_it_reads(tmp_path, capsys):
+    """The work dir's config.yaml was written over the --config it read; --overwrite deleted the
+    model.pretrained checkpoint it was about to read; a failed check left an --overwrite run
+    deleted."""
+    work = tmp_path / "run"
+    work.mkdir()
+    mine = work / "config.yaml"
+    mine.write_text("# my settings\nmodel:\n  backbone: mit_b0\n")
+    assert main(["train", "--config", str(mine), "--work-dir", str(work), *ONE_ITERATION]) == 1
+    assert _err(capsys) == f"tscd: error: {mine} (a file the run in {work} writes or --overwrite deletes) would " \
+                           f"overwrite the input {mine}: choose another output folder"
+    assert mine.read_text().startswith("# my settings") and not (work / "checkpoints").exists()
+    mine.rename(tmp_path / "mine.yaml")
+
+    assert _train(work) == 0
+    last = work / "checkpoints" / "last.pth"
+    before = last.read_bytes()
+    assert _train(work, "--overwrite", f"model.pretrained={last}") == 1
+    assert _err(capsys).startswith(f"tscd: error: {last} (a file the run in {work} writes or --overwrite deletes) "
+                                   f"would overwrite the input {last}")
+    assert _train(work, "--overwrite", "data.crop_size=3") == 1
+    assert "'data.crop_size' is 3" in _err(capsys)
+    assert last.read_bytes() == before  # the run is replaced only once every check passed
+    # resuming reads the run's own config.yaml, which the run rewrites
+    assert main(["train", "--config", str(work / "config.yaml"), "--work-dir", str(work), "--resume",
+                 *ONE_ITERATION, "train.max_iters=2"]) == 0

@@ -104,7 +104,7 @@ def _is_main_process() -> bool:
 def cmd_train(args) -> int:
     from .engine.trainer import run_training
 
-    metrics, work = run_training(_config(args), args.work_dir, args.resume, args.overwrite)
+    metrics, work = run_training(_config(args), args.work_dir, args.resume, args.overwrite, _config_file(args))
     if not _is_main_process():
         return 0
     if metrics:
@@ -134,7 +134,7 @@ def cmd_demo(args) -> int:
                 "CPU (measured, first C++ build included), longer on a busy one; the ETA measured here follows "
                 "after %d iterations", stage1, t.max_iters - stage1, t.eval_interval, round(DEMO_MINUTES),
                 MEASURED_STEPS)
-    metrics, work = run_training(cfg, args.work_dir, args.resume, args.overwrite)
+    metrics, work = run_training(cfg, args.work_dir, args.resume, args.overwrite, _config_file(args))
     history = json.loads((work / "metrics.json").read_text())["history"]
     curve = work / "curve.png" if save_curve(history, work / "curve.png") else "-"
     grids = sorted((work / "vis").glob("iter_*.png"))

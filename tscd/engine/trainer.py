@@ -41,6 +41,7 @@ import yaml
 
 from ..config import config_from_dict, to_dict
 from ..data import StreamSampler, build_dataset, collate, resolve_num_classes
+from ..models.pretrained import is_remote
 from . import checkpoint as ckpt_io
 from .builders import (
     build_model,
@@ -60,7 +61,14 @@ from .evaluator import Evaluator
 from .io import atomic_write, write_json
 from .schedule import build_optimizer, build_scheduler
 from .visualize import save_grid
-from .workdir import WorkDirLock, claim_work_dir, periodic_checkpoints
+from .workdir import (
+    WorkDirLock,
+    check_run_inputs,
+    claim_work_dir,
+    existing_run,
+    periodic_checkpoints,
+    remove_run,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -190,13 +198,17 @@ def _deterministic_algorithms(enabled: bool):
 class Trainer:
     """``Trainer(cfg, work_dir, resume=False).train()`` -> the last metrics dict.
 
-    ``resume`` continues the run in ``work_dir`` from ``checkpoints/last.pth`` (its config must
+    ``resume`` continues the run in ``work_dir`` from its newest checkpoint (its config must
     agree on the model's shape; other changed settings are logged); ``overwrite`` replaces a run
-    there. Rank 0 holds the work dir (:func:`~tscd.engine.workdir.claim_work_dir`) from
-    construction until :meth:`train` returns or :meth:`close`.
+    there, once everything is built and checked; ``reads``: files the run reads besides the
+    dataset and ``model.pretrained`` (the config file), none of which it may write over or
+    delete (:func:`~tscd.engine.workdir.check_run_inputs`). Rank 0 holds the work dir
+    (:func:`~tscd.engine.workdir.claim_work_dir`) from construction until :meth:`train` returns
+    or :meth:`close`.
     """
 
-    def __init__(self, cfg, work_dir, resume: bool = False, progress: bool = True, overwrite: bool = False):
+    def __init__(self, cfg, work_dir, resume: bool = False, progress: bool = True, overwrite: bool = False,
+                 reads=()):
         self.work_dir, self.progress = Path(work_dir), progress
         # the run records its real work dir and class count (data.num_classes may be left to the dataset)
         self.cfg = cfg = resolve_num_classes(dataclasses.replace(cfg, work_dir=str(self.work_dir)))
@@ -209,6 +221,13 @@ class Trainer:
         self._lock = claim_work_dir(self.work_dir, resume, overwrite) if self.main else None
         try:
             self._build(resume)
+            if self.main:
+                pretrained = cfg.model.pretrained
+                local = [Path(pretrained)] if pretrained and not resume and not is_remote(pretrained) else []
+                check_run_inputs(self.work_dir, [*map(Path, reads), *local], [self.train_set, self.val_set], resume)
+            if self.main and overwrite and existing_run(self.work_dir):
+                logger.warning("--overwrite: deleted the %d files of the previous run in %s",
+                               remove_run(self.work_dir), self.work_dir)
         except BaseException:
             self.close()
             raise
@@ -529,11 +548,12 @@ class Trainer:
 
 
 
-def run_training(cfg, work_dir=None, resume: bool = False, overwrite: bool = False) -> tuple[dict, Path]:
+def run_training(cfg, work_dir=None, resume: bool = False, overwrite: bool = False, reads=()) -> tuple[dict, Path]:
     """Train ``cfg`` into ``work_dir`` (default: ``cfg.work_dir``); (last metrics, work dir).
 
     ``resume`` continues from ``WORK_DIR/checkpoints/last.pth``, which must exist; ``overwrite``
-    replaces a run already in ``work_dir`` (without either, such a run is an error).
+    replaces a run already in ``work_dir`` (without either, such a run is an error); ``reads``:
+    the config file, which the run must not write over (:class:`Trainer`).
     """
     work = Path(work_dir or cfg.work_dir)
-    return Trainer(cfg, work, resume=resume, overwrite=overwrite).train(), work
+    return Trainer(cfg, work, resume=resume, overwrite=overwrite, reads=reads).train(), work

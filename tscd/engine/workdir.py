@@ -4,7 +4,9 @@ when asked.
 :class:`WorkDirLock` is an exclusive ``flock`` on ``WORK/.tscd.lock``, held while a run writes
 into ``WORK``. :func:`claim_work_dir` takes it and looks at what is there: a run (its
 ``checkpoints/last.pth`` or ``metrics.json``) is continued with ``resume`` or replaced with
-``overwrite``, which deletes the files of :data:`RUN_FILES` and nothing else.
+``overwrite``, which deletes the files of :data:`RUN_FILES` and nothing else (:func:`remove_run`,
+once the new run's checks have passed, :func:`check_run_inputs` among them: no file the run
+reads is one it writes or deletes).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import weakref
 from pathlib import Path
 
 from .io import machine_id, process_running
-from .outputs import check_output_folder
+from .outputs import check_output_folder, check_outputs, file_identity
 
 logger = logging.getLogger(__name__)
 
@@ -162,13 +164,32 @@ def remove_run(work_dir) -> int:
     return removed
 
 
+def check_run_inputs(work_dir, reads, datasets, resume: bool = False) -> None:
+    """Raise :class:`~tscd.engine.outputs.OutputConflictError` (:func:`~tscd.engine.outputs.check_outputs`)
+    when a file a run in ``work_dir`` reads is one the run writes (``config.yaml``,
+    ``metrics.json``, ``curve.png``, ``checkpoints/last.pth``) or replaces (the files of
+    :data:`RUN_FILES` there now, which ``--overwrite`` deletes), or when the work dir is a
+    folder of a dataset's images or masks. ``reads``: the files the run reads besides the
+    ``datasets``' (config file, ``model.pretrained``). Resuming, the run's own files (its
+    config.yaml and checkpoints) are its to read and rewrite."""
+    work = Path(work_dir)
+    own = {work / "config.yaml", work / "metrics.json", work / "curve.png", work / "checkpoints" / "last.pth",
+           *(path for pattern in RUN_FILES for path in work.glob(pattern))}
+    if resume:
+        mine = {file_identity(path) for path in own} - {None}
+        reads = [path for path in reads if file_identity(path) not in mine]
+    check_outputs([(path, f"a file the run in {work} writes or --overwrite deletes") for path in sorted(own)],
+                  inputs=reads, datasets=[d for d in datasets if d is not None])
+
+
 def claim_work_dir(work_dir, resume: bool = False, overwrite: bool = False) -> WorkDirLock:
     """Lock ``work_dir`` for a training run and check what is there; the held lock.
 
     ``resume``: ``checkpoints/last.pth`` or an ``iter_<n>.pth`` must exist (``FileNotFoundError``,
     nothing created).
-    Otherwise a run already there is a :class:`WorkDirError` naming both ways on (``--resume``,
-    ``--overwrite``), unless ``overwrite``: its files are deleted (:func:`remove_run`).
+    Otherwise a run already there (:func:`existing_run`) is a :class:`WorkDirError` naming both
+    ways on (``--resume``, ``--overwrite``), unless ``overwrite``: the caller deletes its files
+    (:func:`remove_run`) once its own checks have passed.
     A folder in use by another run is a :class:`WorkDirError` first, whatever the flags.
     """
     work = Path(work_dir)
@@ -183,8 +204,6 @@ def claim_work_dir(work_dir, resume: bool = False, overwrite: bool = False) -> W
         if found and not overwrite:
             raise WorkDirError(f"{work} already holds a run ({', '.join(found)}): continue it with --resume or "
                                "replace it with --overwrite")
-        if found:
-            logger.warning("--overwrite: deleted the %d files of the previous run in %s", remove_run(work), work)
     except BaseException:
         lock.release()
         raise
