@@ -64,13 +64,13 @@ def test_train_eval_infer_end_to_end(tmp_path, capsys):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(img)
     masks = tmp_path / "masks"
     assert main(["infer", "--checkpoint", str(ckpt), str(img), "--out", str(masks)]) == 0
-    mask = Image.open(masks / "photo.png")
+    mask = Image.open(masks / "photo_mask.png")
     assert mask.mode == "P" and mask.size == (50, 40)
     assert (masks / "photo_overlay.png").is_file()
     crf_masks = tmp_path / "crf_masks"
     assert main(["infer", "--checkpoint", str(ckpt), str(img), "--out", str(crf_masks), "--crf", "exact",
                  "--crf-preset", "toco"]) == 0
-    assert Image.open(crf_masks / "photo.png").size == (50, 40)
+    assert Image.open(crf_masks / "photo_mask.png").size == (50, 40)
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8garbage")
     assert main(["infer", "--checkpoint", str(ckpt), str(corrupt), "--out", str(masks)]) == 1

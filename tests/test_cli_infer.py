@@ -1,6 +1,7 @@
 """`tscd infer`, `eval` and `pseudo-labels` on bad input: one line naming the file; nothing written
 over an input, over another output of the same run, or into a dataset's own folders; every hint
 names a flag the command has; weights files that pickle code are refused."""
+import json
 import re
 
 import numpy as np
@@ -55,20 +56,57 @@ def _infer(ckpt, out, *images, extra=()):
     return main(["infer", "--checkpoint", str(ckpt), *map(str, images), "--out", str(out), *extra])
 
 
-# ---- item 3: infer writes over no input and no other output --------------------------------------
+# ---- infer writes over no input, no other output, and no file it did not write -----------------
+def test_infer_never_replaces_a_file_that_is_not_its_own(ckpt, tmp_path, capsys):
+    """``tscd infer photos/p.jpg --out photos/`` replaced an unrelated photos/p.png with the mask."""
+    src = tmp_path / "photos"
+    photo, unrelated = _photo(src / "p.jpg"), _photo(src / "p.png", 1)
+    before = unrelated.read_bytes()
+    assert _infer(ckpt, src, photo) == 0
+    assert unrelated.read_bytes() == before
+    assert sorted(p.name for p in src.iterdir()) == ["p.jpg", "p.png", "p_mask.png", "p_overlay.png",
+                                                     "tscd-infer.json"]
+    record = json.loads((src / "tscd-infer.json").read_text())
+    [entry] = record["images"]
+    assert entry["input"] == str(photo.absolute()) and (entry["mask"], entry["overlay"]) == ("p_mask.png",
+                                                                                          "p_overlay.png")
+    assert set(record["files"]) == {"p_mask.png", "p_overlay.png"}
+    # a file of the user's where an output goes: refused before anything is written, naming it
+    theirs = _photo(tmp_path / "other" / "p_mask.png", 2)
+    before = _contents(theirs.parent)
+    assert _infer(ckpt, theirs.parent, photo) == 1
+    assert _error(capsys) == (f"tscd: error: {theirs} (the mask of {photo}) already exists and tscd infer did not "
+                              f"write it (it is not in {theirs.parent / 'tscd-infer.json'}): move it away or choose "
+                              f"another output folder")
+    assert _contents(theirs.parent) == before
+    # tscd's own outputs are replaced by a rerun, unless changed since
+    first = _contents(src)
+    assert _infer(ckpt, src, photo) == 0
+    assert _contents(src) == first
+    _photo(src / "p_overlay.png", 3)
+    assert _infer(ckpt, src, photo) == 1
+    assert _error(capsys).startswith(f"tscd: error: {src / 'p_overlay.png'} (the overlay of {photo}) already exists "
+                                     f"and was changed since tscd infer wrote it")
+
+
 def test_infer_refuses_to_write_over_an_input(ckpt, tmp_path, capsys):
     src = tmp_path / "photos"
-    photo, other = _photo(src / "photo.png"), _photo(src / "other.jpg", 1)
+    photo, other = _photo(src / "photo.jpg"), _photo(src / "photo_mask.png", 1)
     before = _contents(src)
     assert _infer(ckpt, src, photo, other) == 1
     err = _error(capsys)
-    assert f"{src / 'photo.png'} (the mask of {photo}) would overwrite the input {photo}" in err, err
-    assert _contents(src) == before  # nothing written, not even other.jpg's outputs
+    assert f"{src / 'photo_mask.png'} (the mask of {photo}) would overwrite the input {other}" in err, err
+    assert _contents(src) == before  # nothing written, not even other's outputs
     link = tmp_path / "link"
     link.symlink_to(src)
     assert _infer(ckpt, link, photo, other) == 1  # the same folder through a symbolic link
     assert "would overwrite the input" in _error(capsys)
     assert _contents(src) == before
+    weights = tmp_path / "out" / "photo_overlay.png"  # a checkpoint where an output goes
+    weights.parent.mkdir()
+    weights.write_bytes(ckpt.read_bytes())
+    assert _infer(weights, weights.parent, photo) == 1
+    assert f"(the overlay of {photo}) would overwrite the input {weights}" in _error(capsys)
 
 
 def test_infer_refuses_an_overlay_that_would_replace_an_input(ckpt, tmp_path, capsys):
@@ -80,10 +118,11 @@ def test_infer_refuses_an_overlay_that_would_replace_an_input(ckpt, tmp_path, ca
     assert _contents(src) == before
 
 
-@pytest.mark.parametrize("names", [("a/photo.jpg", "b/photo.jpg"), ("photo.jpg", "photo.png"),
-                                   ("photo.jpg", "photo_overlay.jpg"), ("Photo.jpg", "b/photo.jpg")])
-def test_infer_refuses_inputs_whose_outputs_collide(names, ckpt, tmp_path, capsys):
+@pytest.mark.parametrize("names", [("photo.jpg", "photo.png"), ("Photo.jpg", "photo.png")])
+def test_infer_refuses_two_inputs_of_one_stem_in_one_folder_naming_both(names, ckpt, tmp_path, capsys):
     images = [_photo(tmp_path / "in" / name, seed) for seed, name in enumerate(names)]
+    if len({p.stat().st_ino for p in images}) == 1:
+        pytest.skip("a case-insensitive file system: one file")
     out = tmp_path / "out"
     assert _infer(ckpt, out, *images) == 1
     err = _error(capsys)
@@ -91,14 +130,34 @@ def test_infer_refuses_inputs_whose_outputs_collide(names, ckpt, tmp_path, capsy
     assert not out.exists() or not any(out.iterdir())  # planned before anything is written
 
 
+def test_infer_mirrors_the_inputs_folders_under_out(ckpt, tmp_path):
+    """Same-stem inputs of different folders were refused."""
+    images = [_photo(tmp_path / "in" / name, seed) for seed, name in enumerate(
+        ["a/photo.jpg", "b/photo.jpg", "b/c/photo_overlay.jpg", "Photo.jpg"])]
+    out = tmp_path / "out"
+    assert _infer(ckpt, out, *images) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        "Photo_mask.png", "Photo_overlay.png", "a/photo_mask.png", "a/photo_overlay.png", "b/c/photo_overlay_mask.png",
+        "b/c/photo_overlay_overlay.png", "b/photo_mask.png", "b/photo_overlay.png", "tscd-infer.json"]
+    record = json.loads((out / "tscd-infer.json").read_text())
+    assert [e["mask"] for e in record["images"]] == ["a/photo_mask.png", "b/photo_mask.png",
+                                                     "b/c/photo_overlay_mask.png", "Photo_mask.png"]
+    assert all(isinstance(e["classes"], list) for e in record["images"])
+
+
 def test_infer_reruns_into_its_own_output_folder_and_reads_each_file_once(ckpt, tmp_path, capsys):
     photo = _photo(tmp_path / "photo.jpg")
     out = tmp_path / "not" / "yet" / "there"
     assert _infer(ckpt, out, photo, tmp_path / "." / "photo.jpg") == 0  # one file named twice
-    assert sorted(p.name for p in out.iterdir()) == ["photo.png", "photo_overlay.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["photo_mask.png", "photo_overlay.png", "tscd-infer.json"]
     first = _contents(out)
     assert _infer(ckpt, out, photo) == 0  # an earlier run's outputs are replaced
     assert _contents(out) == first
+    other = _photo(tmp_path / "other.jpg", 1)
+    assert _infer(ckpt, out, other) == 0  # another run into the folder keeps the record of the first
+    record = json.loads((out / "tscd-infer.json").read_text())
+    assert [e["mask"] for e in record["images"]] == ["photo_mask.png", "other_mask.png"]
+    assert _infer(ckpt, out, photo) == 0
 
 
 # ---- infer on bad input: one line naming the file --------------------------------------------------
@@ -274,3 +333,21 @@ def test_no_output_is_a_file_the_command_reads(folder_run, tmp_path, capsys):
         err = _error(capsys)
         assert says in err, (argv, err)
     assert {**_contents(root), **_contents(ckpt.parent), **_contents(kept), config: config.read_bytes()} == before
+
+
+def test_infer_records_what_a_failed_run_wrote_and_keeps_a_foreign_record(ckpt, tmp_path, capsys):
+    photo, out = _photo(tmp_path / "in" / "a.jpg"), tmp_path / "out"
+    broken = tmp_path / "in" / "b.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    assert _infer(ckpt, out, photo, broken) == 1
+    assert f"cannot read image {broken}" in _error(capsys)
+    record = json.loads((out / "tscd-infer.json").read_text())
+    assert set(record["files"]) == {"a_mask.png", "a_overlay.png"}  # what the failed run wrote is on record
+    assert _infer(ckpt, out, photo) == 0  # so a rerun replaces it
+    notes = tmp_path / "notes"
+    (notes / "tscd-infer.json").parent.mkdir()
+    (notes / "tscd-infer.json").write_text('{"mine": true}')
+    assert _infer(ckpt, notes, photo) == 1
+    assert _error(capsys).startswith(f"tscd: error: {notes / 'tscd-infer.json'} (the record of what tscd infer "
+                                     "wrote) already exists and is not a record of tscd infer")
+    assert sorted(p.name for p in notes.iterdir()) == ["tscd-infer.json"]

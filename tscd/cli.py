@@ -237,9 +237,11 @@ def _add_infer_args(p: argparse.ArgumentParser) -> None:
     _add_checkpoint_args(p)
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--out", required=True,
-                   help="output folder (made if missing) for NAME.png masks and NAME_overlay.png per image NAME.jpg; "
-                        "files of an earlier run are replaced, an input never: images whose outputs would share a "
-                        "name (a/x.jpg and b/x.jpg, x.jpg and x.png) or overwrite an input are refused before "
+                   help="output folder (made if missing; may be the images' folder) for NAME_mask.png and "
+                        "NAME_overlay.png per image NAME.jpg, in the image's folder relative to the folder holding "
+                        "every image, listed in OUT/tscd-infer.json; a rerun replaces only the files tscd infer "
+                        "wrote there (unchanged since), never an input or any other file: such a file at an output "
+                        "path, or two images of one name in one folder (x.jpg and x.png), is refused before "
                         "anything is written")
     _add_protocol_args(p)
 
@@ -253,7 +255,8 @@ def cmd_infer(args) -> int:
     protocol = EvalProtocol(tuple(_scales(args.scales)) if args.scales else (1.0,), bool(args.flip),
                             args.crf or "none", args.resize_long or None, args.crf_preset or DEFAULT_CRF_PRESET)
     device = pick_device(cfg.train.device)
-    infer_images(model.to(device), args.images, args.out, protocol, names, cfg.data.mean, cfg.data.std, device)
+    infer_images(model.to(device), args.images, args.out, protocol, names, cfg.data.mean, cfg.data.std, device,
+                 reads=[Path(args.checkpoint), *_config_file(args)])
     return 0
 
 

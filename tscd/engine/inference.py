@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
+import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,9 +30,10 @@ from PIL import Image
 
 from ..cam import class_argmax
 from ..constants import CRF_CHOICES, CRF_PRESETS, DEFAULT_CRF_PRESET
-from ..data.base import DatasetError, load_image
+from ..data.base import DatasetError, load_image, read_text
 from ..data.transforms import EvalTransform
 from ..ops.dense_crf import dense_crf
+from .io import write_json
 from .outputs import check_output_folder, check_outputs, file_identity
 from .visualize import overlay, save_png, write_palette_png
 
@@ -219,15 +224,88 @@ def progress_bar(total: int, enabled: bool = True, desc: str = "eval"):
     return tqdm(total=total, unit="img", desc=desc, disable=not enabled, dynamic_ncols=True)
 
 
-def plan_infer_outputs(paths: Sequence, out_dir) -> list[tuple[Path, Path, Path]]:
-    """(image, mask path, overlay path) per image file of ``paths``, for ``tscd infer``.
+#: The record of what ``tscd infer`` wrote into its output folder (:class:`InferRecord`).
+RECORD_NAME = "tscd-infer.json"
+#: Seconds between two writes of the record while ``tscd infer`` runs (it is written at its end,
+#: also when it fails, too), so that a run killed outright leaves most of its files on record.
+RECORD_EVERY_S = 30.0
 
-    Image ``photo.jpg`` gives ``out_dir/photo.png`` (its mask) and ``out_dir/photo_overlay.png``.
-    A file named twice (even through another path) is segmented once. Checked before anything
-    is written (:func:`tscd.engine.outputs.check_outputs`): every image exists and is a file;
-    no output overwrites an input; no two outputs share a name (``a/photo.jpg`` and
-    ``b/photo.jpg``, ``photo.jpg`` and ``photo.png``, or ``photo.jpg`` and ``photo_overlay.jpg``
-    are refused, naming both). Files of an earlier run in ``out_dir`` are replaced.
+
+def file_digest(path) -> str:
+    """The SHA-256 of the file at ``path``, in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class InferRecord:
+    """``OUT/tscd-infer.json``: what ``tscd infer`` wrote into the folder ``OUT``.
+
+    ``files``: each file written (its path relative to ``OUT``) -> the SHA-256 of what was
+    written; ``images``: per image, its ``input`` (absolute path), ``mask`` and ``overlay``
+    (relative to ``OUT``) and the ``classes`` found. A later run may replace exactly the files
+    listed that still hold what was written (:meth:`why_kept`). A file at the record's path that
+    is not such a record is no record (and is kept).
+    """
+
+    def __init__(self, out_dir):
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / RECORD_NAME
+        self.images: list[dict] = []
+        self.files: dict[str, str] = {}
+        self.valid = True
+        if self.path.exists():
+            try:
+                record = json.loads(read_text(self.path, "record"))
+                self.valid = (isinstance(record, dict) and record.get("written_by") == "tscd infer"
+                              and isinstance(record.get("files"), dict) and isinstance(record.get("images"), list))
+            except (DatasetError, ValueError):
+                self.valid = False
+            if self.valid:
+                self.images, self.files = record["images"], record["files"]
+
+    def _key(self, path: Path) -> str:
+        return path.relative_to(self.out_dir).as_posix()
+
+    def why_kept(self, path: Path) -> str | None:
+        """None when the existing file at ``path``, an output, may be replaced (the record
+        itself, or a file it lists that still holds what was written), else why it may not."""
+        if path == self.path:
+            return None if self.valid else "is not a record of tscd infer"
+        digest = self.files.get(self._key(path))
+        if digest is None:
+            return f"tscd infer did not write it (it is not in {self.path})"
+        return None if file_digest(path) == digest else "was changed since tscd infer wrote it"
+
+    def add(self, image: Path, mask: Path, overlay: Path, classes: list[str]) -> None:
+        """Record the files written for ``image`` (in place of an earlier image's at those paths)."""
+        keys = {self._key(mask), self._key(overlay)}
+        self.images = [e for e in self.images if not keys & {e.get("mask"), e.get("overlay")}]
+        self.images.append({"input": str(image.absolute()), "mask": self._key(mask), "overlay": self._key(overlay),
+                            "classes": classes})
+        self.files.update({self._key(mask): file_digest(mask), self._key(overlay): file_digest(overlay)})
+
+    def save(self) -> None:
+        """Write the record, atomically."""
+        write_json({"written_by": "tscd infer", "images": self.images, "files": self.files}, self.path)
+
+
+def plan_infer_outputs(paths: Sequence, out_dir, reads: Sequence = ()) -> tuple[list[tuple[Path, Path, Path]],
+                                                                              InferRecord]:
+    """(image, mask path, overlay path) per image file of ``paths``, for ``tscd infer``, and the
+    record of ``out_dir`` (:class:`InferRecord`).
+
+    Image ``DIR/photo.jpg`` gives ``OUT/REL/photo_mask.png`` (its mask) and
+    ``OUT/REL/photo_overlay.png``, ``REL`` being ``DIR`` relative to the folder that holds
+    every input (inputs of one folder: none). A file named twice (even through another path)
+    is segmented once. Checked before anything is written
+    (:func:`tscd.engine.outputs.check_outputs`): every image exists and is a file; no output is
+    an input or one of ``reads`` (checkpoint, config); no two outputs share a path
+    (``photo.jpg`` and ``photo.png`` in one folder are refused, naming both); an existing
+    file at an output path, the record's included, is replaced only where the record lists it
+    as written by tscd infer and unchanged since.
     """
     check_output_folder(out_dir)
     out_dir = Path(out_dir)
@@ -241,33 +319,53 @@ def plan_infer_outputs(paths: Sequence, out_dir) -> list[tuple[Path, Path, Path]
         if ident not in seen:
             seen.add(ident)
             images.append(path)
-    plan = [(path, out_dir / f"{path.stem}.png", out_dir / f"{path.stem}_overlay.png") for path in images]
+    folders = [os.path.dirname(os.path.abspath(path)) for path in images]
+    common = os.path.commonpath(folders)
+    plan = []
+    for path, folder in zip(images, folders):
+        place = out_dir / os.path.relpath(folder, common)
+        plan.append((path, place / f"{path.stem}_mask.png", place / f"{path.stem}_overlay.png"))
+    record = InferRecord(out_dir)
     check_outputs([out for path, mask, shown in plan
-                   for out in ((mask, f"the mask of {path}"), (shown, f"the overlay of {path}"))], inputs=images)
-    return plan
+                   for out in ((mask, f"the mask of {path}"), (shown, f"the overlay of {path}"))]
+                  + [(record.path, "the record of what tscd infer wrote")],
+                  inputs=[*images, *reads], existing=record.why_kept)
+    return plan, record
 
 
 @torch.no_grad()
 def infer_images(model, paths: Sequence, out_dir, protocol: EvalProtocol, class_names: Sequence[str],
-                 mean: Sequence[float], std: Sequence[float], device="cpu") -> list[dict]:
-    """Segment image files with ``protocol``: ``out_dir/<stem>.png`` (palette mask of class ids)
-    and ``<stem>_overlay.png`` per image, named and checked by :func:`plan_infer_outputs` before
-    the first is written, each written atomically. Returns per image its path and the classes
-    it shows."""
+                 mean: Sequence[float], std: Sequence[float], device="cpu", reads: Sequence = ()) -> list[dict]:
+    """Segment image files with ``protocol``: a palette mask of class ids and an overlay per
+    image, named and checked by :func:`plan_infer_outputs` (``reads``: the other files the job
+    read) before the first is written, each written atomically, and recorded in
+    ``out_dir/tscd-infer.json`` (:class:`InferRecord`; written at the end, also of a failed run,
+    and every :data:`RECORD_EVERY_S` seconds). Returns per image its path, mask and overlay
+    paths and the classes it shows."""
     model.eval()
-    plan = plan_infer_outputs(paths, out_dir)
+    plan, record = plan_infer_outputs(paths, out_dir, reads)
     to_tensors = EvalTransform(mean, std)
-    results = []
-    for path, mask_path, overlay_path in plan:
-        img = load_image(path)
-        fields = to_tensors(img)
-        images, rgb = fields["image"][None].to(device), fields["rgb"][None].to(device)
-        with naming_the_image(str(path), img.shape[:2], "; --resize-long N resizes the images for the network"):
-            _, segs = protocol.predict(model, images, img.shape[:2], rgb)
-        mask = segs[protocol.kinds()[-1]][0].cpu().numpy().astype(np.uint8)
-        write_palette_png(mask, mask_path)
-        save_png(Image.fromarray(overlay(img, mask)), overlay_path)
-        present = [class_names[c] for c in np.unique(mask) if c != 0 and c < len(class_names)]
-        logger.info("%s: %s", path, ", ".join(present) or "background only")
-        results.append({"path": str(path), "classes": present})
+    results, saved = [], time.monotonic()
+    try:
+        for path, mask_path, overlay_path in plan:
+            img = load_image(path)
+            fields = to_tensors(img)
+            images, rgb = fields["image"][None].to(device), fields["rgb"][None].to(device)
+            with naming_the_image(str(path), img.shape[:2], "; --resize-long N resizes the images for the network"):
+                _, segs = protocol.predict(model, images, img.shape[:2], rgb)
+            mask = segs[protocol.kinds()[-1]][0].cpu().numpy().astype(np.uint8)
+            write_palette_png(mask, mask_path)
+            save_png(Image.fromarray(overlay(img, mask)), overlay_path)
+            present = [class_names[c] for c in np.unique(mask) if c != 0 and c < len(class_names)]
+            record.add(path, mask_path, overlay_path, present)
+            logger.info("%s: %s", path, ", ".join(present) or "background only")
+            results.append({"path": str(path), "mask": str(mask_path), "overlay": str(overlay_path),
+                            "classes": present})
+            if time.monotonic() - saved >= RECORD_EVERY_S:
+                record.save()
+                saved = time.monotonic()
+    finally:
+        if results:
+            record.save()
+    logger.info("masks and overlays of %d images in %s, listed in %s", len(results), out_dir, record.path)
     return results

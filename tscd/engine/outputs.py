@@ -10,7 +10,7 @@ ignored (on macOS and Windows ``Photo.png`` and ``photo.png`` are one file).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ..data.base import MaskFolderDataset
@@ -50,15 +50,18 @@ def check_output_folder(folder, what: str = "output folder") -> None:
             return
 
 
-def check_outputs(outputs: Sequence[tuple[Path, str]], inputs: Iterable = (), datasets: Iterable = ()) -> None:
+def check_outputs(outputs: Sequence[tuple[Path, str]], inputs: Iterable = (), datasets: Iterable = (),
+                  existing: Callable[[Path], str | None] | None = None) -> None:
     """Raise :class:`OutputConflictError` unless every planned output is safe to write.
 
     outputs: (path, what is written there, e.g. "the mask of photo.jpg"). Refused: two outputs
     on one path; an existing folder where a file is to go; an output that is one of ``inputs``
     (files the job reads: checkpoint, config, images) or of the files of ``datasets`` (their
     images, masks and ``sources``: name lists, CSVs, class and label files); an output in a
-    folder holding a dataset's images or masks. Nothing is written; the message names the first
-    conflict.
+    folder holding a dataset's images or masks; with ``existing``, a file already at an output
+    path for which ``existing(path)`` says why it must stay (None: the job may replace it;
+    without ``existing`` every such file may be replaced). Nothing is written; the message names
+    the first conflict.
     """
     datasets = list(datasets)
     own = [path for dataset in datasets for path in dataset_files(dataset)]
@@ -91,3 +94,7 @@ def check_outputs(outputs: Sequence[tuple[Path, str]], inputs: Iterable = (), da
                                       f"output folder")
         if path.is_dir():
             raise OutputConflictError(f"{path} ({what}) is an existing folder")
+        why = existing(path) if existing is not None else None
+        if why is not None:
+            raise OutputConflictError(f"{path} ({what}) already exists and {why}: move it away or choose another "
+                                      f"output folder")
