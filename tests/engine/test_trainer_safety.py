@@ -332,3 +332,21 @@ def test_a_crop_the_network_cannot_use_is_refused_naming_the_minimum(tmp_path, b
         Trainer(_cfg(f"model.backbone={backbone}", f"data.crop_size={crop}"), tmp_path / "run", progress=False)
     assert str(info.value).startswith(says), str(info.value)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)"),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB."),
+])
+def test_running_out_of_memory_in_a_step_names_the_settings(tmp_path, monkeypatch, error):
+    """Formerly torch's raw allocation error."""
+    def fail(model, total, terms):
+        raise error
+
+    _after_forward(monkeypatch, 3, fail)
+    with pytest.raises(MemoryError) as info:
+        Trainer(_cfg(), tmp_path / "run", progress=False).train()
+    assert str(info.value) == (f"out of memory in training iteration 3 with data.batch_size=2 and data.crop_size=64 "
+                               f"(model.backbone=mit_b0): lower either ({str(error).splitlines()[0]})")
+    assert _last(tmp_path / "run")["step"] == 2

@@ -61,6 +61,13 @@ def build_model(cfg: TSCDConfig, pretrained: bool = True) -> TSCD:
                 drop_path_rate=m.drop_path_rate, freeze_backbone=m.freeze_backbone)
 
 
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation that failed: CUDA's ``OutOfMemoryError``, the CPU
+    allocator's ``RuntimeError`` or Python's ``MemoryError``."""
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
+
+
 def _crop_failure(model: TSCD, cfg: TSCDConfig, crop: int, device: torch.device) -> str | None:
     """Why ``model`` cannot take a training crop of ``crop`` px (None if it can): a forward of the
     crop and, where ``loss.scd`` or ``loss.er`` asks for it, of its second view (``loss.scd_scale``

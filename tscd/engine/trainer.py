@@ -51,6 +51,7 @@ from .builders import (
     check_config_compatible,
     check_crop_size,
     eval_loader,
+    out_of_memory,
     pick_device,
     prepare_backends,
     setup_runtime,
@@ -451,7 +452,7 @@ class Trainer:
         try:
             while self.step < end and not stop:
                 started = time.perf_counter()
-                total, terms = self._iteration(batches)
+                total, terms = self._step(batches)
                 clock.step_done(self.step, time.perf_counter() - started)
                 self._log(bar, total, terms)
                 if self.main and (self.step % t.eval_interval == 0 or self.step == t.max_iters):
@@ -493,6 +494,21 @@ class Trainer:
                 logger.warning("interrupted at iteration %d; saved %s (continue with --resume)", self.step, path)
             raise TrainingInterrupted(stop)
         return metrics
+
+    def _step(self, batches) -> tuple[torch.Tensor, dict]:
+        """:meth:`_iteration`, where running out of memory is a ``MemoryError`` naming the settings
+        that size a step."""
+        try:
+            return self._iteration(batches)
+        except (RuntimeError, MemoryError) as err:
+            if not out_of_memory(err):
+                raise
+            c = self.cfg.data
+            lines = str(err).strip().splitlines()
+            raise MemoryError(f"out of memory in training iteration {self.step + 1} with data.batch_size="
+                              f"{c.batch_size} and data.crop_size={c.crop_size} (model.backbone="
+                              f"{self.cfg.model.backbone}): lower either ({lines[0] if lines else type(err).__name__})"
+                              ) from err
 
     def _iteration(self, batches) -> tuple[torch.Tensor, dict]:
         """One optimisation step: (total loss, its terms). Until the update, a failure can restore
