@@ -107,9 +107,12 @@ def check_crop_size(model: TSCD, cfg: TSCDConfig, device: torch.device) -> None:
     # the smallest working crop from `least` on, up to 4× the larger of the two: doubling, then
     # bisection (a network that takes a size takes every larger one, memory permitting)
     below, above, limit = least - 1, least, min(MAX_IMAGE_SIDE, 4 * max(crop, least))
-    while (failing := _crop_failure(model, cfg, above, device) is not None) and above < limit:
+    while (failing := _crop_failure(model, cfg, above, device)) is not None and above < limit:
         below, above = above, min(2 * above, limit)
-    if failing or crop >= above:  # not a matter of a small size
+    if failing is not None:
+        raise ConfigError(f"'data.crop_size' is {crop}: the network fails on every crop from {least} to {limit} px "
+                          f"({above} px: {failing})")
+    if crop >= above:  # not a matter of a small size
         raise ConfigError(f"'data.crop_size' is {crop}: the network cannot take a crop of that size: {failure}")
     while above - below > 1:
         middle = (below + above) // 2
