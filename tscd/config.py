@@ -297,14 +297,26 @@ def resolve_config_path(name: Union[str, Path]) -> Path:
     raise ConfigError(f"config file not found: {name}")
 
 
-def _read_text(file: Path) -> str:
-    """The UTF-8 text of the config file ``file`` (:func:`tscd.data.base.read_text`'s rules)."""
-    from .data.base import DatasetError, read_text  # tscd.data imports this module
-
+def read_text(path: Union[str, Path], what: str, error: Optional[type] = None) -> str:
+    """The UTF-8 text of ``path``, a leading byte order mark dropped (Excel's "CSV UTF-8" writes
+    one): the rule of every text file tscd reads (configs; a dataset's lists, CSVs, class and
+    label files, through :func:`tscd.data.base.read_text`). A missing or unreadable file, or
+    another encoding (Latin-1 and the other 8-bit encodings cannot be told apart from the bytes,
+    and a guessed name would be silently wrong), raises ``error`` (default :class:`ConfigError`)
+    naming the file as ``what`` and, for the encoding, the line and the byte."""
+    error = error or ConfigError
     try:
-        return read_text(file, "config file")
-    except DatasetError as err:
-        raise ConfigError(str(err)) from None
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise error(f"{path} line {line}: not UTF-8 (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                    f"save the {what} as UTF-8") from None
 
 
 def load_config(path: Union[str, Path, None] = None, overrides: Iterable[str] = (),
@@ -312,7 +324,7 @@ def load_config(path: Union[str, Path, None] = None, overrides: Iterable[str] = 
     """The defaults, updated by the YAML file ``path`` (if any), ``key=value`` overrides, then ``values``."""
     file = None if path is None else resolve_config_path(path)
     try:
-        tree = _yaml(_read_text(file)) if file else {}
+        tree = _yaml(read_text(file, "config file")) if file else {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{file}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(tree, (Mapping, type(None))):

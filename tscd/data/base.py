@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .. import config
 from ..constants import IGNORE_INDEX
 from .transforms import EvalTransform, TrainTransform
 
@@ -43,19 +44,9 @@ class DatasetError(ValueError):
 
 
 def read_text(path: Path, what: str) -> str:
-    """The UTF-8 text of ``path`` (a leading BOM dropped); ``what`` names the file in errors."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DatasetError(f"{what} not found: {path}") from None
-    except OSError as err:
-        raise DatasetError(f"cannot read {what} {path}: {err.strerror}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise DatasetError(f"{path} line {line}: not UTF-8 (byte 0x{data[err.start]:02x} at offset {err.start}); "
-                           f"save the {what} as UTF-8") from None
+    """The UTF-8 text of ``path`` (a leading BOM dropped; :func:`tscd.config.read_text`);
+    ``what`` names the file in a :class:`DatasetError`."""
+    return config.read_text(path, what, DatasetError)
 
 
 def inside(folder: Path, entry: str) -> Path | None:
