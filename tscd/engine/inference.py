@@ -226,8 +226,8 @@ def progress_bar(total: int, enabled: bool = True, desc: str = "eval"):
 
 #: The record of what ``tscd infer`` wrote into its output folder (:class:`InferRecord`).
 RECORD_NAME = "tscd-infer.json"
-#: Seconds between two writes of the record while ``tscd infer`` runs (it is written at its end,
-#: also when it fails, too), so that a run killed outright leaves most of its files on record.
+#: Seconds between two writes of the record while ``tscd infer`` runs (it is also written at the
+#: end, of a failed run too), so that a run killed outright leaves most of its files on record.
 RECORD_EVERY_S = 30.0
 
 
