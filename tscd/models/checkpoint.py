@@ -228,8 +228,9 @@ def load_checkpoint(model: nn.Module, checkpoint, strict: bool = True, map_locat
     Accepted layouts (module docstring of ``tscd.models.checkpoint``): SegFormer/MiT backbone
     files, TSCD/AFA checkpoints and tscd's own, Hugging Face and mmseg SegFormer checkpoints, and
     for a timm ViT encoder timm, DINOv2 and OpenAI-CLIP checkpoints. Files are read weights-only:
-    a file that pickles anything but tensors and plain data is refused. Either way a tensor that would load as garbage is
-    refused: a floating-point tensor of the model from an integer one, or non-finite values.
+    a file that pickles anything but tensors and plain data is refused, and so is a tensor that
+    would load as garbage: a floating-point tensor of the model from an integer one, or non-finite
+    values.
 
     Args:
         model: a [`TSCD`][tscd.models.TSCD] or an encoder. A backbone file loaded into a TSCD model
