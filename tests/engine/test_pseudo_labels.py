@@ -122,3 +122,11 @@ def test_pseudo_labels_command(setup, capsys):
     assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png"]
     assert main(args) == 0
     assert "0 written, 2 already there" in capsys.readouterr().out
+
+
+def test_crf_on_labels_of_background_alone_leaves_the_label():
+    """An image whose labels name no class: background is the only channel, so its unary (0.7 on a
+    labelled pixel) was not a probability and the CRF refused it; nothing is left to decide."""
+    label = torch.tensor([[[0, 0, 255], [0, 255, 0]]])
+    out = pl.crf_on_labels(torch.full((1, 3, 2, 3), 100.0), label, torch.zeros(1, 3), "exact")
+    assert torch.equal(out, label)

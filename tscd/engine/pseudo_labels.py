@@ -68,6 +68,8 @@ def crf_on_labels(rgb: torch.Tensor, label: torch.Tensor, cls_labels: torch.Tens
     for i in range(label.shape[0]):
         keys = torch.cat([label.new_zeros(1), cls_labels[i].nonzero()[:, 0] + 1])  # channel -> class id
         n = keys.numel()
+        if n == 1:  # background alone: nothing for the CRF to decide
+            continue
         lab = label[i]
         sure = lab != IGNORE_INDEX
         onehot = (lab[None] == keys[:, None, None]).float()  # (n, H, W)
