@@ -72,7 +72,11 @@ class Result:
 
 
 def _gaussian(backend, feats, x):
-    return {"W·x": ops.gaussian_product(feats, x, backend=backend)}
+    x = x.detach().requires_grad_()
+    y = ops.gaussian_product(feats, x, backend=backend)
+    upstream = torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=y.device).reshape(y.shape)
+    (grad,) = torch.autograd.grad(y, x, upstream)
+    return {"W·x": y.detach(), "grad x": grad}
 
 
 def _scd(backend, t1, t2, s1, s2):
