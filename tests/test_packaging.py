@@ -53,7 +53,10 @@ def _venv(path: Path) -> Path:
     python = path / "bin" / "python"
     site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
-    (site / "test_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # every site folder of the test environment (a venv may itself reach another one through a .pth)
+    folders = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
+    (site / "test_environment.pth").write_text("\n".join(dict.fromkeys([sysconfig.get_paths()["purelib"], *folders]))
+                                               + "\n")
     return python
 
 
