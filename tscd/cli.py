@@ -118,7 +118,7 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(config="synthetic")
 
 
-#: ``tscd demo``'s train + evaluate time on the README's quiet 2-core machine ("The demo, measured").
+#: ``tscd demo``'s train + evaluate time on a quiet 2-core machine (docs/demo.md, "Measured").
 DEMO_MINUTES = 5
 
 
