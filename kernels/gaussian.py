@@ -4,7 +4,7 @@
 One program owns a block of BLOCK_I rows and BLOCK_K channels of one image and sweeps the
 columns of its row window in blocks of BLOCK_J: the weight tile is computed in float32 from
 feature differences, then ``acc += tile @ x_block`` with ``tl.dot`` in 3×TF32 (tensor cores,
-error below a plain float32 product). W is never stored.
+as accurate as a plain float32 product: tests/kernels/test_tf32_accuracy.py). W is never stored.
 """
 from __future__ import annotations
 
@@ -79,26 +79,31 @@ def compile_variants() -> list[CompileVariant]:
                            for D in FEATURE_DIMS for K in CHANNEL_COUNTS)
 
 
+def launch(kernel, config: dict, feats: torch.Tensor, x: torch.Tensor, cut2: float, width: int,
+           radius: int) -> torch.Tensor:
+    """``W·x`` by ``kernel`` (``_gaussian_product_kernel``) launched with ``config`` (its constexprs
+    and launch options); arguments as :func:`gaussian_product`, contiguous. The wrapper launches
+    with :func:`_launch_config`'s choice; the tests launch every compile variant through here."""
+    B, K, N = x.shape
+    y = torch.empty((B, K, N), device=x.device, dtype=torch.float32)
+    if y.numel() == 0:
+        return y
+    grid = (triton.cdiv(N, config["BLOCK_I"]), triton.cdiv(K, config["BLOCK_K"]), B)
+    if width <= 0:  # no window: one row of N pixels
+        width, radius = N, 0
+    with launch_device(x):
+        kernel[grid](feats, x, y, N, K, float(cut2), width, radius, **config)
+    return y
+
+
 @torch.library.custom_op("tscd_triton::gaussian_product", mutates_args=())
 def gaussian_product(feats: torch.Tensor, x: torch.Tensor, cut2: float, width: int, radius: int) -> torch.Tensor:
     """``y[b, k, i] = Σ_j 2^(−‖feats_i − feats_j‖²) x[b, k, j]`` (B, K, N) float32; ``width`` ≤ 0: no row window.
 
     feats (B, D, N) and x (B, K, N) float32.
     """
-    B, K, N = x.shape
-    D = feats.shape[1]
-    feats = feats.contiguous()
-    x = x.contiguous()
-    y = torch.empty((B, K, N), device=x.device, dtype=torch.float32)
-    if y.numel() == 0:
-        return y
-    config = _launch_config(K, D, interpreted())
-    grid = (triton.cdiv(N, config["BLOCK_I"]), triton.cdiv(K, config["BLOCK_K"]), B)
-    if width <= 0:  # no window: one row of N pixels
-        width, radius = N, 0
-    with launch_device(x):
-        _gaussian_product_kernel[grid](feats, x, y, N, K, float(cut2), width, radius, **config)
-    return y
+    config = _launch_config(x.shape[1], feats.shape[1], interpreted())
+    return launch(_gaussian_product_kernel, config, feats.contiguous(), x.contiguous(), cut2, width, radius)
 
 
 register_fakes("tscd_triton", ("gaussian_product",))

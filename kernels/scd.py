@@ -3,7 +3,7 @@
 
 Program (i, g, b) owns BLOCK_X rows of batch b and sweeps every column in BLOCK_Y tiles; no
 Nx×Ny storage. Per tile, ``s = xsᵀ ys`` and the teacher product ``xtᵀ yt`` are tensor-core dots
-(3×TF32, error below a plain float32 product) reduced over channel chunks of K_CHUNK and
+(3×TF32, as accurate as a plain float32 product) reduced over channel chunks of K_CHUNK and
 C_CHUNK, so registers and shared memory stay bounded for any K and C; when each side fits one
 chunk (RESIDENT), the program's x rows are loaded once and stay in registers.
 
@@ -163,12 +163,11 @@ def compile_variants() -> list[CompileVariant]:
     ]
 
 
-@torch.library.custom_op("tscd_triton::scd_pass", mutates_args=())
-def scd_pass(xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor, ar: torch.Tensor,
-             ac: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rowsum (B, Nx), grad (B, K, Nx) or (B, K, 0)) of xs, ys (B, K, Nx|Ny), xt, yt (B, C, Nx|Ny),
-    ar (B, Nx), ac (B, Ny), all float32."""
-    xs, ys, xt, yt, ar, ac = (t.contiguous() for t in (xs, ys, xt, yt, ar, ac))
+def launch(kernel, config: dict, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor,
+           ar: torch.Tensor, ac: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`scd_pass` by ``kernel`` launched with ``config``: the autotuned ``_scd_pass_kernel`` with
+    :func:`_launch_constexprs`' choice (the wrapper), or its ``.fn`` with a whole compile variant
+    (constexprs, blocks and launch options: the tests). Inputs contiguous float32."""
     B, K, nx = xs.shape
     C, ny = xt.shape[1], ys.shape[2]
     if max(K, C) * max(nx, ny) >= 2**31:
@@ -176,13 +175,21 @@ def scd_pass(xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor, yt: torch.Ten
                          f"got K={K}, C={C}, Nx={nx}, Ny={ny}")
     rowsum = torch.empty(B, nx, device=xs.device, dtype=torch.float32)
     grad = torch.empty(B, K, nx if with_grad else 0, device=xs.device, dtype=torch.float32)
-    constexprs = _launch_constexprs(K, C, with_grad)
-    grad_blocks = triton.cdiv(K, constexprs["GRAD_CHUNK"]) if with_grad else 1
+    grad_blocks = triton.cdiv(K, config["GRAD_CHUNK"]) if with_grad else 1
     grid = lambda meta: (triton.cdiv(nx, meta["BLOCK_X"]), grad_blocks, B)  # noqa: E731
     with launch_device(xs):
-        _scd_pass_kernel[grid](xs, ys, xt, yt, ar, ac, rowsum, grad, K, C, nx, ny, _bucket(B * nx), _bucket(ny),
-                               **constexprs)
+        kernel[grid](xs, ys, xt, yt, ar, ac, rowsum, grad, K, C, nx, ny, _bucket(B * nx), _bucket(ny), **config)
     return rowsum, grad
+
+
+@torch.library.custom_op("tscd_triton::scd_pass", mutates_args=())
+def scd_pass(xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor, ar: torch.Tensor,
+             ac: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rowsum (B, Nx), grad (B, K, Nx) or (B, K, 0)) of xs, ys (B, K, Nx|Ny), xt, yt (B, C, Nx|Ny),
+    ar (B, Nx), ac (B, Ny), all float32."""
+    xs, ys, xt, yt, ar, ac = (t.contiguous() for t in (xs, ys, xt, yt, ar, ac))
+    config = _launch_constexprs(xs.shape[1], xt.shape[1], with_grad)
+    return launch(_scd_pass_kernel, config, xs, ys, xt, yt, ar, ac, with_grad)
 
 
 register_fakes("tscd_triton", ("scd_pass",))

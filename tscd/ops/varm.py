@@ -60,13 +60,18 @@ def _check_images(images) -> None:
                 "the images in [0, 1]: divide 0–255 images by 255, de-normalise normalised ones")
 
 
-def _fused_affinity(backend: str, images: torch.Tensor, dilations: tuple[int, ...], mode: str):
-    """(weights (B, N, H, W) float32, dilations as an int32 tensor on the images' device)."""
-    device = images.device
+def affinity_arguments(dilations: tuple[int, ...], mode: str, device) -> tuple:
+    """The ``varm_affinity`` primitive's arguments besides the images for ``mode``: (dilations as an
+    int32 tensor, intensity scale, variation weight, position term (N,) float32) on ``device``."""
     scale, variation_weight, position_weight = _CONSTANTS[mode]
     dil = torch.tensor(dilations, dtype=torch.int32, device=device)
     position = position_weight * F.softmax(reference.position_logits(dilations), dim=0)
-    position = position.to(device=device, dtype=torch.float32)
+    return dil, scale, variation_weight, position.to(device=device, dtype=torch.float32)
+
+
+def _fused_affinity(backend: str, images: torch.Tensor, dilations: tuple[int, ...], mode: str):
+    """(weights (B, N, H, W) float32, dilations as an int32 tensor on the images' device)."""
+    dil, scale, variation_weight, position = affinity_arguments(dilations, mode, images.device)
     weights = primitives(backend).varm_affinity(images.float().contiguous(), dil, scale, variation_weight, position)
     return weights, dil
 
