@@ -68,9 +68,10 @@ def test_gaussian_variants_cover_every_launch(monkeypatch):
 
 
 def test_varm_variants_cover_every_launch(monkeypatch):
-    affinity, propagate = _record(monkeypatch, varm, "_affinity_kernel", "_propagate_kernel")
+    affinity, chunked, propagate = _record(monkeypatch, varm, "_affinity_kernel", "_affinity_chunked_kernel",
+                                           "_propagate_kernel")
     images = torch.zeros(1, 3, 2, 3)
-    for L in range(1, varm.MAX_DILATIONS + 1):
+    for L in [*range(1, varm.RESIDENT_DILATIONS + 8), 200]:
         dilations = torch.ones(L, dtype=torch.int32)
         for variation_weight in (0.0, 0.01):
             varm.varm_affinity(images, dilations, 4.0, variation_weight, torch.zeros(8 * L))
@@ -79,13 +80,15 @@ def test_varm_variants_cover_every_launch(monkeypatch):
         src = torch.zeros(1, K, 2, 3)
         varm.varm_propagate_(src, torch.zeros(1, 48, 2, 3), dilations, torch.empty_like(src))
     _assert_covered(affinity)
+    _assert_covered(chunked)
     _assert_covered(propagate)
 
 
-def test_varm_affinity_rejects_too_many_dilations():
-    L = varm.MAX_DILATIONS + 1
-    with pytest.raises(ValueError, match="dilations"):
-        varm.varm_affinity(torch.zeros(1, 3, 2, 2), torch.ones(L, dtype=torch.int32), 4.0, 0.0, torch.zeros(8 * L))
+def test_varm_affinity_beyond_the_resident_dilations_uses_the_chunked_kernel():
+    L = varm.RESIDENT_DILATIONS + 1
+    kernel, config = varm._affinity_launch(L, True)
+    assert kernel is varm._affinity_chunked_kernel and config["BLOCK_N"] == varm.CHUNK_NEIGHBOURS
+    assert varm._affinity_launch(L + 100, True) == (kernel, config)
 
 
 # The bilateral product of the dense CRF and energy loss: 21 classes, 5 features.

@@ -100,6 +100,21 @@ def test_affinity_matches_reference(backend, mode, shape):
     )
 
 
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("count", [65, 100])
+def test_affinity_beyond_the_resident_dilations(backend, mode, count):
+    """More than 64 dilations (over 512 neighbours): the Triton kernel sweeps them in chunks."""
+    img = _images(2, 9, 11)
+    dilations = tuple(1 + (3 * i) % 17 for i in range(count))
+    out = varm_affinity(img, dilations=dilations, mode=mode, backend=backend)
+    assert out.shape == (2, 8 * count, 9, 11)
+    assert_within_reference_error(
+        out, varm_affinity(img, dilations=dilations, mode=mode, backend="torch"),
+        varm_affinity(img.double(), dilations=dilations, mode=mode, backend="torch"), torch.float32,
+    )
+
+
 def _check_refine(backend, shape, mode, num_iter):
     b, k, h, w, mh, mw = shape
     img, masks = _images(b, h, w), _masks(b, k, mh, mw)
