@@ -2,19 +2,16 @@
 // attributes of the CPU hot loops.
 //
 // Layout: <op>.h holds an operator's contract and the checks its CPU and CUDA kernels share,
-// <op>.cpp its schema and CPU kernel, <op>_cuda.cu its CUDA kernel (a distinct file stem, so
-// that the two object files do not collide).
+// <op>.cpp its schema and CPU kernel, <op>_cuda.cu its CUDA launcher (a distinct file stem, so
+// that the two object files do not collide) and <op>_cuda_kernels.cuh the launcher's device code
+// and launch choices, free of torch (host_device.h) so that tests/kernels/cuda_host runs it on the CPU.
 #pragma once
 #include <torch/library.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 
-#ifdef __CUDACC__
-#define TSCD_HOST_DEVICE __host__ __device__
-#else
-#define TSCD_HOST_DEVICE
-#endif
+#include "host_device.h"
 
 // CPU only. TSCD_ISA_CLONES: a function compiled for AVX-512, AVX2 and baseline x86-64, one
 // picked at load time (x86-64 GCC only); TSCD_INLINE: always-inlined helpers that such clones

@@ -13,10 +13,9 @@
 //   Returns y (B, K, N) float32 with y[b, k, i] = sum_j W_ij x[b, k, j].
 #pragma once
 #include "common.h"
+#include "gaussian_limits.h"
 
 namespace tscd::gaussian {
-
-constexpr int kMaxDims = 8;  // feature dimensions per pixel (x, y and up to 6 colour channels)
 
 // feats (B, D, N) and x (B, K, N), float32, contiguous, agreeing in B and N; D <= kMaxDims.
 inline void check_args(const at::Tensor& feats, const at::Tensor& x) {

@@ -1,6 +1,7 @@
-// Variation-aware refinement (VARM) and PAR (method §4): the contract of the two primitives,
-// the neighbour offsets and the argument checks that the CPU (varm.cpp) and CUDA (varm_cuda.cu)
-// kernels share. The Triton backend has the same contract (tscd/ops/varm.py drives them all).
+// Variation-aware refinement (VARM) and PAR (method §4): the contract of the two primitives
+// and the argument checks that the CPU (varm.cpp) and CUDA (varm_cuda.cu) kernels share (the
+// neighbour offsets: varm_ring.h). The Triton backend has the same contract (tscd/ops/varm.py
+// drives them all).
 //
 //   varm_affinity(images (B,3,H,W), dilations (L,) int32, intensity_scale, variation_weight,
 //                 position_term (N,)) -> weights (B,N,H,W),  N = 8·L
@@ -17,17 +18,9 @@
 // contiguous, and on CUDA so are dilations and position_term, on the images' device.
 #pragma once
 #include "common.h"
+#include "varm_ring.h"
 
 namespace tscd::varm {
-
-constexpr int kRing = 8;  // neighbours per dilation: the 3×3 ring without its centre
-
-// Offset o ∈ [0, 8) of the ring, row-major: (-1,-1) (-1,0) (-1,1) (0,-1) (0,1) (1,-1) (1,0) (1,1).
-TSCD_HOST_DEVICE constexpr int ring_dy(int o) { return (o + (o >= 4)) / 3 - 1; }
-TSCD_HOST_DEVICE constexpr int ring_dx(int o) { return (o + (o >= 4)) % 3 - 1; }
-static_assert(ring_dy(0) == -1 && ring_dx(0) == -1 && ring_dy(3) == 0 && ring_dx(3) == -1 && ring_dy(4) == 0 &&
-                  ring_dx(4) == 1 && ring_dy(7) == 1 && ring_dx(7) == 1,
-              "ring offsets must be row-major without the centre");
 
 // dilations: non-empty 1-D int32 (a CUDA kernel also needs it contiguous on the images' device).
 inline void check_dilations(const at::Tensor& dilations) {
