@@ -1,4 +1,4 @@
-"""Command line: ``tscd train | eval | infer | pseudo-labels | demo`` (also ``python -m tscd``).
+"""Command line: ``tscd train | eval | infer | pseudo-labels | demo | data`` (also ``python -m tscd``).
 
 Argument parsing only: each command builds its configuration — flags go into the config
 tree as typed values, ``key=value`` overrides as the config module parses them — and calls
@@ -260,6 +260,33 @@ def cmd_infer(args) -> int:
     return 0
 
 
+# ---- data ----------------------------------------------------------------------------------
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", choices=("voc", "coco"), help="voc: VOC 2012 + SBD (train_aug, val); coco: COCO 2014")
+    p.add_argument("dir", metavar="DIR", help="folder to prepare the dataset in (made if missing; nothing in it is "
+                                              "replaced)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--from", dest="source", metavar="FOLDER",
+                        help="read the archives from FOLDER under their official names instead of downloading "
+                             "them (nothing is contacted)")
+    source.add_argument("--mirror", metavar="URL", help="download URL/<official name> instead of the official hosts")
+    p.add_argument("--no-verify", action="store_true", help="skip the archives' size and MD5 checks (a mirror's copy)")
+
+
+def cmd_data(args) -> int:
+    from .data.prepare import UsageError, prepare
+
+    try:
+        root = prepare(args.dataset, args.dir, args.source, args.mirror, verify=not args.no_verify)
+    except UsageError as err:  # exit 2, as argparse's usage errors
+        if args.debug:
+            raise
+        logger.error("tscd: error: %s", err)
+        return 2
+    print(Path(root).resolve(), flush=True)  # the last line on stdout: the --data-root to pass
+    return 0
+
+
 COMMANDS = {
     "train": (_add_train_args, cmd_train, "train TSCD from image-level labels"),
     "eval": (_add_eval_args, cmd_eval, "evaluate a checkpoint (mIoU of seg, CAM, pseudo labels; cls F1)"),
@@ -268,6 +295,8 @@ COMMANDS = {
                       "write refined pseudo labels of a split as palette PNGs (for a second stage)"),
     "demo": (_add_demo_args, cmd_demo,
              f"train + evaluate on the built-in synthetic dataset (CPU, ~{DEMO_MINUTES:g} min)"),
+    "data": (_add_data_args, cmd_data, "download and prepare VOC 2012 + SBD or COCO 2014 as --config voc/coco read "
+                                       "them (docs/reproduce.md)"),
 }
 
 
