@@ -203,3 +203,14 @@ def test_config_voc_trains_and_evaluates_on_the_prepared_tree(tmp_path, capsys, 
                  "--out", str(out_json), "--crf", "none", "--scales", "1.0", "--resize-long", "0"]) == 0
     evaluated = json.loads(out_json.read_text())
     assert set(evaluated["per_class_iou"]) >= {"aeroplane", "tvmonitor"}
+
+
+def test_a_second_run_in_the_same_dir_at_once_is_refused(tmp_path, capsys, official):
+    from tscd.data.prepare.archives import STATE_DIR, OutputTree
+
+    state = tmp_path / "data" / STATE_DIR
+    with OutputTree(tmp_path / "data", state, "voc"):
+        rc, _, err = _run(capsys, tmp_path / "data", "--from", official)
+    assert rc == 2 and err == [f"tscd: error: another tscd data voc is preparing {tmp_path / 'data'} (it holds "
+                               f"{state / 'voc.lock'}): wait for it to finish"]
+    assert _run(capsys, tmp_path / "data", "--from", official)[0] == 0

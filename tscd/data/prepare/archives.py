@@ -21,6 +21,7 @@ download; exit 1).
 """
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import http.client
@@ -315,10 +316,18 @@ class OutputTree:
                 if len(fields) == 3 and fields[1].isdigit():  # a line cut short by a crash is skipped
                     self.entries[fields[0]] = (int(fields[1]), fields[2])
         self.journal_path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(state / f"{name}.lock", "a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # freed by the kernel if the process dies
+        except BlockingIOError:
+            self._lock.close()
+            raise UsageError(f"another tscd data {name} is preparing {state.parent} (it holds {self._lock.name}): "
+                             "wait for it to finish") from None
         self._journal = open(self.journal_path, "a")
 
     def close(self) -> None:
         self._journal.close()
+        self._lock.close()
 
     def __enter__(self) -> OutputTree:
         return self

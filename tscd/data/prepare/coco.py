@@ -133,6 +133,11 @@ def _convert_split(split: str, zip_path: Path, json_path: Path, tree: OutputTree
     _check_categories(coco, json_path)
     pattern = re.compile(rf"COCO_{split}2014_\d{{12}}\.jpg")
     annotated = {a["image_id"] for a in coco.dataset.get("annotations", [])}
+    unknown = sorted(annotated - set(coco.imgs))
+    if unknown:
+        zf.close()
+        raise PrepareError(f"{json_path} annotates image {unknown[0]}, which it does not list: it is not the official "
+                           f"annotation file; download {ANNOTATIONS} again")
     images = sorted((coco.imgs[i] for i in annotated), key=lambda im: im["file_name"])
     classes, turned = {}, 0
     with zf, reading(zip_path), warnings.catch_warnings():
