@@ -214,3 +214,22 @@ def test_a_second_run_in_the_same_dir_at_once_is_refused(tmp_path, capsys, offic
     assert rc == 2 and err == [f"tscd: error: another tscd data voc is preparing {tmp_path / 'data'} (it holds "
                                f"{state / 'voc.lock'}): wait for it to finish"]
     assert _run(capsys, tmp_path / "data", "--from", official)[0] == 0
+
+
+def test_the_prepare_package_imports_only_tscd_data_and_the_foundations():
+    """tscd.data.prepare sits in the data layer and needs nothing above the foundations but tscd.data
+    (no models, ops or engine): the rule of tests/test_layers.py, narrowed."""
+    from pathlib import Path
+
+    import tscd.data.prepare
+    from tests.test_layers import imported_modules
+
+    allowed = ("tscd.constants", "tscd.log", "tscd.config", "tscd.data")
+    folder = Path(tscd.data.prepare.__file__).parent
+    found = []
+    for path in sorted(folder.glob("*.py")):
+        module = "tscd.data.prepare" + ("" if path.stem == "__init__" else f".{path.stem}")
+        for line, target in imported_modules(path.read_text(), module, path.stem == "__init__"):
+            if target.startswith("tscd") and not target.startswith(allowed):
+                found.append(f"{module}:{line} imports {target}")
+    assert found == []
