@@ -17,6 +17,7 @@ from tscd.data import build_dataset
 from tscd.data.coco import COCO_CLASSES
 from tscd.data.prepare import coco as prep
 
+pytest.importorskip("pycocotools", reason="tscd data coco needs pycocotools (the prepare extra)")
 COCO_ARCHIVES = ("train2014.zip", "val2014.zip", "annotations_trainval2014.zip")
 TRAIN = [fx.coco_name("train", i) for i in (9, 25, 34)]
 VAL = [fx.coco_name("val", i) for i in (42, 73)]
