@@ -235,10 +235,10 @@ def prepare_coco(directory, source=None, mirror: str | None = None, verify: bool
             logger.info("files of the earlier run are missing from %s: preparing again", root)
         names = [ANNOTATIONS, *IMAGES.values()]
         pending = [n for n in names if source is None and not (directory / "downloads" / n).is_file()]
+        require(names, source)
         written = sum(size for size, _ in tree.written().values())
         check_space(directory, sum(ARCHIVES[n].size for n in pending), max(0, OUTPUT_BYTES - written),
                     "tscd data coco")
-        require(names, source)
         verified = VerifiedArchives(state)
         paths = {n: fetch(n, directory, source, mirror, verify, verified) for n in names}
         jsons = _extract_annotations(paths[ANNOTATIONS], tree)

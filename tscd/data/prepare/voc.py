@@ -262,10 +262,10 @@ def prepare_voc(directory, source=None, mirror: str | None = None, verify: bool 
                 return root
             logger.info("files of the earlier run are missing from %s: preparing again", root)
         pending = [n for n in (VOC_TAR, SBD_TGZ) if source is None and not (directory / "downloads" / n).is_file()]
+        require((VOC_TAR, SBD_TGZ), source)
         written = sum(size for size, _ in tree.written().values())
         check_space(directory, sum(ARCHIVES[n].size for n in pending), max(0, OUTPUT_BYTES - written),
                     "tscd data voc")
-        require((VOC_TAR, SBD_TGZ), source)
         verified = VerifiedArchives(state)
         voc_path = fetch(VOC_TAR, directory, source, mirror, verify, verified)
         sbd_path = fetch(SBD_TGZ, directory, source, mirror, verify, verified)
