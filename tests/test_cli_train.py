@@ -134,3 +134,13 @@ def test_a_run_never_writes_or_deletes_a_file_it_reads(tmp_path, capsys):
     # resuming reads the run's own config.yaml, which the run rewrites
     assert main(["train", "--config", str(work / "config.yaml"), "--work-dir", str(work), "--resume",
                  *ONE_ITERATION, "train.max_iters=2"]) == 0
+
+
+def test_train_says_what_data_it_found_before_the_first_step(tmp_path, caplog):
+    caplog.set_level("INFO", logger="tscd")
+    assert _train(tmp_path / "run") == 0
+    lines = [r.getMessage() for r in caplog.records]
+    first = next(i for i, line in enumerate(lines) if line.startswith("data: synthetic"))
+    assert lines[first] == ("data: synthetic: train 50 images, val 4 images; 6 classes; image-level labels from "
+                            "the generator (procedural shapes)")
+    assert not any(line.startswith("iteration") for line in lines[:first])

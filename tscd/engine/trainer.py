@@ -41,6 +41,7 @@ import yaml
 
 from ..config import config_from_dict, to_dict
 from ..data import StreamSampler, build_dataset, collate, resolve_num_classes
+from ..data.summary import describe_data
 from ..models.pretrained import is_remote
 from . import checkpoint as ckpt_io
 from .builders import (
@@ -275,6 +276,8 @@ class Trainer:
         if self.val_set is not None:  # an image the evaluation cannot take is named now, not at the first one
             Evaluator(cfg, self.pseudo_labeler, self.val_set.class_names, self.device).check_sizes(
                 self.model, self.val_set, cfg.eval.max_images)
+        if self.main:
+            logger.info(describe_data(cfg, self.train_set, self.val_set))
         self.step, self.history, self.wall_offset = 0, [], 0.0
         self._resume_rng = None
         if state is not None:
@@ -429,6 +432,12 @@ class Trainer:
         finally:
             self.close()
 
+    def _device_name(self) -> str:
+        """The device the ETA holds for: ``cuda:0 (NVIDIA H100 …)`` or ``cpu (2 threads)``."""
+        if self.device.type == "cuda":
+            return f"{self.device} ({torch.cuda.get_device_name(self.device)})"
+        return f"cpu ({torch.get_num_threads()} threads)"
+
     def _train(self, end: int, signals: _StopSignals) -> dict:
         t = self.cfg.train
         if self.main:
@@ -462,7 +471,7 @@ class Trainer:
                     logger.info(self._summary(metrics))
                 if self.main and clock.report_due(self.step):
                     seconds, how = clock.remaining(self.step)
-                    logger.info("ETA: about %s left (%s)", format_duration(seconds), how)
+                    logger.info("ETA on %s: about %s left (%s)", self._device_name(), format_duration(seconds), how)
                 if self.distributed and self.step % t.eval_interval == 0:
                     dist.barrier()
                 if t.ckpt_interval and self.step % t.ckpt_interval == 0 and self.step != t.max_iters:
