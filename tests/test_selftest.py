@@ -145,3 +145,14 @@ def test_long_sums_add_the_float32_floor_per_square_root_term():
     ref64 = torch.tensor([4.0], dtype=torch.float64)
     _, bound = error_and_bound(ref64.float(), ref64.float(), ref64, torch.bfloat16, terms=100)
     assert bound == pytest.approx(1.6e-2 * 4 + 2e-6 * 4 * 10)
+
+
+def test_the_plan_says_what_would_run_without_running_it(monkeypatch, capsys):
+    """``--plan`` works without the device (here: cuda on a CPU machine) and touches nothing."""
+    monkeypatch.setattr(checks, "run_case", lambda *a, **k: pytest.fail("--plan ran a check"))
+    monkeypatch.setattr(benchmarks, "run_case", lambda *a, **k: pytest.fail("--plan ran a benchmark"))
+    assert main(["--device", "cuda", "--plan", "--only", "scd_loss,dense_crf"]) == 0
+    out = capsys.readouterr().out
+    assert "budget 480 s" in out and "checks" in out and "benchmark cases of the full tier" in out
+    assert "scd_loss N=16384 [fwd, bwd, full]: torch, triton, cpp" in out and "dense_crf 21x375x500" in out
+    assert "varm_refine" not in out and "selftest_cuda.json" in out

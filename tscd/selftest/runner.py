@@ -5,6 +5,7 @@ print one table, exit non-zero on any mismatch, crash or failed benchmark.
     python -m tscd.selftest --device cpu             # CPU: checks at smaller sizes + a quick benchmark
     python -m tscd.selftest --quick --no-bench       # the smallest checks only
     python -m tscd.selftest --only scd_loss,dense_crf --require triton,cpp
+    python -m tscd.selftest --device cuda --plan     # what it would run, in order, and the budget
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..ops import backends
-from . import benchmarks, cases, checks
+from . import benchmarks, cases, checks, tables
 
 OPS = tuple(backends.OP_BACKENDS)
 #: The checked ops, then the benchmarked ones without checks of their own (tscd.compat, training, evaluation).
@@ -43,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
                              f"{DEFAULT_BUDGET_S['cuda']:.0f} s on cuda, {DEFAULT_BUDGET_S['cpu']:.0f} s on cpu)")
     parser.add_argument("--results-dir", type=Path, default=None,
                         help="where the benchmarks write selftest_<device>.json (default: a scratch folder)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print what would run, in order, and the time budget, then exit (runs nothing; "
+                             "works without the device)")
     return parser
 
 
@@ -67,6 +71,35 @@ def _header(device: str, tier: str, plan: str | None) -> None:
     sizes = {"quick": "the smallest sizes", "cpu": "CPU sizes (smaller than the GPU's)", "cuda": "GPU sizes"}
     print(f"checks at {sizes[tier]}; benchmarks: " + ("none" if plan is None else
           "GPU sizes" if plan == "full" else "quick, small sizes (only shows that they run)"))
+
+
+def _print_plan(device: str, tier: str, plan: str | None, only: list[str], budget: float,
+                results_dir: Path | None) -> None:
+    """What ``main`` would run with these arguments, in order, without running anything."""
+    checked = [c for c in checks.cases(tier) if c.op in only]
+    dtypes = ", ".join(str(d).removeprefix("torch.") for d in checks.DTYPES)
+    print(f"tscd self-test plan for --device {device}: budget {budget:.0f} s (benchmarks that would start after "
+          f"it are skipped and listed)")
+    print("1. load the C++ library (compiled on first use: about a minute on the CPU, minutes with CUDA)")
+    print(f"2. {len(checked)} checks, each on every exact backend usable on {device} against the torch reference, "
+          f"value and gradients, in {dtypes}:")
+    for op in dict.fromkeys(c.op for c in checked):
+        labels = [c.label for c in checked if c.op == op]
+        print(f"   {op} ({', '.join(checks.exact_backends(op))}): {', '.join(labels)}")
+    if plan is None:
+        print("3. no benchmarks (--no-bench)")
+        return
+    selected = cases.select(plan, device, only)
+    print(f"3. {len(selected)} benchmark cases of the {plan} tier, each checked before it is timed (a backend that "
+          f"cannot run on {device} is skipped with its reason), in this order:")
+    for op in dict.fromkeys(c.op for c in selected):
+        for size in dict.fromkeys(c.size.label for c in selected if c.op == op):
+            row = [c for c in selected if c.op == op and c.size.label == size]
+            modes = ", ".join(dict.fromkeys(c.mode for c in row))
+            print(f"   {op} {size} [{modes}]: {', '.join(dict.fromkeys(c.backend for c in row))}")
+    where = f"in {results_dir}" if results_dir is not None else "in a scratch folder (--results-dir to choose)"
+    print(f"4. results: selftest_{device}.json {where}, in pytest-benchmark's layout (bench/tables.py reads it), "
+          f"and the headline table printed at the end, ready for the README")
 
 
 def _load_extension(device: str) -> None:
@@ -129,19 +162,32 @@ def _run_benchmarks(device: str, plan: str, only: list[str], deadline: float) ->
     return outcomes
 
 
+def _print_headline(written: Path) -> None:
+    """The headline table of this run's JSON (what the README's headline block would hold)."""
+    rows, skipped, facts = tables.load([written])
+    try:
+        print(f"\nheadline table (python bench/tables.py {written} --write README.md docs/benchmarks.md):\n\n"
+              f"{tables.make_table('headline', rows, skipped, facts)}\n", flush=True)
+    except tables.TableError as exc:  # no op had both the reference and a fused backend timed
+        print(f"\nno headline table: {exc}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the self-test; 0 when every check passed and every benchmark ran, else 1."""
     args = _parser().parse_args(argv)
     start = time.perf_counter()
     device = args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        print("tscd.selftest: --device cuda but no CUDA device is visible")
-        return 1
     only = _comma_list(args.only, ONLY_CHOICES, "op") or list(ONLY_CHOICES)
     required = _comma_list(args.require or None, backends.BACKENDS, "backend") or []
     tier = "quick" if args.quick else device
     plan = None if args.no_bench else benchmarks.tier_for(device, args.quick)
     budget = args.budget_s if args.budget_s is not None else DEFAULT_BUDGET_S[device]
+    if args.plan:
+        _print_plan(device, tier, plan, only, budget, args.results_dir)
+        return 0
+    if device == "cuda" and not torch.cuda.is_available():
+        print("tscd.selftest: --device cuda but no CUDA device is visible")
+        return 1
 
     _header(device, tier, plan)
     _load_extension(device)
@@ -176,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_skipped = [f"{o.case.op} {o.case.id}" for o in outcomes if o.skipped == BUDGET_SPENT]
         print(f"benchmarks: {time.perf_counter() - checks_done:.1f} s; results in {written}"
               + (", tracebacks in selftest_tracebacks.log beside it" if crashes else ""), flush=True)
+        _print_headline(written)
 
     failed = [r for r in results if r.failed]
     passed = sum(r.status == "ok" for r in results)

@@ -1,0 +1,191 @@
+"""The benchmark tables of the README and the docs from the JSON of ``pytest bench/`` or of
+``python -m tscd.selftest`` (``bench/tables.py`` is the command line; the self-test prints the
+headline table of its own run).
+
+Tables: one per op (NAME = the op: ``scd_loss``, ``varm_refine``, ``dense_energy_loss``,
+``gaussian_product``, ``dense_crf``, ``compat_filter``, ``compat_dense_energy``, ``train_step``,
+``eval``) with size, mode, backend, median and p20–p80 in ms, peak MiB, speed-up and memory against
+the torch reference of the same size and mode, and threads; and ``headline``: one row per op with a
+reference, at its headline size (else the largest size where the reference ran), the reference
+against the fastest other exact backend. A caption line gives the device, threads and tier; a note lists
+what was not timed and why. ``--write`` replaces, in each file, the text between
+``<!-- bench-table: NAME -->`` and ``<!-- /bench-table -->`` with table NAME and leaves every other
+byte as it was; an unknown NAME, a table without rows or an unclosed marker fails the run and
+writes no file. Several JSON files are merged, later ones replacing earlier rows of the same case.
+"""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from .cases import OPS
+
+MARKER = re.compile(r"<!-- bench-table: (?P<name>[^\s>]+) -->(?P<body>.*?)<!-- /bench-table -->", re.DOTALL)
+OPEN_MARKER = re.compile(r"<!-- bench-table: ")
+CLOSE_MARKER = "<!-- /bench-table -->"
+TABLES = ("headline", *OPS)
+
+
+class TableError(Exception):
+    """A table that cannot be made or a Markdown file whose markers are wrong."""
+
+
+def load(paths: list[Path]) -> tuple[dict, list[dict], dict]:
+    """Rows keyed by (op, size, mode, backend), the skipped cases, and the run's caption facts."""
+    rows, skipped, facts = {}, {}, {}
+    for path in paths:
+        data = json.loads(path.read_text())
+        for bench in data.get("benchmarks", []):
+            info = bench["extra_info"]
+            rows[(info["op"], info["size"], info["mode"], info["backend"])] = {**info, "stats": bench["stats"]}
+        for skip in data.get("skipped", []):
+            skipped[(skip["op"], skip["size"], skip["mode"], skip["backend"])] = skip
+        facts = {"tier": data.get("tier", "?"), "datetime": data.get("datetime", "")[:10]}
+    return rows, list(skipped.values()), facts
+
+
+def _order(rows: dict) -> list[tuple]:
+    """The rows' keys in the order of the cases (sizes, modes, backends as tscd.selftest.cases lists them)."""
+    position = {}
+    for name, op in OPS.items():
+        for size in op.sizes:
+            for mode in op.modes:
+                for backend in op.backends:
+                    position[(name, size.label, mode, backend)] = len(position)
+    return sorted(rows, key=lambda k: (position.get(k, len(position)), k))
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def _spread(stats: dict) -> str:
+    """p20–p80 in ms: from the raw times when the JSON has them, else from its p20/p80."""
+    if stats.get("data"):
+        data = stats["data"]
+        q = statistics.quantiles(data, n=10, method="inclusive") if len(data) > 1 else data * 9
+        low, high = q[1], q[7]
+    elif "p20" in stats:
+        low, high = stats["p20"], stats["p80"]
+    else:
+        return "–"
+    return f"{_ms(low)}–{_ms(high)}"
+
+
+def _speed_up(row: dict, ref: dict | None) -> str:
+    if ref is None or row is ref:
+        return "–"
+    return f"{ref['stats']['median'] / row['stats']['median']:.3g}×"
+
+
+def _memory(row: dict, ref: dict | None) -> str:
+    """The row's peak against the reference's: ``1/r`` when r times smaller, ``r×`` when larger."""
+    if ref is None or row is ref or row["peak_mib"] <= 0 or ref["peak_mib"] <= 0:
+        return "–"
+    ratio = ref["peak_mib"] / row["peak_mib"]
+    return f"1/{ratio:.3g}" if ratio >= 1 else f"{1 / ratio:.3g}×"
+
+
+def _caption(rows: list[dict], facts: dict) -> str:
+    devices = sorted({f"{r['device']} ({r['device_type']})" for r in rows})
+    threads = sorted({r["threads"] for r in rows})
+    when = f", {facts['datetime']}" if facts.get("datetime") else ""
+    return (f"*{', '.join(devices)}, {'/'.join(map(str, threads))} thread{'s' if threads != [1] else ''}, "
+            f"{facts.get('tier', '?')} tier{when}; medians (p20–p80) of repeated calls, peak = extra memory "
+            "of one call.*")
+
+
+def _not_timed(skipped: list[dict], op: str) -> str:
+    """One line per (backend, reason) of the op's skipped cases, with their sizes."""
+    reasons = defaultdict(list)
+    for skip in skipped:
+        if skip["op"] == op and skip["size"] not in reasons[(skip["backend"], skip["reason"])]:
+            reasons[(skip["backend"], skip["reason"])].append(skip["size"])
+    return "\n".join(f"Not timed: {backend} at {', '.join(sizes)}: {reason}."
+                     for (backend, reason), sizes in reasons.items())
+
+
+def op_table(op: str, rows: dict, skipped: list[dict], facts: dict) -> str:
+    """The Markdown table of one op (raises :class:`TableError` without rows)."""
+    keys = [k for k in _order(rows) if k[0] == op]
+    if not keys:
+        raise TableError(f"no results for {op!r} in the JSON")
+    per_item = any(rows[k].get("items", 1) > 1 for k in keys)
+    versus = any(rows[k].get("reference") for k in keys)
+    head = ["size", "mode", "backend", "median ms", "p20–p80 ms", *(["s/image"] if per_item else []), "peak MiB",
+            *(["speed-up vs torch", "memory vs torch"] if versus else []), "threads"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in keys:
+        row = rows[key]
+        ref = next((rows[k] for k in keys if k[1:3] == key[1:3] and rows[k].get("reference")), None)
+        cells = [row["size"], row["mode"], row["backend"], _ms(row["stats"]["median"]), _spread(row["stats"]),
+                 *([f"{row['stats']['median'] / row.get('items', 1):.3g}"] if per_item else []),
+                 f"{row['peak_mib']:.1f}", *([_speed_up(row, ref), _memory(row, ref)] if versus else []),
+                 str(row["threads"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = _not_timed(skipped, op)
+    return "\n".join(lines) + "\n\n" + _caption([rows[k] for k in keys], facts) + (f"\n{notes}" if notes else "")
+
+
+def headline_table(rows: dict, facts: dict) -> str:
+    """One row per op with a reference: the reference against the fastest other exact backend (the
+    fastest approximation where no other exact one ran)."""
+    lines = ["| op | size | mode | torch ms | fastest fused | its ms | speed-up | torch MiB | its MiB | memory |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    shown = []
+    for op in OPS:
+        pairs = []  # (reference row, fastest other row) per (size, mode), in the cases' order
+        keys = [k for k in _order(rows) if k[0] == op]
+        for size, mode in dict.fromkeys(k[1:3] for k in keys):
+            group = [rows[k] for k in keys if k[1:3] == (size, mode)]
+            ref = next((r for r in group if r.get("reference")), None)
+            others = [r for r in group if not r.get("reference")]
+            others = [r for r in others if r.get("exact", True)] or others
+            if ref is not None and others:
+                pairs.append((ref, min(others, key=lambda r: r["stats"]["median"])))
+        if not pairs:
+            continue
+        headline = [p for p in pairs if p[0].get("headline")]
+        candidates = headline or [p for p in pairs if p[0]["size"] == pairs[-1][0]["size"]]
+        ref, best = next((p for p in candidates if p[0]["mode"] == "full"), candidates[0])
+        shown += [ref, best]
+        lines.append(f"| {op} | {ref['size']} | {ref['mode']} | {_ms(ref['stats']['median'])} | {best['backend']} | "
+                     f"{_ms(best['stats']['median'])} | {_speed_up(best, ref)} | {ref['peak_mib']:.1f} | "
+                     f"{best['peak_mib']:.1f} | {_memory(best, ref)} |")
+    if not shown:
+        raise TableError("no op in the JSON has both a reference row and another backend's")
+    return "\n".join(lines) + "\n\n" + _caption(shown, facts)
+
+
+def make_table(name: str, rows: dict, skipped: list[dict], facts: dict) -> str:
+    if name not in TABLES:
+        raise TableError(f"unknown table {name!r}; known: {', '.join(TABLES)}")
+    return headline_table(rows, facts) if name == "headline" else op_table(name, rows, skipped, facts)
+
+
+def rewrite(text: str, path: Path, rows: dict, skipped: list[dict], facts: dict) -> str:
+    """``text`` with the body of every marked block replaced by its table; nothing else changes."""
+    opened = [m.start() for m in OPEN_MARKER.finditer(text)]
+    blocks = list(MARKER.finditer(text))
+    if len(opened) != len(blocks) or text.count(CLOSE_MARKER) != len(blocks):
+        raise TableError(f"{path}: {len(opened)} opening and {text.count(CLOSE_MARKER)} closing bench-table "
+                         f"markers make {len(blocks)} blocks (unclosed or nested markers)")
+    out, end = [], 0
+    for block in blocks:
+        try:
+            table = make_table(block["name"], rows, skipped, facts)
+        except TableError as exc:
+            line = text.count("\n", 0, block.start()) + 1
+            raise TableError(f"{path}:{line}: {exc}") from None
+        out += [text[end:block.start("body")], "\n", table, "\n"]
+        end = block.end("body")
+    return "".join(out) + text[end:]
+
+
+def ordered_tables(rows: dict) -> list[str]:
+    """The names of the tables ``rows`` fill: ``headline``, then each op in the order of the cases."""
+    return ["headline", *dict.fromkeys(key[0] for key in _order(rows))]
