@@ -22,6 +22,7 @@ import yaml
 from tscd.config import ConfigError, load_config
 from tscd.data import DatasetError
 from tscd.engine import checkpoint as ckpt_io
+from tscd.engine import signals
 from tscd.engine import trainer as trainer_module
 from tscd.engine.builders import TRAINING_OPS, prepare_backends
 from tscd.engine.io import atomic_write
@@ -164,7 +165,7 @@ def test_a_loader_worker_ignores_ctrl_c():
     """Ctrl-C reaches the whole process group: the main process handles it, the worker does not."""
     before = signal.getsignal(signal.SIGINT)
     try:
-        trainer_module._leave_interrupts_to_the_main_process(0)
+        signals.leave_interrupts_to_the_main_process(0)
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)

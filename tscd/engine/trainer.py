@@ -14,7 +14,7 @@ Nothing is lost, nothing half-done is kept:
 * checkpoints hold the state between two iterations. SIGINT / SIGTERM let the iteration under
   way finish, save last.pth and raise :class:`TrainingInterrupted` (a second signal stops at
   once), also when the signal went to every process of the run, loader workers included
-  (Ctrl-C in a terminal, ``kill -- -PGID``, a scheduler cancelling the job); any other
+  (Ctrl-C in a terminal, ``kill -- -PGID``, a scheduler cancelling the job: :mod:`.signals`); any other
   failure in the loop saves last.pth as it was when the last iteration ended
   (:meth:`Trainer._keep_last_good_state`). Resuming either gives an uninterrupted run's
   weights, bit for bit;
@@ -29,8 +29,6 @@ import logging
 import math
 import os
 import random
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -62,6 +60,12 @@ from .eta import RunClock, format_duration
 from .evaluator import Evaluator
 from .io import atomic_write, write_json
 from .schedule import build_optimizer, build_scheduler
+from .signals import (
+    StopSignals,
+    TrainingInterrupted,
+    leave_interrupts_to_the_main_process,
+    shut_down_workers,
+)
 from .visualize import save_grid
 from .workdir import (
     WorkDirLock,
@@ -79,14 +83,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped by the signal ``signum`` (SIGINT, SIGTERM); the CLI exits with 128 + signum."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
-        self.signum = int(signum)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -107,76 +103,6 @@ class NonFiniteLossError(FloatingPointError):
 
 class NonFiniteWeightsError(FloatingPointError):
     """A checkpoint refused: the weights are not finite."""
-
-
-def _ignore_child_exit(signum, frame) -> None:
-    """SIGCHLD handler of a run that is stopping (see :class:`_StopSignals`)."""
-
-
-class _StopSignals:
-    """SIGINT and SIGTERM while training (main thread only, unless the process ignores them, as a
-    background job ignores SIGINT): the first sets :attr:`signum` for the loop to stop after the
-    iteration under way; the second puts the previous handlers back and raises
-    :class:`TrainingInterrupted` at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum = 0
-        self._previous: dict = {}
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():  # an ignored signal stays ignored
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS
-                              if signal.getsignal(s) is not signal.SIG_IGN}
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum:
-            self._restore()
-            raise TrainingInterrupted(signum)
-        self.signum = signum
-        if hasattr(signal, "SIGCHLD"):
-            # A signal sent to every process of the run also kills the loader's workers, and torch
-            # raises a worker's death into the main process from its SIGCHLD handler, wherever that
-            # is: the iteration under way would fail instead of finishing. The run stops anyway. (A
-            # no-op handler, not SIG_DFL: Python reports a signal it caught but can no longer handle.)
-            self._previous.setdefault(signal.SIGCHLD, signal.signal(signal.SIGCHLD, _ignore_child_exit))
-        logger.warning("%s: stopping after this iteration (once more to stop at once)", signal.Signals(signum).name)
-
-    def _restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
-        self._previous = {}
-
-    def __exit__(self, *exc) -> None:
-        self._restore()
-
-
-def _leave_interrupts_to_the_main_process(worker_id: int) -> None:
-    """A loader worker's ``worker_init_fn``: Ctrl-C in a terminal reaches every process of the
-    run; the main process stops at the step boundary and shuts the workers down (a worker would
-    otherwise run the inherited :class:`_StopSignals` handler and announce the stop a second time)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _worker_died(err: BaseException) -> bool:
-    """Whether ``err`` is torch's report of a loader worker that died or exited (raised when a
-    batch is awaited, or from its SIGCHLD handler wherever the main process is)."""
-    return isinstance(err, RuntimeError) and str(err).startswith("DataLoader worker")
-
-
-def _shut_down_workers(batches) -> None:
-    """Shut the loader's workers down now, so that one that dies afterwards (of a SIGTERM sent to
-    the whole run) can no longer raise into the main process while it saves a checkpoint."""
-    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multi-process iterator
-    if shutdown is None:
-        return
-    try:
-        shutdown()
-    except RuntimeError as err:
-        if not _worker_died(err):
-            raise
 
 
 @contextlib.contextmanager
@@ -398,7 +324,7 @@ class Trainer:
                                              num_workers=c.num_workers, collate_fn=collate,
                                              persistent_workers=c.num_workers > 0, prefetch_factor=None
                                              if c.num_workers == 0 else 4,
-                                             worker_init_fn=_leave_interrupts_to_the_main_process)
+                                             worker_init_fn=leave_interrupts_to_the_main_process)
         return iter(loader)
 
     def _open_writer(self):
@@ -427,7 +353,7 @@ class Trainer:
                 return self.history[-1] if self.history else {}
             if self.main and self._lock is None:
                 self._lock = WorkDirLock(self.work_dir).acquire()
-            with _StopSignals() as signals, _deterministic_algorithms(t.deterministic):
+            with StopSignals() as signals, _deterministic_algorithms(t.deterministic):
                 return self._train(end, signals)
         finally:
             self.close()
@@ -438,7 +364,7 @@ class Trainer:
             return f"{self.device} ({torch.cuda.get_device_name(self.device)})"
         return f"cpu ({torch.get_num_threads()} threads)"
 
-    def _train(self, end: int, signals: _StopSignals) -> dict:
+    def _train(self, end: int, signals: StopSignals) -> dict:
         t = self.cfg.train
         if self.main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -482,12 +408,11 @@ class Trainer:
                 stop, due = self._agree(signals.signum, int(due))
                 if due and self._saved_step != self.step:
                     self.save()
-            _shut_down_workers(batches)
+            shut_down_workers(batches)
         except BaseException as err:
-            _shut_down_workers(batches)
-            if signals.signum and _worker_died(err):
-                # the stop signal also killed the loader's worker while a batch was awaited
-                interrupted = TrainingInterrupted(signals.signum)
+            shut_down_workers(batches)
+            interrupted = signals.interruption(err)
+            if interrupted is not None:
                 self._keep_last_good_state(interrupted)
                 raise interrupted from err
             self._keep_last_good_state(err)
