@@ -13,7 +13,8 @@ import triton
 import triton.language as tl
 
 from .primitives import register_fakes
-from .utils import CHANNEL_COUNTS, CompileVariant, compile_variant, interpreted, launch_device, padded, unique_variants
+from .utils import interpreted, launch_device, padded
+from .variants import CHANNEL_COUNTS, CompileVariant, compile_variant, unique_variants
 
 #: Feature dimensions D the contract allows.
 FEATURE_DIMS = range(1, 9)

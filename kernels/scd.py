@@ -21,7 +21,8 @@ import triton
 import triton.language as tl
 
 from .primitives import register_fakes
-from .utils import CHANNEL_COUNTS, CompileVariant, compile_variant, interpreted, launch_device, padded
+from .utils import interpreted, launch_device, padded
+from .variants import CHANNEL_COUNTS, CompileVariant, compile_variant
 
 #: The largest gradient channel block one program accumulates (BLOCK_X × 64 float32 in registers;
 #: 128 compiled at 251–255 registers, too close to spilling).

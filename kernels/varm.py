@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 
 from .primitives import register_fakes
-from .utils import CHANNEL_COUNTS, CompileVariant, compile_variant, interpreted, launch_device, unique_variants
+from .utils import interpreted, launch_device
+from .variants import CHANNEL_COUNTS, CompileVariant, compile_variant, unique_variants
 
 #: The most dilations L (N = 8·L neighbours) the affinity kernel holds in one tile; beyond, the
 #: chunked kernel sweeps the neighbours in chunks of :data:`CHUNK_NEIGHBOURS`.

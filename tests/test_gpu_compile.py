@@ -12,7 +12,7 @@ import torch
 import triton
 
 from tscd.kernels import gaussian, varm
-from tscd.kernels.utils import LAUNCH_OPTIONS
+from tscd.kernels.variants import LAUNCH_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 _POINTER_TYPES = {torch.float32: "*fp32", torch.int32: "*i32"}
@@ -95,7 +95,7 @@ def test_varm_affinity_beyond_the_resident_dilations_uses_the_chunked_kernel():
 _AOT_SNIPPET = """
 from tscd.kernels.compile_check import _compile_triton
 from tscd.kernels import gaussian
-from tscd.kernels.utils import compile_variant
+from tscd.kernels.variants import compile_variant
 label = compile_variant(gaussian._gaussian_product_kernel, {}, gaussian._launch_config(21, 5)).label
 (row,) = _compile_triton("gaussian", [v.label for v in gaussian.compile_variants()].index(label), "sm_90")
 print(row["spill_bytes"], row["tensor_core_instructions"])
