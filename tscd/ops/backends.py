@@ -6,8 +6,8 @@
 - ``cpp``: the C++ extension as ``torch.ops.tscd.*``; on the CPU, and on CUDA when it was
   compiled with the CUDA sources.
 - ``lattice``: the permutohedral lattice of the C++ extension as ``torch.ops.tscd_lattice.*``
-  (``gaussian_product`` and its transpose, on the CPU; O(N), approximate: its sums are ≈ 0.58 × the exact
-  ones on photographs, method §8, which the dense CRF's normalisation cancels).
+  (``gaussian_product`` and its transpose, on the CPU; O(N), approximate: its sums fall short of the
+  exact ones by the lattice scale of method §8, which the dense CRF's normalisation cancels).
 - ``pydensecrf``: the permutohedral dense CRF of the optional ``pydensecrf2`` package as
   ``torch.ops.tscd_pydensecrf.dense_crf`` (``dense_crf`` only; approximate).
 
@@ -104,10 +104,8 @@ OP_BACKENDS: dict[str, tuple[str, ...]] = {
 _REQUESTS = ("auto", "exact")
 _DEVICE_ORDER = {"cuda": ("triton", "cpp", "torch"), "cpu": ("cpp", "torch")}
 #: Pixel count from which ``auto`` runs the CPU dense CRF on the lattice instead of the exact cpp
-#: kernels (K = 21, 10 iterations, one thread, AVX2, median of 5; /tmp measurement, astronaut):
-#: 8×8 1.7 against 1.3 ms, 16×16 3.1 against 2.0 ms, 24×24 11.8 against 2.8 ms, 32×32 29 against
-#: 4.0 ms, 64×64 304 against 12 ms (exact against lattice). Up to 16×16 the exact CRF costs at
-#: most ~1 ms more, so small images stay exact; from there the lattice wins by a growing factor.
+#: kernels: below it the exact CRF costs hardly more, so small images stay exact; above it the
+#: lattice wins by a factor that grows with the image (the timings: docs/ops.md, "The lattice").
 CPU_CRF_LATTICE_PIXELS = 256
 # (op, device type) -> (minimum pixel count, backends tried before the device's order from there)
 _PREFERRED = {("dense_crf", "cpu"): (CPU_CRF_LATTICE_PIXELS, ("lattice", "pydensecrf"))}

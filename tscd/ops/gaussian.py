@@ -7,9 +7,9 @@ tile from feature differences and accumulate in float32 (the ``gaussian_product`
 :mod:`tscd.kernels.primitives`).
 
 The ``lattice`` backend (CPU) approximates the same product in O(N) with the permutohedral
-lattice (``csrc/lattice.h``): its sums are ≈ 0.58 × the exact ones on photographs (the
-released ``bilateralfilter`` module's and pydensecrf's scale, method §8), so ``auto`` never
-picks it here; ask for it by name.
+lattice (``csrc/lattice.h``): its sums fall short of the exact ones by the lattice scale (the
+released ``bilateralfilter`` module's and pydensecrf's, method §8), so ``auto`` never picks it
+here; ask for it by name.
 
 It serves the dense energy loss, dense CRF inference and ``tscd.compat.bilateralfilter``; the
 ops' autograd Functions call :func:`fused_product`, which has no gradient of its own. The public
@@ -125,7 +125,8 @@ def gaussian_product(feats: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | No
             skipped; ``cutoff`` must already give those pairs weight 0.
         backend: ``"auto" | "exact" | "torch" | "triton" | "cpp" | "lattice"`` (see
             ``tscd.ops.backends``); ``"lattice"`` (by name only) is the O(N) approximation,
-            ≈ 0.58 × the exact sums, which ignores ``cutoff`` and ``row_window``.
+            short of the exact sums by the lattice scale (method §8), which ignores ``cutoff`` and
+            ``row_window``.
 
     Shapes:
         - ``feats``: (B, D, N) with 1 ≤ D ≤ 8.
