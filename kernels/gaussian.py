@@ -60,10 +60,10 @@ def _gaussian_product_kernel(
 def _launch_config(K: int, D: int, interpreter: bool = False) -> dict:
     """The constexprs and launch options of ``_gaussian_product_kernel`` for K channels, D features.
 
-    On a GPU: 128×16 weight tiles and up to 64 channels per program, 8 warps, 2 stages: ``tl.dot``
-    on tensor cores without register spills on sm_80 and sm_90 for every D ≤ 8 (128×32 tiles spill
-    on sm_80 at 64 channels; ``python -m tscd.kernels.compile_check`` checks every configuration). The
-    interpreter pays per tile rather than per register, so it gets 128×128 tiles.
+    On a GPU: 128×16 weight tiles and up to 64 channels per program, 8 warps, 2 stages: the widest
+    tiles that run ``tl.dot`` on tensor cores without register spills on sm_80 and sm_90 for every
+    D ≤ 8 (docs/gpu.md, "The kernels"; ``python -m tscd.kernels.compile_check`` checks every
+    configuration). The interpreter pays per tile rather than per register, so it gets 128×128 tiles.
     """
     # Channels padded to >= 16 for tl.dot; wide channel counts are split over programs.
     return {"D": D, "BLOCK_I": 128, "BLOCK_J": 128 if interpreter else 16, "BLOCK_K": min(64, padded(K)),

@@ -10,8 +10,8 @@ chunk (RESIDENT), the program's x rows are loaded once and stay in registers.
 The gradient accumulator is BLOCK_X × GRAD_CHUNK: program g owns gradient channels
 [g·GRAD_CHUNK, (g+1)·GRAD_CHUNK) and recomputes s and f for them. Up to K = MAX_GRAD_CHUNK (64)
 one program covers all channels; beyond, the dot work per pair grows from 2(K + C) + 2K to
-⌈K/64⌉·2(K + C) + 2K FLOPs (K = C = 81: 1.6×; K = C = 256: 3×), the price of an accumulator
-that fits registers without atomics. Every output element is written by exactly one program:
+⌈K/64⌉·2(K + C) + 2K FLOPs (docs/gpu.md, "The kernels"), the price of an accumulator that fits
+registers without atomics. Every output element is written by exactly one program:
 results are deterministic.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ from .primitives import register_fakes
 from .utils import interpreted, launch_device, padded
 from .variants import CHANNEL_COUNTS, CompileVariant, compile_variant
 
-#: The largest gradient channel block one program accumulates (BLOCK_X × 64 float32 in registers;
-#: 128 compiled at 251–255 registers, too close to spilling).
+#: The largest gradient channel block one program accumulates (BLOCK_X × MAX_GRAD_CHUNK float32 in
+#: registers); twice as many leaves too little headroom before spilling (docs/gpu.md, "The kernels").
 MAX_GRAD_CHUNK = 64
 
 
