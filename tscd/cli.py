@@ -118,7 +118,7 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(config="synthetic")
 
 
-#: ``tscd demo``'s train + evaluate time on a quiet 2-core machine (docs/demo.md, "Measured").
+#: ``tscd demo``'s train + evaluate time, which it announces: docs/demo.md, "Measured", rounded.
 DEMO_MINUTES = 5
 
 

@@ -1,8 +1,8 @@
 """A procedurally generated WSSS dataset: coloured shapes on cluttered, textured backgrounds.
 
 Every image is a pure function of ``(seed, split, index)``, generated on the fly with
-vectorised numpy (about a millisecond at 64×64), so the training split can be a stream of
-fresh images. A class is a *shape* (disk, square, triangle, cross, ring); each object gets a
+vectorised numpy, cheaply enough for the training split to be a stream of fresh images drawn
+while the network trains (docs/demo.md, "Where the time goes"). A class is a *shape* (disk, square, triangle, cross, ring); each object gets a
 random colour, a texture (plain, stripes or checks: random, or with ``textures="class"`` one
 family per class), a random size, rotation and place; objects may occlude each other.
 Backgrounds mix random gratings, noise and clutter (lines and small blobs in random colours
@@ -85,7 +85,7 @@ def _background(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndar
         wave += np.sin(xx * (f * math.cos(a)) + yy * (f * math.sin(a)) + ph)
     t = (wave - wave.min()) / (np.ptp(wave) + 1e-6)
     # computed channels first, then laid out (H, W, 3): the same values, with numpy's inner loops
-    # running over the pixels instead of over three channels (2.5× faster)
+    # running over the pixels instead of over three channels (the faster order, docs/demo.md)
     img = np.ascontiguousarray((c1[:, None, None] * (1 - t) + c2[:, None, None] * t).transpose(1, 2, 0))
     img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(0.02, 0.08))
     # clutter: straight strokes and small blobs that belong to no class

@@ -7,8 +7,8 @@ steps, and the estimate says so.
 """
 from __future__ import annotations
 
-#: A step with every term costs about this many L_cls-only steps (2.4 measured for the synthetic
-#: demo's hybrid_tiny on a 2-core CPU, 2.2–2.7 for hybrid_b0); replaced by the measured ratio once known.
+#: A step with every term costs about this many L_cls-only steps: the demo's ratio (docs/demo.md,
+#: "Where the time goes"); the run's own replaces it once measured.
 FULL_STEP_COST = 2.4
 #: Steps of a kind that are timed before an estimate is reported from them.
 MEASURED_STEPS = 20

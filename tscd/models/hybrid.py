@@ -8,9 +8,9 @@ from attention logits as in MiT — and replaces stages 1–3 with conv–BN–R
 hybrid design of the ViT paper (Dosovitskiy et al., 2021).
 
 - ``hybrid_b0``: MiT-b0's widths (32, 64, 160, 256) and its stage 4 (two blocks, eight heads).
-- ``hybrid_tiny``: widths (32, 64, 96, 96), stage 4 two blocks of three heads; 2.3× cheaper
-  per demo step than ``hybrid_b0``: the demo's encoder (figures of both in docs/demo.md,
-  "Why not MiT-b0 or a ViT").
+- ``hybrid_tiny``: widths (32, 64, 96, 96), stage 4 two blocks of three heads; cheaper per
+  demo step than ``hybrid_b0``: the demo's encoder (figures of both in docs/demo.md, "Where the
+  time goes" and "Why not MiT-b0 or a ViT").
 
 They have the interface of :class:`~tscd.models.mit.MixVisionTransformer`; the layers they
 share with MiT live in :mod:`tscd.models.layers`.
