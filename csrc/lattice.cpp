@@ -4,18 +4,19 @@
 // directions in reverse order), both with the schema of the exact tscd::gaussian_product
 // (gaussian.h): feats (B, D, N) pre-scaled so that 2^(−‖Δfeats‖²) = exp(−½‖Δf‖²), x (B, K, N)
 // → y (B, K, N) float32. The lattice undoes that pre-scaling and filters with its own
-// approximation of exp(−½‖Δf‖²) (≈ 0.58 × the exact sums on photographs); cut2, width and
-// radius are speed hints of the exact kernel and are ignored (the lattice is O(N) without them,
-// and its blur reaches only a few σ).
+// approximation of exp(−½‖Δf‖²) (short of the exact sums by the lattice scale, method §8);
+// cut2, width and radius are speed hints of the exact kernel and are ignored (the lattice is
+// O(N) without them, and its blur reaches only a few σ).
 //
 // Work split: at::parallel_for over the batch, one image per task: get its lattice (from the
 // cache below or built), then splat, blur and slice its K channels in a per-thread work buffer
 // of 2 (M+1) K floats, kept for the next call.
 //
 // Cache: the dense CRF filters the same two feature sets 2 + 2·iterations times, and building
-// the lattice costs about as much as filtering 21 channels through it. The lattices of the
-// last feature arrays seen are kept (at most kCacheEntries and kCacheBytes), keyed by a copy of
-// the features compared byte for byte, so a hit returns exactly the lattice a build would.
+// the lattice costs about as much as a filter pass of its channels (docs/ops.md, "The lattice").
+// The lattices of the last feature arrays seen are kept (at most kCacheEntries and kCacheBytes),
+// keyed by a copy of the features compared byte for byte, so a hit returns exactly the lattice a
+// build would.
 #include "gaussian.h"
 #include "lattice.h"
 

@@ -14,15 +14,15 @@
 //    floats per vertex: splat (each pixel adds w·x to its vertices), blur with [½ 1 ½] along
 //    directions 0, 1, …, d, slice (each pixel reads back Σ w·value), times α = 1 / (1 + 2^−d).
 //    The scaling and α are those of the published implementation, so this matches pydensecrf's
-//    filter up to float rounding; on photographs its sums are ≈ 0.58 × the exact ones (the
-//    family's bilateralfilter module).
+//    filter up to float rounding, and its sums fall short of the exact ones by the family's
+//    lattice scale (its bilateralfilter module's; method §8).
 //
 // Slicing is the transpose of splatting and each directional blur is symmetric, but the blurs
 // are restricted to the vertices that exist and do not commute there, so L = Sᵀ B_d⋯B_0 S is
-// not exactly symmetric: ⟨G, LX⟩ and ⟨LG, X⟩ differ by ~1e-4 relative on photographs. Its exact
-// transpose Lᵀ = Sᵀ B_0⋯B_d S blurs in the reverse order (as pydensecrf's transposed filter does)
-// on the same lattice; the dense energy loss needs it for its gradient −(1/B)(g·LS + Lᵀ(g·S)),
-// which the released code's −(1/B)(g·LS + L(g·S)) misses by a few %. L itself stays pydensecrf's
+// not exactly symmetric (by how much: docs/ops.md, "The lattice"). Its exact transpose
+// Lᵀ = Sᵀ B_0⋯B_d S blurs in the reverse order (as pydensecrf's transposed filter does) on the
+// same lattice; the dense energy loss needs it for its gradient −(1/B)(g·LS + Lᵀ(g·S)), which
+// the released code's −(1/B)(g·LS + L(g·S)) misses. L itself stays pydensecrf's
 // (averaging both blur orders would make it symmetric but no longer match; tests/ops/test_lattice.py).
 #pragma once
 

@@ -98,7 +98,7 @@ def test_lattice_is_explicit_and_cpu_only(monkeypatch):
         assert "lattice" in backends.OP_BACKENDS[op]
         for pixels in (0, 10**7):
             assert backends.resolve(op, "exact", "cpu", pixels) != "lattice"
-    for op in ("gaussian_product", "dense_energy_loss"):  # its values would change by ≈ 0.58
+    for op in ("gaussian_product", "dense_energy_loss"):  # the lattice scale would change their values (method §8)
         assert backends.resolve(op, "auto", "cpu", 10**7) != "lattice"
     assert "lattice" not in backends.OP_BACKENDS["scd_loss"]
 

@@ -430,7 +430,7 @@ class DenseEnergyLoss(DifferentiableOp):
     headline = "2x21x64x64"
     grad_inputs, grad_names = (1,), ("probs",)
     terms_per_pixel = 1
-    # the lattice on these noise images: ≈ 0.4–0.46 × the exact sums (≈ 0.58 on photographs)
+    # the lattice's scale on these noise images, below its scale on photographs (method §8; docs/ops.md)
     ratio_range, max_shape_error = (0.3, 0.7), 0.2
 
     def make_inputs(self, size):
@@ -535,12 +535,13 @@ class DenseCrf(Op):
 
 
 class _CompatOp(Op):
-    """tscd.compat's drop-ins: ``exact`` (the exact sum × 0.58, tscd.compat's switch) against the
-    ``lattice`` (its CPU default); the reference is the torch sum × 0.58, checked, not timed."""
+    """tscd.compat's drop-ins: ``exact`` (the exact sum × ``LATTICE_SCALE``, tscd.compat's switch)
+    against the ``lattice`` (its CPU default); the reference is the torch sum × ``LATTICE_SCALE``,
+    checked, not timed."""
 
     backends = ("exact", "lattice")
     B, K = 2, 21
-    # the lattice against the exact sum × 0.58 on photographs: its scale 0.5–0.65 of the exact one
+    # the lattice against the exact sum × LATTICE_SCALE on photographs: the spread of its scale (method §8)
     ratio_range, max_shape_error = (0.85, 1.15), 0.15
     terms_per_pixel = 1
     limit_exact_on_cpu = True
@@ -675,7 +676,7 @@ class CompatDenseEnergy(_CompatOp):
         return {"loss": loss.detach() / self.weight, "grad logits": grad / self.weight}
 
     def _reference_loss(self, mode, images, logits, rois, label):
-        """The family's loss ``weight · L`` from the torch sum × 0.58, with its gradient (``true``) or
+        """The family's loss ``weight · L`` from the torch sum × ``LATTICE_SCALE``, with its gradient (``true``) or
         the released one, ``−(2/B)·g·(W S)·ROIs`` (``family``), both reaching the logits by autograd."""
         from ..compat import LATTICE_SCALE
         from ..ops.dense_energy import _gate
