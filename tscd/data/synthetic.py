@@ -2,9 +2,10 @@
 
 Every image is a pure function of ``(seed, split, index)``, generated on the fly with
 vectorised numpy, cheaply enough for the training split to be a stream of fresh images drawn
-while the network trains (docs/demo.md, "Where the time goes"). A class is a *shape* (disk, square, triangle, cross, ring); each object gets a
-random colour, a texture (plain, stripes or checks: random, or with ``textures="class"`` one
-family per class), a random size, rotation and place; objects may occlude each other.
+while the network trains (docs/demo.md, "Where the time goes"). A class is a *shape* (disk,
+square, triangle, cross, ring); each object gets a random colour, a texture (plain, stripes or
+checks: random, or with ``textures="class"`` one family per class), a random size, rotation and
+place; objects may occlude each other.
 Backgrounds mix random gratings, noise and clutter (lines and small blobs in random colours
 that belong to no class). Image-level labels are the classes whose pixels survive occlusion,
 so labels and masks always agree.
