@@ -516,7 +516,7 @@ class DenseCrf(Op):
 
     def call(self, size, mode, backend, inputs):
         images, probs = inputs
-        return _cycled(lambda i: lambda: self._crf(images + 0.01 * i, probs, backend), 20), None
+        return _cycled(lambda i: lambda: self._crf(images * (1 - 1e-4 * i), probs, backend), 20), None
 
     def outputs(self, size, mode, backend, inputs):
         return {"Q": self._crf(*inputs, backend)}
