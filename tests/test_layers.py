@@ -19,7 +19,7 @@ LAYERS = {
     "tscd": 0, "tscd.constants": 0, "tscd.log": 0, "tscd.config": 0,
     "tscd.kernels": 1,
     "tscd.ops": 2,
-    "tscd.cam": 3, "tscd.refine": 3, "tscd.losses": 3,
+    "tscd.class_activation": 3, "tscd.refine": 3, "tscd.losses": 3,
     "tscd.models": 4,
     "tscd.data": 5,
     "tscd.engine": 6,

@@ -1,13 +1,72 @@
-"""tscd.refine: the VARM module, the batched pseudo-label refinement of method §4 and the
-PseudoLabeler that training, evaluation and the export share."""
+"""tscd.refine: pseudo labels from CAMs (§3, crop boxes), the VARM module, the batched pseudo-label
+refinement of method §4 and the PseudoLabeler that training, evaluation and the export share."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tests.utils import ALL, DEVICE
-from tscd import cam as cam_utils
+from tscd.class_activation import MultiScaleCAM, multi_scale_cam
 from tscd.ops import varm_refine
-from tscd.refine import VARM, PseudoLabeler, refine_cams_with_bkg
+from tscd.refine import (
+    VARM,
+    PseudoLabeler,
+    apply_crop_box,
+    cam_to_label,
+    class_argmax,
+    crop_box_mask,
+    pseudo_label,
+    refine_cams_with_bkg,
+)
+
+
+def _hand_cam():
+    cam = torch.zeros(1, 3, 2, 4)
+    cam[0, 0] = torch.tensor([[0.9, 0.56, 0.55, 0.2], [0.0, 0.0, 0.0, 0.0]])
+    cam[0, 1] = torch.tensor([[0.1, 0.1, 0.1, 0.1], [0.36, 0.35, 0.46, 0.45]])
+    cam[0, 2] = torch.tensor([[0.95, 0.95, 0.95, 0.95], [0.95, 0.95, 0.95, 0.95]])  # absent class
+    return cam, torch.tensor([[1.0, 1.0, 0.0]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_class_argmax_is_argmax_with_ties_and_nan(dtype):
+    torch.manual_seed(0)
+    scores = torch.randint(0, 3, (4, 5, 7, 9)).to(dtype)  # many ties
+    scores[0, 3, 0, 0] = float("nan")
+    assert torch.equal(class_argmax(scores), scores.argmax(1))
+    assert class_argmax(scores)[0, 0, 0] == 3
+    assert torch.equal(class_argmax(scores[0], dim=0), scores[0].argmax(0))
+    strided = scores.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert torch.equal(class_argmax(strided), scores.argmax(1))
+
+
+def test_pseudo_label_thresholds():
+    cam, labels = _hand_cam()
+    out = pseudo_label(cam, labels)
+    assert out.dtype == torch.int64
+    assert out.tolist() == [[[1, 1, 255, 0], [255, 0, 255, 255]]]
+    out = pseudo_label(cam, labels, crop_box=torch.tensor([[0, 2, 1, 3]]))
+    assert out.tolist() == [[[255, 1, 255, 255], [255, 0, 255, 255]]]
+
+
+def test_cam_to_label_background_score():
+    cam, labels = _hand_cam()
+    assert cam_to_label(cam, labels).tolist() == [[[1, 1, 1, 0], [0, 0, 2, 0]]]
+    assert cam_to_label(cam, labels, bkg_score=0.3).tolist() == [[[1, 1, 1, 0], [2, 2, 2, 2]]]
+
+
+def test_crop_box_and_errors():
+    label = torch.zeros(2, 3, 4, dtype=torch.long)
+    out = apply_crop_box(label, torch.tensor([[0, 3, 0, 4], [1, 2, 2, 4]]))
+    assert out[0].eq(0).all() and out[1].tolist() == [[255] * 4, [255, 255, 0, 0], [255] * 4]
+    with pytest.raises(ValueError, match=r"crop_box must be an integer \(B, 4\) = \(2, 4\)"):
+        apply_crop_box(label, torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"crop_box must be an integer"):
+        apply_crop_box(label, torch.zeros(2, 4))
+    assert crop_box_mask([[1, 3, 0, 2]], 1, 4, 4).long().tolist() == [[[0] * 4, [1, 1, 0, 0], [1, 1, 0, 0], [0] * 4]]
+    with pytest.raises(ValueError, match="cls_labels"):
+        pseudo_label(torch.zeros(1, 3, 2, 2), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="low"):
+        pseudo_label(torch.zeros(1, 3, 2, 2), torch.ones(1, 3), high=0.3, low=0.5)
 
 
 def _literal_per_image(images, cams, cls_labels, boxes, refiner, high=0.55, low=0.35, ignore=255):
@@ -127,20 +186,20 @@ class ColourModel(torch.nn.Module):
 def test_pseudo_labeler_is_cams_then_thresholds_then_refinement(refine):
     images, cams, cls_labels, boxes = _random_case()
     rgb = images
-    labeler = PseudoLabeler(scales=(1.0, 0.5), high=0.6, low=0.3, refine=refine, dilations=(1, 2), num_iter=3,
+    labeler = PseudoLabeler(MultiScaleCAM((1.0, 0.5)), high=0.6, low=0.3, refine=refine, dilations=(1, 2), num_iter=3,
                             downscale=0.5, backend="torch")
     model = ColourModel()
     got_cams, labels = labeler(model, images, rgb, cls_labels, boxes)
-    torch.testing.assert_close(got_cams, cam_utils.multi_scale_cam(model, images, (1.0, 0.5)))
+    torch.testing.assert_close(got_cams, multi_scale_cam(model, images, (1.0, 0.5)))
     if refine == "none":
-        expected = cam_utils.pseudo_label(got_cams, cls_labels, boxes, high=0.6, low=0.3)
+        expected = pseudo_label(got_cams, cls_labels, boxes, high=0.6, low=0.3)
     else:
         expected = refine_cams_with_bkg(rgb, got_cams, cls_labels, high=0.6, low=0.3, crop_boxes=boxes,
                                         refiner=VARM((1, 2), 3, refine, "torch"))
     assert torch.equal(labels, expected)
     # one background score for both thresholds: a full label (evaluation)
     full = labeler.labels(rgb, got_cams, cls_labels, boxes, high=0.45, low=0.45)
-    assert not ((full == 255) & cam_utils.crop_box_mask(boxes, *full.shape, device=full.device)).any()
+    assert not ((full == 255) & crop_box_mask(boxes, *full.shape, device=full.device)).any()
 
 
 def test_pseudo_labeler_arguments():

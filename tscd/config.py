@@ -481,6 +481,14 @@ def _value(cfg: TSCDConfig, key: str) -> Any:
     return cfg
 
 
+def check_order(low_name: str, low: float, high_name: str, high: float, error: type = ValueError) -> None:
+    """Raise ``error`` "<low_name> (<low>) must not exceed <high_name> (<high>)" unless ``low <= high``:
+    the rule of a pair of thresholds (the config's ``cam.low`` and ``cam.high``, the pseudo labels'
+    ``low`` and ``high``)."""
+    if not low <= high:
+        raise error(f"{low_name} ({low!r}) must not exceed {high_name} ({high!r})")
+
+
 def validate(cfg: TSCDConfig) -> None:
     """Raise a :class:`ConfigError` naming the key and its valid range for the first value of
     ``cfg`` outside :data:`VALID_VALUES` (or two keys of :data:`_ORDERED_KEYS` out of order)."""
@@ -493,8 +501,7 @@ def validate(cfg: TSCDConfig) -> None:
         why = valid.why_high if isinstance(valid, Bounds) and valid.why_high and value > valid.high else ""
         raise ConfigError(f"'{key}' must be {valid}, got {value!r}{f': {why}' if why else ''}")
     for low, high in _ORDERED_KEYS:
-        if _value(cfg, low) > _value(cfg, high):
-            raise ConfigError(f"'{low}' ({_value(cfg, low)!r}) must not exceed '{high}' ({_value(cfg, high)!r})")
+        check_order(f"'{low}'", _value(cfg, low), f"'{high}'", _value(cfg, high), ConfigError)
 
 
 def _finish(node: DictConfig) -> TSCDConfig:

@@ -1,19 +1,155 @@
-"""Pseudo labels (method §2–§4): the refiner module around ``tscd.ops.varm_refine``,
-``refine_cams_with_bkg`` (the training use of VARM, batched over images) and
-:class:`PseudoLabeler`, the one path from a model and a batch to pseudo labels that training,
-evaluation and the pseudo-label export share."""
+"""Pseudo labels (method §2–§4): labels from class scores and CAMs (the thresholds of §3 and the
+crop box), the refiner module around ``tscd.ops.varm_refine``, ``refine_cams_with_bkg`` (the
+training use of VARM, batched over images) and :class:`PseudoLabeler`, the one path from a model
+and a batch to pseudo labels that training, evaluation and the pseudo-label export share.
+
+Conventions: ``cls_labels`` (B, K−1) is the multi-hot image label over the foreground classes;
+labels are class indices (0 background, 1…K−1 foreground, ``ignore_index`` 255); a crop box
+(B, 4) is (y0, y1, x0, x1) with exclusive ends, the part of the crop that holds the image.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cam as cam_utils
+from .class_activation import MultiScaleCAM
+from .config import check_order
 from .constants import IGNORE_INDEX, REFINE_MODES
 from .ops._checks import check_dim_equal, check_same_device, check_tensor
 from .ops.varm import DEFAULT_DILATIONS, varm_refine
+
+__all__ = [
+    "PseudoLabeler", "VARM", "refine_cams_with_bkg", "pseudo_label", "cam_to_label", "crop_box_mask",
+    "apply_crop_box", "class_argmax",
+]
+
+
+def class_argmax(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Index of the largest score along ``dim`` (the first on ties, NaN wins), as ``argmax``.
+
+    Uses ``max(dim).indices``: on the CPU, torch's argmax over a dimension that is not the
+    innermost is several times slower than max's; both pick the first maximum.
+
+    Args:
+        scores: any tensor, e.g. class scores.
+        dim: the dimension reduced.
+
+    Shapes:
+        - ``scores``: (B, C, H, W) or any shape.
+        - returns: ``scores``' shape without ``dim``.
+    """
+    return scores.max(dim=dim).indices
+
+
+def crop_box_mask(crop_box, batch: int, height: int, width: int, device=None,
+                  name: str = "crop_box") -> torch.Tensor:
+    """A mask that is True inside each image's crop box (y0, y1, x0, x1), ends exclusive.
+
+    Args:
+        crop_box: integer boxes, a tensor or array.
+        batch: B.
+        height: H.
+        width: W.
+        device: the mask's device.
+        name: the argument's name in error messages.
+
+    Shapes:
+        - ``crop_box``: (B, 4).
+        - returns: (B, H, W) bool.
+
+    Raises:
+        ValueError: ``crop_box`` is not an integer (B, 4) array.
+    """
+    boxes = torch.as_tensor(crop_box, device=device)
+    if boxes.shape != (batch, 4) or boxes.is_floating_point() or boxes.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer (B, 4) = ({batch}, 4) array of (y0, y1, x0, x1), got "
+                         f"{tuple(boxes.shape)} {boxes.dtype}")
+    rows = torch.arange(height, device=boxes.device)[None, :, None]
+    cols = torch.arange(width, device=boxes.device)[None, None, :]
+    y0, y1, x0, x1 = (boxes[:, i, None, None] for i in range(4))
+    return (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+
+
+def apply_crop_box(label: torch.Tensor, crop_box, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """A copy of ``label`` with ``ignore_index`` outside each image's crop box.
+
+    Args:
+        label: class indices.
+        crop_box: integer (y0, y1, x0, x1) boxes, or None (``label`` is returned).
+        ignore_index: the value set outside the boxes.
+
+    Shapes:
+        - ``label``: (B, H, W).
+        - ``crop_box``: (B, 4).
+        - returns: (B, H, W).
+    """
+    if crop_box is None:
+        return label
+    inside = crop_box_mask(crop_box, *label.shape, device=label.device)
+    return torch.where(inside, label, torch.full_like(label, ignore_index))
+
+
+def _best_class(cam: torch.Tensor, cls_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """v, c = max and argmax + 1 over classes of the CAM masked by the image labels."""
+    if cls_labels.shape != cam.shape[:2]:
+        raise ValueError(f"cls_labels must have shape (B, K-1) = {tuple(cam.shape[:2])}, "
+                         f"got {tuple(cls_labels.shape)}")
+    value, index = (cam * cls_labels[:, :, None, None].to(cam.dtype)).max(dim=1)
+    return value, index + 1
+
+
+def cam_to_label(cam: torch.Tensor, cls_labels: torch.Tensor, bkg_score: float = 0.45) -> torch.Tensor:
+    """Plain CAM label for evaluation: the argmax class, background where the max ≤ ``bkg_score``.
+
+    Args:
+        cam: foreground CAMs in [0, 1].
+        cls_labels: image-level labels; absent classes are never chosen.
+        bkg_score: the background threshold.
+
+    Shapes:
+        - ``cam``: (B, K−1, H, W).
+        - ``cls_labels``: (B, K−1).
+        - returns: (B, H, W) int64.
+
+    Raises:
+        ValueError: ``cls_labels`` does not match ``cam``.
+    """
+    value, label = _best_class(cam, cls_labels)
+    return label.masked_fill(value <= bkg_score, 0)
+
+
+def pseudo_label(cam: torch.Tensor, cls_labels: torch.Tensor, crop_box: torch.Tensor | None = None,
+                 high: float = 0.55, low: float = 0.35, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Pseudo label of method §3 from a CAM, without refinement.
+
+    The class where the largest score of a present class is > ``high``, ``ignore_index`` where it
+    lies in (``low``, ``high``], background where it is ≤ ``low``, ``ignore_index`` outside the
+    crop box.
+
+    Args:
+        cam: foreground CAMs in [0, 1].
+        cls_labels: image-level labels.
+        crop_box: integer (y0, y1, x0, x1) boxes, or None.
+        high: the foreground threshold.
+        low: the background threshold.
+        ignore_index: the label of uncertain pixels.
+
+    Shapes:
+        - ``cam``: (B, K−1, H, W).
+        - ``cls_labels``: (B, K−1).
+        - ``crop_box``: (B, 4).
+        - returns: (B, H, W) int64.
+
+    Raises:
+        ValueError: ``low`` exceeds ``high``, or ``cls_labels`` does not match ``cam``.
+    """
+    check_order("low", low, "high", high)
+    value, label = _best_class(cam, cls_labels)
+    label = label.masked_fill(value <= high, ignore_index).masked_fill(value <= low, 0)
+    return apply_crop_box(label, crop_box, ignore_index)
 
 
 class VARM(nn.Module):
@@ -155,13 +291,13 @@ def refine_cams_with_bkg(
     refined = refiner(small_images, torch.cat(probs, dim=1))
     refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
     label_high, label_low = (
-        keys.gather(1, cam_utils.class_argmax(part).flatten(1)).view(b, h, w) for part in refined.split(kp, dim=1)
+        keys.gather(1, class_argmax(part).flatten(1)).view(b, h, w) for part in refined.split(kp, dim=1)
     )
 
     label = label_high.masked_fill(label_high == 0, ignore_index)
     label = label.masked_fill((label_high == 0) & (label_low == 0), 0)
     if crop_boxes is not None:
-        label = label.masked_fill(~cam_utils.crop_box_mask(crop_boxes, b, h, w, images.device, "crop_boxes"),
+        label = label.masked_fill(~crop_box_mask(crop_boxes, b, h, w, images.device, "crop_boxes"),
                                   ignore_index)
     return label
 
@@ -170,13 +306,13 @@ class PseudoLabeler:
     """Model + batch → CAMs → thresholds → refinement → pseudo labels (method §2–§4).
 
     The one path from a model and a batch to pseudo labels, shared by training, evaluation and the
-    pseudo-label export. [`cams`][tscd.refine.PseudoLabeler.cams] gives the CAMs,
+    pseudo-label export. [`cams`][tscd.class_activation.MultiScaleCAM] gives the CAMs,
     [`labels`][tscd.refine.PseudoLabeler.labels] the labels from them, and calling the object,
     ``labeler(model, images, rgb, cls_labels, crop_boxes)``, does both and returns
     ``(cams, labels)``. Runs without gradient.
 
     Args:
-        scales: the multi-scale CAM's scales (method §2).
+        cams: the multi-scale CAM of method §2 (default [`MultiScaleCAM()`][tscd.class_activation.MultiScaleCAM]).
         high: background score of method §3: a pixel is its class where the CAM exceeds ``high``.
         low: background score of method §3: uncertain (ignored) between ``low`` and ``high``,
             background below ``low``.
@@ -185,39 +321,20 @@ class PseudoLabeler:
         num_iter: the refiner's iterations.
         downscale: the refinement runs at this fraction of the image size (§4).
         backend: the ``tscd.ops`` backend of the refinement.
-        flip: whether each scale also runs the flipped images (§2; False halves the passes).
 
     Raises:
         ValueError: ``refine`` is unknown or ``low`` exceeds ``high``.
     """
 
-    def __init__(self, scales: Sequence[float] = (1.0, 0.5, 1.5), high: float = 0.55, low: float = 0.35,
+    def __init__(self, cams: MultiScaleCAM | None = None, high: float = 0.55, low: float = 0.35,
                  refine: str = "varm", dilations=DEFAULT_DILATIONS, num_iter: int = 10, downscale: float = 0.5,
-                 backend: str = "auto", flip: bool = True):
+                 backend: str = "auto"):
         if refine not in REFINE_MODES:
             raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
-        if not low <= high:
-            raise ValueError(f"low ({low}) must not exceed high ({high})")
-        self.scales, self.high, self.low, self.downscale, self.refine = tuple(scales), high, low, downscale, refine
-        self.flip = flip
+        check_order("low", low, "high", high)
+        self.cams = MultiScaleCAM() if cams is None else cams
+        self.high, self.low, self.downscale, self.refine = high, low, downscale, refine
         self.refiner = None if refine == "none" else VARM(dilations, num_iter, refine, backend)
-
-    @torch.no_grad()
-    def cams(self, model, images: torch.Tensor, scale1_cam: torch.Tensor | None = None) -> torch.Tensor:
-        """Multi-scale CAMs in [0, 1] of normalised images ([`multi_scale_cam`][tscd.cam.multi_scale_cam]).
-
-        Args:
-            model: a model with ``forward_cam``, e.g. [`TSCD`][tscd.models.TSCD].
-            images: normalised images.
-            scale1_cam: the model's raw CAM of the images at scale 1 when already computed (a
-                training step's own forward), so that pass is not run again.
-
-        Shapes:
-            - ``images``: (B, 3, H, W).
-            - ``scale1_cam``: (B, K−1, h, w).
-            - returns: (B, K−1, H, W).
-        """
-        return cam_utils.multi_scale_cam(model, images, self.scales, flip=self.flip, scale1_cam=scale1_cam)
 
     @torch.no_grad()
     def labels(self, rgb: torch.Tensor, cams: torch.Tensor, cls_labels: torch.Tensor, crop_boxes=None,
@@ -226,7 +343,7 @@ class PseudoLabeler:
 
         Args:
             rgb: the images in [0, 1].
-            cams: their CAMs, from [`cams`][tscd.refine.PseudoLabeler.cams].
+            cams: their CAMs, from [`cams`][tscd.class_activation.MultiScaleCAM].
             cls_labels: image-level labels.
             crop_boxes: integer (y0, y1, x0, x1) boxes, or None.
             high: replaces the ``high`` threshold for this call.
@@ -246,7 +363,7 @@ class PseudoLabeler:
         high = self.high if high is None else high
         low = self.low if low is None else low
         if self.refiner is None:
-            return cam_utils.pseudo_label(cams, cls_labels, crop_boxes, high=high, low=low)
+            return pseudo_label(cams, cls_labels, crop_boxes, high=high, low=low)
         return refine_cams_with_bkg(rgb, cams, cls_labels, high=high, low=low, crop_boxes=crop_boxes,
                                     downscale=self.downscale, refiner=self.refiner)
 
@@ -257,5 +374,5 @@ class PseudoLabeler:
         return cams, self.labels(rgb, cams, cls_labels, crop_boxes)
 
     def __repr__(self) -> str:
-        return (f"PseudoLabeler(scales={self.scales}, flip={self.flip}, high={self.high}, low={self.low}, "
-                f"refine={self.refine!r}, downscale={self.downscale}, refiner={self.refiner})")
+        return (f"PseudoLabeler(cams={self.cams}, high={self.high}, low={self.low}, refine={self.refine!r}, "
+                f"downscale={self.downscale}, refiner={self.refiner})")

@@ -6,13 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tscd import cam as cam_utils
+from tscd.class_activation import multi_scale_cam
 from tscd.config import load_config, to_dict
 from tscd.data import build_dataset
 from tscd.engine import pseudo_labels as pl
 from tscd.engine.builders import build_model, build_pseudo_labeler
 from tscd.engine.metrics import ConfusionMatrix
-from tscd.refine import VARM, refine_cams_with_bkg
+from tscd.refine import VARM, pseudo_label, refine_cams_with_bkg
 
 from ..data.test_folder import make_folder
 from . import TINY
@@ -77,14 +77,14 @@ def test_batch_labels_follow_method_2_to_4(setup):
     cfg, model, dataset, _ = setup
     item = dataset[0]
     images, rgb, labels = item["image"][None], item["rgb"][None], item["label"][None]
-    cam = cam_utils.multi_scale_cam(model, images, tuple(cfg.cam.scales))
+    cam = multi_scale_cam(model, images, tuple(cfg.cam.scales))
     r = cfg.refine
     expected = refine_cams_with_bkg(rgb, cam, labels.long(), high=cfg.cam.high, low=cfg.cam.low,
                                     downscale=r.scale, refiner=VARM(tuple(r.dilations), r.num_iter, "par"))
     labels_of = lambda refine: pl.pseudo_labels_for_batch(build_pseudo_labeler(cfg, refine), model, images, rgb,  # noqa: E731
                                                           labels)
     assert torch.equal(labels_of("par"), expected)
-    plain = cam_utils.pseudo_label(cam, labels, None, high=cfg.cam.high, low=cfg.cam.low)
+    plain = pseudo_label(cam, labels, None, high=cfg.cam.high, low=cfg.cam.low)
     assert torch.equal(labels_of("none"), plain)
     with pytest.raises(ValueError, match="refine.mode must be one of"):
         build_pseudo_labeler(cfg, "crf")

@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from ..class_activation import MultiScaleCAM
 from ..config import MAX_IMAGE_SIDE, ConfigError, TSCDConfig, apply, config_from_dict, to_dict
 from ..constants import REFINE_MODES
 from ..data import collate, dataset_num_classes
@@ -131,9 +132,9 @@ def build_pseudo_labeler(cfg: TSCDConfig, refine: str | None = None) -> PseudoLa
     if mode not in REFINE_MODES:
         raise ValueError(f"refine.mode must be one of {', '.join(REFINE_MODES)}, got {mode!r}")
     c, r = cfg.cam, cfg.refine
-    return PseudoLabeler(scales=tuple(c.scales), high=c.high, low=c.low, refine=mode, dilations=tuple(r.dilations),
-                         num_iter=r.num_iter, downscale=r.scale, backend=cfg.train.backend,
-                          flip=c.flip)
+    return PseudoLabeler(MultiScaleCAM(tuple(c.scales), c.flip), high=c.high, low=c.low, refine=mode,
+                         dilations=tuple(r.dilations), num_iter=r.num_iter, downscale=r.scale,
+                         backend=cfg.train.backend)
 
 
 def build_objective(cfg: TSCDConfig, pseudo_labeler: PseudoLabeler) -> TSCDObjective:

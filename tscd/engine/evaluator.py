@@ -12,9 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import cam as cam_utils
+from ..class_activation import attention_random_walk
 from ..data import build_dataset
-from ..refine import PseudoLabeler
+from ..refine import PseudoLabeler, cam_to_label, class_argmax
 from .builders import build_pseudo_labeler, check_backend, eval_loader, pick_device
 from .distributed import all_reduce_counts, init_distributed, shard
 from .inference import EvalProtocol, image_names, naming_the_image, progress_bar, smallest_images
@@ -60,10 +60,10 @@ class Evaluator:
         c = self.cfg.cam
         fwd, segs = self.protocol.predict(model, images, size, rgb)
         cam = self.pseudo_labeler.cams(model, images)
-        return {"fwd": fwd, "segs": segs, "cam": cam, "cam_label": cam_utils.cam_to_label(cam, labels, c.bkg_score),
+        return {"fwd": fwd, "segs": segs, "cam": cam, "cam_label": cam_to_label(cam, labels, c.bkg_score),
                 "pseudo": self.pseudo_labeler.labels(rgb, cam, labels, box, high=c.bkg_score, low=c.bkg_score),
-                "walk": cam_utils.attention_random_walk(cam, fwd.attn_pred, labels, grid_size=fwd.grid,
-                                                        radius=self.cfg.loss.aff_radius, bkg_score=c.low)}
+                "walk": attention_random_walk(cam, fwd.attn_pred, labels, grid_size=fwd.grid,
+                                              radius=self.cfg.loss.aff_radius, bkg_score=c.low)}
 
     @torch.no_grad()
     def check_sizes(self, model, dataset, max_images: int | None = None) -> None:
@@ -105,7 +105,7 @@ class Evaluator:
                 if self.save_preds is not None:
                     save_predictions(self.save_preds, batch["name"], segs[self.protocol.kinds()[-1]])
                 for kind, p in {**segs, "cam": out["cam_label"], "pseudo": pseudo,
-                                "aff": cam_utils.class_argmax(out["walk"])}.items():
+                                "aff": class_argmax(out["walk"])}.items():
                     if p.shape[-2:] != masks.shape[-2:]:
                         p = F.interpolate(p[:, None].float(), size=masks.shape[-2:], mode="nearest")[:, 0].long()
                     mats[kind].update(p, masks)

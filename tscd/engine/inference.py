@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..cam import class_argmax
 from ..constants import CRF_CHOICES, CRF_PRESETS, DEFAULT_CRF_PRESET
 from ..data.base import DatasetError, load_image, read_text
 from ..data.transforms import EvalTransform
 from ..ops.dense_crf import dense_crf
+from ..refine import class_argmax
 from .io import write_json
 from .outputs import check_output_folder, check_outputs, file_identity
 from .visualize import overlay, save_png, write_palette_png

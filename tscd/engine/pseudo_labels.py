@@ -17,12 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..cam import class_argmax
 from ..constants import IGNORE_INDEX
 from ..data import DatasetError, build_dataset, collate
 from ..data.base import load_mask
 from ..ops.dense_crf import dense_crf
-from ..refine import PseudoLabeler
+from ..refine import PseudoLabeler, class_argmax
 from .builders import build_pseudo_labeler, check_backend, pick_device
 from .distributed import all_reduce_counts, init_distributed, shard
 from .inference import image_names, naming_the_image, progress_bar

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cam import affinity_window
+from ..class_activation import affinity_window
 from ..constants import IGNORE_INDEX
 
 __all__ = ["AffinityLoss", "affinity_targets"]

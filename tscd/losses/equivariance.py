@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cam import normalize_cam
+from ..class_activation import normalize_cam
 
 
 def live_cam(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import cam as cam_utils
-from ..refine import PseudoLabeler
+from ..refine import PseudoLabeler, crop_box_mask
 from .affinity import AffinityLoss
 from .dense_energy import DenseEnergyLoss
 from .equivariance import equivariance_loss, live_cam
@@ -34,7 +33,7 @@ TERMS = ("cls", "seg", "dense", "aff", "scd", "er")
 
 def crop_roi(box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B,4) crop boxes (y0, y1, x0, x1) -> (B,H,W) float mask, 1 inside."""
-    return cam_utils.crop_box_mask(box, box.shape[0], *size, device=box.device).float()
+    return crop_box_mask(box, box.shape[0], *size, device=box.device).float()
 
 
 class TSCDObjective(nn.Module):
@@ -75,9 +74,9 @@ class TSCDObjective(nn.Module):
                  aff_radius: int = 8, er_released: bool = False, reuse_forward_cam: bool = False,
                  backend: str = "auto"):
         super().__init__()
-        if reuse_forward_cam and 1.0 not in pseudo_labeler.scales:
+        if reuse_forward_cam and 1.0 not in pseudo_labeler.cams.scales:
             raise ValueError(f"reuse_forward_cam (cam.reuse_forward) takes the scale-1 CAM from the forward, but "
-                             f"the CAM scales (cam.scales) {list(pseudo_labeler.scales)} do not include 1.0")
+                             f"the CAM scales (cam.scales) {list(pseudo_labeler.cams.scales)} do not include 1.0")
         self.pseudo_labeler = pseudo_labeler
         self.reuse_forward_cam = reuse_forward_cam
         self.weights = {t: float(weights[t]) for t in TERMS}

@@ -1,9 +1,7 @@
-"""Class activation maps: multi-scale CAM (method §2), pseudo labels (§3), crop-box masks, and
-the attention random walk that refines CAMs with the learned affinity (§5).
+"""Class activation maps: the multi-scale CAM of method §2 and the attention random walk that
+refines CAMs with the learned affinity (§5). Pseudo labels made from CAMs are in :mod:`tscd.refine`.
 
-Conventions: ``cls_labels`` (B, K−1) is the multi-hot image label over the foreground classes;
-labels are class indices (0 background, 1…K−1 foreground, ``ignore_index`` 255); a crop box
-(B, 4) is (y0, y1, x0, x1) with exclusive ends, the part of the crop that holds the image.
+Conventions: ``cls_labels`` (B, K−1) is the multi-hot image label over the foreground classes.
 """
 from __future__ import annotations
 
@@ -12,29 +10,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .constants import IGNORE_INDEX
-
-__all__ = [
-    "multi_scale_cam", "normalize_cam", "cam_to_label", "pseudo_label", "crop_box_mask", "apply_crop_box",
-    "affinity_window", "attention_random_walk", "class_argmax",
-]
-
-
-def class_argmax(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Index of the largest score along ``dim`` (the first on ties, NaN wins), as ``argmax``.
-
-    Uses ``max(dim).indices``: on the CPU, torch's argmax over a dimension that is not the
-    innermost is several times slower than max's; both pick the first maximum.
-
-    Args:
-        scores: any tensor, e.g. class scores.
-        dim: the dimension reduced.
-
-    Shapes:
-        - ``scores``: (B, C, H, W) or any shape.
-        - returns: ``scores``' shape without ``dim``.
-    """
-    return scores.max(dim=dim).indices
+__all__ = ["MultiScaleCAM", "multi_scale_cam", "normalize_cam", "affinity_window", "attention_random_walk"]
 
 
 def normalize_cam(cam: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -60,7 +36,7 @@ def multi_scale_cam(model, images: torch.Tensor, scales: Sequence[float] = (1.0,
     For each scale s the images are resized to (⌊sH⌋, ⌊sW⌋) (bilinear) and run together with
     their horizontal flip; both CAMs are resized to (H, W), the flipped one un-flipped, and
     relu(max(cam, cam_flip)) is summed over scales, then normalised by
-    [`normalize_cam`][tscd.cam.normalize_cam].
+    [`normalize_cam`][tscd.class_activation.normalize_cam].
 
     Args:
         model: a model whose ``forward_cam(x)`` returns ``(cam, attn_pred)``, as
@@ -113,113 +89,36 @@ def multi_scale_cam(model, images: torch.Tensor, scales: Sequence[float] = (1.0,
     return (total, attention) if return_attention else total
 
 
-def crop_box_mask(crop_box, batch: int, height: int, width: int, device=None,
-                  name: str = "crop_box") -> torch.Tensor:
-    """A mask that is True inside each image's crop box (y0, y1, x0, x1), ends exclusive.
+class MultiScaleCAM:
+    """[`multi_scale_cam`][tscd.class_activation.multi_scale_cam] with fixed settings: the CAMs that
+    pseudo labels are made from (method §2), ``cams(model, images, scale1_cam=None)``.
 
     Args:
-        crop_box: integer boxes, a tensor or array.
-        batch: B.
-        height: H.
-        width: W.
-        device: the mask's device.
-        name: the argument's name in error messages.
-
-    Shapes:
-        - ``crop_box``: (B, 4).
-        - returns: (B, H, W) bool.
-
-    Raises:
-        ValueError: ``crop_box`` is not an integer (B, 4) array.
+        scales: the scales; at least one.
+        flip: run each scale with its flip too.
     """
-    boxes = torch.as_tensor(crop_box, device=device)
-    if boxes.shape != (batch, 4) or boxes.is_floating_point() or boxes.dtype == torch.bool:
-        raise ValueError(f"{name} must be an integer (B, 4) = ({batch}, 4) array of (y0, y1, x0, x1), got "
-                         f"{tuple(boxes.shape)} {boxes.dtype}")
-    rows = torch.arange(height, device=boxes.device)[None, :, None]
-    cols = torch.arange(width, device=boxes.device)[None, None, :]
-    y0, y1, x0, x1 = (boxes[:, i, None, None] for i in range(4))
-    return (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
 
+    def __init__(self, scales: Sequence[float] = (1.0, 0.5, 1.5), flip: bool = True):
+        self.scales, self.flip = tuple(scales), flip
 
-def apply_crop_box(label: torch.Tensor, crop_box, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """A copy of ``label`` with ``ignore_index`` outside each image's crop box.
+    def __call__(self, model, images: torch.Tensor, scale1_cam: torch.Tensor | None = None) -> torch.Tensor:
+        """The CAMs in [0, 1] of normalised images.
 
-    Args:
-        label: class indices.
-        crop_box: integer (y0, y1, x0, x1) boxes, or None (``label`` is returned).
-        ignore_index: the value set outside the boxes.
+        Args:
+            model: a model with ``forward_cam``, e.g. [`TSCD`][tscd.models.TSCD].
+            images: normalised images.
+            scale1_cam: the model's raw CAM of the images at scale 1 when already computed (a
+                training step's own forward), so that pass is not run again.
 
-    Shapes:
-        - ``label``: (B, H, W).
-        - ``crop_box``: (B, 4).
-        - returns: (B, H, W).
-    """
-    if crop_box is None:
-        return label
-    inside = crop_box_mask(crop_box, *label.shape, device=label.device)
-    return torch.where(inside, label, torch.full_like(label, ignore_index))
+        Shapes:
+            - ``images``: (B, 3, H, W).
+            - ``scale1_cam``: (B, K−1, h, w).
+            - returns: (B, K−1, H, W).
+        """
+        return multi_scale_cam(model, images, self.scales, flip=self.flip, scale1_cam=scale1_cam)
 
-
-def _best_class(cam: torch.Tensor, cls_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """v, c = max and argmax + 1 over classes of the CAM masked by the image labels."""
-    if cls_labels.shape != cam.shape[:2]:
-        raise ValueError(f"cls_labels must have shape (B, K-1) = {tuple(cam.shape[:2])}, "
-                         f"got {tuple(cls_labels.shape)}")
-    value, index = (cam * cls_labels[:, :, None, None].to(cam.dtype)).max(dim=1)
-    return value, index + 1
-
-
-def cam_to_label(cam: torch.Tensor, cls_labels: torch.Tensor, bkg_score: float = 0.45) -> torch.Tensor:
-    """Plain CAM label for evaluation: the argmax class, background where the max ≤ ``bkg_score``.
-
-    Args:
-        cam: foreground CAMs in [0, 1].
-        cls_labels: image-level labels; absent classes are never chosen.
-        bkg_score: the background threshold.
-
-    Shapes:
-        - ``cam``: (B, K−1, H, W).
-        - ``cls_labels``: (B, K−1).
-        - returns: (B, H, W) int64.
-
-    Raises:
-        ValueError: ``cls_labels`` does not match ``cam``.
-    """
-    value, label = _best_class(cam, cls_labels)
-    return label.masked_fill(value <= bkg_score, 0)
-
-
-def pseudo_label(cam: torch.Tensor, cls_labels: torch.Tensor, crop_box: torch.Tensor | None = None,
-                 high: float = 0.55, low: float = 0.35, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Pseudo label of method §3 from a CAM, without refinement.
-
-    The class where the largest score of a present class is > ``high``, ``ignore_index`` where it
-    lies in (``low``, ``high``], background where it is ≤ ``low``, ``ignore_index`` outside the
-    crop box.
-
-    Args:
-        cam: foreground CAMs in [0, 1].
-        cls_labels: image-level labels.
-        crop_box: integer (y0, y1, x0, x1) boxes, or None.
-        high: the foreground threshold.
-        low: the background threshold.
-        ignore_index: the label of uncertain pixels.
-
-    Shapes:
-        - ``cam``: (B, K−1, H, W).
-        - ``cls_labels``: (B, K−1).
-        - ``crop_box``: (B, 4).
-        - returns: (B, H, W) int64.
-
-    Raises:
-        ValueError: ``low`` exceeds ``high``, or ``cls_labels`` does not match ``cam``.
-    """
-    if not low <= high:
-        raise ValueError(f"low ({low}) must not exceed high ({high})")
-    value, label = _best_class(cam, cls_labels)
-    label = label.masked_fill(value <= high, ignore_index).masked_fill(value <= low, 0)
-    return apply_crop_box(label, crop_box, ignore_index)
+    def __repr__(self) -> str:
+        return f"MultiScaleCAM(scales={self.scales}, flip={self.flip})"
 
 
 def affinity_window(h: int, w: int, radius: int = 8, device=None) -> torch.Tensor:

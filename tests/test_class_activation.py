@@ -1,19 +1,9 @@
-"""tscd.cam: multi-scale CAM (§2), pseudo labels (§3), attention random walk (§5)."""
+"""tscd.class_activation: multi-scale CAM (§2), attention random walk (§5)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tscd.cam import (
-    affinity_window,
-    apply_crop_box,
-    attention_random_walk,
-    cam_to_label,
-    class_argmax,
-    crop_box_mask,
-    multi_scale_cam,
-    normalize_cam,
-    pseudo_label,
-)
+from tscd.class_activation import MultiScaleCAM, affinity_window, attention_random_walk, multi_scale_cam, normalize_cam
 
 
 class LeftHalfCam(torch.nn.Module):
@@ -88,59 +78,16 @@ def test_negative_scale_contributions_are_removed_by_relu():
     torch.testing.assert_close(with_neg, multi_scale_cam(Signed(), img, scales=[1.0]))
 
 
+def test_module_is_the_function_with_its_settings():
+    img = torch.rand(2, 3, 8, 6)
+    cams = MultiScaleCAM(scales=(1.0, 0.5), flip=False)
+    torch.testing.assert_close(cams(LeftHalfCam(), img), multi_scale_cam(LeftHalfCam(), img, (1.0, 0.5), flip=False))
+    assert repr(cams) == "MultiScaleCAM(scales=(1.0, 0.5), flip=False)"
+
+
 def test_no_gradient():
     img = torch.rand(1, 3, 8, 8, requires_grad=True)
     assert not multi_scale_cam(LeftHalfCam(), img, scales=[1.0]).requires_grad
-
-
-def _hand_cam():
-    cam = torch.zeros(1, 3, 2, 4)
-    cam[0, 0] = torch.tensor([[0.9, 0.56, 0.55, 0.2], [0.0, 0.0, 0.0, 0.0]])
-    cam[0, 1] = torch.tensor([[0.1, 0.1, 0.1, 0.1], [0.36, 0.35, 0.46, 0.45]])
-    cam[0, 2] = torch.tensor([[0.95, 0.95, 0.95, 0.95], [0.95, 0.95, 0.95, 0.95]])  # absent class
-    return cam, torch.tensor([[1.0, 1.0, 0.0]])
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_class_argmax_is_argmax_with_ties_and_nan(dtype):
-    torch.manual_seed(0)
-    scores = torch.randint(0, 3, (4, 5, 7, 9)).to(dtype)  # many ties
-    scores[0, 3, 0, 0] = float("nan")
-    assert torch.equal(class_argmax(scores), scores.argmax(1))
-    assert class_argmax(scores)[0, 0, 0] == 3
-    assert torch.equal(class_argmax(scores[0], dim=0), scores[0].argmax(0))
-    strided = scores.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
-    assert torch.equal(class_argmax(strided), scores.argmax(1))
-
-
-def test_pseudo_label_thresholds():
-    cam, labels = _hand_cam()
-    out = pseudo_label(cam, labels)
-    assert out.dtype == torch.int64
-    assert out.tolist() == [[[1, 1, 255, 0], [255, 0, 255, 255]]]
-    out = pseudo_label(cam, labels, crop_box=torch.tensor([[0, 2, 1, 3]]))
-    assert out.tolist() == [[[255, 1, 255, 255], [255, 0, 255, 255]]]
-
-
-def test_cam_to_label_background_score():
-    cam, labels = _hand_cam()
-    assert cam_to_label(cam, labels).tolist() == [[[1, 1, 1, 0], [0, 0, 2, 0]]]
-    assert cam_to_label(cam, labels, bkg_score=0.3).tolist() == [[[1, 1, 1, 0], [2, 2, 2, 2]]]
-
-
-def test_crop_box_and_errors():
-    label = torch.zeros(2, 3, 4, dtype=torch.long)
-    out = apply_crop_box(label, torch.tensor([[0, 3, 0, 4], [1, 2, 2, 4]]))
-    assert out[0].eq(0).all() and out[1].tolist() == [[255] * 4, [255, 255, 0, 0], [255] * 4]
-    with pytest.raises(ValueError, match=r"crop_box must be an integer \(B, 4\) = \(2, 4\)"):
-        apply_crop_box(label, torch.zeros(1, 4, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"crop_box must be an integer"):
-        apply_crop_box(label, torch.zeros(2, 4))
-    assert crop_box_mask([[1, 3, 0, 2]], 1, 4, 4).long().tolist() == [[[0] * 4, [1, 1, 0, 0], [1, 1, 0, 0], [0] * 4]]
-    with pytest.raises(ValueError, match="cls_labels"):
-        pseudo_label(torch.zeros(1, 3, 2, 2), torch.ones(1, 2))
-    with pytest.raises(ValueError, match="low"):
-        pseudo_label(torch.zeros(1, 3, 2, 2), torch.ones(1, 3), high=0.3, low=0.5)
 
 
 def test_affinity_window_is_chebyshev():
