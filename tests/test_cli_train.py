@@ -74,10 +74,10 @@ def test_a_work_dir_in_use_is_refused_and_a_dead_holder_does_not_block(tmp_path,
 def test_an_interrupt_exits_128_plus_the_signal(tmp_path, monkeypatch, capsys, interactive_sigint, signum, status):
     original = TSCDObjective.forward
 
-    def forward(self, net, model, batch, step):
+    def forward(self, net, batch, step):
         if step == 1:
             os.kill(os.getpid(), signum)
-        return original(self, net, model, batch, step)
+        return original(self, net, batch, step)
 
     monkeypatch.setattr(TSCDObjective, "forward", forward)
     work = tmp_path / "run"

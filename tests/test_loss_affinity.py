@@ -45,7 +45,7 @@ def test_loss_matches_brute_force(radius):
     small[1, 3, :] = 255
     label = small.repeat_interleave(16, 1).repeat_interleave(16, 2)
     attn = torch.rand(2, 20, 20)
-    loss = AffinityLoss(radius=radius)(attn, label)
+    loss = AffinityLoss(radius=radius)(attn, label, (4, 5))
     assert loss.item() == pytest.approx(_brute_force(attn, small, radius), rel=1e-5)
 
 
@@ -53,7 +53,7 @@ def test_label_downsampled_nearest_to_ceil_grid_and_gradient():
     torch.manual_seed(0)
     label = torch.randint(0, 2, (1, 40, 33))  # grid ⌈40/16⌉×⌈33/16⌉ = 3×3
     attn = torch.rand(1, 9, 9, requires_grad=True)
-    loss = AffinityLoss()(attn, label)
+    loss = AffinityLoss()(attn, label, (3, 3))
     small = torch.nn.functional.interpolate(label[:, None].float(), size=(3, 3), mode="nearest")[:, 0].long()
     assert loss.item() == pytest.approx(_brute_force(attn.detach(), small, 8), rel=1e-5)
     loss.backward()
@@ -61,14 +61,14 @@ def test_label_downsampled_nearest_to_ceil_grid_and_gradient():
     n_pos, n_neg = (t == 1).sum(), (t == 0).sum()
     expected = torch.where(t == 1, -0.5 / (n_pos + 1), torch.where(t == 0, 0.5 / (n_neg + 1), 0.0)).float()
     torch.testing.assert_close(attn.grad, expected)
-    stride8 = AffinityLoss(stride=8)(torch.rand(1, 25, 25), label)  # grid 5×5
+    stride8 = AffinityLoss()(torch.rand(1, 25, 25), label, (5, 5))  # ⌈40/8⌉×⌈33/8⌉
     assert stride8.ndim == 0
 
 
 def test_all_ignored_gives_zero_and_bad_shape_errors():
     label = torch.full((1, 32, 32), 255)
-    assert AffinityLoss()(torch.rand(1, 4, 4), label).item() == 0.0
+    assert AffinityLoss()(torch.rand(1, 4, 4), label, (2, 2)).item() == 0.0
     with pytest.raises(ValueError, match=r"attn_pred must have shape \(B, N, N\) = \(1, 4, 4\)"):
-        AffinityLoss()(torch.rand(1, 9, 9), label)
+        AffinityLoss()(torch.rand(1, 9, 9), label, (2, 2))
     with pytest.raises(ValueError, match="label"):
         affinity_targets(torch.zeros(32, 32), (2, 2))

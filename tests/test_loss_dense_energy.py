@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.utils import ALL
-from tscd.losses import LATTICE_SCALE, DenseEnergyLoss
+from tscd.losses import DenseEnergyLoss
+from tscd.ops import LATTICE_SCALE
 from tscd.ops.reference.dense_energy import dense_energy_loss as reference
 
 
@@ -54,7 +55,7 @@ def test_unit_scale_is_the_op():
 
 def test_defaults_and_lattice_scale():
     loss_fn = DenseEnergyLoss()
-    assert (loss_fn.weight, loss_fn.sigma_rgb, loss_fn.sigma_xy, loss_fn.scale_factor) == (1e-7, 15.0, 100.0, 0.5)
+    assert (loss_fn.weight, loss_fn.sigma_rgb, loss_fn.sigma_xy, loss_fn.scale_factor) == (5.8e-8, 15.0, 100.0, 0.5)
     assert LATTICE_SCALE == 0.58
 
 

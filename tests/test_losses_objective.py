@@ -8,7 +8,6 @@ from tscd.config import load_config
 from tscd.data import build_dataset, collate
 from tscd.engine.builders import build_model, build_objective, build_pseudo_labeler
 from tscd.losses.equivariance import equivariance_loss, live_cam
-from tscd.losses.objective import crop_roi
 from tscd.losses.segmentation import segmentation_loss
 
 from .engine import TINY
@@ -42,11 +41,6 @@ def test_equivariance_live_and_released():
     assert cam.flatten().tolist() == pytest.approx([0.0, 0.25, 0.5, 1.0], abs=1e-4)
 
 
-def test_crop_roi():
-    roi = crop_roi(torch.tensor([[1, 3, 0, 2]]), (4, 4))
-    assert roi[0].tolist() == [[0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]]
-
-
 def _setup(*extra):
     cfg = load_config("synthetic", TINY + list(extra))
     torch.manual_seed(0)
@@ -62,10 +56,9 @@ def _torch_backend(monkeypatch):
 
 def test_schedule_and_weights():
     cfg, model, objective, batch = _setup()
-    net = model
-    total, terms, _ = objective(net, model, batch, step=cfg.loss.stage1_iters)
+    total, terms, _ = objective(model, batch, step=cfg.loss.stage1_iters)
     assert set(terms) == {"cls"} and total.item() == pytest.approx(terms["cls"].item())
-    total, terms, aux = objective(net, model, batch, step=cfg.loss.stage1_iters + 1)
+    total, terms, aux = objective(model, batch, step=cfg.loss.stage1_iters + 1)
     assert set(terms) == {"cls", "seg", "dense", "aff", "scd", "er"}
     w = cfg.loss
     expected = sum(terms[k].item() * getattr(w, k) for k in terms)
@@ -73,13 +66,13 @@ def test_schedule_and_weights():
     assert aux["pseudo"].shape == (2, 64, 64) and aux["cam"].shape == (2, 5, 64, 64)
     total.backward()
     assert model.decoder.linear_pred.weight.grad is not None
-    assert objective.dense.weight == pytest.approx(1e-7 * 0.58)
+    assert objective.terms["dense"].weight == pytest.approx(1e-7 * 0.58)
 
 
 def test_terms_switch_off_and_refinement_modes():
     for mode in ("none", "par"):
         cfg, model, objective, batch = _setup("loss.scd=0", "loss.dense=0", "loss.er=0", f"refine.mode={mode}")
-        _, terms, _ = objective(model, model, batch, step=10)
+        _, terms, _ = objective(model, batch, step=10)
         assert set(terms) == {"cls", "seg", "aff"}
     with pytest.raises(ValueError, match="refine.mode"):
         _setup("loss.scd=0", "refine.mode=crf")
@@ -96,7 +89,7 @@ def test_reuse_forward_cam_gives_the_separate_pass_numbers(backbone, flip):
                                               f"cam.flip={str(flip).lower()}", f"cam.reuse_forward={reuse}")
         calls = []
         model.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
-        total, terms, aux = objective(model, model, batch, step=cfg.loss.stage1_iters + 1)
+        total, terms, aux = objective(model, batch, step=cfg.loss.stage1_iters + 1)
         total.backward()
         grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
         results.append((terms, aux, grads, calls))

@@ -29,7 +29,7 @@ from typing import Any, Iterable, List, Mapping, Optional, Union, get_args, get_
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from .constants import DEFAULT_CRF_PRESET, IMAGENET_MEAN, IMAGENET_STD
+from .constants import DEFAULT_CRF_PRESET, IMAGENET_MEAN, IMAGENET_STD, LOSS_TERMS
 
 
 def _list(*items: Any) -> Any:
@@ -116,8 +116,7 @@ class LossConfig:
     scd: float = 0.1
     er: float = 0.1
     er_released: bool = False  # True: the released code's inert ER (no gradient, first fg channel dropped)
-    # The exact dense energy sum is ~1/0.58 of the released lattice's, whose weight was 1e-7 (§8).
-    dense_weight: float = 5.8e-8
+    dense_weight: float = 5.8e-8  # the released 1e-7 × 0.58, tscd.losses.DenseEnergyLoss's default (§8)
     dense_sigma_rgb: float = 15.0
     dense_sigma_xy: float = 100.0
     dense_scale: float = 0.5
@@ -441,7 +440,7 @@ VALID_VALUES: dict[str, Union[Bounds, Items]] = {
     "refine.dilations": Items(_AT_LEAST_ONE),
     "refine.scale": _POSITIVE,
     "loss.stage1_iters": _NON_NEGATIVE,
-    **{f"loss.{term}": _NON_NEGATIVE for term in ("cls", "seg", "dense", "aff", "scd", "er", "dense_weight")},
+    **{f"loss.{term}": _NON_NEGATIVE for term in (*LOSS_TERMS, "dense_weight")},
     "loss.dense_sigma_rgb": _POSITIVE,
     "loss.dense_sigma_xy": _POSITIVE,
     "loss.dense_scale": _POSITIVE,

@@ -1,5 +1,6 @@
-"""Constants shared by every layer: the ignore label, the ImageNet normalisation, the choices
-of refinement and dense CRF, and the dense CRF settings of the published evaluations."""
+"""Constants shared by every layer: the ignore label, the ImageNet normalisation, the terms of
+the training objective, the choices of refinement and dense CRF, and the dense CRF settings of the
+published evaluations."""
 from typing import NamedTuple
 
 #: Label of pixels that no loss or metric counts (VOC boundaries, uncertain pseudo labels, padding).
@@ -8,6 +9,9 @@ IGNORE_INDEX = 255
 #: Per-channel RGB mean and standard deviation of ImageNet, in [0, 1] units (the MiT weights' normalisation).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: The terms of the training objective (method §9), each weighted by the config key ``loss.<term>``.
+LOSS_TERMS = ("cls", "seg", "dense", "aff", "scd", "er")
 
 #: How pseudo labels are refined (method §4): TSCD's VARM, AFA's PAR, or not at all.
 REFINE_MODES = ("varm", "par", "none")

@@ -43,10 +43,10 @@ def _after_forward(monkeypatch, iteration: int, action) -> None:
     ``(total, terms)`` replaces the objective's."""
     original = TSCDObjective.forward
 
-    def forward(self, net, model, batch, step):
-        total, terms, aux = original(self, net, model, batch, step)
+    def forward(self, net, batch, step):
+        total, terms, aux = original(self, net, batch, step)
         if step == iteration:
-            total, terms = action(model, total, terms) or (total, terms)
+            total, terms = action(net, total, terms) or (total, terms)
         return total, terms, aux
 
     monkeypatch.setattr(TSCDObjective, "forward", forward)

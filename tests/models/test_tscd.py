@@ -156,7 +156,7 @@ def test_total_loss_reaches_every_parameter():
     pseudo = torch.randint(0, 4, (2, 64, 48))
     seg_up = F.interpolate(seg, size=(64, 48), mode="bilinear", align_corners=False)
     loss = (F.multilabel_soft_margin_loss(cls, labels) + 0.1 * F.cross_entropy(seg_up, pseudo)
-            + 0.1 * AffinityLoss()(attn_pred, pseudo))
+            + 0.1 * AffinityLoss()(attn_pred, pseudo, grid_size=(4, 3)))
     loss.backward()
     for name, params in m.param_groups().items():
         for p in params:

@@ -13,7 +13,7 @@ family's values (≈ :data:`LATTICE_SCALE` × the exact sum); the exact sum, sca
 away (``bilateralfilter.use_exact_sum(True)``, ``DenseEnergyLoss(..., exact_sum=True)``) and
 is what CUDA tensors get.
 """
-from tscd.losses.dense_energy import LATTICE_SCALE
+from tscd.ops import LATTICE_SCALE
 
 from . import bilateralfilter
 from .modules import PAR, VARM, DenseEnergyLoss

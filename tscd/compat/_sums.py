@@ -1,7 +1,7 @@
 """The pairwise sum ``W·x`` at the AFA family's magnitude: the one sum behind tscd.compat.
 
 The family's SWIG module computes ``W·x`` with a permutohedral lattice on the CPU, whose
-output is ≈ :data:`~tscd.losses.dense_energy.LATTICE_SCALE` (0.58) × the exact sum on
+output is ≈ :data:`~tscd.ops.LATTICE_SCALE` (0.58) × the exact sum on
 photographs (method §8). tscd.compat reproduces it either with tscd's own lattice (the
 ``lattice`` backend of :func:`tscd.ops.gaussian_product`: the family's values, O(N)) or with
 the exact sum multiplied by 0.58 (O(N²), the fused kernels; the only choice on CUDA, where
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from tscd.losses.dense_energy import LATTICE_SCALE
-from tscd.ops import gaussian_product
+from tscd.ops import LATTICE_SCALE, gaussian_product
 from tscd.ops.backends import why_unusable
 
 

@@ -8,7 +8,7 @@ By default ``W·in`` comes from tscd's permutohedral lattice (O(N), the ``lattic
 [`tscd.ops.gaussian_product`][tscd.ops.gaussian_product]), which gives the family's values: ≈ 0.58 × the exact sum
 on photographs (method §8), like the SWIG module's own lattice. ``use_exact_sum(True)``
 switches this module to the exact sum over every pixel pair (O(N²), the fused kernels)
-multiplied by [`LATTICE_SCALE`][tscd.losses.LATTICE_SCALE] (0.58), so that loss weights
+multiplied by [`LATTICE_SCALE`][tscd.ops.LATTICE_SCALE] (0.58), so that loss weights
 tuned on the lattice keep their meaning. Wrong lengths or dtypes raise
 ``ValueError``/``TypeError`` where the SWIG module would read or write out of bounds.
 """

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from tscd.losses.dense_energy import LATTICE_SCALE
 from tscd.losses.dense_energy import DenseEnergyLoss as _RecipeDenseEnergyLoss
-from tscd.ops import dense_energy_loss
+from tscd.ops import LATTICE_SCALE, dense_energy_loss
 from tscd.ops._checks import check_same_device, check_tensor
 from tscd.ops.dense_energy import _gate
 from tscd.ops.gaussian import bilateral_features
@@ -61,7 +60,7 @@ class DenseEnergyLoss(_RecipeDenseEnergyLoss):
             ``"true"``: the loss's own gradient ``−(1/B)(g·W S + Wᵀ(g·S))·ROIs`` (tscd's recipe).
         exact_sum: ``None`` (default): ``W S`` on tscd's permutohedral lattice for CPU tensors
             (the released values, like its SWIG module) and the exact sum × 0.58 on CUDA;
-            ``True``: the exact sum × [`LATTICE_SCALE`][tscd.losses.LATTICE_SCALE] (O(N²));
+            ``True``: the exact sum × [`LATTICE_SCALE`][tscd.ops.LATTICE_SCALE] (O(N²));
             ``False``: the lattice (CPU tensors only).
 
     Raises:

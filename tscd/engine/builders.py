@@ -9,11 +9,19 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from ..class_activation import MultiScaleCAM
 from ..config import MAX_IMAGE_SIDE, ConfigError, TSCDConfig, apply, config_from_dict, to_dict
-from ..constants import REFINE_MODES
+from ..constants import LOSS_TERMS, REFINE_MODES
 from ..data import collate, dataset_num_classes
+from ..losses import (
+    AffinityLoss,
+    DenseEnergyLoss,
+    EquivarianceLoss,
+    SegmentationLoss,
+    SelfCorrespondenceDistillation,
+)
 from ..losses.objective import TSCDObjective
 from ..models import TSCD, load_checkpoint
 from ..ops.backends import resolve, why_unusable
@@ -138,13 +146,22 @@ def build_pseudo_labeler(cfg: TSCDConfig, refine: str | None = None) -> PseudoLa
 
 
 def build_objective(cfg: TSCDConfig, pseudo_labeler: PseudoLabeler) -> TSCDObjective:
-    lc = cfg.loss
-    return TSCDObjective(
-        pseudo_labeler, {t: getattr(lc, t) for t in ("cls", "seg", "dense", "aff", "scd", "er")},
-        stage1_iters=lc.stage1_iters, dense_weight=lc.dense_weight, dense_sigma_rgb=lc.dense_sigma_rgb,
-        dense_sigma_xy=lc.dense_sigma_xy, dense_scale=lc.dense_scale,
-        scd_samples=None if lc.scd_dense else lc.scd_samples, scd_scale=lc.scd_scale, aff_radius=lc.aff_radius,
-        er_released=lc.er_released, reuse_forward_cam=cfg.cam.reuse_forward, backend=cfg.train.backend)
+    """The objective of ``loss`` (and ``cam.reuse_forward``) around ``pseudo_labeler``: the loss module
+    of every term whose weight ``loss.<term>`` is not 0, and of ``cls`` always (stage 1 trains it
+    alone); the fused losses run on ``train.backend``."""
+    loss, backend = cfg.loss, cfg.train.backend
+    modules = {
+        "cls": nn.MultiLabelSoftMarginLoss,
+        "seg": SegmentationLoss,
+        "dense": lambda: DenseEnergyLoss(loss.dense_weight, loss.dense_sigma_rgb, loss.dense_sigma_xy,
+                                         loss.dense_scale, backend=backend),
+        "aff": lambda: AffinityLoss(loss.aff_radius),
+        "scd": lambda: SelfCorrespondenceDistillation(None if loss.scd_dense else loss.scd_samples, backend=backend),
+        "er": lambda: EquivarianceLoss(loss.er_released),
+    }
+    weights = {term: getattr(loss, term) for term in LOSS_TERMS}
+    terms = {term: modules[term]() for term in LOSS_TERMS if weights[term] or term == "cls"}
+    return TSCDObjective(pseudo_labeler, terms, weights, loss.stage1_iters, loss.scd_scale, cfg.cam.reuse_forward)
 
 
 #: The ops a training step calls (through the objective and the pseudo labeler).

@@ -1,9 +1,7 @@
 """Affinity loss from attention (method §5, from AFA): the learned affinity A = attn_pred is pulled
-to 1 for pairs of stride-16 positions with the same pseudo label and to 0 for different labels,
-within a (2r+1)×(2r+1) window."""
+to 1 for pairs of positions of the attention grid (the stage-4 map) with the same pseudo label and
+to 0 for different labels, within a (2r+1)×(2r+1) window."""
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -53,25 +51,21 @@ class AffinityLoss(nn.Module):
 
     Args:
         radius: window radius r on the attention grid (Chebyshev distance ≤ r).
-        stride: output stride of the attention grid; when ``grid_size`` is not given to
-            ``forward`` it is (⌈H/stride⌉, ⌈W/stride⌉), the stage-4 size of the TSCD encoder.
         ignore_index: label value that is ignored.
     """
 
-    def __init__(self, radius: int = 8, stride: int = 16, ignore_index: int = IGNORE_INDEX):
+    def __init__(self, radius: int = 8, ignore_index: int = IGNORE_INDEX):
         super().__init__()
         self.radius = radius
-        self.stride = stride
         self.ignore_index = ignore_index
 
-    def forward(self, attn_pred: torch.Tensor, label: torch.Tensor,
-                grid_size: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward(self, attn_pred: torch.Tensor, label: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         """The loss of one batch.
 
         Args:
             attn_pred: the learned affinity A in (0, 1) (``TSCDOutput.attn_pred``).
             label: the refined pseudo label.
-            grid_size: (h, w) of the attention grid; default from ``stride``.
+            grid_size: (h, w) of the attention grid (the size of ``TSCDOutput.cam``).
 
         Shapes:
             - ``attn_pred``: (B, N, N), N = h·w.
@@ -81,8 +75,6 @@ class AffinityLoss(nn.Module):
         Raises:
             ValueError: ``attn_pred`` does not match the grid.
         """
-        if grid_size is None:
-            grid_size = (math.ceil(label.shape[-2] / self.stride), math.ceil(label.shape[-1] / self.stride))
         n = grid_size[0] * grid_size[1]
         if attn_pred.dim() != 3 or attn_pred.shape != (label.shape[0], n, n):
             raise ValueError(f"attn_pred must have shape (B, N, N) = ({label.shape[0]}, {n}, {n}) for a "

@@ -7,9 +7,9 @@ tile from feature differences and accumulate in float32 (the ``gaussian_product`
 :mod:`tscd.kernels.primitives`).
 
 The ``lattice`` backend (CPU) approximates the same product in O(N) with the permutohedral
-lattice (``csrc/lattice.h``): its sums fall short of the exact ones by the lattice scale (the
-released ``bilateralfilter`` module's and pydensecrf's, method §8), so ``auto`` never picks it
-here; ask for it by name.
+lattice (``csrc/lattice.h``): its sums are ≈ :data:`LATTICE_SCALE` × the exact ones on photographs
+(the released ``bilateralfilter`` module's and pydensecrf's scale, method §8), so ``auto`` never
+picks it here; ask for it by name.
 
 It serves the dense energy loss, dense CRF inference and ``tscd.compat.bilateralfilter``; the
 ops' autograd Functions call :func:`fused_product`, which has no gradient of its own. The public
@@ -29,6 +29,10 @@ from .reference.gaussian import gaussian_product as _reference_product
 
 # Features multiplied by this make the kernels' 2^(−‖f_i − f_j‖²) equal exp(−½‖f_i − f_j‖²).
 _EXP2_SCALE = math.sqrt(0.5 * math.log2(math.e))
+
+#: The permutohedral lattice's ``W·x`` over the exact sum on photographs (method §8): the scale of the
+#: ``lattice`` backend and of the released code's lattice, on which the AFA family's loss weights were tuned.
+LATTICE_SCALE = 0.58
 
 
 def position_features(batch: int, height: int, width: int, sigma_xy: float,

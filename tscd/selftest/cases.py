@@ -761,7 +761,7 @@ class TrainStep(Op):
         def step():
             torch.manual_seed(1)
             model.zero_grad(set_to_none=True)
-            total, _, _ = objective(model, model, batch, stage2)
+            total, _, _ = objective(model, batch, stage2)
             total.backward()
             return total.detach()
 
