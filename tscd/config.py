@@ -356,7 +356,8 @@ def _number(x: float) -> str:
 class Bounds:
     """The valid range of a number: finite, above ``low`` and below ``high`` (None: no bound),
     each bound included unless ``*_open``; ``why_high``: the reason for the upper bound, said to
-    a value above it."""
+    a value above it. The ranges of the config's keys and of the ops' settings
+    (``tscd.ops.checks.real``)."""
 
     low: Optional[float] = None
     high: Optional[float] = None

@@ -18,7 +18,7 @@ from torch import nn
 from .class_activation import MultiScaleCAM
 from .config import check_order
 from .constants import IGNORE_INDEX, REFINE_MODES
-from .ops._checks import check_dim_equal, check_same_device, check_tensor
+from .ops.checks import check_dim_equal, check_same_device, check_tensor
 from .ops.varm import DEFAULT_DILATIONS, varm_refine
 
 __all__ = [

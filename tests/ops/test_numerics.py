@@ -12,7 +12,7 @@ import torch
 
 from tests.utils import ALL, assert_within_reference_error, backend_param, require
 from tscd.ops import dense_crf, dense_energy_loss, gaussian_product, scd_loss, varm_affinity, varm_refine
-from tscd.ops._checks import SIGMA_RANGE, WEIGHT_RANGE
+from tscd.ops.checks import SIGMA_RANGE, WEIGHT_RANGE
 from tscd.ops.dense_crf import PYDENSECRF_MAX_FEATURE
 from tscd.ops.reference.dense_crf import dense_crf as crf_reference
 from tscd.ops.reference.dense_energy import dense_energy_loss as energy_reference

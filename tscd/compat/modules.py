@@ -5,8 +5,8 @@ import torch
 
 from tscd.losses.dense_energy import DenseEnergyLoss as _RecipeDenseEnergyLoss
 from tscd.ops import LATTICE_SCALE, dense_energy_loss
-from tscd.ops._checks import check_same_device, check_tensor
-from tscd.ops.dense_energy import _gate
+from tscd.ops.checks import check_same_device, check_tensor
+from tscd.ops.dense_energy import gate
 from tscd.ops.gaussian import bilateral_features
 from tscd.ops.varm import DEFAULT_DILATIONS
 from tscd.refine import VARM as _Refiner
@@ -26,7 +26,7 @@ class _FamilyGradient(torch.autograd.Function):
         B = probs.shape[0]
         ctx.probs_dtype = probs.dtype
         s = probs.to(torch.float32) * roi[:, None]
-        gated_ws = _gate(probs.to(torch.float32), roi, ignore)[:, None] * family_product(feats, s, exact_sum)
+        gated_ws = gate(probs.to(torch.float32), roi, ignore)[:, None] * family_product(feats, s, exact_sum)
         ctx.save_for_backward(roi, gated_ws)
         return -(s * gated_ws).sum() / B
 
@@ -112,7 +112,7 @@ class DenseEnergyLoss(_RecipeDenseEnergyLoss):
                                ("seg_label", label, (B, 1, H, W))):
             if tuple(t.shape) != shape:
                 raise ValueError(f"{name} must have shape {shape} to match segmentations, got {tuple(t.shape)}")
-        images, probs, roi, unlabelled = self._at_loss_scale(images, segmentations, ROIs, label)
+        images, probs, roi, unlabelled = self.at_loss_scale(images, segmentations, ROIs, label)
         sigma_xy = self.sigma_xy * self.scale_factor
         if self.gradient == "true":
             exact = uses_exact_sum(self.exact_sum, probs.device)

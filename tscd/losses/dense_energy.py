@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..constants import IGNORE_INDEX
-from ..ops import _checks
+from ..ops import checks
 from ..ops.dense_energy import dense_energy_loss
 
 
@@ -25,7 +25,7 @@ class DenseEnergyLoss(nn.Module):
     Args:
         weight: multiplies the loss, >= 0: the released 1e-7 × [`LATTICE_SCALE`][tscd.ops.LATTICE_SCALE]
             by default, the released magnitude with this exact operator.
-        sigma_rgb: colour kernel width (0–255 units), in ``tscd.ops._checks.SIGMA_RANGE``.
+        sigma_rgb: colour kernel width (0–255 units), in ``tscd.ops.checks.SIGMA_RANGE``.
         sigma_xy: spatial kernel width in pixels of the full-resolution input, in ``SIGMA_RANGE``;
             it is scaled by ``scale_factor`` together with the inputs.
         scale_factor: the inputs are resized by this factor before the loss (1: no resizing), > 0.
@@ -38,10 +38,10 @@ class DenseEnergyLoss(nn.Module):
     def __init__(self, weight: float = 5.8e-8, sigma_rgb: float = 15.0, sigma_xy: float = 100.0,
                  scale_factor: float = 0.5, backend: str = "auto"):
         super().__init__()
-        self.weight = _checks.real("weight", weight, 0.0)
-        self.sigma_rgb = _checks.sigma("sigma_rgb", sigma_rgb)
-        self.sigma_xy = _checks.sigma("sigma_xy", sigma_xy)
-        self.scale_factor = _checks.real("scale_factor", scale_factor, 0.0, low_open=True)
+        self.weight = checks.real("weight", weight, 0.0)
+        self.sigma_rgb = checks.sigma("sigma_rgb", sigma_rgb)
+        self.sigma_xy = checks.sigma("sigma_xy", sigma_xy)
+        self.scale_factor = checks.real("scale_factor", scale_factor, 0.0, low_open=True)
         self.backend = backend
 
     #: ``F.interpolate``'s ``recompute_scale_factor`` for the resizing (the AFA family's module sets it).
@@ -54,11 +54,27 @@ class DenseEnergyLoss(nn.Module):
         return F.interpolate(x, scale_factor=self.scale_factor, mode=mode,
                              recompute_scale_factor=self.recompute_scale_factor, **kwargs)
 
-    def _at_loss_scale(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor,
-                       seg_label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The inputs resized by ``scale_factor`` (images, roi, seg_label (B, 1, H, W) nearest; probs
-        bilinear): images (B, 3, h, w) float32, probs (B, K, h, w), roi (B, h, w) float32 and the
-        ignore mask (B, h, w), True where the label is 255."""
+    def at_loss_scale(self, images: torch.Tensor, probs: torch.Tensor, roi: torch.Tensor,
+                      seg_label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The inputs of the op: resized by ``scale_factor`` (nearest, ``probs`` bilinear).
+
+        Args:
+            images: the images in 0–255.
+            probs: class probabilities.
+            roi: the crop-box mask.
+            seg_label: the pseudo label.
+
+        Shapes:
+            - ``images``: (B, 3, H, W).
+            - ``probs``: (B, K, H, W).
+            - ``roi``: (B, H, W).
+            - ``seg_label``: (B, 1, H, W).
+            - returns: images (B, 3, h, w) float32, probs (B, K, h, w), roi (B, h, w) float32 and
+              the ignore mask (B, h, w), True where the label is 255.
+
+        Raises:
+            ValueError: the inputs vanish at ``scale_factor``.
+        """
         height, width = probs.shape[-2:]
         if height and width and min(int(height * self.scale_factor), int(width * self.scale_factor)) < 1:
             raise ValueError(f"the inputs of {height}×{width} pixels vanish at the loss's scale_factor "
@@ -96,7 +112,7 @@ class DenseEnergyLoss(nn.Module):
             seg_label = seg_label[:, None]
         if not isinstance(roi, torch.Tensor) or roi.dim() != 3:
             raise ValueError("roi must be a tensor of shape (B, H, W)")
-        images, probs, roi, ignore = self._at_loss_scale(images, probs, roi, seg_label)
+        images, probs, roi, ignore = self.at_loss_scale(images, probs, roi, seg_label)
         loss = dense_energy_loss(images, probs, roi, ignore, sigma_rgb=self.sigma_rgb,
                                  sigma_xy=self.sigma_xy * self.scale_factor, backend=self.backend)
         return self.weight * loss

@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import _checks
-from ..ops.scd import scd_loss
+from ..ops.scd import check_maps, scd_loss
 
 
 def _sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -57,11 +56,7 @@ class SelfCorrespondenceDistillation(nn.Module):
         """
         if self.num_samples is None:
             return scd_loss(t1, t2, s1, s2, backend=self.backend)
-        for name, x, shape in (("t1", t1, "(B, C, H1, W1)"), ("t2", t2, "(B, C, H2, W2)"),
-                               ("s1", s1, "(B, K, H1, W1)"), ("s2", s2, "(B, K, H2, W2)")):
-            _checks.check_tensor(name, x, shape, (4,))
-        _checks.check_same_device(t1=t1, t2=t2, s1=s1, s2=s2)
-        _checks.check_dim_equal("the batch sizes", t1=t1.shape[0], t2=t2.shape[0], s1=s1.shape[0], s2=s2.shape[0])
+        check_maps(t1, t2, s1, s2, flattened=False)
         n = self.num_samples
         grid1, grid2 = (torch.rand(t1.shape[0], n, n, 2, device=t1.device) * 2 - 1 for _ in range(2))
         return scd_loss(_sample(t1.detach(), grid1), _sample(t2.detach(), grid2), _sample(s1, grid1),

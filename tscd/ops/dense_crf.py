@@ -23,7 +23,7 @@ import math
 import torch
 
 from ..constants import CRF_PRESETS, DEFAULT_CRF_PRESET
-from . import _checks
+from . import checks
 from .backends import (
     CPU_CRF_LATTICE_PIXELS,
     check_reference_fallback,
@@ -84,28 +84,22 @@ def _kernel_params(name: str, params) -> tuple[float, ...]:
     if len(params) != len(labels):
         raise ValueError(f"{name} must be {len(labels)} real numbers ({', '.join(labels)}), got {params!r}")
     return tuple(
-        _checks.real(f"{name}[{i}] ({label})", v, *(_checks.WEIGHT_RANGE if label == "weight" else _checks.SIGMA_RANGE))
+        checks.real(f"{name}[{i}] ({label})", v, *(checks.WEIGHT_RANGE if label == "weight" else checks.SIGMA_RANGE))
         for i, (label, v) in enumerate(zip(labels, params))
     )
 
 
 def _check(images, probs, num_iter, smooth, appearance):
     """Validated (device, num_iter, smooth, appearance), the scalars as Python numbers."""
-    _checks.check_tensor("probs", probs, "(B, K, H, W)", (4,))
-    if not isinstance(images, torch.Tensor) or not (images.is_floating_point() or images.dtype == torch.uint8):
-        raise TypeError("images must be a float or uint8 torch.Tensor of shape (B, 3, H, W) in 0-255")
-    B, K, H, W = probs.shape
-    if tuple(images.shape) != (B, 3, H, W):
-        raise ValueError(f"images must have shape (B, 3, H, W) = {(B, 3, H, W)} to match probs, "
-                         f"got {tuple(images.shape)}")
+    K = checks.check_images_and_probs(images, probs)[1]
     if K == 0:
         raise ValueError(f"probs must have at least one class K, got shape {tuple(probs.shape)}")
-    num_iter = _checks.integer("num_iter", num_iter)
+    num_iter = checks.integer("num_iter", num_iter)
     smooth, appearance = _kernel_params("smooth", smooth), _kernel_params("appearance", appearance)
-    device = _checks.check_same_device(images=images, probs=probs)
-    _checks.check_finite("images", images, ("appearance[1] (sigma_rgb)", appearance[1]))
-    _checks.check_range("images", images, 0, 255, "the images in 0–255")
-    _checks.check_probabilities("probs", probs)
+    device = checks.check_same_device(images=images, probs=probs)
+    checks.check_finite("images", images, ("appearance[1] (sigma_rgb)", appearance[1]))
+    checks.check_range("images", images, 0, 255, "the images in 0–255")
+    checks.check_probabilities("probs", probs)
     return device, num_iter, smooth, appearance
 
 
@@ -157,7 +151,7 @@ def dense_crf(images: torch.Tensor, probs: torch.Tensor, *, num_iter: int = _DEF
         ValueError: the shapes or devices do not match, ``images`` holds NaN, infinity or values
             outside 0–255, ``probs`` is not probabilities or has no class, a σ
             lies outside ``SIGMA_RANGE`` or a weight outside ``WEIGHT_RANGE``
-            (``tscd.ops._checks``), or an approximate backend cannot hold the features
+            (``tscd.ops.checks``), or an approximate backend cannot hold the features
             (coordinates / σ and colours / σ: ``PYDENSECRF_MAX_FEATURE``,
             ``csrc/lattice.h``).
     """
@@ -173,7 +167,7 @@ def dense_crf(images: torch.Tensor, probs: torch.Tensor, *, num_iter: int = _DEF
             _check_pydensecrf_features(*probs.shape[2:], smooth, appearance)
             return primitives(resolved).dense_crf(images, probs, num_iter, *smooth, *appearance)
         if resolved == "torch":
-            dtype = _checks.compute_dtype(probs)
+            dtype = checks.compute_dtype(probs)
             check_reference_fallback("dense_crf", backend, device.type, probs.shape[0] * 7 * pixels**2 * dtype.itemsize)
             return reference.dense_crf(images, probs.to(dtype), num_iter, smooth, appearance)
         return _mean_field(resolved, images, probs, num_iter, smooth, appearance)

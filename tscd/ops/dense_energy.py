@@ -24,16 +24,28 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks
+from . import checks
 from .backends import check_reference_fallback, resolve
 from .gaussian import bilateral_features, fused_product
 from .reference import dense_energy as reference
 
 
-def _gate(probs: torch.Tensor, roi: torch.Tensor, ignore: torch.Tensor) -> torch.Tensor:
-    """``max(roi − max_k P, 0)``, 1 where ignored: (B, N) float32, no gradient."""
-    gate = torch.clamp(roi - probs.detach().amax(dim=1), min=0)
-    return torch.where(ignore, torch.ones_like(gate), gate)
+def gate(probs: torch.Tensor, roi: torch.Tensor, ignore: torch.Tensor) -> torch.Tensor:
+    """The gate of the dense energy loss, ``g = max(roi − max_k P, 0)``, set to 1 where ignored,
+    without gradient (method §8; the AFA family's loss uses the same gate).
+
+    Args:
+        probs: class probabilities, flattened.
+        roi: the crop-box mask.
+        ignore: True where the gate is 1 (unlabelled pixels).
+
+    Shapes:
+        - ``probs``: (B, K, N).
+        - ``roi``, ``ignore``: (B, N).
+        - returns: (B, N).
+    """
+    g = torch.clamp(roi - probs.detach().amax(dim=1), min=0)
+    return torch.where(ignore, torch.ones_like(g), g)
 
 
 class _DenseEnergy(torch.autograd.Function):
@@ -47,53 +59,46 @@ class _DenseEnergy(torch.autograd.Function):
         # exact (symmetric) kernels, by the transposed lattice product for the lattice.
         B, K = probs.shape[:2]
         ctx.probs_dtype = probs.dtype
-        gate = _gate(probs.to(torch.float32), roi, ignore)
+        g = gate(probs.to(torch.float32), roi, ignore)
         s = probs.to(torch.float32) * roi[:, None]
-        gs = s * gate[:, None]
+        gs = s * g[:, None]
         if needs_grad:
             if backend == "lattice":
                 ws, wt_gs = fused_product(backend, feats, s), fused_product(backend, feats, gs, transposed=True)
             else:
                 y = fused_product(backend, feats, torch.cat((s, gs), dim=1))
                 ws, wt_gs = y[:, :K], y[:, K:]
-            ctx.save_for_backward(roi, gate, ws, wt_gs)
+            ctx.save_for_backward(roi, g, ws, wt_gs)
         else:
             ws = fused_product(backend, feats, s)
         return -(gs * ws).sum() / B
 
     @staticmethod
     def backward(ctx, grad):
-        roi, gate, ws, wt_gs = ctx.saved_tensors
+        roi, g, ws, wt_gs = ctx.saved_tensors
         B = ws.shape[0]
-        grad_s = (gate[:, None] * ws + wt_gs) * (-grad / B)
+        grad_s = (g[:, None] * ws + wt_gs) * (-grad / B)
         grad_probs = (grad_s * roi[:, None]).to(ctx.probs_dtype)
         return grad_probs, None, None, None, None, None
 
 
 def _check(images, probs, roi, ignore, sigma_rgb, sigma_xy):
-    _checks.check_tensor("probs", probs, "(B, K, H, W)", (4,))
-    if not isinstance(images, torch.Tensor) or not (images.is_floating_point() or images.dtype == torch.uint8):
-        raise TypeError(f"images must be a float or uint8 torch.Tensor of shape (B, 3, H, W) in 0-255, "
-                        f"got {images.dtype if isinstance(images, torch.Tensor) else type(images).__name__}")
-    _checks.check_tensor("roi", roi, "(B, H, W)", (3,), floating=False)
-    _checks.check_tensor("ignore", ignore, "(B, H, W)", (3,), floating=False)
+    B, _, H, W = checks.check_images_and_probs(images, probs)
+    checks.check_tensor("roi", roi, "(B, H, W)", (3,), floating=False)
+    checks.check_tensor("ignore", ignore, "(B, H, W)", (3,), floating=False)
     if not (roi.dtype == torch.bool or roi.is_floating_point()):
         raise TypeError(f"roi must be a bool or float tensor, got {roi.dtype}")
     if ignore.dtype != torch.bool:
         raise TypeError(f"ignore must be a bool tensor, got {ignore.dtype}")
-    B, K, H, W = probs.shape
-    if tuple(images.shape) != (B, 3, H, W):
-        raise ValueError(f"images must have shape (B, 3, H, W) = {(B, 3, H, W)} to match probs, "
-                         f"got {tuple(images.shape)}")
     for name, t in (("roi", roi), ("ignore", ignore)):
         if tuple(t.shape) != (B, H, W):
             raise ValueError(f"{name} must have shape (B, H, W) = {(B, H, W)} to match probs, got {tuple(t.shape)}")
     if B == 0:
         raise ValueError(f"dense_energy_loss needs a batch size B >= 1 (the loss is a mean over the batch), got "
                          f"probs of shape {tuple(probs.shape)}")
-    sigma_rgb, sigma_xy = _checks.sigma("sigma_rgb", sigma_rgb), _checks.sigma("sigma_xy", sigma_xy)
-    device = _checks.check_same_device(images=images, probs=probs, roi=roi, ignore=ignore)
-    _checks.check_finite("images", images, ("sigma_rgb", sigma_rgb))
+    sigma_rgb, sigma_xy = checks.sigma("sigma_rgb", sigma_rgb), checks.sigma("sigma_xy", sigma_xy)
+    device = checks.check_same_device(images=images, probs=probs, roi=roi, ignore=ignore)
+    checks.check_finite("images", images, ("sigma_rgb", sigma_rgb))
     return device, sigma_rgb, sigma_xy
 
 
@@ -131,11 +136,11 @@ def dense_energy_loss(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tens
     Raises:
         TypeError: an argument is not a tensor of a supported dtype.
         ValueError: the shapes or devices do not match, B is 0, ``images`` holds NaN or
-            infinity, or a σ lies outside ``SIGMA_RANGE`` (``tscd.ops._checks``).
+            infinity, or a σ lies outside ``SIGMA_RANGE`` (``tscd.ops.checks``).
     """
     device, sigma_rgb, sigma_xy = _check(images, probs, roi, ignore, sigma_rgb, sigma_xy)
     request, backend = backend, resolve("dense_energy_loss", backend, device.type)
-    out_dtype = _checks.compute_dtype(probs)
+    out_dtype = checks.compute_dtype(probs)
     if backend == "torch":
         B, _, H, W = probs.shape  # the reference's colour differences: (B, 3, N, N) and more
         check_reference_fallback("dense_energy_loss", request, device.type, B * 8 * (H * W) ** 2 * out_dtype.itemsize)

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from . import _checks
+from . import checks
 from .backends import check_reference_fallback, primitives, resolve
 from .reference.gaussian import gaussian_product as _reference_product
 
@@ -98,7 +98,7 @@ class _Product(torch.autograd.Function):
 def _row_window(row_window, pixels: int) -> tuple[int, int]:
     """(width, radius) as Python ints: width >= 1 dividing N = ``pixels``, radius >= 0."""
     try:
-        width, radius = (_checks.integer("row_window", v) for v in row_window)
+        width, radius = (checks.integer("row_window", v) for v in row_window)
     except (TypeError, ValueError):
         width = radius = -1
     if width < 1 or radius < 0 or pixels % width:
@@ -123,7 +123,7 @@ def gaussian_product(feats: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | No
         x: the values to filter.
         x2: more values to filter with the same weights, or None.
         cutoff: pairs with ``‖f_i − f_j‖ > cutoff`` are left out (None: all pairs, exact); a
-            finite real number of at least ``SIGMA_RANGE[0]`` (``tscd.ops._checks``).
+            finite real number of at least ``SIGMA_RANGE[0]`` (``tscd.ops.checks``).
         row_window: ``(width, radius)``, a speed hint for windowed spatial kernels: the pixels are
             in raster order with rows of ``width``, and rows more than ``radius`` apart are
             skipped; ``cutoff`` must already give those pairs weight 0.
@@ -148,29 +148,29 @@ def gaussian_product(feats: torch.Tensor, x: torch.Tensor, x2: torch.Tensor | No
             the lattice, values beyond ±16384: ``csrc/lattice.h``), ``cutoff`` or ``row_window``
             is invalid, or ``feats`` requires a gradient under grad mode on a fused backend.
     """
-    _checks.check_tensor("feats", feats, "(B, D, N)", (3,))
-    _checks.check_tensor("x", x, "(B, K, N)", (3,))
+    checks.check_tensor("feats", feats, "(B, D, N)", (3,))
+    checks.check_tensor("x", x, "(B, K, N)", (3,))
     tensors = {"feats": feats, "x": x}
     if x2 is not None:
-        _checks.check_tensor("x2", x2, "(B, K2, N)", (3,))
+        checks.check_tensor("x2", x2, "(B, K2, N)", (3,))
         tensors["x2"] = x2
-    device = _checks.check_same_device(**tensors)
-    _checks.check_dim_equal("the batch size B", **{n: t.shape[0] for n, t in tensors.items()})
-    _checks.check_dim_equal("the pixel count N", **{n: t.shape[2] for n, t in tensors.items()})
+    device = checks.check_same_device(**tensors)
+    checks.check_dim_equal("the batch size B", **{n: t.shape[0] for n, t in tensors.items()})
+    checks.check_dim_equal("the pixel count N", **{n: t.shape[2] for n, t in tensors.items()})
     if not 1 <= feats.shape[1] <= 8:
         raise ValueError(f"feats must have 1 to 8 feature dimensions D, got {feats.shape[1]}")
     if cutoff is not None:  # a distance in feature units, like σ: its square is a normal float32
-        cutoff = _checks.real("cutoff", cutoff, _checks.SIGMA_RANGE[0])
+        cutoff = checks.real("cutoff", cutoff, checks.SIGMA_RANGE[0])
     if row_window is not None:
         row_window = _row_window(row_window, feats.shape[2])
-    _checks.check_finite("feats", feats)
+    checks.check_finite("feats", feats)
     request, backend = backend, resolve("gaussian_product", backend, device.type)
     if backend != "torch" and feats.requires_grad and torch.is_grad_enabled():
         raise ValueError(f"gaussian_product on backend {backend!r} differentiates with respect to x only, but feats "
                          "requires a gradient: detach feats, or pass backend='torch' for the gradient in feats")
     xs = x if x2 is None else torch.cat((x, x2.to(x.dtype)), dim=1)
     if backend == "torch":
-        dtype = _checks.compute_dtype(feats, xs)
+        dtype = checks.compute_dtype(feats, xs)
         B, D, N = feats.shape
         check_reference_fallback("gaussian_product", request, device.type, B * (D + 2) * N * N * dtype.itemsize)
         y = _reference_product(feats.to(dtype), xs.to(dtype), cutoff)

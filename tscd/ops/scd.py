@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks
+from . import checks
 from .backends import check_reference_fallback, primitives, resolve
 from .reference import scd as reference
 
@@ -66,15 +66,34 @@ class _ScdLoss(torch.autograd.Function):
         return None, None, None, None, g1, g2
 
 
-def _flatten_checked(t1, t2, s1, s2) -> tuple[torch.Tensor, ...]:
+def check_maps(t1, t2, s1, s2, flattened: bool = True) -> None:
+    """The four maps of [`scd_loss`][tscd.ops.scd_loss] (or of a module that samples them first):
+    floating-point tensors on one device with one batch size, the two teachers with one channel
+    count C and one dtype, the two students likewise with K, each teacher at the positions of its
+    view's student.
+
+    Args:
+        t1: teacher map of view 1.
+        t2: teacher map of view 2.
+        s1: student map of view 1.
+        s2: student map of view 2.
+        flattened: the maps may also be flattened to (B, C|K, N); False: (B, C|K, H, W) only.
+
+    Raises:
+        TypeError: a map is not a floating-point tensor, or the teachers (or students) differ in dtype.
+        ValueError: the shapes or devices do not match.
+    """
     names = ("t1", "t2", "s1", "s2")
     shapes = ("(B, C, H1, W1)", "(B, C, H2, W2)", "(B, K, H1, W1)", "(B, K, H2, W2)")
     for name, x, shape in zip(names, (t1, t2, s1, s2), shapes):
-        _checks.check_tensor(name, x, f"{shape} or flattened (B, C|K, N)", (3, 4))
-    _checks.check_same_device(t1=t1, t2=t2, s1=s1, s2=s2)
-    _checks.check_dim_equal("the batch sizes", t1=t1.shape[0], t2=t2.shape[0], s1=s1.shape[0], s2=s2.shape[0])
-    _checks.check_dim_equal("the teacher channels C", t1=t1.shape[1], t2=t2.shape[1])
-    _checks.check_dim_equal("the student channels K", s1=s1.shape[1], s2=s2.shape[1])
+        if flattened:
+            checks.check_tensor(name, x, f"{shape} or flattened (B, C|K, N)", (3, 4))
+        else:
+            checks.check_tensor(name, x, shape, (4,))
+    checks.check_same_device(t1=t1, t2=t2, s1=s1, s2=s2)
+    checks.check_dim_equal("the batch sizes", t1=t1.shape[0], t2=t2.shape[0], s1=s1.shape[0], s2=s2.shape[0])
+    checks.check_dim_equal("the teacher channels C", t1=t1.shape[1], t2=t2.shape[1])
+    checks.check_dim_equal("the student channels K", s1=s1.shape[1], s2=s2.shape[1])
     for t, s, view in ((t1, s1, "1"), (t2, s2, "2")):
         if t.shape[2:] != s.shape[2:]:
             raise ValueError(
@@ -84,6 +103,10 @@ def _flatten_checked(t1, t2, s1, s2) -> tuple[torch.Tensor, ...]:
     for name, a, b in (("t1, t2", t1, t2), ("s1, s2", s1, s2)):
         if a.dtype != b.dtype:
             raise TypeError(f"{name} must have the same dtype, got {a.dtype} and {b.dtype}")
+
+
+def _flatten_checked(t1, t2, s1, s2) -> tuple[torch.Tensor, ...]:
+    check_maps(t1, t2, s1, s2)
     flat = tuple(x.flatten(2) for x in (t1, t2, s1, s2))
     if flat[0].shape[0] == 0 or flat[0].shape[2] == 0 or flat[1].shape[2] == 0:
         raise ValueError(f"scd_loss needs B, N1 and N2 >= 1, got t1 {tuple(t1.shape)} and t2 {tuple(t2.shape)}")

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_dim_equal, check_finite, check_range, check_same_device, check_tensor, integer
 from .backends import primitives, resolve
+from .checks import check_dim_equal, check_finite, check_range, check_same_device, check_tensor, integer
 from .reference import varm as reference
 
 DEFAULT_DILATIONS = (1, 2, 4, 8, 12, 24)

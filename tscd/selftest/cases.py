@@ -679,10 +679,10 @@ class CompatDenseEnergy(_CompatOp):
         """The family's loss ``weight · L`` from the torch sum × ``LATTICE_SCALE``, with its gradient (``true``) or
         the released one, ``−(2/B)·g·(W S)·ROIs`` (``family``), both reaching the logits by autograd."""
         from ..compat import LATTICE_SCALE
-        from ..ops.dense_energy import _gate
+        from ..ops.dense_energy import gate
 
         module = self._module("true", "exact")
-        images_s, probs, roi, ignore = module._at_loss_scale(images, logits.softmax(1), rois, label)
+        images_s, probs, roi, ignore = module.at_loss_scale(images, logits.softmax(1), rois, label)
         b, k, h, w = probs.shape
         p, r = probs.reshape(b, k, h * w), roi.reshape(b, 1, h * w).to(probs.dtype)
         feats = bilateral_features(images_s, self.sigma_xy * self.scale_factor, self.sigma_rgb).to(probs.dtype)
@@ -693,7 +693,7 @@ class CompatDenseEnergy(_CompatOp):
             return self.weight * loss
         with torch.no_grad():
             s = p * r
-            gated_ws = _gate(p, r[:, 0], ignore.reshape(b, h * w))[:, None] * LATTICE_SCALE * ops.gaussian_product(
+            gated_ws = gate(p, r[:, 0], ignore.reshape(b, h * w))[:, None] * LATTICE_SCALE * ops.gaussian_product(
                 feats, s, backend="torch")
             value = -(s * gated_ws).sum() / b
         surrogate = (p * (gated_ws * r * (-2 / b))).sum()  # its gradient is the released backward

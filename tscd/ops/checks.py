@@ -1,4 +1,5 @@
-"""Argument validation shared by the ops: clear ``TypeError``/``ValueError`` messages that
+"""Argument validation of the ops and of every layer above that takes tensors or settings (the
+losses, the refinement, the compat drop-ins): clear ``TypeError``/``ValueError`` messages that
 name the argument and the expected shape or range, raised before any kernel sees the data.
 
 The numerical contract, the same on every backend:
@@ -25,6 +26,8 @@ import math
 import numbers
 
 import torch
+
+from ..config import Bounds
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 FLOAT32_MAX = torch.finfo(torch.float32).max
@@ -53,6 +56,30 @@ def check_tensor(name: str, x, expected: str, ndims: tuple[int, ...], floating: 
         )
     if x.dim() not in ndims:
         raise ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
+
+
+def check_images_and_probs(images, probs) -> tuple[int, int, int, int]:
+    """``probs`` must be per-pixel class probabilities (B, K, H, W) of a floating dtype and
+    ``images`` their images in 0–255, a float or uint8 tensor (B, 3, H, W) of the same batch and
+    size (the inputs of the dense CRF and the dense energy loss); returns (B, K, H, W).
+
+    Args:
+        images: the images.
+        probs: the class probabilities.
+
+    Raises:
+        TypeError: ``probs`` or ``images`` is not a tensor of those dtypes.
+        ValueError: a shape does not match.
+    """
+    check_tensor("probs", probs, "(B, K, H, W)", (4,))
+    if not isinstance(images, torch.Tensor) or not (images.is_floating_point() or images.dtype == torch.uint8):
+        raise TypeError(f"images must be a float or uint8 torch.Tensor of shape (B, 3, H, W) in 0-255, "
+                        f"got {images.dtype if isinstance(images, torch.Tensor) else type(images).__name__}")
+    B, K, H, W = probs.shape
+    if tuple(images.shape) != (B, 3, H, W):
+        raise ValueError(f"images must have shape (B, 3, H, W) = {(B, 3, H, W)} to match probs, "
+                         f"got {tuple(images.shape)}")
+    return B, K, H, W
 
 
 def check_same_device(**tensors: torch.Tensor) -> torch.device:
@@ -93,8 +120,7 @@ def real(name: str, value, low: float = -math.inf, high: float = math.inf, low_o
     bool) in ``[low, high]`` (``(low, high]`` when ``low_open``); else a ``ValueError`` naming
     ``name`` and the range."""
     number = _scalar(value)
-    if number is None or not math.isfinite(number) or not (low < number if low_open else low <= number) \
-            or not number <= high:
+    if number is None or number not in Bounds(low, high, low_open=low_open):
         if low == 0 and high == math.inf:
             expected = f"{'positive' if low_open else 'non-negative'} (a finite real number)"
         else:
