@@ -24,8 +24,8 @@ from tscd.data import DatasetError
 from tscd.engine import checkpoint as ckpt_io
 from tscd.engine import signals
 from tscd.engine import trainer as trainer_module
-from tscd.engine.builders import TRAINING_OPS, prepare_backends
 from tscd.engine.io import atomic_write
+from tscd.engine.runtime import TRAINING_OPS, prepare_backends
 from tscd.engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 from tscd.losses.objective import TSCDObjective
 from tscd.ops.backends import can_run

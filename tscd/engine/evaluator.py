@@ -15,13 +15,14 @@ import torch.nn.functional as F
 from ..class_activation import attention_random_walk
 from ..data import build_dataset
 from ..refine import PseudoLabeler, cam_to_label, class_argmax
-from .builders import build_pseudo_labeler, check_backend, eval_loader, pick_device
+from .builders import build_pseudo_labeler, eval_loader
 from .distributed import all_reduce_counts, init_distributed, shard
 from .inference import EvalProtocol, image_names, naming_the_image, progress_bar, smallest_images
 from .io import write_json
 from .metrics import ConfusionMatrix, MultiLabelF1
 from .outputs import check_output_folder, check_outputs
 from .pseudo_labels import save_predictions
+from .runtime import check_backend, pick_device
 from .visualize import save_grid
 
 KINDS = ("seg", "cam", "pseudo", "aff")

@@ -22,12 +22,13 @@ from ..data import DatasetError, build_dataset, collate
 from ..data.base import load_mask
 from ..ops.dense_crf import dense_crf
 from ..refine import PseudoLabeler, class_argmax
-from .builders import build_pseudo_labeler, check_backend, pick_device
+from .builders import build_pseudo_labeler
 from .distributed import all_reduce_counts, init_distributed, shard
 from .inference import image_names, naming_the_image, progress_bar
 from .io import write_json
 from .metrics import ConfusionMatrix
 from .outputs import check_output_folder, check_outputs
+from .runtime import check_backend, pick_device
 from .visualize import write_palette_png
 
 CRF_LABEL_CONFIDENCE = 0.7  # probability given to a pixel's label in the CRF's unary term
