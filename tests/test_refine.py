@@ -1,4 +1,4 @@
-"""tscd.refine: pseudo labels from CAMs (§3, crop boxes), the VARM module, the batched pseudo-label
+"""tscd.refine: pseudo labels from CAMs (§3, crop boxes), the refiner module (VARM/PAR), the batched pseudo-label
 refinement of method §4 and the PseudoLabeler that training, evaluation and the export share."""
 import pytest
 import torch
@@ -8,8 +8,8 @@ from tests.utils import ALL, DEVICE
 from tscd.class_activation import MultiScaleCAM, multi_scale_cam
 from tscd.ops import varm_refine
 from tscd.refine import (
-    VARM,
     PseudoLabeler,
+    Refiner,
     apply_crop_box,
     cam_to_label,
     class_argmax,
@@ -106,7 +106,7 @@ def test_hand_made_case(backend):
     cams[0, 1, :, 12:] = 0.9
     cams[0, 3, :, 6:12] = 0.45
     cls_labels = torch.tensor([[0, 1, 0, 1]], device=DEVICE)
-    label = refine_cams_with_bkg(img, cams, cls_labels, crop_boxes=[[0, 14, 0, 16]], refiner=VARM(backend=backend))
+    label = refine_cams_with_bkg(img, cams, cls_labels, crop_box=[[0, 14, 0, 16]], refiner=Refiner(backend=backend))
     expect = torch.full((1, 16, 16), 255, dtype=torch.long, device=DEVICE)
     expect[0, :14, :6] = 0
     expect[0, :14, 12:] = 2
@@ -129,16 +129,16 @@ def _random_case(seed=0):
 @pytest.mark.parametrize("mode", ["varm", "par"])
 def test_batched_equals_literal_per_image_loop(backend, mode):
     images, cams, cls_labels, boxes = _random_case()
-    refiner = VARM(num_iter=3, mode=mode, backend=backend)
-    label = refine_cams_with_bkg(images, cams, cls_labels, crop_boxes=boxes, refiner=refiner)
+    refiner = Refiner(num_iter=3, mode=mode, backend=backend)
+    label = refine_cams_with_bkg(images, cams, cls_labels, crop_box=boxes, refiner=refiner)
     expect = _literal_per_image(images, cams, cls_labels, boxes.tolist(), refiner)
     assert (label != 255).any() and (label == 255).any() and (label == 0).any()
     torch.testing.assert_close(label, expect)
 
 
-def test_without_crop_boxes_and_with_other_thresholds():
+def test_without_crop_box_and_with_other_thresholds():
     images, cams, cls_labels, boxes = _random_case(1)
-    refiner = VARM(num_iter=2, backend="torch")
+    refiner = Refiner(num_iter=2, backend="torch")
     whole = torch.tensor([[0, 20, 0, 18]] * 3)
     for high, low in ((0.55, 0.35), (0.7, 0.2)):
         label = refine_cams_with_bkg(images, cams, cls_labels, high=high, low=low, ignore_index=254, refiner=refiner)
@@ -148,7 +148,7 @@ def test_without_crop_boxes_and_with_other_thresholds():
 
 def test_module_wraps_the_op():
     images, cams = torch.rand(1, 3, 6, 7), torch.rand(1, 2, 3, 4)
-    module = VARM(dilations=(1, 3), num_iter=2, mode="par", backend="torch")
+    module = Refiner(dilations=(1, 3), num_iter=2, mode="par", backend="torch")
     torch.testing.assert_close(
         module(images, cams), varm_refine(images, cams, dilations=(1, 3), num_iter=2, mode="par", backend="torch")
     )
@@ -161,15 +161,15 @@ def test_module_wraps_the_op():
         (dict(images=torch.rand(3, 1, 20, 18)), r"images must have shape \(B, 3, H, W\)"),
         (dict(cams=torch.rand(2, 6, 20, 18)), "batch sizes"),
         (dict(cls_labels=torch.ones(3, 5)), "class counts of cams and cls_labels"),
-        (dict(crop_boxes=torch.zeros(3, 3, dtype=torch.long)), r"crop_boxes must be an integer \(B, 4\)"),
-        (dict(crop_boxes=torch.zeros(3, 4)), r"crop_boxes must be an integer \(B, 4\)"),
-        (dict(downscale=0.0), "downscale must be in"),
-        (dict(downscale=1.5), "downscale must be in"),
+        (dict(crop_box=torch.zeros(3, 3, dtype=torch.long)), r"crop_box must be an integer \(B, 4\)"),
+        (dict(crop_box=torch.zeros(3, 4)), r"crop_box must be an integer \(B, 4\)"),
+        (dict(scale=0.0), "scale must be in"),
+        (dict(scale=1.5), "scale must be in"),
     ],
 )
 def test_bad_inputs(change, match):
     images, cams, cls_labels, _ = _random_case()
-    args = dict(images=images.cpu(), cams=cams.cpu(), cls_labels=cls_labels.cpu(), crop_boxes=None, downscale=0.5)
+    args = dict(images=images.cpu(), cams=cams.cpu(), cls_labels=cls_labels.cpu(), crop_box=None, scale=0.5)
     args.update(change)
     with pytest.raises(ValueError, match=match):
         refine_cams_with_bkg(args.pop("images"), args.pop("cams"), args.pop("cls_labels"), **args)
@@ -186,16 +186,16 @@ class ColourModel(torch.nn.Module):
 def test_pseudo_labeler_is_cams_then_thresholds_then_refinement(refine):
     images, cams, cls_labels, boxes = _random_case()
     rgb = images
-    labeler = PseudoLabeler(MultiScaleCAM((1.0, 0.5)), high=0.6, low=0.3, refine=refine, dilations=(1, 2), num_iter=3,
-                            downscale=0.5, backend="torch")
+    labeler = PseudoLabeler(MultiScaleCAM((1.0, 0.5)), high=0.6, low=0.3, mode=refine, dilations=(1, 2), num_iter=3,
+                            scale=0.5, backend="torch")
     model = ColourModel()
     got_cams, labels = labeler(model, images, rgb, cls_labels, boxes)
     torch.testing.assert_close(got_cams, multi_scale_cam(model, images, (1.0, 0.5)))
     if refine == "none":
         expected = pseudo_label(got_cams, cls_labels, boxes, high=0.6, low=0.3)
     else:
-        expected = refine_cams_with_bkg(rgb, got_cams, cls_labels, high=0.6, low=0.3, crop_boxes=boxes,
-                                        refiner=VARM((1, 2), 3, refine, "torch"))
+        expected = refine_cams_with_bkg(rgb, got_cams, cls_labels, high=0.6, low=0.3, crop_box=boxes,
+                                        refiner=Refiner((1, 2), 3, refine, "torch"))
     assert torch.equal(labels, expected)
     # one background score for both thresholds: a full label (evaluation)
     full = labeler.labels(rgb, got_cams, cls_labels, boxes, high=0.45, low=0.45)
@@ -203,8 +203,8 @@ def test_pseudo_labeler_is_cams_then_thresholds_then_refinement(refine):
 
 
 def test_pseudo_labeler_arguments():
-    with pytest.raises(ValueError, match="refine must be one of"):
-        PseudoLabeler(refine="crf")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        PseudoLabeler(mode="crf")
     with pytest.raises(ValueError, match="low"):
         PseudoLabeler(high=0.3, low=0.5)
-    assert "refine='par'" in repr(PseudoLabeler(refine="par"))
+    assert "mode='par'" in repr(PseudoLabeler(mode="par"))

@@ -60,7 +60,7 @@ def test_a_crashing_backend_is_an_error(monkeypatch):
         raise RuntimeError("kernel launch failed")
 
     case = next(c for c in checks.cases("quick") if c.op == "gaussian_product")
-    monkeypatch.setattr("tscd.ops.gaussian.fused_product", crash)
+    monkeypatch.setattr("tscd.ops.gaussian.gaussian_product_unchecked", crash)
     results = checks.run_case(case, "cpu", dtypes=(torch.float32,), backends_to_check=["cpp"])
     assert [(r.status, r.detail) for r in results] == [("ERROR", "RuntimeError: kernel launch failed")]
     assert results[0].failed

@@ -22,7 +22,7 @@ from .ops.checks import check_dim_equal, check_same_device, check_tensor
 from .ops.varm import DEFAULT_DILATIONS, varm_refine
 
 __all__ = [
-    "PseudoLabeler", "VARM", "refine_cams_with_bkg", "pseudo_label", "cam_to_label", "crop_box_mask",
+    "PseudoLabeler", "Refiner", "refine_cams_with_bkg", "pseudo_label", "cam_to_label", "crop_box_mask",
     "apply_crop_box", "class_argmax",
 ]
 
@@ -152,8 +152,9 @@ def pseudo_label(cam: torch.Tensor, cls_labels: torch.Tensor, crop_box: torch.Te
     return apply_crop_box(label, crop_box, ignore_index)
 
 
-class VARM(nn.Module):
-    """The refiner of method §4 as a module: [`tscd.ops.varm_refine`][tscd.ops.varm_refine] with fixed settings.
+class Refiner(nn.Module):
+    """The refiner of method §4 as a module: [`tscd.ops.varm_refine`][tscd.ops.varm_refine] with fixed
+    settings, TSCD's VARM or AFA's PAR by ``mode``.
 
     No parameters, no gradient.
 
@@ -217,13 +218,13 @@ def refine_cams_with_bkg(
     high: float = 0.55,
     low: float = 0.35,
     ignore_index: int = IGNORE_INDEX,
-    crop_boxes=None,
-    downscale: float = 0.5,
+    crop_box=None,
+    scale: float = 0.5,
     refiner: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Refined pseudo labels from CAMs, the training use of method §4 (AFA's ``refine_cams_with_bkg_v2``).
 
-    At size (⌊H·downscale⌋, ⌊W·downscale⌋) (bilinear, ``align_corners=False``, as AFA) the CAMs
+    At size (⌊H·scale⌋, ⌊W·scale⌋) (bilinear, ``align_corners=False``, as AFA) the CAMs
     with a constant background channel prepended, once of value ``high`` and once ``low``,
     restricted to background and the present classes, go through a softmax over those channels
     and the refiner; the result is upsampled to (H, W) and its argmax mapped back to class ids.
@@ -241,17 +242,17 @@ def refine_cams_with_bkg(
         high: the background score of the "high" label.
         low: the background score of the "low" label.
         ignore_index: the label value of uncertain pixels.
-        crop_boxes: None (the whole image) or integer (y0, y1, x0, x1) boxes with exclusive ends,
+        crop_box: None (the whole image) or integer (y0, y1, x0, x1) boxes with exclusive ends,
             the region of each image that is not padding.
-        downscale: the refinement runs at this fraction of the image size, in (0, 1].
+        scale: the refinement runs at this fraction of the image size, in (0, 1].
         refiner: ``(images, masks) -> refined masks`` at the images' size; default
-            [`VARM()`][tscd.refine.VARM].
+            [`Refiner()`][tscd.refine.Refiner].
 
     Shapes:
         - ``images``: (B, 3, H, W).
         - ``cams``: (B, K−1, h, w).
         - ``cls_labels``: (B, K−1).
-        - ``crop_boxes``: (B, 4).
+        - ``crop_box``: (B, 4).
         - returns: (B, H, W).
 
     Returns:
@@ -259,7 +260,7 @@ def refine_cams_with_bkg(
 
     Raises:
         TypeError: an argument is not a tensor (floating point for ``images`` and ``cams``).
-        ValueError: the shapes, devices, ``downscale`` or ``crop_boxes`` are invalid.
+        ValueError: the shapes, devices, ``scale`` or ``crop_box`` are invalid.
     """
     check_tensor("images", images, "(B, 3, H, W)", (4,))
     if images.shape[1] != 3:
@@ -271,11 +272,11 @@ def refine_cams_with_bkg(
                     cls_labels=cls_labels.shape[0])
     check_dim_equal("the class counts of cams and cls_labels", cams=cams.shape[1], cls_labels=cls_labels.shape[1])
     check_same_device(images=images, cams=cams, cls_labels=cls_labels)
-    small = (int(h * downscale), int(w * downscale))
-    if not 0 < downscale <= 1 or min(small) < 1:
-        raise ValueError(f"downscale must be in (0, 1] and leave at least one pixel of {h}x{w}, got {downscale}")
+    small = (int(h * scale), int(w * scale))
+    if not 0 < scale <= 1 or min(small) < 1:
+        raise ValueError(f"scale must be in (0, 1] and leave at least one pixel of {h}x{w}, got {scale}")
     if refiner is None:
-        refiner = VARM()
+        refiner = Refiner()
 
     keys, valid = _present_channels(cls_labels)
     kp = keys.shape[1]
@@ -296,8 +297,8 @@ def refine_cams_with_bkg(
 
     label = label_high.masked_fill(label_high == 0, ignore_index)
     label = label.masked_fill((label_high == 0) & (label_low == 0), 0)
-    if crop_boxes is not None:
-        label = label.masked_fill(~crop_box_mask(crop_boxes, b, h, w, images.device, "crop_boxes"),
+    if crop_box is not None:
+        label = label.masked_fill(~crop_box_mask(crop_box, b, h, w, images.device),
                                   ignore_index)
     return label
 
@@ -308,7 +309,7 @@ class PseudoLabeler:
     The one path from a model and a batch to pseudo labels, shared by training, evaluation and the
     pseudo-label export. [`cams`][tscd.class_activation.MultiScaleCAM] gives the CAMs,
     [`labels`][tscd.refine.PseudoLabeler.labels] the labels from them, and calling the object,
-    ``labeler(model, images, rgb, cls_labels, crop_boxes)``, does both and returns
+    ``labeler(model, images, rgb, cls_labels, crop_box)``, does both and returns
     ``(cams, labels)``. Runs without gradient.
 
     Args:
@@ -316,36 +317,36 @@ class PseudoLabeler:
         high: background score of method §3: a pixel is its class where the CAM exceeds ``high``.
         low: background score of method §3: uncertain (ignored) between ``low`` and ``high``,
             background below ``low``.
-        refine: ``"varm"`` (TSCD), ``"par"`` (AFA) or ``"none"`` (the plain CAM labels of §3).
+        mode: ``"varm"`` (TSCD), ``"par"`` (AFA) or ``"none"`` (the plain CAM labels of §3).
         dilations: the refiner's neighbourhood.
         num_iter: the refiner's iterations.
-        downscale: the refinement runs at this fraction of the image size (§4).
+        scale: the refinement runs at this fraction of the image size (§4).
         backend: the ``tscd.ops`` backend of the refinement.
 
     Raises:
-        ValueError: ``refine`` is unknown or ``low`` exceeds ``high``.
+        ValueError: ``mode`` is unknown or ``low`` exceeds ``high``.
     """
 
     def __init__(self, cams: MultiScaleCAM | None = None, high: float = 0.55, low: float = 0.35,
-                 refine: str = "varm", dilations=DEFAULT_DILATIONS, num_iter: int = 10, downscale: float = 0.5,
+                 mode: str = "varm", dilations=DEFAULT_DILATIONS, num_iter: int = 10, scale: float = 0.5,
                  backend: str = "auto"):
-        if refine not in REFINE_MODES:
-            raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
+        if mode not in REFINE_MODES:
+            raise ValueError(f"mode must be one of {REFINE_MODES}, got {mode!r}")
         check_order("low", low, "high", high)
         self.cams = MultiScaleCAM() if cams is None else cams
-        self.high, self.low, self.downscale, self.refine = high, low, downscale, refine
-        self.refiner = None if refine == "none" else VARM(dilations, num_iter, refine, backend)
+        self.high, self.low, self.scale, self.mode = high, low, scale, mode
+        self.refiner = None if mode == "none" else Refiner(dilations, num_iter, mode, backend)
 
     @torch.no_grad()
-    def labels(self, rgb: torch.Tensor, cams: torch.Tensor, cls_labels: torch.Tensor, crop_boxes=None,
+    def labels(self, rgb: torch.Tensor, cams: torch.Tensor, cls_labels: torch.Tensor, crop_box=None,
                high: float | None = None, low: float | None = None) -> torch.Tensor:
-        """Pseudo labels from CAMs: thresholds (§3), then the refinement (§4) unless ``refine="none"``.
+        """Pseudo labels from CAMs: thresholds (§3), then the refinement (§4) unless ``mode="none"``.
 
         Args:
             rgb: the images in [0, 1].
             cams: their CAMs, from [`cams`][tscd.class_activation.MultiScaleCAM].
             cls_labels: image-level labels.
-            crop_boxes: integer (y0, y1, x0, x1) boxes, or None.
+            crop_box: integer (y0, y1, x0, x1) boxes, or None.
             high: replaces the ``high`` threshold for this call.
             low: replaces the ``low`` threshold for this call (evaluation asks for full labels
                 with high = low).
@@ -354,7 +355,7 @@ class PseudoLabeler:
             - ``rgb``: (B, 3, H, W).
             - ``cams``: (B, K−1, H, W).
             - ``cls_labels``: (B, K−1).
-            - ``crop_boxes``: (B, 4).
+            - ``crop_box``: (B, 4).
             - returns: (B, H, W).
 
         Returns:
@@ -363,16 +364,16 @@ class PseudoLabeler:
         high = self.high if high is None else high
         low = self.low if low is None else low
         if self.refiner is None:
-            return pseudo_label(cams, cls_labels, crop_boxes, high=high, low=low)
-        return refine_cams_with_bkg(rgb, cams, cls_labels, high=high, low=low, crop_boxes=crop_boxes,
-                                    downscale=self.downscale, refiner=self.refiner)
+            return pseudo_label(cams, cls_labels, crop_box, high=high, low=low)
+        return refine_cams_with_bkg(rgb, cams, cls_labels, high=high, low=low, crop_box=crop_box,
+                                    scale=self.scale, refiner=self.refiner)
 
     def __call__(self, model, images: torch.Tensor, rgb: torch.Tensor, cls_labels: torch.Tensor,
-                 crop_boxes=None) -> tuple[torch.Tensor, torch.Tensor]:
+                 crop_box=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(cams (B, K−1, H, W), labels (B, H, W)) of normalised images and their [0, 1] view ``rgb``."""
         cams = self.cams(model, images)
-        return cams, self.labels(rgb, cams, cls_labels, crop_boxes)
+        return cams, self.labels(rgb, cams, cls_labels, crop_box)
 
     def __repr__(self) -> str:
-        return (f"PseudoLabeler(cams={self.cams}, high={self.high}, low={self.low}, refine={self.refine!r}, "
-                f"downscale={self.downscale}, refiner={self.refiner})")
+        return (f"PseudoLabeler(cams={self.cams}, high={self.high}, low={self.low}, mode={self.mode!r}, "
+                f"scale={self.scale}, refiner={self.refiner})")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tscd.config import load_config, to_dict
-from tscd.engine import checkpoint as ckpt_io
+from tscd.engine import checkpoint
 from tscd.engine.builders import build_model
 from tscd.engine.schedule import build_optimizer, build_scheduler
 
@@ -38,7 +38,7 @@ def _trainer_style_checkpoint() -> dict:
     history = [{"iteration": 4, "seg_miou": 0.25, "cls_f1": float("nan"), "num_images": 4,
                 "per_class_iou": {"background": 0.5, "circle": None}}]
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "step": 1, "rng": [ckpt_io.rng_state()], "history": history, "wall_time": 12.5,
+            "step": 1, "rng": [checkpoint.rng_state()], "history": history, "wall_time": 12.5,
             "config": to_dict(cfg), "class_names": ["background", "circle"]}
 
 
@@ -55,20 +55,20 @@ def _same(a, b) -> bool:
 def test_a_trainer_checkpoint_loads_weights_only_and_round_trips(tmp_path):
     state = _trainer_style_checkpoint()
     path = tmp_path / "last.pth"
-    ckpt_io.atomic_save(state, path)
+    checkpoint.atomic_save(state, path)
     torch.load(path, weights_only=True)  # no pickled object in it
-    assert _same(ckpt_io.load(path), state)
+    assert _same(checkpoint.load(path), state)
 
 
 def test_rng_state_restores_every_stream_exactly(tmp_path):
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     random.gauss(0, 1), np.random.standard_normal()  # cached Gaussians are part of the state
     path = tmp_path / "rng.pth"
-    ckpt_io.atomic_save({"model": {}, "rng": [ckpt_io.rng_state()]}, path)
+    checkpoint.atomic_save({"model": {}, "rng": [checkpoint.rng_state()]}, path)
     expected = (random.random(), random.gauss(0, 1), np.random.rand(3), np.random.standard_normal(),
                 torch.rand(3))
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
-    ckpt_io.set_rng_state(ckpt_io.load(path)["rng"][0])
+    checkpoint.set_rng_state(checkpoint.load(path)["rng"][0])
     again = (random.random(), random.gauss(0, 1), np.random.rand(3), np.random.standard_normal(), torch.rand(3))
     assert expected[:2] == again[:2] and np.array_equal(expected[2], again[2]) and expected[3] == again[3]
     assert torch.equal(expected[4], again[4])
@@ -83,8 +83,8 @@ def test_a_file_that_would_run_code_is_refused_without_running_it(tmp_path, fmt)
         torch.save(payload, path)
     else:
         path.write_bytes(pickle.dumps(payload))
-    with pytest.raises(ckpt_io.CheckpointError) as info:
-        ckpt_io.load(path)
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        checkpoint.load(path)
     assert not marker.exists()
     message = str(info.value)
     expected = (f"refused to load {path}: loading it would run code" if fmt == "torch"
@@ -97,8 +97,8 @@ def test_a_checkpoint_with_numpy_objects_names_the_older_format(tmp_path):
     """What tscd wrote before: the numpy RNG state as a pickled array."""
     path = tmp_path / "old.pth"
     torch.save({"model": {}, "rng": [{"numpy": np.random.get_state()}]}, path)
-    with pytest.raises(ckpt_io.CheckpointError) as info:
-        ckpt_io.load(path)
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        checkpoint.load(path)
     message = str(info.value)
     assert message.startswith(f"refused to load {path}: loading it would run code")
     assert "numpy" in message and "\n" not in message
@@ -110,6 +110,6 @@ def test_a_safetensors_file_is_read_but_is_no_training_checkpoint(tmp_path):
 
     path = tmp_path / "model.safetensors"
     save_file({"w": torch.ones(2)}, path)
-    with pytest.raises(ckpt_io.CheckpointError) as info:
-        ckpt_io.load(path)
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        checkpoint.load(path)
     assert str(info.value) == f"{path} is not a tscd training checkpoint (no 'model' entry)"

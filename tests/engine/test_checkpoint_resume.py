@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tscd.config import load_config
-from tscd.engine import checkpoint as ckpt_io
+from tscd.engine import checkpoint
 from tscd.engine.trainer import Trainer
 
 from . import TINY
@@ -12,7 +12,7 @@ from . import TINY
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "ck" / "last.pth"
-    ckpt_io.atomic_save({"model": {"w": torch.ones(2)}}, path)
+    checkpoint.atomic_save({"model": {"w": torch.ones(2)}}, path)
 
     def broken_save(obj, f):
         f.write(b"partial")
@@ -20,19 +20,19 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        ckpt_io.atomic_save({"model": {"w": torch.zeros(2)}}, path)
+        checkpoint.atomic_save({"model": {"w": torch.zeros(2)}}, path)
     monkeypatch.undo()
-    assert torch.equal(ckpt_io.load(path)["model"]["w"], torch.ones(2))
+    assert torch.equal(checkpoint.load(path)["model"]["w"], torch.ones(2))
     assert os.listdir(path.parent) == ["last.pth"]  # no temporary file left behind
 
 
 def test_load_errors_name_the_file(tmp_path):
-    with pytest.raises(ckpt_io.CheckpointError, match="not found"):
-        ckpt_io.load(tmp_path / "none.pth")
+    with pytest.raises(checkpoint.CheckpointError, match="not found"):
+        checkpoint.load(tmp_path / "none.pth")
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"garbage")
-    with pytest.raises(ckpt_io.CheckpointError, match="bad.pth"):
-        ckpt_io.load(bad)
+    with pytest.raises(checkpoint.CheckpointError, match="bad.pth"):
+        checkpoint.load(bad)
 
 
 def test_resume_is_exact(tmp_path):
@@ -71,7 +71,7 @@ def test_sigterm_saves_last_checkpoint_and_exits_143(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 143, err
-    state = ckpt_io.load(work / "checkpoints" / "last.pth")
+    state = checkpoint.load(work / "checkpoints" / "last.pth")
     assert state["step"] >= 1
     assert f"interrupted at iteration {state['step']}" in err and "--resume" in err
 
@@ -94,7 +94,7 @@ def test_resume_refuses_a_changed_freeze_backbone(tmp_path):
     """Freezing or unfreezing the encoder changes the optimiser's parameter groups: a resumed run
     would fail inside torch; it is refused up front, naming the key and the way out."""
     Trainer(load_config("synthetic", TINY), tmp_path, progress=False).train(stop_at=1)
-    with pytest.raises(ckpt_io.CheckpointError, match=r"model.freeze_backbone=False \(the config says True\).*"
+    with pytest.raises(checkpoint.CheckpointError, match=r"model.freeze_backbone=False \(the config says True\).*"
                                                      r"model.pretrained="):
         Trainer(load_config("synthetic", [*TINY, "model.freeze_backbone=true"]), tmp_path, resume=True,
                 progress=False)

@@ -209,10 +209,10 @@ def test_sharded_evaluation_equals_single_process(cfg, model, tmp_path):
 
 def test_eval_command_with_protocol_flags(cfg, model, tmp_path):
     from tscd.cli import main
-    from tscd.engine import checkpoint as ckpt_io
+    from tscd.engine import checkpoint
 
     ckpt = tmp_path / "model.pth"
-    ckpt_io.atomic_save({"model": model.state_dict(), "config": to_dict(cfg),
+    checkpoint.atomic_save({"model": model.state_dict(), "config": to_dict(cfg),
                          "class_names": list(build_dataset(cfg, "val", train=False).class_names)}, ckpt)
     out, preds = tmp_path / "m.json", tmp_path / "preds"
     rc = main(["eval", "--checkpoint", str(ckpt), "--scales", "1.0,0.75", "--flip", "--crf", "none",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tscd.engine import checkpoint as ckpt_io
+from tscd.engine import checkpoint
 from tscd.engine.io import atomic_write
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,13 +79,13 @@ def test_a_full_disk_is_named_and_keeps_the_previous_file(tmp_path, code, words)
 def test_a_full_disk_under_torch_save_is_named_not_an_enforce_failure(tmp_path):
     """torch.save turns its file's failed write into "[enforce fail at inline_container.cc:...]"."""
     path = tmp_path / "last.pth"
-    ckpt_io.atomic_save({"model": {"w": torch.ones(2)}}, path)
+    checkpoint.atomic_save({"model": {"w": torch.ones(2)}}, path)
     with pytest.raises(OSError) as info:
         atomic_write(path, lambda f: torch.save({"model": {"w": torch.zeros(100_000)}}, _FullDisk(f, room=1000)))
     message = str(info.value)
     assert message.startswith(f"cannot write {path}: no space left on device") and "enforce" not in message
     assert info.value.errno == errno.ENOSPC
-    assert torch.equal(ckpt_io.load(path)["model"]["w"], torch.ones(2)) and _temps(tmp_path) == []
+    assert torch.equal(checkpoint.load(path)["model"]["w"], torch.ones(2)) and _temps(tmp_path) == []
 
 
 def test_other_failures_pass_through_unchanged(tmp_path):

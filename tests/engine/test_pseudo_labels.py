@@ -12,7 +12,7 @@ from tscd.data import build_dataset
 from tscd.engine import pseudo_labels as pl
 from tscd.engine.builders import build_model, build_pseudo_labeler
 from tscd.engine.metrics import ConfusionMatrix
-from tscd.refine import VARM, pseudo_label, refine_cams_with_bkg
+from tscd.refine import Refiner, pseudo_label, refine_cams_with_bkg
 
 from ..data.test_folder import make_folder
 from . import TINY
@@ -80,7 +80,7 @@ def test_batch_labels_follow_method_2_to_4(setup):
     cam = multi_scale_cam(model, images, tuple(cfg.cam.scales))
     r = cfg.refine
     expected = refine_cams_with_bkg(rgb, cam, labels.long(), high=cfg.cam.high, low=cfg.cam.low,
-                                    downscale=r.scale, refiner=VARM(tuple(r.dilations), r.num_iter, "par"))
+                                    scale=r.scale, refiner=Refiner(tuple(r.dilations), r.num_iter, "par"))
     labels_of = lambda refine: pl.pseudo_labels_for_batch(build_pseudo_labeler(cfg, refine), model, images, rgb,  # noqa: E731
                                                           labels)
     assert torch.equal(labels_of("par"), expected)
@@ -110,11 +110,11 @@ def test_crf_on_labels_keeps_uncertain_pixels(monkeypatch):
 
 def test_pseudo_labels_command(setup, capsys):
     from tscd.cli import main
-    from tscd.engine import checkpoint as ckpt_io
+    from tscd.engine import checkpoint
 
     cfg, model, _, out = setup
     ckpt = out.parent / "model.pth"
-    ckpt_io.atomic_save({"model": model.state_dict(), "config": to_dict(cfg)}, ckpt)
+    checkpoint.atomic_save({"model": model.state_dict(), "config": to_dict(cfg)}, ckpt)
     args = ["pseudo-labels", "--config", "folder", "--checkpoint", str(ckpt), "--data-root", cfg.data.root,
             "--split", "val", "--out", str(out), "--refine", "par", *OVERRIDES]
     assert main(args) == 0

@@ -21,8 +21,7 @@ import yaml
 
 from tscd.config import ConfigError, load_config
 from tscd.data import DatasetError
-from tscd.engine import checkpoint as ckpt_io
-from tscd.engine import signals
+from tscd.engine import checkpoint, signals
 from tscd.engine import trainer as trainer_module
 from tscd.engine.io import atomic_write
 from tscd.engine.runtime import TRAINING_OPS, prepare_backends
@@ -64,7 +63,7 @@ def _assert_same_state(a: Trainer, b: Trainer) -> None:
 
 
 def _last(work):
-    return ckpt_io.load(work / "checkpoints" / "last.pth")
+    return checkpoint.load(work / "checkpoints" / "last.pth")
 
 
 def _resume(work, *overrides) -> Trainer:
@@ -233,8 +232,8 @@ def test_weights_that_became_non_finite_are_never_saved(tmp_path, monkeypatch):
 
 def test_checkpoints_by_wall_time(tmp_path, monkeypatch):
     saved = []
-    original = ckpt_io.atomic_save
-    monkeypatch.setattr(ckpt_io, "atomic_save", lambda obj, path: (saved.append(obj["step"]), original(obj, path)))
+    original = checkpoint.atomic_save
+    monkeypatch.setattr(checkpoint, "atomic_save", lambda obj, path: (saved.append(obj["step"]), original(obj, path)))
     Trainer(_cfg("train.max_iters=2", "train.ckpt_minutes=1e-9"), tmp_path / "a", progress=False).train()
     assert saved == [1, 2]  # due after every iteration, at its end; the final save
     saved.clear()
@@ -252,7 +251,7 @@ def test_resume_with_another_model_shape_names_the_key(reference):
     work = reference.work_dir
     with pytest.raises(DatasetError, match=r"data\.num_classes=5 does not match the dataset"):
         Trainer(_cfg("data.num_classes=5"), work, resume=True, progress=False)  # the dataset says first
-    with pytest.raises(ckpt_io.CheckpointError, match=r"model\.embedding_dim=16 \(the config says 32\)"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"model\.embedding_dim=16 \(the config says 32\)"):
         Trainer(_cfg("model.embedding_dim=32"), work, resume=True, progress=False)
 
 
@@ -294,7 +293,7 @@ def test_the_ops_backends_are_resolved_before_the_first_step(tmp_path, monkeypat
 def test_after_a_full_disk_resume_continues_from_the_newest_checkpoint(tmp_path, monkeypatch, reference, caplog):
     """iter_000002.pth was saved, last.pth then hit a full disk: the message claimed a previous
     last.pth was kept (there was none) and --resume did not look at iter_000002.pth."""
-    original = ckpt_io.atomic_save
+    original = checkpoint.atomic_save
 
     def full_disk(obj, path):
         if Path(path).name != "last.pth":
@@ -306,7 +305,7 @@ def test_after_a_full_disk_resume_continues_from_the_newest_checkpoint(tmp_path,
 
         atomic_write(path, write)
 
-    monkeypatch.setattr(ckpt_io, "atomic_save", full_disk)
+    monkeypatch.setattr(checkpoint, "atomic_save", full_disk)
     work = tmp_path / "run"
     with pytest.raises(OSError, match=r"last.pth: no space left on device \(no last.pth was written\)$"):
         Trainer(_cfg("train.ckpt_interval=2"), work, progress=False).train()

@@ -8,7 +8,7 @@ import pytest
 from tests.data.test_voc import _make_voc
 from tscd.cli import main
 from tscd.config import load_config
-from tscd.engine import checkpoint as ckpt_io
+from tscd.engine import checkpoint
 
 TINY_RUN = [
     "data.crop_size=32", "data.batch_size=2", "data.num_workers=0", "refine.num_iter=2", "loss.stage1_iters=1",
@@ -33,7 +33,7 @@ def test_vit_config_trains_and_evaluates(tmp_path, config, backbone, frozen):
     assert latest["iteration"] == 2  # iteration 2 is past stage 1: every loss term ran
     for key in ("seg_miou", "cam_miou", "pseudo_miou", "cls_f1"):
         assert math.isfinite(latest[key]), key
-    state = ckpt_io.load(work / "checkpoints" / "last.pth")
+    state = checkpoint.load(work / "checkpoints" / "last.pth")
     assert "encoder.vit.blocks.11.attn.qkv.weight" in state["model"]
     assert state["config"]["model"]["freeze_backbone"] is frozen
     encoder_group = state["optimizer"]["param_groups"][0]

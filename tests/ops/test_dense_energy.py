@@ -103,8 +103,9 @@ def test_no_grad_sweeps_only_the_value(backend, device, monkeypatch):
     only, not the 2K the backward needs."""
     import tscd.ops.dense_energy as module
 
-    channels, product = [], module.fused_product
-    monkeypatch.setattr(module, "fused_product", lambda b, f, x: channels.append(x.shape[1]) or product(b, f, x))
+    channels, product = [], module.gaussian_product_unchecked
+    monkeypatch.setattr(module, "gaussian_product_unchecked",
+                        lambda b, f, x: channels.append(x.shape[1]) or product(b, f, x))
     images, probs, roi, ignore = make_inputs(1, 3, 4, 5, device, seed=2)
     probs.requires_grad_(True)
     with torch.no_grad():

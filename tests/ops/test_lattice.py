@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from tests.utils import require
 from tscd.ops import dense_crf, dense_energy_loss, gaussian_product
-from tscd.ops.gaussian import bilateral_features, fused_product
+from tscd.ops.gaussian import bilateral_features, gaussian_product_unchecked
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +78,7 @@ def _product(feats: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _transposed_product(feats: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return fused_product("lattice", feats, x, transposed=True)
+    return gaussian_product_unchecked("lattice", feats, x, transposed=True)
 
 
 def _matrices(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,7 @@ from tscd.ops.checks import check_same_device, check_tensor
 from tscd.ops.dense_energy import gate
 from tscd.ops.gaussian import bilateral_features
 from tscd.ops.varm import DEFAULT_DILATIONS
-from tscd.refine import VARM as _Refiner
+from tscd.refine import Refiner
 
 from ._sums import family_product, uses_exact_sum
 
@@ -131,10 +131,10 @@ class DenseEnergyLoss(_RecipeDenseEnergyLoss):
                 f"scale_factor={self.scale_factor}, gradient={self.gradient!r}, exact_sum={self.exact_sum}")
 
 
-class PAR(_Refiner):
+class PAR(Refiner):
     """AFA's pixel-adaptive refiner, with its constructor: ``PAR(dilations, num_iter)``.
 
-    ``forward(imgs, masks)`` as [`tscd.refine.VARM`][tscd.refine.VARM] in ``mode="par"``: imgs
+    ``forward(imgs, masks)`` as [`tscd.refine.Refiner`][tscd.refine.Refiner] in ``mode="par"``: imgs
     (B, 3, H, W) in [0, 1], masks (B, K, h, w) → (B, K, H, W).
 
     Args:
@@ -146,10 +146,10 @@ class PAR(_Refiner):
         super().__init__(dilations, num_iter, mode="par")
 
 
-class VARM(_Refiner):
+class VARM(Refiner):
     """TSCD's variation-aware refiner with PAR's constructor: ``VARM(dilations, num_iter)``.
 
-    ``forward(imgs, masks)`` as [`tscd.refine.VARM`][tscd.refine.VARM] in ``mode="varm"``.
+    ``forward(imgs, masks)`` as [`tscd.refine.Refiner`][tscd.refine.Refiner] in ``mode="varm"``.
 
     Args:
         dilations: the neighbourhood's dilations.

@@ -34,11 +34,11 @@ def build_model(cfg: TSCDConfig, pretrained: bool = True) -> TSCD:
 
     ``pretrained=False`` skips ``model.pretrained`` (a model about to receive a checkpoint's
     weights needs neither the file nor the time to read it)."""
-    m = cfg.model
     k = dataset_num_classes(cfg) if cfg.data.num_classes is None else cfg.data.num_classes
-    return TSCD(backbone=m.backbone, num_classes=k, stride=tuple(m.stride), pooling=m.pooling,
-                embedding_dim=m.embedding_dim, pretrained=m.pretrained if pretrained else None, topk_ratio=m.topk_ratio,
-                drop_path_rate=m.drop_path_rate, freeze_backbone=m.freeze_backbone)
+    return TSCD(backbone=cfg.model.backbone, num_classes=k, stride=tuple(cfg.model.stride), pooling=cfg.model.pooling,
+                embedding_dim=cfg.model.embedding_dim, pretrained=cfg.model.pretrained if pretrained else None,
+                topk_ratio=cfg.model.topk_ratio, drop_path_rate=cfg.model.drop_path_rate,
+                freeze_backbone=cfg.model.freeze_backbone)
 
 
 def _crop_failure(model: TSCD, cfg: TSCDConfig, crop: int, device: torch.device) -> str | None:
@@ -103,9 +103,9 @@ def build_pseudo_labeler(cfg: TSCDConfig, refine: str | None = None) -> PseudoLa
     mode = cfg.refine.mode if refine is None else refine
     if mode not in REFINE_MODES:
         raise ValueError(f"refine.mode must be one of {', '.join(REFINE_MODES)}, got {mode!r}")
-    c, r = cfg.cam, cfg.refine
-    return PseudoLabeler(MultiScaleCAM(tuple(c.scales), c.flip), high=c.high, low=c.low, refine=mode,
-                         dilations=tuple(r.dilations), num_iter=r.num_iter, downscale=r.scale,
+    cam = cfg.cam
+    return PseudoLabeler(MultiScaleCAM(tuple(cam.scales), cam.flip), high=cam.high, low=cam.low, mode=mode,
+                         dilations=tuple(cfg.refine.dilations), num_iter=cfg.refine.num_iter, scale=cfg.refine.scale,
                          backend=cfg.train.backend)
 
 

@@ -55,16 +55,16 @@ class Evaluator:
         self.num_classes = len(class_names)
         self.samples: list[dict] = []
 
-    def _outputs(self, model, images, rgb, labels, box, size) -> dict:
+    def _outputs(self, model, images, rgb, labels, crop_box, size) -> dict:
         """Every prediction of one batch (images and masks of ``size``): the protocol's
         (``fwd``, ``segs``) and the CAM, CAM labels, pseudo labels and random-walk scores."""
-        c = self.cfg.cam
+        bkg_score = self.cfg.cam.bkg_score
         fwd, segs = self.protocol.predict(model, images, size, rgb)
         cam = self.pseudo_labeler.cams(model, images)
-        return {"fwd": fwd, "segs": segs, "cam": cam, "cam_label": cam_to_label(cam, labels, c.bkg_score),
-                "pseudo": self.pseudo_labeler.labels(rgb, cam, labels, box, high=c.bkg_score, low=c.bkg_score),
+        return {"fwd": fwd, "segs": segs, "cam": cam, "cam_label": cam_to_label(cam, labels, bkg_score),
+                "pseudo": self.pseudo_labeler.labels(rgb, cam, labels, crop_box, high=bkg_score, low=bkg_score),
                 "walk": attention_random_walk(cam, fwd.attn_pred, labels, grid_size=fwd.grid,
-                                              radius=self.cfg.loss.aff_radius, bkg_score=c.low)}
+                                              radius=self.cfg.loss.aff_radius, bkg_score=self.cfg.cam.low)}
 
     @torch.no_grad()
     def check_sizes(self, model, dataset, max_images: int | None = None) -> None:
@@ -97,9 +97,9 @@ class Evaluator:
                 images, rgb = batch["image"].to(self.device), batch["rgb"].to(self.device)
                 labels = batch["label"].to(self.device).float()
                 masks = batch["mask"].to(self.device)
-                box = batch["box"].to(self.device)
+                crop_box = batch["box"].to(self.device)
                 with naming_the_image(image_names(loader.dataset, batch["name"]), masks.shape[-2:], self.size_hint):
-                    out = self._outputs(model, images, rgb, labels, box, masks.shape[-2:])
+                    out = self._outputs(model, images, rgb, labels, crop_box, masks.shape[-2:])
                 fwd, segs, cam, pseudo = out["fwd"], out["segs"], out["cam"], out["pseudo"]
                 pred = segs["seg"]
                 f1.update(fwd.cls, labels)

@@ -134,9 +134,8 @@ class EvalProtocol:
 
     @classmethod
     def from_config(cls, cfg) -> EvalProtocol:
-        e = cfg.eval
-        return cls(tuple(float(s) for s in e.scales), bool(e.flip), str(e.crf), e.resize_long or None,
-                   str(e.crf_preset))
+        return cls(tuple(float(s) for s in cfg.eval.scales), bool(cfg.eval.flip), str(cfg.eval.crf),
+                   cfg.eval.resize_long or None, str(cfg.eval.crf_preset))
 
     @property
     def multi_scale(self) -> bool:

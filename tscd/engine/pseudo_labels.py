@@ -158,7 +158,7 @@ def export_pseudo_labels(labeler: PseudoLabeler, model, dataset, out_dir, *, crf
     has_masks = bool(mat.mat.sum())
     iou = mat.iou().tolist()
     summary = {
-        "num_images": len(names), "written": len(todo), "skipped": len(done), "refine": labeler.refine, "crf": crf,
+        "num_images": len(names), "written": len(todo), "skipped": len(done), "refine": labeler.mode, "crf": crf,
         "pseudo_miou": mat.miou() if has_masks else None,
         "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(dataset.class_names, iou)}
         if has_masks else {},

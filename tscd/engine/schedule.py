@@ -25,16 +25,17 @@ def build_optimizer(model, cfg) -> torch.optim.AdamW:
     encoder's, ``model.freeze_backbone``), so that the groups are the same, in the same order,
     for every model: the first is always the encoder's, at the base lr.
     """
-    o = cfg.optim
-    decoder_mult = o.head_lr_mult if o.decoder_lr_mult is None else o.decoder_lr_mult
-    policy = {"encoder": (1.0, o.weight_decay), "encoder_norm": (o.norm_lr_mult, 0.0),
-              "heads": (o.head_lr_mult, o.weight_decay), "decoder": (decoder_mult, o.weight_decay)}
-    groups = [{"name": name, "params": params, "lr": o.lr * policy[name][0], "lr_mult": policy[name][0],
+    optim = cfg.optim
+    decoder_mult = optim.head_lr_mult if optim.decoder_lr_mult is None else optim.decoder_lr_mult
+    policy = {"encoder": (1.0, optim.weight_decay), "encoder_norm": (optim.norm_lr_mult, 0.0),
+              "heads": (optim.head_lr_mult, optim.weight_decay), "decoder": (decoder_mult, optim.weight_decay)}
+    groups = [{"name": name, "params": params, "lr": optim.lr * policy[name][0], "lr_mult": policy[name][0],
                "weight_decay": policy[name][1]} for name, params in model.param_groups().items()]
-    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                             weight_decay=optim.weight_decay)
 
 
 def build_scheduler(optimizer, cfg) -> torch.optim.lr_scheduler.LambdaLR:
-    o, t = cfg.optim, cfg.train
-    fn = lambda step: lr_factor(step, t.max_iters, o.warmup_iters, o.warmup_ratio, o.power)  # noqa: E731
+    optim = cfg.optim
+    fn = lambda step: lr_factor(step, cfg.train.max_iters, optim.warmup_iters, optim.warmup_ratio, optim.power)  # noqa: E731
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)

@@ -33,7 +33,7 @@ from .backends import (
     warn_once,
     why_unusable,
 )
-from .gaussian import bilateral_features, fused_product, position_features
+from .gaussian import bilateral_features, gaussian_product_unchecked, position_features
 from .reference import dense_crf as reference
 
 
@@ -53,7 +53,7 @@ def _mean_field(backend, images, probs, num_iter, smooth, appearance):
         (a_w, bilateral_features(images, a_xy, a_rgb), None, None),
     ]
     ones = torch.ones(B, 1, H * W, device=probs.device)
-    norms = [fused_product(backend, f, ones, cutoff, window).rsqrt() for _, f, cutoff, window in terms]
+    norms = [gaussian_product_unchecked(backend, f, ones, cutoff, window).rsqrt() for _, f, cutoff, window in terms]
     log_probs = torch.log(torch.clamp(probs.reshape(B, K, H * W).to(torch.float32), min=1e-5))  # −unary
     q = _class_softmax(log_probs)
     # Buffers reused by every iteration: the only new (B, K, N) tensors are the products and Q.
@@ -62,7 +62,7 @@ def _mean_field(backend, images, probs, num_iter, smooth, appearance):
         logits.copy_(log_probs)
         for (weight, feats, cutoff, window), norm in zip(terms, norms):
             torch.mul(norm, q, out=scaled)
-            logits.addcmul_(fused_product(backend, feats, scaled, cutoff, window), norm, value=weight)
+            logits.addcmul_(gaussian_product_unchecked(backend, feats, scaled, cutoff, window), norm, value=weight)
         q = _class_softmax(logits)
     return q.reshape(B, K, H, W)
 

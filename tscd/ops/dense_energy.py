@@ -26,7 +26,7 @@ import torch
 
 from . import checks
 from .backends import check_reference_fallback, resolve
-from .gaussian import bilateral_features, fused_product
+from .gaussian import bilateral_features, gaussian_product_unchecked
 from .reference import dense_energy as reference
 
 
@@ -64,13 +64,14 @@ class _DenseEnergy(torch.autograd.Function):
         gs = s * g[:, None]
         if needs_grad:
             if backend == "lattice":
-                ws, wt_gs = fused_product(backend, feats, s), fused_product(backend, feats, gs, transposed=True)
+                ws = gaussian_product_unchecked(backend, feats, s)
+                wt_gs = gaussian_product_unchecked(backend, feats, gs, transposed=True)
             else:
-                y = fused_product(backend, feats, torch.cat((s, gs), dim=1))
+                y = gaussian_product_unchecked(backend, feats, torch.cat((s, gs), dim=1))
                 ws, wt_gs = y[:, :K], y[:, K:]
             ctx.save_for_backward(roi, g, ws, wt_gs)
         else:
-            ws = fused_product(backend, feats, s)
+            ws = gaussian_product_unchecked(backend, feats, s)
         return -(gs * ws).sum() / B
 
     @staticmethod

@@ -12,10 +12,10 @@ lattice (``csrc/lattice.h``): its sums are ≈ :data:`LATTICE_SCALE` × the exac
 picks it here; ask for it by name.
 
 It serves the dense energy loss, dense CRF inference and ``tscd.compat.bilateralfilter``; the
-ops' autograd Functions call :func:`fused_product`, which has no gradient of its own. The public
-:func:`gaussian_product` is differentiable in ``x`` (and ``x2``) on every backend: the gradient of
-``W·x`` is ``Wᵀ·g``, the same product for the exact kernels and the transposed lattice product for
-the lattice.
+ops' autograd Functions call :func:`gaussian_product_unchecked`, which has no gradient of its own.
+The public :func:`gaussian_product` is differentiable in ``x`` (and ``x2``) on every backend: the
+gradient of ``W·x`` is ``Wᵀ·g``, the same product for the exact kernels and the transposed lattice
+product for the lattice.
 """
 from __future__ import annotations
 
@@ -55,9 +55,10 @@ def bilateral_features(images: torch.Tensor, sigma_xy: float, sigma_rgb: float) 
     return torch.cat((pos, colours), dim=1)
 
 
-def fused_product(backend: str, feats: torch.Tensor, x: torch.Tensor, cutoff: float | None = None,
-                  row_window: tuple[int, int] | None = None, transposed: bool = False) -> torch.Tensor:
-    """``W·x`` (B, K, N) float32 by a fused backend's primitive (no checks, no autograd).
+def gaussian_product_unchecked(backend: str, feats: torch.Tensor, x: torch.Tensor, cutoff: float | None = None,
+                               row_window: tuple[int, int] | None = None, transposed: bool = False) -> torch.Tensor:
+    """:func:`gaussian_product`'s ``W·x`` (B, K, N) float32 by a fused backend's primitive, without
+    its checks and autograd (the ops' autograd Functions check their inputs themselves).
 
     ``feats`` (B, D, N) float32 (unscaled, as :func:`bilateral_features` makes them), ``x`` (B, K, N).
     ``cutoff``: pairs with ``‖f_i − f_j‖ > cutoff`` get weight 0 (None: every pair).
@@ -85,13 +86,13 @@ class _Product(torch.autograd.Function):
     def forward(ctx, feats, x, backend, cutoff, row_window):
         ctx.save_for_backward(feats)
         ctx.settings = (backend, cutoff, row_window, x.dtype)
-        return fused_product(backend, feats, x, cutoff, row_window)
+        return gaussian_product_unchecked(backend, feats, x, cutoff, row_window)
 
     @staticmethod
     def backward(ctx, grad):
         (feats,) = ctx.saved_tensors
         backend, cutoff, row_window, dtype = ctx.settings
-        grad_x = fused_product(backend, feats, grad, cutoff, row_window, transposed=True).to(dtype)
+        grad_x = gaussian_product_unchecked(backend, feats, grad, cutoff, row_window, transposed=True).to(dtype)
         return None, grad_x, None, None, None
 
 
