@@ -114,8 +114,9 @@ def test_patch14_output_stride_and_affinity_grid():
     m = TSCD("vit_small_patch14_reg4_dinov2", num_classes=3, drop_path_rate=0.0)
     assert m.output_stride == 14 and m.attn_proj.in_channels == 12
     x = torch.randn(2, 3, 30, 44)
-    grid = (-(-30 // m.output_stride), -(-44 // m.output_stride))  # as the objective and inference do
+    grid = (-(-30 // m.output_stride), -(-44 // m.output_stride))  # as inference does
     out = m(x)
+    assert tuple(out.cam.shape[-2:]) == grid  # the grid the objective takes, the CAM's size
     n = grid[0] * grid[1]
     assert out.attn_pred.shape == (2, n, n) and out.seg.shape == (2, 3, 4 * grid[0], 4 * grid[1])
     pseudo = torch.randint(0, 3, (2, 30, 44))
@@ -131,14 +132,14 @@ def test_every_parameter_trains_and_the_affinity_reaches_the_encoder(tiny):
     pseudo = torch.randint(0, 5, (2, 48, 32))
     seg_up = F.interpolate(seg, size=(48, 32), mode="bilinear", align_corners=False)
     loss = (F.multilabel_soft_margin_loss(cls, labels) + 0.1 * F.cross_entropy(seg_up, pseudo)
-            + 0.1 * AffinityLoss()(attn_pred, pseudo))
+            + 0.1 * AffinityLoss()(attn_pred, pseudo, grid_size=(3, 2)))
     loss.backward()
     for name, params in tiny.param_groups().items():
         for p in params:
             assert p.grad is not None and p.grad.abs().sum() > 0, name
     # the affinity alone: through attn_proj into the last block's q/k projection
     tiny.zero_grad()
-    AffinityLoss()(tiny(x).attn_pred, pseudo).backward()
+    AffinityLoss()(tiny(x).attn_pred, pseudo, grid_size=(3, 2)).backward()
     assert tiny.attn_proj.weight.grad.abs().sum() > 0
     assert tiny.encoder.vit.blocks[-1].attn.qkv.weight.grad.abs().sum() > 0
     tiny.zero_grad()
