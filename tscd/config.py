@@ -116,7 +116,7 @@ class LossConfig:
     scd: float = 0.1
     er: float = 0.1
     er_released: bool = False  # True: the released code's inert ER (no gradient, first fg channel dropped)
-    dense_weight: float = 5.8e-8  # the released 1e-7 × 0.58, tscd.losses.DenseEnergyLoss's default (§8)
+    dense_weight: float = 5.8e-8  # the released 1e-7 × LATTICE_SCALE, tscd.losses.DenseEnergyLoss's default (§8)
     dense_sigma_rgb: float = 15.0
     dense_sigma_xy: float = 100.0
     dense_scale: float = 0.5

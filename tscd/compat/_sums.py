@@ -1,10 +1,10 @@
 """The pairwise sum ``W·x`` at the AFA family's magnitude: the one sum behind tscd.compat.
 
 The family's SWIG module computes ``W·x`` with a permutohedral lattice on the CPU, whose
-output is ≈ :data:`~tscd.ops.LATTICE_SCALE` (0.58) × the exact sum on
+output is ≈ :data:`~tscd.ops.LATTICE_SCALE` × the exact sum on
 photographs (method §8). tscd.compat reproduces it either with tscd's own lattice (the
 ``lattice`` backend of :func:`tscd.ops.gaussian_product`: the family's values, O(N)) or with
-the exact sum multiplied by 0.58 (O(N²), the fused kernels; the only choice on CUDA, where
+the exact sum multiplied by ``LATTICE_SCALE`` (O(N²), the fused kernels; the only choice on CUDA, where
 there is no lattice).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ def uses_exact_sum(exact_sum: bool | None, device: torch.device) -> bool:
     """Whether ``W·x`` is summed exactly on ``device`` for the request ``exact_sum``.
 
     ``None``: the lattice where it can run (CPU tensors, the extension built), else the exact
-    sum (× 0.58, never the lattice's fall-back, which would lose that factor); ``True``: the
+    sum (× ``LATTICE_SCALE``, never the lattice's fall-back, which would lose that factor); ``True``: the
     exact sum; ``False``: the lattice, which must be able to run there (else ``ValueError``).
     """
     if exact_sum is None:

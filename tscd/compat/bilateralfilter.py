@@ -5,10 +5,10 @@ in 0–255, values channel-major (K, H, W); ``out``/``outs`` are filled in place
 ``W·in`` where ``W_ij = exp(−‖p_i − p_j‖²/(2σ_xy²) − ‖I_i − I_j‖²/(2σ_rgb²))``.
 
 By default ``W·in`` comes from tscd's permutohedral lattice (O(N), the ``lattice`` backend of
-[`tscd.ops.gaussian_product`][tscd.ops.gaussian_product]), which gives the family's values: ≈ 0.58 × the exact sum
-on photographs (method §8), like the SWIG module's own lattice. ``use_exact_sum(True)``
-switches this module to the exact sum over every pixel pair (O(N²), the fused kernels)
-multiplied by [`LATTICE_SCALE`][tscd.ops.LATTICE_SCALE] (0.58), so that loss weights
+[`tscd.ops.gaussian_product`][tscd.ops.gaussian_product]), which gives the family's values:
+≈ ``LATTICE_SCALE`` × the exact sum on photographs (method §8), like the SWIG module's own lattice.
+``use_exact_sum(True)`` switches this module to the exact sum over every pixel pair (O(N²), the fused kernels)
+multiplied by [`LATTICE_SCALE`][tscd.ops.LATTICE_SCALE], so that loss weights
 tuned on the lattice keep their meaning. Wrong lengths or dtypes raise
 ``ValueError``/``TypeError`` where the SWIG module would read or write out of bounds.
 """
@@ -30,7 +30,7 @@ def use_exact_sum(flag: bool = True) -> bool:
     """Choose how every later call of this module computes ``W·in``.
 
     Args:
-        flag: True: the exact sum × 0.58; False (the module's default): the lattice.
+        flag: True: the exact sum × ``LATTICE_SCALE``; False (the module's default): the lattice.
 
     Returns:
         The previous setting.
@@ -72,7 +72,8 @@ def _check_sigmas(sigma_rgb, sigma_xy) -> None:
 def bilateralfilter_batch(images, ins, outs, N, K, H, W, sigma_rgb, sigma_xy) -> None:
     """``outs[n] = W_n · ins[n]`` for each of the N images, in place: the SWIG module's function.
 
-    ``W`` is the lattice's, or the exact sum × 0.58 after [`use_exact_sum`][tscd.compat.bilateralfilter.use_exact_sum].
+    ``W`` is the lattice's, or the exact sum × ``LATTICE_SCALE`` after
+    [`use_exact_sum`][tscd.compat.bilateralfilter.use_exact_sum].
 
     Args:
         images: flat float32 array of the images, channel-major (3, H, W) each, in 0–255.

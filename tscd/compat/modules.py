@@ -56,10 +56,10 @@ class DenseEnergyLoss(_RecipeDenseEnergyLoss):
         scale_factor: the inputs' resize factor (0.5 in the family's scripts).
         gradient: ``"family"`` (default): the released backward ``−(2/B)·g·(W S)·ROIs``, the
             gradient the family's loss weights were tuned with; it is exact only where g is
-            uniform and W symmetric, which the lattice is not quite (3.6 % RMS off with g = 1).
+            uniform and W symmetric, which the lattice is not quite (its error: docs/dropins.md).
             ``"true"``: the loss's own gradient ``−(1/B)(g·W S + Wᵀ(g·S))·ROIs`` (tscd's recipe).
         exact_sum: ``None`` (default): ``W S`` on tscd's permutohedral lattice for CPU tensors
-            (the released values, like its SWIG module) and the exact sum × 0.58 on CUDA;
+            (the released values, like its SWIG module) and the exact sum × ``LATTICE_SCALE`` on CUDA;
             ``True``: the exact sum × [`LATTICE_SCALE`][tscd.ops.LATTICE_SCALE] (O(N²));
             ``False``: the lattice (CPU tensors only).
 

@@ -97,10 +97,10 @@ def resolve_num_classes(cfg: TSCDConfig) -> TSCDConfig:
 
 def _transform(cfg, train: bool) -> TrainTransform | EvalTransform:
     """Random crops and augmentation for training items, else the whole image, both normalised."""
-    d = cfg.data
+    data = cfg.data
     if train:
-        return TrainTransform(d.crop_size, d.scale_range, d.flip, d.color_jitter, d.mean, d.std)
-    return EvalTransform(d.mean, d.std)
+        return TrainTransform(data.crop_size, data.scale_range, data.flip, data.color_jitter, data.mean, data.std)
+    return EvalTransform(data.mean, data.std)
 
 
 @register_dataset("synthetic", _fixed(SyntheticDataset))

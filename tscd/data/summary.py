@@ -31,13 +31,13 @@ def describe_data(cfg, train_set, val_set=None) -> str:
     Returns:
         One line, without a trailing newline.
     """
-    d = cfg.data
-    where = f" at {Path(d.root)}" if d.root and d.name != "synthetic" else ""
-    splits = [f"{d.train_split} {len(train_set):,} images"]
+    data = cfg.data
+    where = f" at {Path(data.root)}" if data.root and data.name != "synthetic" else ""
+    splits = [f"{data.train_split} {len(train_set):,} images"]
     if val_set is not None:
-        splits.append(f"{d.val_split} {len(val_set):,} images")
-    k = getattr(train_set, "num_classes", d.num_classes)
+        splits.append(f"{data.val_split} {len(val_set):,} images")
+    k = getattr(train_set, "num_classes", data.num_classes)
     origin = getattr(train_set, "classes_from", None)
     classes = f"{k} classes" + (f" ({origin})" if origin and origin != "the dataset" else "")
     labels = label_source(cfg, train_set)
-    return f"data: {d.name}{where}: {', '.join(splits)}; {classes}; image-level labels from {labels}"
+    return f"data: {data.name}{where}: {', '.join(splits)}; {classes}; image-level labels from {labels}"

@@ -41,7 +41,7 @@ from ..config import config_from_dict, to_dict
 from ..data import StreamSampler, build_dataset, collate, resolve_num_classes
 from ..data.summary import describe_data
 from ..models.pretrained import is_remote
-from . import checkpoint as ckpt_io
+from . import checkpoint
 from .builders import (
     build_model,
     build_objective,
@@ -165,7 +165,7 @@ class Trainer:
         ``iter_<n>.pth`` of a later iteration where there is one (saved when last.pth could not
         be, on a full disk say)."""
         path = self.work_dir / "checkpoints" / "last.pth"
-        state = ckpt_io.load(path) if path.is_file() else None
+        state = checkpoint.load(path) if path.is_file() else None
         later = {step: p for step, p in periodic_checkpoints(self.work_dir).items()
                  if state is None or step > state["step"]}
         if later:
@@ -173,7 +173,7 @@ class Trainer:
             if self.main:
                 logger.warning("resuming from %s (iteration %d): %s", later[newest].name, newest,
                                "no last.pth" if state is None else f"last.pth holds iteration {state['step']}")
-            path, state = later[newest], ckpt_io.load(later[newest])
+            path, state = later[newest], checkpoint.load(later[newest])
         return path, state
 
     def _build(self, resume: bool) -> None:
@@ -227,7 +227,7 @@ class Trainer:
 
     # ---- persistence -------------------------------------------------------------------
     def _gather_rng(self) -> list:
-        state = ckpt_io.rng_state()
+        state = checkpoint.rng_state()
         if not self.distributed:
             return [state]
         states = [None] * self.world
@@ -253,7 +253,7 @@ class Trainer:
             raise NonFiniteWeightsError(f"non-finite weights after iteration {self.step} (a non-finite gradient): "
                                         f"{name} not saved{kept}")
         path = self.work_dir / "checkpoints" / name
-        ckpt_io.atomic_save({
+        checkpoint.atomic_save({
             "model": model, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "step": self.step, "rng": rng,
             "history": self.history, "wall_time": self.wall_time(), "config": to_dict(self.cfg),
@@ -272,7 +272,7 @@ class Trainer:
         if self._updating:
             logger.error("stopped while updating the weights in iteration %d: %s not updated", self.step + 1, last)
             return
-        rng = ckpt_io.rng_state()
+        rng = checkpoint.rng_state()
         if self._boundary is not None:
             rng, buffers = self._boundary
             with torch.no_grad():
@@ -299,9 +299,10 @@ class Trainer:
 
     # ---- evaluation --------------------------------------------------------------------
     def evaluate(self) -> dict:
-        e = self.cfg.eval
+        eval_cfg = self.cfg.eval
         evaluator = Evaluator(self.cfg, self.pseudo_labeler, self.val_set.class_names, self.device)
-        metrics = evaluator.run(self.model, eval_loader(self.val_set, e.batch_size), e.max_images, e.num_vis)
+        metrics = evaluator.run(self.model, eval_loader(self.val_set, eval_cfg.batch_size), eval_cfg.max_images,
+                                eval_cfg.num_vis)
         metrics.update(iteration=self.step, wall_time=round(self.wall_time(), 1))
         self.history = [h for h in self.history if h["iteration"] != self.step] + [metrics]
         write_json({"latest": metrics, "history": self.history}, self.work_dir / "metrics.json")
@@ -317,13 +318,13 @@ class Trainer:
 
     # ---- loop ----------------------------------------------------------------------------
     def _loader(self):
-        c = self.cfg.data
-        sampler = StreamSampler(len(self.train_set), self.cfg.seed, start=self.step * c.batch_size * self.world,
+        data = self.cfg.data
+        sampler = StreamSampler(len(self.train_set), self.cfg.seed, start=self.step * data.batch_size * self.world,
                                 rank=self.rank, world_size=self.world)
-        loader = torch.utils.data.DataLoader(self.train_set, batch_size=c.batch_size, sampler=sampler,
-                                             num_workers=c.num_workers, collate_fn=collate,
-                                             persistent_workers=c.num_workers > 0, prefetch_factor=None
-                                             if c.num_workers == 0 else 4,
+        loader = torch.utils.data.DataLoader(self.train_set, batch_size=data.batch_size, sampler=sampler,
+                                             num_workers=data.num_workers, collate_fn=collate,
+                                             persistent_workers=data.num_workers > 0, prefetch_factor=None
+                                             if data.num_workers == 0 else 4,
                                              worker_init_fn=leave_interrupts_to_the_main_process)
         return iter(loader)
 
@@ -342,18 +343,18 @@ class Trainer:
         A run already at its end trains nothing and writes nothing. Raises
         :class:`TrainingInterrupted` after a signal, once last.pth is saved.
         """
-        t = self.cfg.train
-        end = t.max_iters if stop_at is None else min(stop_at, t.max_iters)
+        train = self.cfg.train
+        end = train.max_iters if stop_at is None else min(stop_at, train.max_iters)
         try:
             if self.step >= end:
-                if self.main and self.step >= t.max_iters > 0:
+                if self.main and self.step >= train.max_iters > 0:
                     logger.warning("%s: the run already finished at iteration %d (train.max_iters=%d): nothing to "
                                    "train (raise --max-iters to continue it, or start again with --overwrite)",
-                                   self.work_dir, self.step, t.max_iters)
+                                   self.work_dir, self.step, train.max_iters)
                 return self.history[-1] if self.history else {}
             if self.main and self._lock is None:
                 self._lock = WorkDirLock(self.work_dir).acquire()
-            with StopSignals() as signals, _deterministic_algorithms(t.deterministic):
+            with StopSignals() as signals, _deterministic_algorithms(train.deterministic):
                 return self._train(end, signals)
         finally:
             self.close()
@@ -365,24 +366,24 @@ class Trainer:
         return f"cpu ({torch.get_num_threads()} threads)"
 
     def _train(self, end: int, signals: StopSignals) -> dict:
-        t = self.cfg.train
+        train = self.cfg.train
         if self.main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             config_text = yaml.safe_dump(to_dict(self.cfg), sort_keys=False).encode()
             atomic_write(self.work_dir / "config.yaml", lambda f: f.write(config_text))
         self.writer = self._open_writer()
         self._t0, self._last_save = time.time(), time.monotonic()
-        rng = self._resume_rng or ckpt_io.rng_state()
+        rng = self._resume_rng or checkpoint.rng_state()
         batches = self._loader()  # creating the iterator draws from the RNG (the workers' seeds): undone
-        ckpt_io.set_rng_state(rng)
+        checkpoint.set_rng_state(rng)
         self._resume_rng = None
         metrics = self.history[-1] if self.history else {}
         bar = None
         if self.main and self.progress:
             from tqdm import tqdm
-            bar = tqdm(total=t.max_iters, initial=self.step, desc="train", dynamic_ncols=True)
+            bar = tqdm(total=train.max_iters, initial=self.step, desc="train", dynamic_ncols=True)
         self.net.train()
-        clock = RunClock(self.step, end, t.max_iters, self.cfg.loss.stage1_iters, t.eval_interval)
+        clock = RunClock(self.step, end, train.max_iters, self.cfg.loss.stage1_iters, train.eval_interval)
         stop = 0
         try:
             while self.step < end and not stop:
@@ -390,7 +391,7 @@ class Trainer:
                 total, terms = self._step(batches)
                 clock.step_done(self.step, time.perf_counter() - started)
                 self._log(bar, total, terms)
-                if self.main and (self.step % t.eval_interval == 0 or self.step == t.max_iters):
+                if self.main and (self.step % train.eval_interval == 0 or self.step == train.max_iters):
                     started = time.perf_counter()
                     metrics = self.evaluate()
                     clock.eval_done(time.perf_counter() - started)
@@ -398,14 +399,14 @@ class Trainer:
                 if self.main and clock.report_due(self.step):
                     seconds, how = clock.remaining(self.step)
                     logger.info("ETA on %s: about %s left (%s)", self._device_name(), format_duration(seconds), how)
-                if self.distributed and self.step % t.eval_interval == 0:
+                if self.distributed and self.step % train.eval_interval == 0:
                     dist.barrier()
-                if t.ckpt_interval and self.step % t.ckpt_interval == 0 and self.step != t.max_iters:
+                if train.ckpt_interval and self.step % train.ckpt_interval == 0 and self.step != train.max_iters:
                     self.save(f"iter_{self.step:06d}.pth")
                     self.save()
                 # the step boundary: a signal received, or last.pth due by wall time, on any rank
-                due = t.ckpt_minutes > 0 and time.monotonic() - self._last_save >= 60 * t.ckpt_minutes
-                stop, due = self._agree(signals.signum, int(due))
+                due = train.ckpt_minutes > 0 and time.monotonic() - self._last_save >= 60 * train.ckpt_minutes
+                stop, due = self._max_over_ranks(signals.signum, int(due))
                 if due and self._saved_step != self.step:
                     self.save()
             shut_down_workers(batches)
@@ -437,10 +438,10 @@ class Trainer:
         except (RuntimeError, MemoryError) as err:
             if not out_of_memory(err):
                 raise
-            c = self.cfg.data
+            data = self.cfg.data
             lines = str(err).strip().splitlines()
             raise MemoryError(f"out of memory in training iteration {self.step + 1} with data.batch_size="
-                              f"{c.batch_size} and data.crop_size={c.crop_size} (model.backbone="
+                              f"{data.batch_size} and data.crop_size={data.crop_size} (model.backbone="
                               f"{self.cfg.model.backbone}): lower either ({lines[0] if lines else type(err).__name__})"
                               ) from err
 
@@ -448,14 +449,14 @@ class Trainer:
         """One optimisation step: (total loss, its terms). Until the update, a failure can restore
         the state the step started from (:attr:`_boundary`); a non-finite loss on any rank raises
         :class:`NonFiniteLossError` before it."""
-        t = self.cfg.train
-        self._boundary = (ckpt_io.rng_state(), {n: b.clone() for n, b in self.model.named_buffers()})
+        train = self.cfg.train
+        self._boundary = (checkpoint.rng_state(), {n: b.clone() for n, b in self.model.named_buffers()})
         batch = next(batches)
         batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.bf16 and self.device.type == "cuda"):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=train.bf16 and self.device.type == "cuda"):
             total, terms, _ = self.objective(self.net, self.model, batch, self.step + 1)
         finite = bool(torch.isfinite(total))
-        if self._agree(int(not finite))[0]:
+        if self._max_over_ranks(int(not finite))[0]:
             raise NonFiniteLossError(self.step + 1, {k: float(v.detach()) for k, v in terms.items()}, finite)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -466,7 +467,7 @@ class Trainer:
         self._updating, self._boundary = False, None
         return total, terms
 
-    def _agree(self, *flags: int) -> list[int]:
+    def _max_over_ranks(self, *flags: int) -> list[int]:
         """Each flag's maximum over the ranks (the flags themselves outside torchrun)."""
         if not self.distributed:
             return list(flags)

@@ -8,7 +8,7 @@ below exp(−12.5) ≈ 4e-6). The normalisers ``n_i = (Σ_j k_ij)^(−1/2)`` are
 with X = 1.
 
 Backends: ``torch`` (naive reference, small images), ``triton`` and ``cpp`` (exact sums),
-``lattice`` (the extension's permutohedral lattice, O(N); its scale ≈ 0.58 of the exact sums
+``lattice`` (the extension's permutohedral lattice, O(N); its scale, ``LATTICE_SCALE`` of the exact sums,
 cancels in the symmetric normalisation) and ``pydensecrf`` (the same approximation in the
 optional ``pydensecrf2`` package). ``auto`` picks the exact kernels on CUDA; on the CPU the
 exact ``cpp`` kernels below ``backends.CPU_CRF_LATTICE_PIXELS`` pixels, where they are the

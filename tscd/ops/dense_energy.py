@@ -12,7 +12,7 @@ recomputing it would cost a second sweep over all N² weights, which dominates t
 Without a gradient to compute only ``W S`` is evaluated.
 
 ``backend="lattice"`` (CPU, explicit only) replaces W by the permutohedral lattice L, the
-released code's O(N) operator (≈ 0.58 × W on photographs, so ``auto`` never picks it). L is
+released code's O(N) operator (≈ ``LATTICE_SCALE`` × W on photographs, method §8, so ``auto`` never picks it). L is
 not symmetric (its blurs, restricted to the lattice vertices that exist, do not commute), so
 the gradient of the lattice loss is ``−(1/B)(g·LS + Lᵀ(g·S))``: the forward computes ``L S``
 and ``Lᵀ(g·S)`` (the transposed lattice product, its blurs in reverse order) on the same cached
@@ -121,7 +121,7 @@ def dense_energy_loss(images: torch.Tensor, probs: torch.Tensor, roi: torch.Tens
         sigma_xy: spatial kernel width in pixels.
         backend: ``"auto" | "exact" | "torch" | "triton" | "cpp" | "lattice"`` (see
             ``tscd.ops.backends``); ``"lattice"`` is the released O(N) approximation, whose loss
-            is ≈ 0.58 × the exact one.
+            is ≈ ``LATTICE_SCALE`` × the exact one.
 
     Shapes:
         - ``images``: (B, 3, H, W).
