@@ -172,7 +172,8 @@ def _trained_for(args):
     """(model, cfg, class names) of ``--checkpoint``: with ``--config`` if given, else the
     checkpoint's own config; the command's overrides and flags applied; the runtime set up."""
     from .config import apply
-    from .engine.builders import load_trained, setup_runtime
+    from .engine.checkpoint import load_trained
+    from .engine.runtime import setup_runtime
 
     model, cfg, names = load_trained(args.checkpoint, _config(args) if args.config else None)
     if not args.config:
@@ -247,8 +248,8 @@ def _add_infer_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_infer(args) -> int:
-    from .engine.builders import pick_device
     from .engine.inference import EvalProtocol, infer_images
+    from .engine.runtime import pick_device
 
     model, cfg, names = _trained_for(args)
     # The flags as given; without any, one plain forward pass (no flip, no CRF).

@@ -42,23 +42,13 @@ from ..data import StreamSampler, build_dataset, collate, resolve_num_classes
 from ..data.summary import describe_data
 from ..models.pretrained import is_remote
 from . import checkpoint
-from .builders import (
-    build_model,
-    build_objective,
-    build_pseudo_labeler,
-    check_backend,
-    check_config_compatible,
-    check_crop_size,
-    eval_loader,
-    out_of_memory,
-    pick_device,
-    prepare_backends,
-    setup_runtime,
-)
+from .builders import build_model, build_objective, build_pseudo_labeler, check_crop_size, eval_loader
+from .checkpoint import check_config_compatible
 from .distributed import init_distributed
 from .eta import RunClock, format_duration
 from .evaluator import Evaluator
 from .io import atomic_write, write_json
+from .runtime import check_backend, out_of_memory, pick_device, prepare_backends, setup_runtime
 from .schedule import build_optimizer, build_scheduler
 from .signals import (
     StopSignals,
@@ -454,7 +444,7 @@ class Trainer:
         batch = next(batches)
         batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=train.bf16 and self.device.type == "cuda"):
-            total, terms, _ = self.objective(self.net, self.model, batch, self.step + 1)
+            total, terms, _ = self.objective(self.net, batch, self.step + 1)
         finite = bool(torch.isfinite(total))
         if self._max_over_ranks(int(not finite))[0]:
             raise NonFiniteLossError(self.step + 1, {k: float(v.detach()) for k, v in terms.items()}, finite)
