@@ -13,6 +13,13 @@
 
 #include "host_device.h"
 
+#if !defined(__CUDACC__)
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#endif
+
 // CPU only. TSCD_ISA_CLONES: a function compiled for AVX-512, AVX2 and baseline x86-64, one
 // picked at load time (x86-64 GCC only); TSCD_INLINE: always-inlined helpers that such clones
 // (and the per-ISA kernels of run_native below) call.
@@ -110,6 +117,28 @@ void run_native(Args... args) {
   Kernel<4>::run(args...);
 }
 #endif
+
+// Work (multiply-adds, roughly) that a thread must get before a kernel goes parallel: waking
+// the pool costs more than smaller work saves, and far more when another process holds a core.
+constexpr int64_t kMinParallelWork = int64_t{1} << 21;
+
+// The threads for `work` split into `tasks`: one per kMinParallelWork, at most torch's threads.
+inline int64_t worker_count(int64_t work, int64_t tasks) {
+  return std::max<int64_t>(1, std::min({work / kMinParallelWork, tasks, static_cast<int64_t>(at::get_num_threads())}));
+}
+
+// One parallel region of `workers` threads, each running worker(claim) where claim() returns the
+// next unclaimed task of [0, tasks), or −1 when none is left. Tasks are handed out one at a time,
+// so a thread that the OS deschedules delays the region by one task, not by a static share.
+template <typename Worker>
+void run_workers(int64_t workers, int64_t tasks, const Worker& worker) {
+  std::atomic<int64_t> next{0};
+  const auto claim = [&]() -> int64_t {
+    const int64_t task = next.fetch_add(1, std::memory_order_relaxed);
+    return task < tasks ? task : -1;
+  };
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) { worker(claim); });
+}
 
 }  // namespace cpu
 #endif

@@ -1,6 +1,7 @@
 // Tiled Gaussian-kernel product Y = W·X (contract in gaussian.h): schema and CPU kernel.
 //
-// Work split: at::parallel_for over (batch, block of BI = 128 rows); each task sweeps the
+// Work split: tasks of (batch, block of BI = 128 rows) claimed by one worker per thread
+// (tscd::cpu::run_workers; one thread for small products); each task sweeps the
 // columns in blocks of BJ = 128. For one tile the BJ x BI weights are written to a per-task
 // buffer (squared distances from feature differences, a polynomial 2^-d2, a vector
 // at a time), then accumulated over the K channels by an outer-product micro-kernel into a
@@ -162,9 +163,11 @@ at::Tensor gaussian_product_cpu(const at::Tensor& feats, const at::Tensor& x, do
   const float* fp = feats.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t span = width > 0 ? std::min(N, (2 * radius + 1) * width + kBlockI) : N;  // columns per task
+  const int64_t tasks = B * blocks, work = tasks * kBlockI * span * (D + K);
+  tscd::cpu::run_workers(tscd::cpu::worker_count(work, tasks), tasks, [&](const auto& claim) {
     std::vector<float> fi(kMaxDims * kBlockI), wt(kBlockJ * kBlockI), acc(K * kBlockI);
-    for (int64_t task = begin; task < end; ++task) {
+    for (int64_t task = claim(); task >= 0; task = claim()) {
       const int64_t b = task / blocks, i0 = (task % blocks) * kBlockI;
       const int64_t ni = std::min(kBlockI, N - i0);
       const float* fb = fp + b * D * N;

@@ -39,7 +39,11 @@ logger = logging.getLogger("tscd.kernels.extension")
 
 #: The data package that holds the sources (``csrc/`` of the repository).
 SOURCE_PACKAGE = "tscd._csrc"
-CXX_FLAGS = ("-O3",)
+# -fopenmp: ATen's at::parallel_for is a header template that runs its body serially unless the
+# including file is compiled with OpenMP; linking it pulls in libgomp.so.1, which resolves to the
+# copy torch has already loaded (torch/lib/libgomp.so.1), so both share one thread pool.
+CXX_FLAGS = ("-O3", "-fopenmp")
+LD_FLAGS = ("-fopenmp",)
 NVCC_FLAGS = ("-O3", "--use_fast_math")
 SOURCE_SUFFIXES = (".cpp", ".cu", ".h", ".cuh")
 #: The prefix of the ahead-of-time library's module name inside the ``tscd`` package.
@@ -71,7 +75,7 @@ def digest(folder: Path, with_cuda: bool, cuda_arch: str = "") -> str:
     for path in source_files(folder):
         sha.update(f"{path.name}\0{path.stat().st_size}\0".encode())
         sha.update(path.read_bytes())
-    sha.update(repr((with_cuda, CXX_FLAGS, NVCC_FLAGS if with_cuda else None, cuda_arch if with_cuda else "",
+    sha.update(repr((with_cuda, CXX_FLAGS, LD_FLAGS, NVCC_FLAGS if with_cuda else None, cuda_arch if with_cuda else "",
                      torch.__version__, torch.version.cuda, sys.implementation.cache_tag,
                      getattr(sys, "abiflags", ""))).encode())
     return sha.hexdigest()[:12]
@@ -133,6 +137,7 @@ def jit_build(folder: Path | None = None) -> None:
         name=name,
         sources=[str(p) for p in compiled_sources(copy, with_cuda)],
         extra_cflags=list(CXX_FLAGS),
+        extra_ldflags=list(LD_FLAGS),
         extra_cuda_cflags=list(NVCC_FLAGS),
         extra_include_paths=[str(copy)],
         build_directory=str(directory),
@@ -164,9 +169,10 @@ def setuptools_extension(folder: Path, with_cuda: bool):
     sources = [str(p) for p in compiled_sources(folder, with_cuda)]
     if with_cuda:
         return CUDAExtension(name, sources, include_dirs=[str(folder.resolve())],
-                             extra_compile_args={"cxx": list(CXX_FLAGS), "nvcc": list(NVCC_FLAGS)})
+                             extra_compile_args={"cxx": list(CXX_FLAGS), "nvcc": list(NVCC_FLAGS)},
+                             extra_link_args=list(LD_FLAGS))
     return CppExtension(name, sources, include_dirs=[str(folder.resolve())],
-                        extra_compile_args={"cxx": list(CXX_FLAGS)})
+                        extra_compile_args={"cxx": list(CXX_FLAGS)}, extra_link_args=list(LD_FLAGS))
 
 
 @functools.cache
@@ -174,7 +180,7 @@ def load_failure() -> str | None:
     """Load the library once (prebuilt, else just in time); None on success, else why it cannot be used."""
     import torch
 
-    from .primitives import register_fakes
+    from .primitives import COMMON, CPU_ONLY, register_fakes
 
     try:
         prebuilt = prebuilt_library()
@@ -186,7 +192,7 @@ def load_failure() -> str | None:
     except Exception as exc:  # compiler missing, build error, ABI mismatch, ...
         text = str(exc).strip()
         return f"{type(exc).__name__}: {text.splitlines()[-1] if text else repr(exc)}"
-    register_fakes("tscd")
+    register_fakes("tscd", COMMON + CPU_ONLY)
     register_fakes("tscd_lattice", ("gaussian_product", "gaussian_product_transposed"))
     return None
 

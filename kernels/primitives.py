@@ -17,6 +17,12 @@ contiguous unless stated (the op layer upcasts); ``dilations`` is int32.
   -> (rowsum (B,Nx), grad (B,K,Nx) or (B,K,0))``: with ``s_ij = xs_i·ys_j`` and
   ``f_ij = xt_i·yt_j + ar_i + ac_j``, ``rowsum_i = Σ_j relu(s_ij) f_ij`` and
   ``grad_i = Σ_j 1[s_ij > 0] f_ij ys_j`` (method §6); inputs may be non-contiguous.
+- ``scd_fused(s1 (B,K,N1), s2 (B,K,N2), t1 (B,C,N1), t2 (B,C,N2), with_grad)
+  -> (rowsum (B,N1), g1 (B,K,N1), g2 (B,K,N2))``, CPU only (``torch.ops.tscd``): the whole sweep of
+  the loss in one pass on the raw maps, which it normalises per column (x̂ = x / max(‖x‖, 1e-10)):
+  ``s_ij = ŝ1_i·ŝ2_j``, ``f_ij = t̂1_i·t̂2_j − t̂1_i·m2 + mean_b(m1·m2)`` with ``m_v`` the mean of
+  ``t̂_v`` over its positions, ``rowsum_i = Σ_j relu(s_ij) f_ij``, and ``g1``, ``g2`` the gradients
+  of ``Σ rowsum`` w.r.t. ``s1`` and ``s2`` (N1, N2 = 0 unless ``with_grad``).
 - ``varm_affinity(images (B,3,H,W), dilations (L,), intensity_scale, variation_weight,
   position_term (8L,)) -> weights (B,8L,H,W)``: ``softmax_n(a_n) − variation_weight·softmax_n(v_n)
   + position_term[n]`` over the 8L clamped neighbours (method §4).
@@ -40,6 +46,14 @@ def scd_pass(xs, ys, xt, yt, ar, ac, with_grad: bool) -> tuple[torch.Tensor, tor
     return rowsum, xs.new_empty((batch, channels, rows if with_grad else 0), dtype=torch.float32)
 
 
+def scd_fused(s1, s2, t1, t2, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    batch, channels, n1 = s1.shape
+    n2 = s2.shape[2] if with_grad else 0
+    return (s1.new_empty((batch, n1), dtype=torch.float32),
+            s1.new_empty((batch, channels, n1 if with_grad else 0), dtype=torch.float32),
+            s1.new_empty((batch, channels, n2), dtype=torch.float32))
+
+
 def varm_affinity(images, dilations, intensity_scale: float, variation_weight: float, position_term) -> torch.Tensor:
     batch, _, height, width = images.shape
     return images.new_empty((batch, 8 * dilations.shape[0], height, width), dtype=torch.float32)
@@ -51,8 +65,10 @@ def varm_propagate_(src, weights, dilations, out) -> None:
 
 #: The primitives every fused backend implements.
 COMMON = ("gaussian_product", "scd_pass", "varm_affinity", "varm_propagate_")
+#: The primitives only the C++ library's CPU kernels implement (``torch.ops.tscd``).
+CPU_ONLY = ("scd_fused",)
 FAKES = {"gaussian_product": gaussian_product, "gaussian_product_transposed": gaussian_product, "scd_pass": scd_pass,
-         "varm_affinity": varm_affinity, "varm_propagate_": varm_propagate_}
+         "scd_fused": scd_fused, "varm_affinity": varm_affinity, "varm_propagate_": varm_propagate_}
 
 
 def register_fakes(namespace: str, names=COMMON) -> None:

@@ -109,6 +109,16 @@ def test_primitives_pass_opcheck(backend, with_grad):
             torch.library.opcheck(getattr(namespace, name).default, args)
 
 
+@pytest.mark.parametrize("with_grad", [True, False])
+def test_cpu_only_primitives_pass_opcheck(with_grad):
+    require("cpp", "cpu")
+    resolve("scd_loss", "cpp", "cpu")
+    g = torch.Generator().manual_seed(7)
+    r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    torch.library.opcheck(primitives("cpp").scd_fused.default,
+                          (r(2, 4, 9), r(2, 4, 7), r(2, 3, 9), r(2, 3, 7), with_grad))
+
+
 @pytest.mark.parametrize("name", ["gaussian_product", "gaussian_product_transposed"])
 def test_lattice_primitive_passes_opcheck(name):
     require("lattice", "cpu")

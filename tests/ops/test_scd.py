@@ -100,9 +100,10 @@ def test_value_without_grad(backend, shape, monkeypatch):
     flags = []
     primitives = op_module.primitives
 
-    class Recording:
+    class Recording:  # the with_grad flag of each sweep (scd_pass, or scd_fused of cpp on the CPU)
         def __init__(self, name):
             self.scd_pass = lambda *args: flags.append(args[-1]) or primitives(name).scd_pass(*args)
+            self.scd_fused = lambda *args: flags.append(args[-1]) or primitives(name).scd_fused(*args)
 
     monkeypatch.setattr(op_module, "primitives", Recording)
     t1, t2, s1, s2 = make_inputs(*shape, seed=5)

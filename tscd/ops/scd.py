@@ -10,6 +10,11 @@ gradient sums ``Σ_j 1[s_ij>0] f_ij Ŝ′_j``. Because the loss is a scalar, its
 fixed up to the incoming scale, so the forward computes both student gradients in the
 same call (two sweeps: rows of view 1, then rows of view 2) and the backward only scales
 them and applies the normalisation's Jacobian.
+
+On the CPU the ``cpp`` backend runs ``scd_fused`` instead (``csrc/scd.h``): one sweep over the
+raw maps that normalises the columns and centres the correspondence itself and returns the
+value's row sums and both gradients through the normalisation, so that no normalised copy of
+the maps is made and each pair's similarity and correspondence are computed once.
 """
 from __future__ import annotations
 
@@ -39,6 +44,15 @@ class _ScdLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, backend, with_grad, t1, t2, s1, s2):
         (B, _, n1), n2 = s1.shape, s2.shape[2]
+        ctx.dtypes = (s1.dtype, s2.dtype)
+        out_dtype = torch.promote_types(s1.dtype, t1.dtype)
+        ctx.fused = backend == "cpp" and s1.device.type == "cpu"
+        if ctx.fused:
+            scd_fused = primitives(backend).scd_fused
+            rowsum, g1, g2 = scd_fused(s1.float(), s2.float(), t1.float(), t2.float(), with_grad)
+            if with_grad:
+                ctx.save_for_backward(g1, g2)
+            return (-(rowsum.double().sum() / (B * n1 * n2))).to(out_dtype)
         t_hat1, _ = _normalise(t1)
         t_hat2, _ = _normalise(t2)
         s_hat1, norm1 = _normalise(s1)
@@ -52,12 +66,15 @@ class _ScdLoss(torch.autograd.Function):
         if with_grad:
             _, grad2 = scd_pass(s_hat2, s_hat1, t_hat2, t_hat1, zeros, a, True)
             ctx.save_for_backward(s_hat1, norm1, grad1, s_hat2, norm2, grad2)
-            ctx.dtypes = (s1.dtype, s2.dtype)
         total = rowsum.double().sum() / (B * n1 * n2)
-        return (-total).to(torch.promote_types(s1.dtype, t1.dtype))
+        return (-total).to(out_dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
+        if ctx.fused:
+            g1, g2 = ctx.saved_tensors
+            scale = grad_out.float() * (-1.0 / (g1.shape[0] * g1.shape[2] * g2.shape[2]))
+            return None, None, None, None, (g1 * scale).to(ctx.dtypes[0]), (g2 * scale).to(ctx.dtypes[1])
         s_hat1, norm1, grad1, s_hat2, norm2, grad2 = ctx.saved_tensors
         B, _, n1 = s_hat1.shape
         scale = grad_out.float() * (-1.0 / (B * n1 * s_hat2.shape[2]))
