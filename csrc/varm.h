@@ -55,4 +55,15 @@ inline void check_propagate_args(const at::Tensor& src, const at::Tensor& weight
   TORCH_CHECK(out.sizes() == src.sizes(), "out must have the shape of src ", src.sizes(), ", got ", out.sizes());
 }
 
+// varm_refine_ (CPU only): masks (B, K, H, W) refined in place by num_iter steps with the weights
+// of varm_affinity(images (B, 3, H, W), ...), the masks float32 contiguous at the images' size.
+inline void check_refine_args(const at::Tensor& masks, const at::Tensor& images, const at::Tensor& dilations,
+                              const at::Tensor& position_term) {
+  check_affinity_args(images, dilations, position_term);
+  check_float32_contiguous(masks, "masks", 4, "(B, K, H, W)");
+  TORCH_CHECK(masks.size(0) == images.size(0) && masks.size(2) == images.size(2) && masks.size(3) == images.size(3),
+              "masks must be (B, K, H, W) with images (B, 3, H, W), got ", masks.sizes(), " and images ",
+              images.sizes());
+}
+
 }  // namespace tscd::varm

@@ -28,6 +28,9 @@ contiguous unless stated (the op layer upcasts); ``dilations`` is int32.
   + position_term[n]`` over the 8L clamped neighbours (method §4).
 - ``varm_propagate_(src (B,K,H,W), weights (B,8L,H,W), dilations, out (B,K,H,W)) -> ()``:
   ``out(p) = Σ_n w_n(p) src(clamp(p + n))``, one refinement step written into ``out``.
+- ``varm_refine_(masks (B,K,H,W), images (B,3,H,W), dilations, intensity_scale, variation_weight,
+  position_term, num_iter) -> ()``, CPU only (``torch.ops.tscd``): ``num_iter`` of those steps with
+  the weights of ``varm_affinity``, in place on ``masks``.
 
 The fake kernels below give the output shapes for ``torch.compile`` and ``torch.library.opcheck``.
 """
@@ -63,12 +66,18 @@ def varm_propagate_(src, weights, dilations, out) -> None:
     return None
 
 
+def varm_refine_(masks, images, dilations, intensity_scale: float, variation_weight: float, position_term,
+                 num_iter: int) -> None:
+    return None
+
+
 #: The primitives every fused backend implements.
 COMMON = ("gaussian_product", "scd_pass", "varm_affinity", "varm_propagate_")
 #: The primitives only the C++ library's CPU kernels implement (``torch.ops.tscd``).
-CPU_ONLY = ("scd_fused",)
+CPU_ONLY = ("scd_fused", "varm_refine_")
 FAKES = {"gaussian_product": gaussian_product, "gaussian_product_transposed": gaussian_product, "scd_pass": scd_pass,
-         "scd_fused": scd_fused, "varm_affinity": varm_affinity, "varm_propagate_": varm_propagate_}
+         "scd_fused": scd_fused, "varm_affinity": varm_affinity, "varm_propagate_": varm_propagate_,
+         "varm_refine_": varm_refine_}
 
 
 def register_fakes(namespace: str, names=COMMON) -> None:

@@ -117,6 +117,11 @@ def test_cpu_only_primitives_pass_opcheck(with_grad):
     r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
     torch.library.opcheck(primitives("cpp").scd_fused.default,
                           (r(2, 4, 9), r(2, 4, 7), r(2, 3, 9), r(2, 3, 7), with_grad))
+    images = torch.rand(2, 3, 6, 5, generator=g)
+    dilations, position = torch.tensor([1, 2], dtype=torch.int32), torch.full((16,), 0.01)
+    for variation_weight in (0.01, 0.0):
+        torch.library.opcheck(primitives("cpp").varm_refine_.default,
+                              (r(2, 3, 6, 5), images, dilations, 4.0, variation_weight, position, 2))
 
 
 @pytest.mark.parametrize("name", ["gaussian_product", "gaussian_product_transposed"])

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from tests.utils import ALL, DEVICE, FUSED, assert_within_reference_error
+from tests.utils import ALL, DEVICE, FUSED, assert_within_reference_error, require
 from tscd.ops import varm_affinity, varm_refine
+from tscd.ops.backends import primitives
 from tscd.ops.reference import varm as ref
 
 MODES = ("varm", "par")
@@ -140,6 +141,37 @@ def test_refine_matches_reference(backend, mode, shape):
 @pytest.mark.parametrize("num_iter", [0, 1, 10])
 def test_refine_iteration_counts(backend, mode, num_iter):
     _check_refine(backend, (1, 21, 7, 9, 4, 5), mode, num_iter)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(1, 9, 64, 71, 64, 71), (2, 21, 30, 96, 8, 24), (3, 2, 26, 17, 26, 17)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_cpp_refine_rows_of_several_vectors(shape, threads):
+    """The CPU kernels' whole and partial vectors, channel chunks and row rings (rows and columns
+    beyond the largest dilation), on one thread and split over two."""
+    require("cpp", "cpu")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for mode in MODES:
+            _check_refine("cpp", shape, mode, num_iter=3)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_cpp_propagate_primitive_is_one_step():
+    require("cpp", "cpu")
+    img, masks = _images(2, 29, 37).cpu(), _masks(2, 5, 29, 37).cpu()
+    dilations = (1, 2, 4, 8, 12, 24)
+    weights = varm_affinity(img, dilations=dilations, backend="cpp")
+    out = torch.empty_like(masks)
+    ops = primitives("cpp")
+    ops.varm_propagate_(masks, weights, torch.tensor(dilations, dtype=torch.int32), out)
+    expect = torch.zeros_like(masks, dtype=torch.float64)
+    padded = torch.nn.functional.pad(masks.double(), (24, 24, 24, 24), mode="replicate")
+    for n, (oy, ox) in enumerate(ref.neighbour_offsets(dilations)):
+        expect += weights[:, n : n + 1].double() * padded[..., 24 + oy : 53 + oy, 24 + ox : 61 + ox]
+    torch.testing.assert_close(out.double(), expect, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("backend", FUSED)

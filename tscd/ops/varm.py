@@ -11,7 +11,9 @@ over the N = 8·len(dilations) clamped neighbours n, with the per-pixel weights
 The refinement runs without gradient: outputs never require grad. The fused backends
 (triton, cpp) compute in float32 through two primitives, ``varm_affinity`` and
 ``varm_propagate_`` (:mod:`tscd.kernels.primitives`); this module holds the logic they share
-(upcasting, resizing, constants, the ping-pong buffers). Their memory is O(B·(N + 2K)·H·W).
+(upcasting, resizing, constants, the ping-pong buffers). Their memory is O(B·(N + 2K)·H·W); on
+the CPU the ``cpp`` backend runs every iteration in place in one call (``varm_refine_``), in
+O(B·(N + K)·H·W).
 """
 from __future__ import annotations
 
@@ -157,10 +159,16 @@ def varm_refine(images: torch.Tensor, masks: torch.Tensor, *, dilations=DEFAULT_
         if which == "torch":
             return reference.varm_refine(images.to(dtype), masks.to(dtype), dilations, num_iter, mode)
         masks = masks.float()
-        if masks.shape[-2:] != images.shape[-2:]:
+        resized = masks.shape[-2:] != images.shape[-2:]
+        if resized:
             masks = F.interpolate(masks, size=images.shape[-2:], mode="bilinear", align_corners=True)
         if num_iter == 0:
             return masks.to(dtype, copy=True)
+        if which == "cpp" and images.device.type == "cpu":  # the weights and every iteration in one call, in place
+            refined = masks if resized else masks.contiguous().clone()
+            primitives(which).varm_refine_(refined, images.float().contiguous(),
+                                           *affinity_arguments(dilations, mode, images.device), num_iter)
+            return refined.to(dtype)
         weights, dil = _fused_affinity(which, images, dilations, mode)
         propagate_ = primitives(which).varm_propagate_
         src = masks.contiguous()
