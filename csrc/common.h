@@ -18,6 +18,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <thread>
+#include <vector>
 #endif
 
 // CPU only. TSCD_ISA_CLONES: a function compiled for AVX-512, AVX2 and baseline x86-64, one
@@ -118,6 +120,69 @@ void run_native(Args... args) {
 }
 #endif
 
+// exp(x) for x ≤ 0 on a GCC vector of floats (0 below −87.3, where e^x is below the smallest
+// normal float; NaN stays NaN): x = n ln2 + r with |r| ≤ ln2/2 (ln2 split in two so that n ln2
+// is exact), e^r from Cephes' expf polynomial (about 1 ulp), 2^n added to the exponent bits.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // always inlined: no vector crosses an ABI boundary
+template <int L>
+struct Lanes {
+  typedef float V __attribute__((vector_size(L * sizeof(float))));
+  typedef int32_t I __attribute__((vector_size(L * sizeof(float))));
+};
+
+template <int L>
+TSCD_INLINE typename Lanes<L>::V exp_nonpositive(const typename Lanes<L>::V& x) {
+  typedef typename Lanes<L>::V V;
+  typedef typename Lanes<L>::I I;
+  constexpr float kRound = 12582912.0f;  // 1.5 · 2^23: adding it rounds to an integer
+  const V t = x * 1.44269504088896341f + kRound;
+  const V n = t - kRound;
+  V r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  const V z = r * r;
+  V p = V{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * z + r + 1.0f;
+  const V e = (V)((I)p + ((I)t - (I)(V{} + kRound)) * (1 << 23));
+  return (V)((I)e & ~(I)(x < -87.3f));
+}
+
+// log(x) for normal x > 0 on a GCC vector of floats (+inf and NaN kept): x = m · 2^e with
+// m ∈ [√½, √2), log m from Cephes' logf polynomial (about 1 ulp), e · ln2 in two parts.
+template <int L>
+TSCD_INLINE typename Lanes<L>::V log_positive(const typename Lanes<L>::V& x) {
+  typedef typename Lanes<L>::V V;
+  typedef typename Lanes<L>::I I;
+  const I bits = (I)x;
+  V e = __builtin_convertvector(((bits >> 23) & 0xff) - 126, V);
+  V m = (V)((bits & 0x807fffff) | 0x3f000000);  // in [½, 1)
+  const I small = (I)(m < 0.707106781186547524f);
+  e -= (V)((I)(V{} + 1.0f) & small);
+  m = m + (V)((I)m & small) - 1.0f;  // 2m − 1 below √½, m − 1 above
+  const V z = m * m;
+  V p = V{} + 7.0376836292e-2f;
+  p = p * m - 1.1514610310e-1f;
+  p = p * m + 1.1676998740e-1f;
+  p = p * m - 1.2420140846e-1f;
+  p = p * m + 1.4249322787e-1f;
+  p = p * m - 1.6668057665e-1f;
+  p = p * m + 2.0000714765e-1f;
+  p = p * m - 2.4999993993e-1f;
+  p = p * m + 3.3333331174e-1f;
+  V y = m * z * p;
+  y += e * -2.12194440e-4f;
+  y -= 0.5f * z;
+  const V result = m + y + e * 0.693359375f;
+  const I keep = (I)(x != x) | (I)(x == __builtin_inff());  // NaN, +inf: x itself
+  return (V)(((I)x & keep) | ((I)result & ~keep));
+}
+#pragma GCC diagnostic pop
+
 // Work (multiply-adds, roughly) that a thread must get before a kernel goes parallel: waking
 // the pool costs more than smaller work saves, and far more when another process holds a core.
 constexpr int64_t kMinParallelWork = int64_t{1} << 21;
@@ -139,6 +204,47 @@ void run_workers(int64_t workers, int64_t tasks, const Worker& worker) {
   };
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) { worker(claim); });
 }
+
+// The phases of one parallel region (OpenMP; its threads call next_phase together): tasks are
+// claimed one at a time from a counter per phase, and the barrier between phases spins briefly,
+// then yields the core. libgomp's barrier spins far longer (300k turns unless told otherwise by
+// the environment): with another process on the other core, a waiting thread would spin through
+// the time slice that the thread it waits for needs.
+class Phases {
+ public:
+  Phases(int64_t phases, int threads) : claimed_(phases), threads_(threads) {}
+
+  // The next task of phase p, or −1 when its `tasks` are all claimed.
+  int64_t claim(int64_t p, int64_t tasks) {
+    const int64_t task = claimed_[p].fetch_add(1, std::memory_order_relaxed);
+    return task < tasks ? task : -1;
+  }
+
+  // Waits until every thread of the region has called next_phase as often as this one.
+  void next_phase() {
+    const int64_t generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == threads_) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int spin = 0; generation_.load(std::memory_order_acquire) == generation; ++spin) {
+      if (spin >= kSpins) {
+        std::this_thread::yield();
+      } else {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      }
+    }
+  }
+
+ private:
+  static constexpr int kSpins = 2000;
+  std::vector<std::atomic<int64_t>> claimed_;
+  std::atomic<int64_t> arrived_{0}, generation_{0};
+  int threads_;
+};
 
 }  // namespace cpu
 #endif

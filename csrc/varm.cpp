@@ -123,34 +123,13 @@ struct AffinityRow {
   static TSCD_INLINE V abs(const V& v) { return (V)((I)v & 0x7fffffff); }
   static TSCD_INLINE V max(const V& a, const V& b) { return (V)(((I)a & (I)(a >= b)) | ((I)b & ~(I)(a >= b))); }
 
-  // exp(x) for x ≤ 0 (0 below −87.3, NaN kept): x = n ln2 + r with |r| ≤ ln2/2 (ln2 split in
-  // two so that n ln2 is exact), e^r from Cephes' expf polynomial (about 1 ulp), 2^n added to
-  // the exponent bits.
-  static TSCD_INLINE V exp_nonpositive(const V& x) {
-    constexpr float kRound = 12582912.0f;  // 1.5 · 2^23: adding it rounds to an integer
-    const V t = x * 1.44269504088896341f + kRound;
-    const V n = t - kRound;
-    V r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    const V z = r * r;
-    V p = V{} + 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * z + r + 1.0f;
-    const V e = (V)((I)p + ((I)t - (I)(V{} + kRound)) * (1 << 23));
-    return (V)((I)e & ~(I)(x < -87.3f));
-  }
-
   // In place over rows[n] (n < N): softmax over n.
   static TSCD_INLINE void softmax(V* rows, int64_t N) {
     V top = rows[0];
     for (int64_t n = 1; n < N; ++n) top = max(top, rows[n]);
     V sum{};
     for (int64_t n = 0; n < N; ++n) {
-      rows[n] = exp_nonpositive(rows[n] - top);
+      rows[n] = tscd::cpu::exp_nonpositive<L>(rows[n] - top);
       sum += rows[n];
     }
     const V inv = 1.f / sum;

@@ -180,7 +180,7 @@ def load_failure() -> str | None:
     """Load the library once (prebuilt, else just in time); None on success, else why it cannot be used."""
     import torch
 
-    from .primitives import COMMON, CPU_ONLY, register_fakes
+    from .primitives import COMMON, CPU_ONLY, LATTICE, register_fakes
 
     try:
         prebuilt = prebuilt_library()
@@ -193,7 +193,7 @@ def load_failure() -> str | None:
         text = str(exc).strip()
         return f"{type(exc).__name__}: {text.splitlines()[-1] if text else repr(exc)}"
     register_fakes("tscd", COMMON + CPU_ONLY)
-    register_fakes("tscd_lattice", ("gaussian_product", "gaussian_product_transposed"))
+    register_fakes("tscd_lattice", LATTICE)
     return None
 
 

@@ -13,6 +13,11 @@ contiguous unless stated (the op layer upcasts); ``dilations`` is int32.
 - ``gaussian_product_transposed``: the same schema; only ``torch.ops.tscd_lattice`` has it (the
   permutohedral lattice's operator L is not symmetric, so its loss gradient needs ``Lᵀ·x``;
   the exact W is symmetric).
+- ``dense_crf_mean_field(probs (B,K,N), smooth_feats (B,Ds,N), appearance_feats (B,Da,N),
+  smooth_weight, appearance_weight, num_iter) -> Q (B,K,N)``: only ``torch.ops.tscd_lattice`` has it
+  (CPU): the dense CRF's whole mean-field loop on the permutohedral lattices of the two feature sets
+  (coordinates and colours divided by their σ), ``Q ← softmax_k(U + Σ_L w_L n_L ⊙ L(n_L ⊙ Q))`` from
+  ``Q = softmax_k(U)``, ``U = log(max(probs, 1e-5))``, ``n_L = (L·1)^(−1/2)`` (``csrc/dense_crf.cpp``).
 - ``scd_pass(xs (B,K,Nx), ys (B,K,Ny), xt (B,C,Nx), yt (B,C,Ny), ar (B,Nx), ac (B,Ny), with_grad)
   -> (rowsum (B,Nx), grad (B,K,Nx) or (B,K,0))``: with ``s_ij = xs_i·ys_j`` and
   ``f_ij = xt_i·yt_j + ar_i + ac_j``, ``rowsum_i = Σ_j relu(s_ij) f_ij`` and
@@ -41,6 +46,11 @@ import torch
 
 def gaussian_product(feats: torch.Tensor, x: torch.Tensor, cut2: float, width: int, radius: int) -> torch.Tensor:
     return x.new_empty(x.shape, dtype=torch.float32)
+
+
+def dense_crf_mean_field(probs, smooth_feats, appearance_feats, smooth_weight: float, appearance_weight: float,
+                         num_iter: int) -> torch.Tensor:
+    return probs.new_empty(probs.shape, dtype=torch.float32)
 
 
 def scd_pass(xs, ys, xt, yt, ar, ac, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +87,9 @@ COMMON = ("gaussian_product", "scd_pass", "varm_affinity", "varm_propagate_")
 CPU_ONLY = ("scd_fused", "varm_refine_")
 FAKES = {"gaussian_product": gaussian_product, "gaussian_product_transposed": gaussian_product, "scd_pass": scd_pass,
          "scd_fused": scd_fused, "varm_affinity": varm_affinity, "varm_propagate_": varm_propagate_,
-         "varm_refine_": varm_refine_}
+         "varm_refine_": varm_refine_, "dense_crf_mean_field": dense_crf_mean_field}
+#: The primitives of ``torch.ops.tscd_lattice`` (CPU).
+LATTICE = ("gaussian_product", "gaussian_product_transposed", "dense_crf_mean_field")
 
 
 def register_fakes(namespace: str, names=COMMON) -> None:

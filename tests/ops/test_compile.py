@@ -9,6 +9,7 @@ import tscd.ops as ops
 from tests.utils import ALL, DEVICE, FUSED, backend_param, require
 from tscd.models import TSCD
 from tscd.ops.backends import primitives, resolve
+from tscd.ops.gaussian import bilateral_features
 
 
 def _compiled(fn):
@@ -131,6 +132,17 @@ def test_lattice_primitive_passes_opcheck(name):
     for args in _primitive_args(with_grad=False)["gaussian_product"]:
         args = tuple(a.cpu() if isinstance(a, torch.Tensor) else a for a in args)
         torch.library.opcheck(getattr(primitives("lattice"), name).default, args)
+
+
+def test_lattice_mean_field_passes_opcheck():
+    require("lattice", "cpu")
+    resolve("dense_crf", "lattice", "cpu")
+    images, probs = (t.cpu() for t in _inputs(7))
+    feats = bilateral_features(images, 4.0, 20.0)
+    for num_iter in (0, 2):
+        torch.library.opcheck(primitives("lattice").dense_crf_mean_field.default,
+                              (probs.reshape(2, 4, -1).contiguous(), feats[:, :2].contiguous(), feats, 3.0, 4.0,
+                               num_iter))
 
 
 def test_pydensecrf_op_passes_opcheck():

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from tests.utils import require
 from tscd.ops import dense_crf, dense_energy_loss, gaussian_product
-from tscd.ops.gaussian import bilateral_features, gaussian_product_unchecked
+from tscd.ops.gaussian import bilateral_features, gaussian_product_unchecked, position_features
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +60,44 @@ def test_dense_crf_matches_pydensecrf(name):
     theirs = dense_crf(img, probs, backend="pydensecrf")
     assert (ours.argmax(1) == theirs.argmax(1)).double().mean().item() >= 0.99
     assert (ours - theirs).abs().max().item() < 1e-3
+
+
+def _mean_field_on_the_product(images, probs, num_iter, smooth, appearance):
+    """The lattice CRF as a loop of torch ops over the lattice product (the fused op's definition)."""
+    B, K, H, W = probs.shape
+    (s_xy, s_w), (a_xy, a_rgb, a_w) = smooth, appearance
+    terms = [(s_w, position_features(B, H, W, s_xy)), (a_w, bilateral_features(images, a_xy, a_rgb))]
+    norms = [gaussian_product_unchecked("lattice", f, torch.ones(B, 1, H * W)).rsqrt() for _, f in terms]
+    unary = torch.log(torch.clamp(probs.reshape(B, K, H * W), min=1e-5))
+    q = unary.softmax(1)
+    for _ in range(num_iter):
+        logits = unary.clone()
+        for (weight, feats), norm in zip(terms, norms):
+            logits += weight * norm * gaussian_product_unchecked("lattice", feats, norm * q)
+        q = logits.softmax(1)
+    return q.reshape(B, K, H, W)
+
+
+@pytest.mark.parametrize("K", [1, 5, 21, 37])
+@pytest.mark.parametrize("num_iter", [0, 1, 3])
+def test_fused_mean_field_is_the_loop_over_the_product(K, num_iter):
+    """The fused C++ mean field (csrc/dense_crf.cpp): the loop over the lattice product, whatever the
+    channel groups (K = 37: five groups of 8) or the threads (the same bits on one and two; large
+    enough for two from K = 21 and 3 iterations)."""
+    images = torch.cat([photograph(name, 96, 128) for name in ("astronaut", "coffee")])
+    probs = torch.cat([coarse_probs(K, 96, 128, seed=s, noise=0.5) for s in (0, 1)])
+    params = dict(smooth=(3.0, 3.0), appearance=(20.0, 13.0, 4.0))
+    expected = _mean_field_on_the_product(images, probs, num_iter, **params)
+    previous = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(dense_crf(images, probs, num_iter=num_iter, backend="lattice", **params))
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(outs[0], outs[1])
+    torch.testing.assert_close(outs[0], expected, rtol=0, atol=2e-5)
 
 
 def _adjoint_errors(feats: torch.Tensor, channels: int = 3) -> tuple[float, float]:

@@ -44,7 +44,19 @@ def _class_softmax(logits: torch.Tensor) -> torch.Tensor:
     return e.div_(e.sum(dim=1, keepdim=True))
 
 
+def _lattice_mean_field(images, probs, num_iter, smooth, appearance):
+    """The lattice backend: the whole mean-field loop in one C++ call (``csrc/dense_crf.cpp``)."""
+    B, K, H, W = probs.shape
+    (s_xy, s_w), (a_xy, a_rgb, a_w) = smooth, appearance
+    q = primitives("lattice").dense_crf_mean_field(probs.reshape(B, K, H * W).to(torch.float32).contiguous(),
+                                                   position_features(B, H, W, s_xy, probs.device),
+                                                   bilateral_features(images, a_xy, a_rgb), s_w, a_w, num_iter)
+    return q.reshape(B, K, H, W)
+
+
 def _mean_field(backend, images, probs, num_iter, smooth, appearance):
+    if backend == "lattice":
+        return _lattice_mean_field(images, probs, num_iter, smooth, appearance)
     B, K, H, W = probs.shape
     (s_xy, s_w), (a_xy, a_rgb, a_w) = smooth, appearance
     radius = math.ceil(5 * s_xy)  # the smoothness window, in pixels
