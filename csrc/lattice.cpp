@@ -131,8 +131,10 @@ constexpr int64_t kStep = sizeof(Vec) / sizeof(float);
 constexpr int64_t kPixelBlock = 16;
 
 // values (M+1, stride) += Σ over the pixels of w · x[:, i] at each of their d+1 vertices; x (K, N).
-template <typename Vec>
-TSCD_INLINE void splat(const Lattice& lat, const float* x, int64_t channels, int64_t stride, float* values) {
+// slot: lat.slot, or the same slots in 16 bits (bilateral_filter_cpu).
+template <typename Vec, typename Slot>
+TSCD_INLINE void splat(const Lattice& lat, const Slot* slot, const float* x, int64_t channels, int64_t stride,
+                       float* values) {
   const int verts = lat.dims + 1;
   const int64_t n = lat.pixels;
   std::vector<float> tile(kPixelBlock * stride, 0.0f);
@@ -144,7 +146,7 @@ TSCD_INLINE void splat(const Lattice& lat, const float* x, int64_t channels, int
       const int64_t i = i0 + p;
       const float* xi = tile.data() + p * stride;
       for (int r = 0; r < verts; ++r) {
-        float* dst = values + static_cast<int64_t>(lat.slot[i * verts + r]) * stride;
+        float* dst = values + static_cast<int64_t>(slot[i * verts + r]) * stride;
         const float w = lat.weight[i * verts + r];
         for (int64_t k = 0; k < stride; k += kStep<Vec>)
           store<Vec>(dst + k, load<Vec>(dst + k) + w * load<Vec>(xi + k));
@@ -169,8 +171,9 @@ TSCD_INLINE void blur(const Lattice& lat, int dir, int64_t stride, const float* 
 }
 
 // y[:, i] (K, N) = α Σ w · values at pixel i's d+1 vertices.
-template <typename Vec>
-TSCD_INLINE void slice(const Lattice& lat, const float* values, int64_t channels, int64_t stride, float* y) {
+template <typename Vec, typename Slot>
+TSCD_INLINE void slice(const Lattice& lat, const Slot* slot, const float* values, int64_t channels, int64_t stride,
+                       float* y) {
   const int verts = lat.dims + 1;
   const int64_t n = lat.pixels;
   const float alpha = tscd::lattice::slice_scale(lat.dims);
@@ -182,7 +185,7 @@ TSCD_INLINE void slice(const Lattice& lat, const float* values, int64_t channels
       float* yi = tile.data() + p * stride;
       for (int64_t k = 0; k < stride; k += kStep<Vec>) store<Vec>(yi + k, Vec{});
       for (int r = 0; r < verts; ++r) {
-        const float* src = values + static_cast<int64_t>(lat.slot[i * verts + r]) * stride;
+        const float* src = values + static_cast<int64_t>(slot[i * verts + r]) * stride;
         const float w = alpha * lat.weight[i * verts + r];
         for (int64_t k = 0; k < stride; k += kStep<Vec>)
           store<Vec>(yi + k, load<Vec>(yi + k) + w * load<Vec>(src + k));
@@ -197,27 +200,40 @@ TSCD_INLINE void slice(const Lattice& lat, const float* values, int64_t channels
 // is the transpose of splatting and each blur a symmetric matrix on the vertices (slot 0, the
 // absent neighbour, stays zero), so reversing their order transposes the product exactly.
 // values and scratch: (M+1)·stride floats of work space.
-template <typename Vec>
-TSCD_INLINE void filter(const Lattice& lat, bool transposed, const float* x, int64_t channels, int64_t stride,
-                        float* values, float* scratch, float* y) {
-  splat<Vec>(lat, x, channels, stride, values);
+template <typename Vec, typename Slot>
+TSCD_INLINE void filter(const Lattice& lat, const Slot* slot, bool transposed, const float* x, int64_t channels,
+                        int64_t stride, float* values, float* scratch, float* y) {
+  splat<Vec>(lat, slot, x, channels, stride, values);
   for (int step = 0; step <= lat.dims; ++step) {
     blur<Vec>(lat, transposed ? lat.dims - step : step, stride, values, scratch);
     std::swap(values, scratch);
   }
-  slice<Vec>(lat, values, channels, stride, y);
+  slice<Vec>(lat, slot, values, channels, stride, y);
+}
+
+template <typename Slot>
+TSCD_INLINE void filter_channels(const Lattice& lat, const Slot* slot, bool transposed, const float* x,
+                                 int64_t channels, float* y, std::vector<float>& work) {
+  const int64_t stride = channel_stride(channels);
+  const int64_t size = (static_cast<int64_t>(lat.vertices) + 1) * stride;  // slot 0 stays zero
+  work.assign(2 * size, 0.0f);
+  if (stride % kLanes == 0)
+    filter<vf>(lat, slot, transposed, x, channels, stride, work.data(), work.data() + size, y);
+  else
+    filter<float>(lat, slot, transposed, x, channels, stride, work.data(), work.data() + size, y);
 }
 
 TSCD_ISA_CLONES
 void filter_image(const Lattice& lat, bool transposed, const float* x, int64_t channels, float* y,
                   std::vector<float>& work) {
-  const int64_t stride = channel_stride(channels);
-  const int64_t size = (static_cast<int64_t>(lat.vertices) + 1) * stride;  // slot 0 stays zero
-  work.assign(2 * size, 0.0f);
-  if (stride % kLanes == 0)
-    filter<vf>(lat, transposed, x, channels, stride, work.data(), work.data() + size, y);
-  else
-    filter<float>(lat, transposed, x, channels, stride, work.data(), work.data() + size, y);
+  filter_channels(lat, lat.slot.data(), transposed, x, channels, y, work);
+}
+
+// filter_image (not transposed) with the slots in 16 bits.
+TSCD_ISA_CLONES
+void filter_image16(const Lattice& lat, const uint16_t* slot, const float* x, int64_t channels, float* y,
+                    std::vector<float>& work) {
+  filter_channels(lat, slot, false, x, channels, y, work);
 }
 
 at::Tensor lattice_filter(const at::Tensor& feats, const at::Tensor& x, bool transposed) {
@@ -250,6 +266,78 @@ at::Tensor lattice_filter(const at::Tensor& feats, const at::Tensor& x, bool tra
   return y;
 }
 
+// The features of tscd.ops.gaussian's bilateral_features as fused_product scales them for the
+// lattice, (x / σ_xy, y / σ_xy, colour / σ_rgb) · √(log2(e) / 2), computed from an image (3, H, W)
+// on the fly with the same float32 operations as those tensors, hence the same lattice.
+struct BilateralFeatures {
+  const float* image;
+  int64_t height, width;
+  float sigma_xy, sigma_rgb, exp2_scale;
+
+  float operator()(int k, int64_t i) const {
+    const float raw = k == 0   ? static_cast<float>(i % width) / sigma_xy
+                      : k == 1 ? static_cast<float>(i / width) / sigma_xy
+                               : image[(k - 2) * height * width + i] / sigma_rgb;
+    return raw * exp2_scale;
+  }
+};
+
+// tscd.compat's bilateralfilter_batch: out (B, K, N) = L x per image (B, 3, H, W), as
+// lattice_product_cpu on bilateral_features computes it (the same features, lattice and sums),
+// in the memory of the family's module: no feature tensors, no lattice cache, the images'
+// lattices one per thread with 16-bit slots when they have fewer than 65535 vertices, and the
+// channels filtered kGroupChannels at a time straight into out.
+constexpr int64_t kGroupChannels = 8;
+
+void bilateral_filter_cpu(const at::Tensor& images, const at::Tensor& x, double sigma_rgb, double sigma_xy,
+                          at::Tensor out) {
+  tscd::check_float32_contiguous(images, "images", 4, "(B, 3, H, W)");
+  tscd::check_float32_contiguous(x, "x", 3, "(B, K, N)");
+  tscd::check_float32_contiguous(out, "out", 3, "(B, K, N)");
+  const int64_t B = images.size(0), H = images.size(2), W = images.size(3), K = x.size(1), N = H * W;
+  TORCH_CHECK(images.size(1) == 3 && x.size(0) == B && x.size(2) == N && out.sizes() == x.sizes(),
+              "bilateral_filter_: images (B, 3, H, W), x and out (B, K, H·W), got ", images.sizes(), ", ", x.sizes(),
+              " and ", out.sizes());
+  if (out.numel() == 0) return;
+  const float exp2_scale = static_cast<float>(std::sqrt(0.5 * std::log2(std::exp(1.0))));
+  const float feature_scale = static_cast<float>(1.0 / std::sqrt(0.5 * std::log2(std::exp(1.0))));
+  const float s_xy = static_cast<float>(sigma_xy), s_rgb = static_cast<float>(sigma_rgb);
+  const float* img = images.data_ptr<float>();
+  float peak = static_cast<float>(std::max(H, W) - 1) / s_xy * exp2_scale;  // NaN once a colour is NaN
+  for (int64_t i = 0; i < images.numel() && !std::isnan(peak); ++i) {
+    const float f = std::fabs(img[i] / s_rgb * exp2_scale);
+    if (!(f <= peak)) peak = f;
+  }
+  TORCH_CHECK_VALUE(peak * feature_scale <= tscd::lattice::kMaxFeature,
+                    "the permutohedral lattice takes features f (coordinates / sigma_xy, colours / sigma_rgb) within "
+                    "±", tscd::lattice::kMaxFeature, ", got |f| = ", peak * feature_scale,
+                    ": use larger sigmas, or an exact backend");
+  const float* xp = x.data_ptr<float>();
+  float* yp = out.data_ptr<float>();
+  const int64_t work = B * N * K * 24;
+  tscd::cpu::run_workers(tscd::cpu::worker_count(work, B), B, [&](const auto& claim) {
+    for (int64_t b = claim(); b >= 0; b = claim()) {
+      const BilateralFeatures feature{img + b * 3 * N, H, W, s_xy, s_rgb, exp2_scale};
+      Lattice lat = tscd::lattice::build<5>(N, feature, feature_scale);
+      std::vector<uint16_t> slot16;
+      if (lat.vertices < 65535) {  // slots up to M in half the memory
+        slot16.assign(lat.slot.begin(), lat.slot.end());
+        std::vector<int32_t>().swap(lat.slot);
+      }
+      std::vector<float> values;  // freed with the image's lattice, before the next one is built
+      for (int64_t k0 = 0; k0 < K; k0 += kGroupChannels) {
+        const float* xk = xp + (b * K + k0) * N;
+        float* yk = yp + (b * K + k0) * N;
+        const int64_t channels = std::min(kGroupChannels, K - k0);
+        if (slot16.empty())
+          filter_image(lat, false, xk, channels, yk, values);
+        else
+          filter_image16(lat, slot16.data(), xk, channels, yk, values);
+      }
+    }
+  });
+}
+
 at::Tensor lattice_product_cpu(const at::Tensor& feats, const at::Tensor& x, double, int64_t, int64_t) {
   return lattice_filter(feats, x, false);
 }
@@ -263,9 +351,11 @@ at::Tensor lattice_product_transposed_cpu(const at::Tensor& feats, const at::Ten
 TORCH_LIBRARY(tscd_lattice, m) {
   m.def("gaussian_product(Tensor feats, Tensor x, float cut2, int width, int radius) -> Tensor");
   m.def("gaussian_product_transposed(Tensor feats, Tensor x, float cut2, int width, int radius) -> Tensor");
+  m.def("bilateral_filter_(Tensor images, Tensor x, float sigma_rgb, float sigma_xy, Tensor(a!) out) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(tscd_lattice, CPU, m) {
   m.impl("gaussian_product", &lattice_product_cpu);
   m.impl("gaussian_product_transposed", &lattice_product_transposed_cpu);
+  m.impl("bilateral_filter_", &bilateral_filter_cpu);
 }

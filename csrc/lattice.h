@@ -115,10 +115,10 @@ struct Lattice {
   }
 };
 
-// Build the lattice of N points with D features each, point i's feature k at feats[k * N + i],
+// Build the lattice of N points with D features each, point i's feature k feature(k, i),
 // multiplied by feature_scale (the caller's features may carry a constant factor).
-template <int D>
-Lattice build(const float* feats, int64_t n, float feature_scale) {
+template <int D, typename Feature>
+Lattice build(int64_t n, const Feature& feature, float feature_scale) {
   constexpr int kVerts = D + 1;
   Lattice lat;
   lat.dims = D;
@@ -138,7 +138,7 @@ Lattice build(const float* feats, int64_t n, float feature_scale) {
   for (int64_t i = 0; i < n; ++i) {
     float suffix = 0.0f;  // Σ_{k ≥ j} scaled feature k
     for (int j = D; j > 0; --j) {
-      const float c = feats[(j - 1) * n + i] * scale[j - 1];
+      const float c = feature(j - 1, i) * scale[j - 1];
       elevated[j] = suffix - j * c;
       suffix += c;
     }
@@ -217,6 +217,12 @@ Lattice build(const float* feats, int64_t n, float feature_scale) {
     }
   }
   return lat;
+}
+
+// The same with point i's feature k at feats[k * N + i].
+template <int D>
+Lattice build(const float* feats, int64_t n, float feature_scale) {
+  return build<D>(n, [feats, n](int k, int64_t i) { return feats[k * n + i]; }, feature_scale);
 }
 
 // α = 1 / (1 + 2^−d), the published implementation's constant factor of the sliced values.

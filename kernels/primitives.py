@@ -13,6 +13,10 @@ contiguous unless stated (the op layer upcasts); ``dilations`` is int32.
 - ``gaussian_product_transposed``: the same schema; only ``torch.ops.tscd_lattice`` has it (the
   permutohedral lattice's operator L is not symmetric, so its loss gradient needs ``Lᵀ·x``;
   the exact W is symmetric).
+- ``bilateral_filter_(images (B,3,H,W), x (B,K,N), sigma_rgb, sigma_xy, out (B,K,N)) -> ()``: only
+  ``torch.ops.tscd_lattice`` has it (CPU): ``out = gaussian_product_lattice(bilateral_features(images,
+  sigma_xy, sigma_rgb), x)`` written into ``out``, the features computed on the fly and no lattice
+  kept (``tscd.compat.bilateralfilter``, with the family's module's memory).
 - ``dense_crf_mean_field(probs (B,K,N), smooth_feats (B,Ds,N), appearance_feats (B,Da,N),
   smooth_weight, appearance_weight, num_iter) -> Q (B,K,N)``: only ``torch.ops.tscd_lattice`` has it
   (CPU): the dense CRF's whole mean-field loop on the permutohedral lattices of the two feature sets
@@ -46,6 +50,10 @@ import torch
 
 def gaussian_product(feats: torch.Tensor, x: torch.Tensor, cut2: float, width: int, radius: int) -> torch.Tensor:
     return x.new_empty(x.shape, dtype=torch.float32)
+
+
+def bilateral_filter_(images, x, sigma_rgb: float, sigma_xy: float, out) -> None:
+    return None
 
 
 def dense_crf_mean_field(probs, smooth_feats, appearance_feats, smooth_weight: float, appearance_weight: float,
@@ -87,9 +95,10 @@ COMMON = ("gaussian_product", "scd_pass", "varm_affinity", "varm_propagate_")
 CPU_ONLY = ("scd_fused", "varm_refine_")
 FAKES = {"gaussian_product": gaussian_product, "gaussian_product_transposed": gaussian_product, "scd_pass": scd_pass,
          "scd_fused": scd_fused, "varm_affinity": varm_affinity, "varm_propagate_": varm_propagate_,
-         "varm_refine_": varm_refine_, "dense_crf_mean_field": dense_crf_mean_field}
+         "varm_refine_": varm_refine_, "dense_crf_mean_field": dense_crf_mean_field,
+         "bilateral_filter_": bilateral_filter_}
 #: The primitives of ``torch.ops.tscd_lattice`` (CPU).
-LATTICE = ("gaussian_product", "gaussian_product_transposed", "dense_crf_mean_field")
+LATTICE = ("gaussian_product", "gaussian_product_transposed", "dense_crf_mean_field", "bilateral_filter_")
 
 
 def register_fakes(namespace: str, names=COMMON) -> None:

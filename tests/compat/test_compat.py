@@ -50,6 +50,20 @@ def test_bilateralfilter_defaults_to_the_lattice(arrays):
     np.testing.assert_array_equal(outs, expected.reshape(-1).numpy())
 
 
+def test_bilateralfilter_on_a_lattice_of_many_vertices():
+    """Random colours at a small σ_rgb: more than 65535 vertices, beyond the 16-bit slots."""
+    require("lattice", "cpu")
+    rng = np.random.default_rng(1)
+    N, K, H, W = 1, 3, 120, 150
+    images = rng.uniform(0, 255, N * 3 * H * W).astype(np.float32)
+    ins = rng.uniform(0, 1, N * K * H * W).astype(np.float32)
+    outs = np.zeros(N * K * H * W, np.float32)
+    bilateralfilter.bilateralfilter_batch(images, ins, outs, N, K, H, W, 2.0, 4.0)
+    feats = bilateral_features(torch.from_numpy(images).reshape(N, 3, H, W), 4.0, 2.0)
+    expected = gaussian_product(feats, torch.from_numpy(ins).reshape(N, K, H * W), backend="lattice")
+    np.testing.assert_array_equal(outs, expected.reshape(-1).numpy())
+
+
 def test_use_exact_sum_gives_the_exact_sum_at_lattice_scale(arrays, exact_filter):
     N, K, H, W, images, ins = arrays
     out = np.zeros(K * H * W, np.float32)

@@ -145,6 +145,14 @@ def test_lattice_mean_field_passes_opcheck():
                                num_iter))
 
 
+def test_lattice_bilateral_filter_passes_opcheck():
+    require("lattice", "cpu")
+    resolve("gaussian_product", "lattice", "cpu")
+    images, probs = (t.cpu() for t in _inputs(8))
+    x = probs.reshape(2, 4, -1).contiguous()
+    torch.library.opcheck(primitives("lattice").bilateral_filter_.default, (images, x, 20.0, 4.0, torch.empty_like(x)))
+
+
 def test_pydensecrf_op_passes_opcheck():
     require("pydensecrf", "cpu")
     resolve("dense_crf", "pydensecrf", "cpu")

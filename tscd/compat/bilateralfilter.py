@@ -19,7 +19,9 @@ import torch
 
 from tscd.ops.gaussian import bilateral_features
 
-from ._sums import family_product
+from tscd.ops.backends import primitives
+
+from ._sums import family_product, uses_exact_sum
 
 __all__ = ["bilateralfilter", "bilateralfilter_batch", "use_exact_sum"]
 
@@ -99,9 +101,13 @@ def bilateralfilter_batch(images, ins, outs, N, K, H, W, sigma_rgb, sigma_xy) ->
     images = _as_flat_float32("images", images, N * 3 * H * W)
     ins = _as_flat_float32("ins", ins, N * K * H * W)
     out_view = _as_flat_float32("outs", outs, N * K * H * W, writable=True)
-    feats = bilateral_features(torch.from_numpy(images).reshape(N, 3, H, W), float(sigma_xy), float(sigma_rgb))
-    filtered = family_product(feats, torch.from_numpy(ins).reshape(N, K, H * W), _exact_sum)
-    out_view[:] = filtered.reshape(-1).numpy()
+    images, ins = torch.from_numpy(images).reshape(N, 3, H, W), torch.from_numpy(ins).reshape(N, K, H * W)
+    if not uses_exact_sum(_exact_sum, images.device):  # the lattice straight into outs, a lattice per thread
+        primitives("lattice").bilateral_filter_(images, ins, float(sigma_rgb), float(sigma_xy),
+                                                torch.from_numpy(out_view).reshape(N, K, H * W))
+        return
+    feats = bilateral_features(images, float(sigma_xy), float(sigma_rgb))
+    out_view[:] = family_product(feats, ins, _exact_sum).reshape(-1).numpy()
 
 
 def bilateralfilter(image, in_, out, H, W, sigma_rgb, sigma_xy) -> None:
