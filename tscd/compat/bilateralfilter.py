@@ -17,9 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tscd.ops.gaussian import bilateral_features
-
 from tscd.ops.backends import primitives
+from tscd.ops.gaussian import bilateral_features
 
 from ._sums import family_product, uses_exact_sum
 
