@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <exception>
 #include <thread>
 #include <vector>
 #endif
@@ -205,25 +206,39 @@ void run_workers(int64_t workers, int64_t tasks, const Worker& worker) {
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) { worker(claim); });
 }
 
-// The phases of one parallel region (OpenMP; its threads call next_phase together): tasks are
-// claimed one at a time from a counter per phase, and the barrier between phases spins briefly,
-// then yields the core. libgomp's barrier spins far longer (300k turns unless told otherwise by
-// the environment): with another process on the other core, a waiting thread would spin through
-// the time slice that the thread it waits for needs.
+// The phases of one parallel region (OpenMP): tasks are claimed one at a time from a counter
+// per phase, and the barrier between phases spins briefly, then yields the core. libgomp's
+// barrier spins far longer (300k turns unless the environment says otherwise): with another
+// process on the other core, a waiting thread would spin through the time slice that the
+// thread it waits for needs. An exception thrown by a task (run) ends the claiming: the other
+// threads still pass every barrier, and rethrow() raises it after the region.
 class Phases {
  public:
-  Phases(int64_t phases, int threads) : claimed_(phases), threads_(threads) {}
+  explicit Phases(int64_t phases) : claimed_(phases) {}
 
-  // The next task of phase p, or −1 when its `tasks` are all claimed.
+  // Each thread of the region, first: how many threads meet at the barriers.
+  void join(int threads) { threads_.store(threads, std::memory_order_relaxed); }
+
+  // The next task of phase p, or −1 when its `tasks` are all claimed (or a task has failed).
   int64_t claim(int64_t p, int64_t tasks) {
+    if (failed_.load(std::memory_order_relaxed)) return -1;
     const int64_t task = claimed_[p].fetch_add(1, std::memory_order_relaxed);
     return task < tasks ? task : -1;
+  }
+
+  template <typename Task>
+  void run(const Task& task) {
+    try {
+      task();
+    } catch (...) {
+      if (!failed_.exchange(true)) error_ = std::current_exception();
+    }
   }
 
   // Waits until every thread of the region has called next_phase as often as this one.
   void next_phase() {
     const int64_t generation = generation_.load(std::memory_order_acquire);
-    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == threads_) {
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == threads_.load(std::memory_order_relaxed)) {
       arrived_.store(0, std::memory_order_relaxed);
       generation_.fetch_add(1, std::memory_order_release);
       return;
@@ -239,11 +254,17 @@ class Phases {
     }
   }
 
+  void rethrow() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+
  private:
   static constexpr int kSpins = 2000;
   std::vector<std::atomic<int64_t>> claimed_;
   std::atomic<int64_t> arrived_{0}, generation_{0};
-  int threads_;
+  std::atomic<int> threads_{1};
+  std::atomic<bool> failed_{false};
+  std::exception_ptr error_;
 };
 
 }  // namespace cpu

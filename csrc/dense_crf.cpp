@@ -29,7 +29,6 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <memory>
 #include <vector>
 
 // The vector helpers are always inlined into the ISA clones, so no vector crosses an ABI boundary.
@@ -268,35 +267,39 @@ at::Tensor dense_crf_mean_field_cpu(const at::Tensor& probs, const at::Tensor& s
     const float* pb = probs.data_ptr<float>() + b * K * N;
     float* ob = out.data_ptr<float>() + b * K * N;
     Kernel kernels[2];
-    std::unique_ptr<tscd::cpu::Phases> phases;
+    tscd::cpu::Phases phases(1 + 2 * num_iter);
 #pragma omp parallel num_threads(workers)
     {
-#pragma omp single
-      phases = std::make_unique<tscd::cpu::Phases>(1 + 2 * num_iter, omp_get_num_threads());
+      phases.join(omp_get_num_threads());
       // Phase 0: the two lattices (when iterating) and the unary of every chunk of pixels.
       const int64_t builds = num_iter > 0 ? 2 : 0;
-      for (int64_t t = phases->claim(0, builds + chunks); t >= 0; t = phases->claim(0, builds + chunks)) {
-        if (t < builds) {
-          kernels[t].build(feats[t]->data_ptr<float>() + b * feats[t]->size(1) * N, feats[t]->size(1), N, groups);
-          kernels[t].weight = weights[t];
-        } else {
-          const int64_t c = t - builds;
-          unary_pixels(pb, K, N, groups, c * kPixelChunk, std::min(N, (c + 1) * kPixelChunk), unary.data(), q.data(),
-                       num_iter == 0 ? ob : nullptr);
-        }
+      for (int64_t t = phases.claim(0, builds + chunks); t >= 0; t = phases.claim(0, builds + chunks)) {
+        phases.run([&] {
+          if (t < builds) {
+            kernels[t].build(feats[t]->data_ptr<float>() + b * feats[t]->size(1) * N, feats[t]->size(1), N, groups);
+            kernels[t].weight = weights[t];
+          } else {
+            const int64_t c = t - builds;
+            unary_pixels(pb, K, N, groups, c * kPixelChunk, std::min(N, (c + 1) * kPixelChunk), unary.data(),
+                         q.data(), num_iter == 0 ? ob : nullptr);
+          }
+        });
       }
-      phases->next_phase();
+      phases.next_phase();
       for (int64_t it = 0; it < num_iter; ++it) {
         const int64_t splat = 1 + 2 * it, slice = splat + 1;
-        for (int64_t t = phases->claim(splat, 2 * groups); t >= 0; t = phases->claim(splat, 2 * groups))
-          splat_blur(kernels[t / groups], q.data(), t % groups);
-        phases->next_phase();
-        for (int64_t c = phases->claim(slice, chunks); c >= 0; c = phases->claim(slice, chunks))
-          message_pixels(unary.data(), K, N, kernels, groups, c * kPixelChunk, std::min(N, (c + 1) * kPixelChunk),
-                         q.data(), it + 1 == num_iter ? ob : nullptr);
-        phases->next_phase();
+        for (int64_t t = phases.claim(splat, 2 * groups); t >= 0; t = phases.claim(splat, 2 * groups))
+          phases.run([&] { splat_blur(kernels[t / groups], q.data(), t % groups); });
+        phases.next_phase();
+        for (int64_t c = phases.claim(slice, chunks); c >= 0; c = phases.claim(slice, chunks))
+          phases.run([&] {
+            message_pixels(unary.data(), K, N, kernels, groups, c * kPixelChunk, std::min(N, (c + 1) * kPixelChunk),
+                           q.data(), it + 1 == num_iter ? ob : nullptr);
+          });
+        phases.next_phase();
       }
     }
+    phases.rethrow();
   }
   return out;
 }
