@@ -29,16 +29,20 @@ check's call (and one more round under a second); on CUDA every call ends with
 beside; then measures its peak memory in a call of its own (:mod:`tscd.selftest.timing`; on the CPU
 in a forked child, so that the timed process keeps the normal allocator). ``benchmark.group`` is op
 and size: each table puts the reference beside every backend. ``extra_info`` holds op, size, mode,
-backend, ``reference`` (the torch row), ``exact`` (not an approximation), ``headline`` (the size of
+backend, ``reference`` (the torch row), ``anchor`` (the outside implementation's row: the released
+code of :mod:`tscd.selftest.released`, pydensecrf2), ``exact`` (not an approximation), ``headline`` (the size of
 the README's headline table), ``peak_mib``, ``device``, ``device_type``, ``threads``, ``tier``,
-``items`` (images per call), ``check`` (the check's verdict) and, on CUDA, ``do_bench_ms``.
+``items`` (images per call), ``check`` (the check's verdict), ``flops`` or ``bytes`` (the work of
+one call by the op's model, where one applies) and, on CUDA, ``do_bench_ms``.
 
 Results: each run writes its JSON to ``bench/results/<tier>_<device>.json`` (of the tests it ran:
 run the whole tier for the tables; ``--benchmark-json PATH`` writes elsewhere), with the skipped
-cases and their reasons under ``"skipped"``, and saves itself in pytest-benchmark's storage,
-``bench/results/.storage/<device>/`` (``--benchmark-storage URI`` to change it), which
-``--benchmark-compare [NUM]`` compares with. ``bench/tables.py`` makes the README's Markdown tables
-from the JSON.
+cases and their reasons under ``"skipped"`` and the machine's peaks under ``"peaks"`` (a matrix
+product's GFLOP/s and a streamed add's GB/s on the same threads, the better of a probe at the start
+and one at the end of the run, :func:`tscd.selftest.timing.measure_peaks`), and saves itself in
+pytest-benchmark's storage, ``bench/results/.storage/<device>/`` (``--benchmark-storage URI`` to
+change it), which ``--benchmark-compare [NUM]`` compares with. ``bench/tables.py`` makes the
+README's Markdown tables from the JSON.
 """
 from __future__ import annotations
 
@@ -85,6 +89,13 @@ class Settings:
     tier: str
     limit: int
     skipped: list[dict] = dataclasses.field(default_factory=list)
+    peaks: list[timing.Peaks] = dataclasses.field(default_factory=list)
+
+    def best_peaks(self) -> dict:
+        """The machine's peaks: the higher of the probes at the start and the end of the run (a
+        shared machine's load lowers a probe, never raises it)."""
+        self.peaks.append(timing.measure_peaks(self.device))
+        return {field: max(getattr(p, field) for p in self.peaks) for field in ("gflops", "gbs")}
 
 
 SETTINGS = pytest.StashKey[Settings]()
@@ -117,6 +128,7 @@ def pytest_configure(config):
     config.stash[SETTINGS] = Settings(device, tier, limit)
     if config.option.collectonly:
         return
+    config.stash[SETTINGS].peaks.append(timing.measure_peaks(device))
     if config.option.benchmark_json is None:
         RESULTS.mkdir(exist_ok=True)
         config.option.benchmark_json = RESULTS / f"{tier}_{device}.json"
@@ -144,6 +156,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     settings = config.stash[SETTINGS]
     output_json["tier"] = settings.tier
+    output_json["peaks"] = settings.best_peaks()
     output_json["skipped"] = settings.skipped
 
 
@@ -174,10 +187,11 @@ def check_and_time(benchmark, request):
                 benchmark.group = case.group
                 benchmark.extra_info.update(
                     op=case.op, size=case.size.label, mode=case.mode, backend=case.backend,
-                    reference=case.is_reference, exact=case.spec.is_exact(case.backend), headline=case.headline,
+                    reference=case.is_reference, anchor=case.is_anchor, exact=case.spec.is_exact(case.backend),
+                    headline=case.headline,
                     device=timing.device_name(device),
                     device_type=device, threads=torch.get_num_threads(), tier=settings.tier, check=verdict,
-                    items=work.items)
+                    items=work.items, **case.work)
                 benchmark.pedantic(call, setup=(lambda: (setup(), {})) if setup is not None else None,
                                    rounds=ROUNDS[settings.tier].rounds(seconds), iterations=1,
                                    warmup_rounds=1 if seconds < 1.0 else 0)

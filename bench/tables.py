@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", nargs="+", type=Path, default=[], metavar="MARKDOWN",
                         help="rewrite the marked blocks of these files instead of printing every table")
     args = parser.parse_args(argv)
-    rows, skipped, facts = load(args.json)
     try:
+        rows, skipped, facts = load(args.json)
         if not args.write:
             print("\n\n".join(f"### {name}\n\n{make_table(name, rows, skipped, facts)}"
                                 for name in ordered_tables(rows)))
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.write:
             with open(path, encoding="utf-8", newline="") as f:
                 rewritten[path] = rewrite(f.read(), path, rows, skipped, facts)
-    except TableError as exc:
+    except (TableError, OSError, ValueError) as exc:  # ValueError: JSON that does not parse
         print(f"bench/tables.py: {exc}", file=sys.stderr)
         return 1
     for path, text in rewritten.items():

@@ -30,7 +30,8 @@ def test_cpu_half_passes(capsys):
 
 
 class _Wrong:
-    """A backend's primitives with ``varm_propagate_`` writing 1 % too much."""
+    """A backend's primitives with ``varm_propagate_`` and ``varm_refine_`` (the CPU's whole
+    refinement in one call) writing 1 % too much."""
 
     def __init__(self, name):
         self._primitives = backends.primitives(name)
@@ -41,6 +42,10 @@ class _Wrong:
     def varm_propagate_(self, src, weights, dilations, out):
         self._primitives.varm_propagate_(src, weights, dilations, out)
         out.mul_(1.01)
+
+    def varm_refine_(self, masks, *args):
+        self._primitives.varm_refine_(masks, *args)
+        masks.mul_(1.01)
 
 
 def test_a_wrong_primitive_fails_the_run(monkeypatch, capsys):

@@ -112,12 +112,14 @@ def write_json(path: Path, outcomes: list[Outcome], device_type: str, tier: str)
             "params": {"case": c.id},
             "stats": {"median": r.median_ms / 1e3, "p20": r.p20_ms / 1e3, "p80": r.p80_ms / 1e3},
             "extra_info": {"op": c.op, "size": c.size.label, "mode": c.mode, "backend": c.backend,
-                           "reference": c.is_reference, "exact": c.spec.is_exact(c.backend),
+                           "reference": c.is_reference, "anchor": c.is_anchor, "exact": c.spec.is_exact(c.backend),
                            "headline": c.headline, "peak_mib": r.peak_mib, "device": r.device,
                            "device_type": device_type, "threads": o.threads, "items": o.items,
-                           "check": o.verdict},
+                           "check": o.verdict, **c.work},
         })
     skipped = [{"op": o.case.op, "size": o.case.size.label, "mode": o.case.mode, "backend": o.case.backend,
                 "reason": o.skipped} for o in outcomes if o.skipped]
-    path.write_text(json.dumps({"tier": tier, "benchmarks": benchmarks, "skipped": skipped}, indent=1))
+    peaks = dataclasses.asdict(timing.measure_peaks(device_type))
+    path.write_text(json.dumps({"tier": tier, "benchmarks": benchmarks, "skipped": skipped, "peaks": peaks},
+                               indent=1))
     return path

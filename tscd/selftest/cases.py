@@ -42,6 +42,7 @@ from .. import ops
 from ..constants import CRF_PRESETS, DEFAULT_CRF_PRESET
 from ..ops import backends
 from ..ops.gaussian import bilateral_features
+from . import released
 from .tolerance import error_and_bound
 
 TIERS = ("quick", "full")
@@ -108,6 +109,13 @@ def _cycled(make: Callable[[int], Callable[[], object]], variants: int) -> Calla
     return lambda: calls[next(count) % variants]()
 
 
+def gaussian_sum_work(pairs: int, features: int, channels: int, exact: bool) -> dict[str, float]:
+    """The floating-point operations of an exact Gaussian-kernel sum over ``pairs`` pixel pairs:
+    per pair, the squared distance of ``features`` features (a difference, a product and a sum each)
+    and a multiply-add for each of ``channels`` channels (``{}`` for an approximation)."""
+    return {"flops": pairs * (3 * features + 2 * channels)} if exact else {}
+
+
 # ---- cases ---------------------------------------------------------------------------------
 
 
@@ -154,6 +162,8 @@ class Op:
     sizes: tuple[Size, ...]
     headline: str | None = None  # the size label of the README's headline table
     reference: str | None = "torch"  # the backend the others are compared with and measured against
+    anchor: str | None = None  # the outside implementation tscd is measured against, where there is one
+    released_module: str | None = None  # the module of the released code behind the ``released`` backend
     terms_per_pixel = 0  # each output sums this many terms per pixel (0: one term, see error_and_bound)
     allowance = 0.0  # an absolute error the op makes on purpose (error_and_bound)
     ratio_range = (0.0, math.inf)  # the scale an approximate backend may have against the exact result
@@ -181,6 +191,12 @@ class Op:
         """The pixel count N of ``size`` (its sums run over N terms)."""
         return 0
 
+    def work(self, size: Size, mode: str, backend: str) -> dict[str, float]:
+        """The work one call must do at least, by the op's model (docs/benchmarks.md, "Roofline"):
+        ``{"flops": …}`` for the compute-bound exact sums, ``{"bytes": …}`` for the memory-bound
+        ones; empty where no model applies (approximations, whole pipelines, a backward alone)."""
+        return {}
+
     # -- shared behaviour
 
     def combinations(self, size: Size) -> Iterator[tuple[str, str]]:
@@ -188,10 +204,12 @@ class Op:
         return itertools.product(self.modes, self.backends)
 
     def is_exact(self, backend: str) -> bool:
-        return backends.is_exact(backend)
+        return backend == "released" or backends.is_exact(backend)
 
     def why_unusable(self, backend: str, device_type: str) -> str | None:
         """None when ``backend`` can run on ``device_type`` here, else why not."""
+        if backend == "released":
+            return released.why_missing(self.released_module)
         return backends.why_unusable(backend, device_type)
 
     def too_slow(self, size: Size, backend: str, device_type: str) -> str | None:
@@ -361,7 +379,8 @@ class ScdLoss(DifferentiableOp):
     maps; N = 1600 is the 40×40 sampling of training, 16384 the dense SCD of a 128×128 map."""
 
     name = "scd_loss"
-    backends = ("torch", "triton", "cpp")
+    backends = ("torch", "triton", "cpp", "released")
+    anchor, released_module = "released", "corrloss"
     B, C, K = 2, 20, 21
     sizes = (_size("N=1024", "quick", 1024), _size("N=1600", "full cuda", 1600), _size("N=4096", "full cuda", 4096),
              _size("N=9216", "full", 9216), _size("N=16384", "full cuda", 16384))
@@ -376,6 +395,10 @@ class ScdLoss(DifferentiableOp):
         return t1, t2, s1, s2
 
     def loss(self, backend, inputs):
+        if backend == "released":
+            side = math.isqrt(inputs[0].shape[-1])
+            maps = [x.reshape(*x.shape[:2], side, side) for x in inputs]
+            return released.module("corrloss").ContrastiveCorrelationLoss().helper(*maps)[0].mean()
         return ops.scd_loss(*inputs, backend=backend)
 
     def gradient_scale(self, size):
@@ -387,13 +410,20 @@ class ScdLoss(DifferentiableOp):
     def reference_bytes(self, size):
         return 5 * self.B * size.value**2 * 4  # about five (B, N, N) float32 temporaries
 
+    def work(self, size, mode, backend):
+        # the two correspondences over every pair, and (full) the two gradient sums Σ_j w ŝ′_j, Σ_i w ŝ_i
+        pairs = self.B * size.value**2
+        flops = {"fwd": 2 * pairs * (self.C + self.K), "full": 2 * pairs * (self.C + 3 * self.K)}
+        return {"flops": flops[mode]} if mode in flops and self.is_exact(backend) else {}
+
 
 class VarmRefine(Op):
     """VARM and PAR refinement (method §4): B=2, K=21, 10 iterations, 48 neighbours, random images
     with masks given at the image size; 256² is the ×0.5 size of a 512 crop, 160² of a 320 crop."""
 
     name = "varm_refine"
-    backends = ("torch", "triton", "cpp")
+    backends = ("torch", "triton", "cpp", "released")
+    anchor, released_module = "released", "VARM"
     modes = ("varm", "par")
     B, K = 2, 21
     sizes = (_size("2x21x32x32", "quick", 32), _size("2x21x64x64", "full", 64), _size("2x21x160x160", "full", 160),
@@ -407,15 +437,31 @@ class VarmRefine(Op):
         masks = torch.rand(self.B, self.K, side, side, generator=g).softmax(1)
         return images, masks
 
+    def combinations(self, size):
+        return ((mode, b) for mode, b in super().combinations(size) if not (b == "released" and mode == "par"))
+
+    def _refine(self, inputs, mode, backend):
+        if backend == "released":
+            refiner = released.module("VARM").VARM([1, 2, 4, 8, 12, 24], 10).to(inputs[0].device)
+            with torch.no_grad():
+                return refiner(*inputs)
+        return ops.varm_refine(*inputs, mode=mode, backend=backend)
+
     def call(self, size, mode, backend, inputs):
-        return lambda: ops.varm_refine(*inputs, mode=mode, backend=backend), None
+        return lambda: self._refine(inputs, mode, backend), None
 
     def outputs(self, size, mode, backend, inputs):
-        return {"masks": ops.varm_refine(*inputs, mode=mode, backend=backend)}
+        return {"masks": self._refine(inputs, mode, backend)}
 
     def reference_bytes(self, size):
         # the (B, C, 48, H, W) gathers: two of the masks (K channels), about five of the images
         return (2 * self.K + 15) * 48 * self.B * size.value**2 * 4
+
+    def work(self, size, mode, backend):
+        # the affinity reads the image and writes the weights once; each iteration reads the masks
+        # and the weights and writes the masks
+        pixels, neighbours, iterations = self.B * size.value**2, 48, 10
+        return {"bytes": 4 * pixels * (3 + neighbours + iterations * (2 * self.K + neighbours))}
 
 
 class DenseEnergyLoss(DifferentiableOp):
@@ -450,6 +496,10 @@ class DenseEnergyLoss(DifferentiableOp):
 
     def reference_bytes(self, size):
         return 8 * self.B * self.pixels(size) ** 2 * 4  # about eight (B, N, N) float32 temporaries
+
+    def work(self, size, mode, backend):
+        return gaussian_sum_work(self.B * self.pixels(size) ** 2, 5, self.K * (2 if mode == "full" else 1),
+                                 mode != "bwd" and self.is_exact(backend))
 
 
 class GaussianProduct(Op):
@@ -486,6 +536,9 @@ class GaussianProduct(Op):
     def reference_bytes(self, size):
         return 8 * self.B * self.pixels(size) ** 2 * 4  # the (B, 5, N, N) differences, their sum, W
 
+    def work(self, size, mode, backend):
+        return gaussian_sum_work(self.B * self.pixels(size) ** 2, 5, self.K, self.is_exact(backend))
+
 
 class DenseCrf(Op):
     """Dense CRF inference (method §10): one photograph (astronaut), K=21 coarse noisy unaries, AFA's
@@ -494,6 +547,7 @@ class DenseCrf(Op):
 
     name = "dense_crf"
     backends = ("torch", "triton", "cpp", "lattice", "pydensecrf")
+    anchor = "pydensecrf"
     K = 21
     preset = CRF_PRESETS[DEFAULT_CRF_PRESET]
     sizes = (_size("21x24x32", "quick", (24, 32)), _size("21x32x32", "full", (32, 32)),
@@ -528,6 +582,12 @@ class DenseCrf(Op):
     def reference_bytes(self, size):
         return 7 * self.pixels(size) ** 2 * 4  # both N×N kernels and their temporaries
 
+    def work(self, size, mode, backend):
+        # every iteration sums the smoothness (2 features) and the appearance kernel (5 features)
+        pairs, exact = self.pixels(size) ** 2, self.is_exact(backend)
+        smooth, appearance = gaussian_sum_work(pairs, 2, self.K, exact), gaussian_sum_work(pairs, 5, self.K, exact)
+        return {"flops": self.preset.num_iter * (smooth["flops"] + appearance["flops"])} if exact else {}
+
     def compare_approximate(self, out, exact):
         agreement = (out["Q"].argmax(1) == exact["Q"].to(out["Q"].device).argmax(1)).double().mean().item()
         assert agreement >= CRF_MIN_AGREEMENT, f"argmax agreement {agreement:.4f} below {CRF_MIN_AGREEMENT}"
@@ -551,7 +611,7 @@ class _CompatOp(Op):
         return backend in ("exact", "torch")
 
     def why_unusable(self, backend, device_type):
-        return _exact_unusable(device_type) if backend == "exact" else backends.why_unusable(backend, device_type)
+        return _exact_unusable(device_type) if backend == "exact" else super().why_unusable(backend, device_type)
 
     def photo_batch(self, side: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, 3, side, side) in 0–255 (the astronaut and its mirror image) and smooth class
@@ -571,6 +631,8 @@ class CompatFilter(_CompatOp):
     σ_rgb 15, σ_xy 50, on the photograph; every call sees new colours (0.01·i, 20 values)."""
 
     name = "compat_filter"
+    backends = ("exact", "lattice", "released")
+    anchor, released_module = "released", "bilateralfilter"
     sizes = (_size("2x21x32x32", "quick", 32), _size("2x21x64x64", "full", 64), _size("2x21x128x128", "full", 128),
              _size("2x21x256x256", "full", 256))
     headline = None
@@ -591,6 +653,10 @@ class CompatFilter(_CompatOp):
         from ..compat import bilateralfilter
 
         out = np.zeros_like(values)
+        if backend == "released":
+            released.module("bilateralfilter").bilateralfilter_batch(images, values, out, self.B, self.K, side, side,
+                                                                     15.0, 50.0)
+            return out
         previous = bilateralfilter.use_exact_sum(backend == "exact")
         try:
             bilateralfilter.bilateralfilter_batch(images, values, out, self.B, self.K, side, side, 15.0, 50.0)
@@ -935,9 +1001,19 @@ class BenchCase:
         return self.backend == self.spec.reference
 
     @property
+    def is_anchor(self) -> bool:
+        """Whether this is the outside implementation's row (the released code, pydensecrf2)."""
+        return self.backend == self.spec.anchor
+
+    @property
     def headline(self) -> bool:
         """Whether the README's headline table shows this size of the op."""
         return self.size.label == self.spec.headline
+
+    @property
+    def work(self) -> dict[str, float]:
+        """The work of one call by the op's model (:meth:`Op.work`): ``flops`` or ``bytes``, or empty."""
+        return self.spec.work(self.size, self.mode, self.backend)
 
     def workload(self, device) -> contextlib.AbstractContextManager[Workload]:
         """The inputs and calls of this case on ``device`` (a context manager: some own files)."""
@@ -969,7 +1045,7 @@ def skip_reason(case: BenchCase, device_type: str, limit: int) -> str | None:
     if reason is not None:
         return reason
     needed = op.reference_bytes(case.size)
-    if case.is_reference and needed > limit:
+    if (case.is_reference or case.backend == "released") and needed > limit:
         return (f"the {case.backend} reference would need about {needed / 2**30:.1f} GiB, more than the limit of "
                 f"{limit / 2**30:.1f} GiB")
     return None

@@ -1,17 +1,21 @@
-"""The benchmark tables of the README and the docs from the JSON of ``pytest bench/`` or of
-``python -m tscd.selftest`` (``bench/tables.py`` is the command line; the self-test prints the
-headline table of its own run).
+"""The benchmark tables of the README and the docs from the JSON of ``pytest bench/`` or of ``python -m
+tscd.selftest`` (``bench/tables.py`` is the command line; the self-test prints the headline table of
+its own run).
 
 Tables: one per op (NAME = the op: ``scd_loss``, ``varm_refine``, ``dense_energy_loss``,
 ``gaussian_product``, ``dense_crf``, ``compat_filter``, ``compat_dense_energy``, ``train_step``,
 ``eval``) with size, mode, backend, median and p20–p80 in ms, peak MiB, speed-up and memory against
-the torch reference of the same size and mode, and threads; and ``headline``: one row per op with a
-reference, at its headline size (else the largest size where the reference ran), the reference
-against the fastest other exact backend. A caption line gives the device, threads and tier; a note lists
-what was not timed and why. ``--write`` replaces, in each file, the text between
-``<!-- bench-table: NAME -->`` and ``<!-- /bench-table -->`` with table NAME and leaves every other
-byte as it was; an unknown NAME, a table without rows or an unclosed marker fails the run and
-writes no file. Several JSON files are merged, later ones replacing earlier rows of the same case.
+the torch reference of the same size and mode and against the op's anchor (the released code,
+pydensecrf2) where it ran, the rate (GFLOP/s or GB/s by the op's model of its
+work, in % of the machine's peaks the run measured) where a model applies, and threads; and
+``headline``: one row per op with a reference, at its headline size (else the largest size where the
+reference ran), the reference against the fastest other exact backend; ``anchors``: one row per
+op with an anchor, the anchor against tscd's fastest backend at the anchor's largest size. A caption line gives the
+device, threads and tier; a note lists what was not timed and why. ``--write`` replaces, in each
+file, the text between ``<!-- bench-table: NAME -->`` and ``<!-- /bench-table -->`` with table NAME
+and leaves every other byte as it was; an unknown NAME, a table without rows or an unclosed marker
+fails the run and writes no file. Several JSON files are merged, later ones replacing earlier rows
+of the same case.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from .cases import OPS
 MARKER = re.compile(r"<!-- bench-table: (?P<name>[^\s>]+) -->(?P<body>.*?)<!-- /bench-table -->", re.DOTALL)
 OPEN_MARKER = re.compile(r"<!-- bench-table: ")
 CLOSE_MARKER = "<!-- /bench-table -->"
-TABLES = ("headline", *OPS)
+TABLES = ("headline", "anchors", *OPS)
 
 
 class TableError(Exception):
@@ -38,12 +42,16 @@ def load(paths: list[Path]) -> tuple[dict, list[dict], dict]:
     rows, skipped, facts = {}, {}, {}
     for path in paths:
         data = json.loads(path.read_text())
-        for bench in data.get("benchmarks", []):
-            info = bench["extra_info"]
-            rows[(info["op"], info["size"], info["mode"], info["backend"])] = {**info, "stats": bench["stats"]}
-        for skip in data.get("skipped", []):
-            skipped[(skip["op"], skip["size"], skip["mode"], skip["backend"])] = skip
-        facts = {"tier": data.get("tier", "?"), "datetime": data.get("datetime", "")[:10]}
+        try:
+            for bench in data.get("benchmarks", []):
+                info = bench["extra_info"]
+                rows[(info["op"], info["size"], info["mode"], info["backend"])] = {**info, "stats": bench["stats"]}
+            for skip in data.get("skipped", []):
+                skipped[(skip["op"], skip["size"], skip["mode"], skip["backend"])] = skip
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise TableError(f"{path}: not the JSON of the benchmark suite ({type(exc).__name__}: {exc})") from None
+        facts = {"tier": data.get("tier", "?"), "datetime": data.get("datetime", "")[:10],
+                 "peaks": data.get("peaks")}
     return rows, list(skipped.values()), facts
 
 
@@ -90,13 +98,32 @@ def _memory(row: dict, ref: dict | None) -> str:
     return f"1/{ratio:.3g}" if ratio >= 1 else f"{1 / ratio:.3g}×"
 
 
+def _rate(row: dict, peaks: dict | None) -> str:
+    """The row's achieved rate by its op's model of the work, GFLOP/s or GB/s, with its share of the
+    machine's peak (``–`` where no model applies)."""
+    for key, unit, peak_key in (("flops", "GFLOP/s", "gflops"), ("bytes", "GB/s", "gbs")):
+        if row.get(key):
+            rate = row[key] / row["stats"]["median"] / 1e9
+            share = f" ({100 * rate / peaks[peak_key]:.0f} %)" if peaks else ""
+            return f"{rate:.3g} {unit}{share}"
+    return "–"
+
+
+def _has_rates(rows: list[dict]) -> bool:
+    return any(r.get("flops") or r.get("bytes") for r in rows)
+
+
 def _caption(rows: list[dict], facts: dict) -> str:
     devices = sorted({f"{r['device']} ({r['device_type']})" for r in rows})
     threads = sorted({r["threads"] for r in rows})
     when = f", {facts['datetime']}" if facts.get("datetime") else ""
+    peaks = facts.get("peaks")
+    roofline = (f" Rate: the op's work (docs/benchmarks.md, Roofline) per second, in % of the machine's "
+                f"{peaks['gflops']:.0f} GFLOP/s and {peaks['gbs']:.0f} GB/s measured in the run."
+                if peaks and _has_rates(rows) else "")
     return (f"*{', '.join(devices)}, {'/'.join(map(str, threads))} thread{'s' if threads != [1] else ''}, "
             f"{facts.get('tier', '?')} tier{when}; medians (p20–p80) of repeated calls, peak = extra memory "
-            "of one call.*")
+            f"of one call.{roofline}*")
 
 
 def _not_timed(skipped: list[dict], op: str) -> str:
@@ -116,16 +143,22 @@ def op_table(op: str, rows: dict, skipped: list[dict], facts: dict) -> str:
         raise TableError(f"no results for {op!r} in the JSON")
     per_item = any(rows[k].get("items", 1) > 1 for k in keys)
     versus = any(rows[k].get("reference") for k in keys)
+    anchor = next((rows[k]["backend"] for k in keys if rows[k].get("anchor")), None)
+    rates = _has_rates([rows[k] for k in keys])
     head = ["size", "mode", "backend", "median ms", "p20–p80 ms", *(["s/image"] if per_item else []), "peak MiB",
-            *(["speed-up vs torch", "memory vs torch"] if versus else []), "threads"]
+            *(["speed-up vs torch", "memory vs torch"] if versus else []),
+            *([f"speed-up vs {anchor}", f"memory vs {anchor}"] if anchor else []), *(["rate"] if rates else []),
+            "threads"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in keys:
         row = rows[key]
         ref = next((rows[k] for k in keys if k[1:3] == key[1:3] and rows[k].get("reference")), None)
+        outside = next((rows[k] for k in keys if k[1:3] == key[1:3] and rows[k].get("anchor")), None)
         cells = [row["size"], row["mode"], row["backend"], _ms(row["stats"]["median"]), _spread(row["stats"]),
                  *([f"{row['stats']['median'] / row.get('items', 1):.3g}"] if per_item else []),
                  f"{row['peak_mib']:.1f}", *([_speed_up(row, ref), _memory(row, ref)] if versus else []),
-                 str(row["threads"])]
+                 *([_speed_up(row, outside), _memory(row, outside)] if anchor else []),
+                 *([_rate(row, facts.get("peaks"))] if rates else []), str(row["threads"])]
         lines.append("| " + " | ".join(cells) + " |")
     notes = _not_timed(skipped, op)
     return "\n".join(lines) + "\n\n" + _caption([rows[k] for k in keys], facts) + (f"\n{notes}" if notes else "")
@@ -134,8 +167,9 @@ def op_table(op: str, rows: dict, skipped: list[dict], facts: dict) -> str:
 def headline_table(rows: dict, facts: dict) -> str:
     """One row per op with a reference: the reference against the fastest other exact backend (the
     fastest approximation where no other exact one ran)."""
-    lines = ["| op | size | mode | torch ms | fastest fused | its ms | speed-up | torch MiB | its MiB | memory |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| op | size | mode | torch ms | fastest fused | its ms | speed-up | torch MiB | its MiB | memory "
+             "| its rate |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     shown = []
     for op in OPS:
         pairs = []  # (reference row, fastest other row) per (size, mode), in the cases' order
@@ -143,7 +177,7 @@ def headline_table(rows: dict, facts: dict) -> str:
         for size, mode in dict.fromkeys(k[1:3] for k in keys):
             group = [rows[k] for k in keys if k[1:3] == (size, mode)]
             ref = next((r for r in group if r.get("reference")), None)
-            others = [r for r in group if not r.get("reference")]
+            others = [r for r in group if not r.get("reference") and not r.get("anchor")]
             others = [r for r in others if r.get("exact", True)] or others
             if ref is not None and others:
                 pairs.append((ref, min(others, key=lambda r: r["stats"]["median"])))
@@ -155,16 +189,46 @@ def headline_table(rows: dict, facts: dict) -> str:
         shown += [ref, best]
         lines.append(f"| {op} | {ref['size']} | {ref['mode']} | {_ms(ref['stats']['median'])} | {best['backend']} | "
                      f"{_ms(best['stats']['median'])} | {_speed_up(best, ref)} | {ref['peak_mib']:.1f} | "
-                     f"{best['peak_mib']:.1f} | {_memory(best, ref)} |")
+                     f"{best['peak_mib']:.1f} | {_memory(best, ref)} | {_rate(best, facts.get('peaks'))} |")
     if not shown:
         raise TableError("no op in the JSON has both a reference row and another backend's")
+    return "\n".join(lines) + "\n\n" + _caption(shown, facts)
+
+
+def anchors_table(rows: dict, facts: dict) -> str:
+    """One row per op with an outside implementation (the released code, pydensecrf2): at the largest
+    size where it ran (its ``full`` mode where it has one), against tscd's fastest backend there."""
+    lines = ["| op | size | mode | anchor | its ms | its MiB | tscd | ms | MiB | speed-up | memory | rate |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    shown = []
+    for op in OPS:
+        keys = [k for k in _order(rows) if k[0] == op]
+        anchors = [rows[k] for k in keys if rows[k].get("anchor")]
+        if not anchors:
+            continue
+        largest = [r for r in anchors if r["size"] == anchors[-1]["size"]]
+        anchor = next((r for r in largest if r["mode"] == "full"), largest[0])
+        tscd = [rows[k] for k in keys if k[1:3] == (anchor["size"], anchor["mode"]) and not rows[k].get("anchor")
+                and not rows[k].get("reference")]
+        if not tscd:
+            continue
+        best = min(tscd, key=lambda r: r["stats"]["median"])
+        shown += [anchor, best]
+        lines.append(f"| {op} | {anchor['size']} | {anchor['mode']} | {anchor['backend']} | "
+                     f"{_ms(anchor['stats']['median'])} | {anchor['peak_mib']:.1f} | {best['backend']} | "
+                     f"{_ms(best['stats']['median'])} | {best['peak_mib']:.1f} | {_speed_up(best, anchor)} | "
+                     f"{_memory(best, anchor)} | {_rate(best, facts.get('peaks'))} |")
+    if not shown:
+        raise TableError("no op in the JSON has both an anchor row (the released code, pydensecrf2) and tscd's")
     return "\n".join(lines) + "\n\n" + _caption(shown, facts)
 
 
 def make_table(name: str, rows: dict, skipped: list[dict], facts: dict) -> str:
     if name not in TABLES:
         raise TableError(f"unknown table {name!r}; known: {', '.join(TABLES)}")
-    return headline_table(rows, facts) if name == "headline" else op_table(name, rows, skipped, facts)
+    if name == "headline":
+        return headline_table(rows, facts)
+    return anchors_table(rows, facts) if name == "anchors" else op_table(name, rows, skipped, facts)
 
 
 def rewrite(text: str, path: Path, rows: dict, skipped: list[dict], facts: dict) -> str:
@@ -187,5 +251,7 @@ def rewrite(text: str, path: Path, rows: dict, skipped: list[dict], facts: dict)
 
 
 def ordered_tables(rows: dict) -> list[str]:
-    """The names of the tables ``rows`` fill: ``headline``, then each op in the order of the cases."""
-    return ["headline", *dict.fromkeys(key[0] for key in _order(rows))]
+    """The names of the tables ``rows`` fill: ``headline``, ``anchors`` (where an anchor ran), then each
+    op in the order of the cases."""
+    anchors = ["anchors"] if any(row.get("anchor") for row in rows.values()) else []
+    return ["headline", *anchors, *dict.fromkeys(key[0] for key in _order(rows))]

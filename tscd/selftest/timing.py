@@ -178,3 +178,48 @@ def _peak_rss_mib_in_child(fn: Callable, setup: Callable[[], tuple] | None, time
     if message.startswith("error "):
         raise RuntimeError(f"measuring the peak memory failed: {message.removeprefix('error ')}")
     return float(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Peaks:
+    """What the machine reaches on one device at the session's thread count: ``gflops`` (float32
+    multiply-adds in a large matrix product, torch's BLAS) and ``gbs`` (a streamed ``c = a + α·b``
+    over arrays far larger than the caches, 12 bytes moved per element)."""
+
+    gflops: float
+    gbs: float
+
+
+def _best_rate(fn: Callable[[], object], work: float, device: torch.device, seconds: float = 0.25,
+               samples: int = 5) -> float:
+    """``work`` per second, in billions, of the fastest of ``samples`` runs of ``fn`` repeated for
+    about ``seconds`` each."""
+    call = synchronized(fn, device)
+    call()
+    start = time.perf_counter()
+    call()
+    repeats = max(1, int(seconds / max(time.perf_counter() - start, 1e-6)))
+    best = float("inf")
+    for _ in range(samples):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            call()
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return work / best / 1e9
+
+
+def measure_peaks(device: str | torch.device) -> Peaks:
+    """The machine's peaks on ``device`` at torch's thread count (CUDA: float32 without TF32)."""
+    device = torch.device(device)
+    n = 4096 if device.type == "cuda" else 512
+    x, y, product = (torch.randn(n, n, device=device) for _ in range(3))
+    elements = (256 if device.type == "cuda" else 32) * 2**20
+    a, b, c = (torch.ones(elements, device=device) for _ in range(3))
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        gflops = _best_rate(lambda: torch.mm(x, y, out=product), 2 * n**3, device)
+        gbs = _best_rate(lambda: torch.add(a, b, alpha=1.5, out=c), 12 * elements, device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    return Peaks(gflops=gflops, gbs=gbs)
