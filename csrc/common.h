@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <exception>
 #include <thread>
 #include <vector>
@@ -76,6 +77,20 @@ inline void check_same_device(const at::Tensor& t, const char* name, const at::T
 // stack, which is why a single vector width compiled for several ISAs is slow on all but one.
 namespace cpu {
 
+// A GCC vector V of floats loaded from p, or stored to it, assuming only float alignment: tensor
+// data and std::vector storage are not over-aligned.
+template <typename V>
+TSCD_INLINE V load_unaligned(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <typename V>
+TSCD_INLINE void store_unaligned(float* p, const V& v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
 #ifdef TSCD_X86_DISPATCH
 enum class Isa { kBaseline, kAvx2, kAvx512 };
 
@@ -131,6 +146,19 @@ struct Lanes {
   typedef float V __attribute__((vector_size(L * sizeof(float))));
   typedef int32_t I __attribute__((vector_size(L * sizeof(float))));
 };
+
+// load_unaligned / store_unaligned of L floats by their count: a kernel templated on L passes L,
+// since GCC drops the vector attribute of a typedef that depends on L when it is given as a
+// template argument (the float it was made from arrives instead).
+template <int L>
+TSCD_INLINE typename Lanes<L>::V load_lanes(const float* p) {
+  return load_unaligned<typename Lanes<L>::V>(p);
+}
+
+template <int L>
+TSCD_INLINE void store_lanes(float* p, const typename Lanes<L>::V& v) {
+  store_unaligned<typename Lanes<L>::V>(p, v);
+}
 
 template <int L>
 TSCD_INLINE typename Lanes<L>::V exp_nonpositive(const typename Lanes<L>::V& x) {

@@ -36,18 +36,13 @@
 
 namespace {
 
+using tscd::cpu::load_unaligned;
+using tscd::cpu::store_unaligned;
 using tscd::lattice::Lattice;
 
 constexpr int64_t kGroup = 8;             // channels per splat/blur task, one 8-float vector
 constexpr int64_t kPixelChunk = 2048;     // pixels per slice task
 typedef float v8 __attribute__((vector_size(kGroup * sizeof(float))));
-
-TSCD_INLINE v8 load8(const float* p) {
-  v8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-TSCD_INLINE void store8(float* p, const v8& v) { std::memcpy(p, &v, sizeof v); }
 
 Lattice build_lattice(const float* feats, int64_t dims, int64_t n) {
   switch (dims) {
@@ -107,19 +102,19 @@ void splat_blur(Kernel& k, const float* q, int64_t g) {
   const int32_t* slot = k.lat.slot.data();
   const float* weight = k.lat.weight.data();
   for (int64_t i = 0; i < n; ++i) {
-    const v8 qi = load8(q + (g * n + i) * kGroup);
+    const v8 qi = load_unaligned<v8>(q + (g * n + i) * kGroup);
     const float ni = k.norm[i];
     for (int r = 0; r < verts; ++r) {
       float* dst = a + static_cast<int64_t>(slot[i * verts + r]) * kGroup;
-      store8(dst, load8(dst) + (ni * weight[i * verts + r]) * qi);
+      store_unaligned(dst, load_unaligned<v8>(dst) + (ni * weight[i * verts + r]) * qi);
     }
   }
   for (int dir = 0; dir <= k.lat.dims; ++dir) {
     const int32_t* nb = k.lat.neighbours.data() + dir * k.lat.vertices * 2;
     for (int64_t v = 1; v < m; ++v) {
-      const v8 left = load8(a + static_cast<int64_t>(nb[2 * v - 2]) * kGroup);
-      const v8 right = load8(a + static_cast<int64_t>(nb[2 * v - 1]) * kGroup);
-      store8(b + v * kGroup, load8(a + v * kGroup) + 0.5f * (left + right));
+      const v8 left = load_unaligned<v8>(a + static_cast<int64_t>(nb[2 * v - 2]) * kGroup);
+      const v8 right = load_unaligned<v8>(a + static_cast<int64_t>(nb[2 * v - 1]) * kGroup);
+      store_unaligned(b + v * kGroup, load_unaligned<v8>(a + v * kGroup) + 0.5f * (left + right));
     }
     std::swap(a, b);
   }
@@ -131,7 +126,7 @@ void splat_blur(Kernel& k, const float* q, int64_t g) {
 template <int G>
 TSCD_INLINE void slice_into(const Kernel* kernels, int64_t kernel_count, int64_t i, int64_t g0, float* row) {
   v8 acc[G];
-  for (int g = 0; g < G; ++g) acc[g] = load8(row + g * kGroup);
+  for (int g = 0; g < G; ++g) acc[g] = load_unaligned<v8>(row + g * kGroup);
   for (int64_t l = 0; l < kernel_count; ++l) {
     const Kernel& k = kernels[l];
     const int verts = k.lat.dims + 1;
@@ -139,38 +134,38 @@ TSCD_INLINE void slice_into(const Kernel* kernels, int64_t kernel_count, int64_t
     for (int r = 0; r < verts; ++r) {
       const float s = c * k.lat.weight[i * verts + r];
       const int64_t offset = static_cast<int64_t>(k.lat.slot[i * verts + r]) * kGroup;
-      for (int g = 0; g < G; ++g) acc[g] += s * load8(k.result[g0 + g] + offset);
+      for (int g = 0; g < G; ++g) acc[g] += s * load_unaligned<v8>(k.result[g0 + g] + offset);
     }
   }
-  for (int g = 0; g < G; ++g) store8(row + g * kGroup, acc[g]);
+  for (int g = 0; g < G; ++g) store_unaligned(row + g * kGroup, acc[g]);
 }
 
 constexpr int64_t kTilePixels = 256;
 
 // Pixel i's row (groups · kGroup floats) into q, group-major (groups, N, kGroup).
 TSCD_INLINE void store_q(const float* row, int64_t groups, int64_t n, int64_t i, float* q) {
-  for (int64_t g = 0; g < groups; ++g) store8(q + (g * n + i) * kGroup, load8(row + g * kGroup));
+  for (int64_t g = 0; g < groups; ++g) store_unaligned(q + (g * n + i) * kGroup, load_unaligned<v8>(row + g * kGroup));
 }  // pixels transposed at a time between (K, N) planes and pixel-major rows
 
 // The softmax over the channels of row (kp floats, the padding channels −inf), in place.
 TSCD_INLINE void softmax_row(float* row, int64_t groups) {
-  v8 top = load8(row);
+  v8 top = load_unaligned<v8>(row);
   for (int64_t j = 1; j < groups; ++j) {
-    const v8 x = load8(row + j * kGroup);
+    const v8 x = load_unaligned<v8>(row + j * kGroup);
     top = x > top ? x : top;
   }
   float peak = top[0];
   for (int l = 1; l < kGroup; ++l) peak = std::max(peak, top[l]);
   v8 sum{};
   for (int64_t j = 0; j < groups; ++j) {
-    const v8 e = tscd::cpu::exp_nonpositive<kGroup>(load8(row + j * kGroup) - peak);
-    store8(row + j * kGroup, e);
+    const v8 e = tscd::cpu::exp_nonpositive<kGroup>(load_unaligned<v8>(row + j * kGroup) - peak);
+    store_unaligned(row + j * kGroup, e);
     sum += e;
   }
   float total = 0.f;
   for (int l = 0; l < kGroup; ++l) total += sum[l];
   const float inv = 1.f / total;
-  for (int64_t j = 0; j < groups; ++j) store8(row + j * kGroup, load8(row + j * kGroup) * inv);
+  for (int64_t j = 0; j < groups; ++j) store_unaligned(row + j * kGroup, load_unaligned<v8>(row + j * kGroup) * inv);
 }
 
 // Pixels [i0, i1) of probs (K, N): the unary log(max(p, 1e-5)) into rows of unary (pixel-major,
@@ -188,8 +183,8 @@ void unary_pixels(const float* probs, int64_t K, int64_t n, int64_t groups, int6
     for (int64_t p = 0; p < count; ++p) {
       float* row = tile.data() + p * kp;
       for (int64_t j = 0; j < groups; ++j) {
-        const v8 x = load8(row + j * kGroup);
-        store8(row + j * kGroup, tscd::cpu::log_positive<kGroup>(x < 1e-5f ? v8{} + 1e-5f : x));
+        const v8 x = load_unaligned<v8>(row + j * kGroup);
+        store_unaligned(row + j * kGroup, tscd::cpu::log_positive<kGroup>(x < 1e-5f ? v8{} + 1e-5f : x));
       }
       std::fill(row + K, row + kp, -std::numeric_limits<float>::infinity());
       if (unary != nullptr) std::memcpy(unary + (p0 + p) * kp, row, kp * sizeof(float));

@@ -29,19 +29,14 @@ using tscd::gaussian::kMaxDims;
 // Weights below 2^-125 are flushed to exactly 0 (they could not change a float32 sum).
 constexpr float kMaxExponent = 125.0f;
 
-// kLanes floats (and their int32 bit patterns) as GCC vectors; loads and stores assume only
-// float alignment.
+// kLanes floats (and their int32 bit patterns) as GCC vectors.
 template <int kLanes>
 struct Vec {
   typedef float f __attribute__((vector_size(kLanes * sizeof(float))));
   typedef int32_t i __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
-  static TSCD_INLINE f load(const float* p) {
-    f v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-  }
-  static TSCD_INLINE void store(float* p, const f& v) { std::memcpy(p, &v, sizeof v); }
+  static TSCD_INLINE f load(const float* p) { return tscd::cpu::load_lanes<kLanes>(p); }
+  static TSCD_INLINE void store(float* p, const f& v) { tscd::cpu::store_lanes<kLanes>(p, v); }
 
   // 2^-d2 for 0 <= d2 <= limit (<= kMaxExponent), 0 beyond: with x = -d2 = n + r, n = round(x),
   // |r| <= 1/2, 2^r comes from a degree-6 least-squares polynomial (relative error ~1e-7 in

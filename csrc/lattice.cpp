@@ -101,7 +101,10 @@ LatticeCache& cache() {
 }
 
 // The per-vertex values are stored with a channel stride padded to a multiple of kLanes (when
-// K > kNarrow), so that every inner loop is whole vectors; the padding channels stay zero.
+// K > kNarrow), so that every inner loop is whole vectors; the padding channels stay zero. The
+// width is 8 in every ISA clone (one register under AVX2 and AVX-512, two on the baseline) rather
+// than the native width of run_native: 16 lanes would pad K = 21 to 32 channels instead of 24, a
+// third more memory traffic in the splat, blur and slice, which are bound by it.
 constexpr int64_t kLanes = 8;
 constexpr int64_t kNarrow = 4;  // up to this many channels: unpadded scalar loops
 typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
@@ -111,17 +114,8 @@ int64_t channel_stride(int64_t channels) {
 }
 
 // Vec = vf: stride a multiple of kLanes; Vec = float: any stride.
-template <typename Vec>
-TSCD_INLINE Vec load(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-template <typename Vec>
-TSCD_INLINE void store(float* p, const Vec& v) {
-  std::memcpy(p, &v, sizeof v);
-}
+using tscd::cpu::load_unaligned;
+using tscd::cpu::store_unaligned;
 
 template <typename Vec>
 constexpr int64_t kStep = sizeof(Vec) / sizeof(float);
@@ -149,7 +143,7 @@ TSCD_INLINE void splat(const Lattice& lat, const Slot* slot, const float* x, int
         float* dst = values + static_cast<int64_t>(slot[i * verts + r]) * stride;
         const float w = lat.weight[i * verts + r];
         for (int64_t k = 0; k < stride; k += kStep<Vec>)
-          store<Vec>(dst + k, load<Vec>(dst + k) + w * load<Vec>(xi + k));
+          store_unaligned(dst + k, load_unaligned<Vec>(dst + k) + w * load_unaligned<Vec>(xi + k));
       }
     }
   }
@@ -166,7 +160,8 @@ TSCD_INLINE void blur(const Lattice& lat, int dir, int64_t stride, const float* 
     const float* b = src + static_cast<int64_t>(nb[2 * v + 1]) * stride;
     float* o = dst + (v + 1) * stride;
     for (int64_t k = 0; k < stride; k += kStep<Vec>)
-      store<Vec>(o + k, load<Vec>(c + k) + 0.5f * (load<Vec>(a + k) + load<Vec>(b + k)));
+      store_unaligned(o + k,
+                      load_unaligned<Vec>(c + k) + 0.5f * (load_unaligned<Vec>(a + k) + load_unaligned<Vec>(b + k)));
   }
 }
 
@@ -183,12 +178,12 @@ TSCD_INLINE void slice(const Lattice& lat, const Slot* slot, const float* values
     for (int64_t p = 0; p < count; ++p) {
       const int64_t i = i0 + p;
       float* yi = tile.data() + p * stride;
-      for (int64_t k = 0; k < stride; k += kStep<Vec>) store<Vec>(yi + k, Vec{});
+      for (int64_t k = 0; k < stride; k += kStep<Vec>) store_unaligned(yi + k, Vec{});
       for (int r = 0; r < verts; ++r) {
         const float* src = values + static_cast<int64_t>(slot[i * verts + r]) * stride;
         const float w = alpha * lat.weight[i * verts + r];
         for (int64_t k = 0; k < stride; k += kStep<Vec>)
-          store<Vec>(yi + k, load<Vec>(yi + k) + w * load<Vec>(src + k));
+          store_unaligned(yi + k, load_unaligned<Vec>(yi + k) + w * load_unaligned<Vec>(src + k));
       }
     }
     for (int64_t k = 0; k < channels; ++k)

@@ -114,12 +114,8 @@ struct AffinityRow {
   typedef float V __attribute__((vector_size(L * sizeof(float)), aligned(alignof(float))));
   typedef int32_t I __attribute__((vector_size(L * sizeof(float)), aligned(alignof(float))));
 
-  static TSCD_INLINE V load(const float* p) {
-    V v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-  }
-  static TSCD_INLINE void store(float* p, const V& v) { std::memcpy(p, &v, sizeof v); }
+  static TSCD_INLINE V load(const float* p) { return tscd::cpu::load_lanes<L>(p); }
+  static TSCD_INLINE void store(float* p, const V& v) { tscd::cpu::store_lanes<L>(p, v); }
   static TSCD_INLINE V abs(const V& v) { return (V)((I)v & 0x7fffffff); }
   static TSCD_INLINE V max(const V& a, const V& b) { return (V)(((I)a & (I)(a >= b)) | ((I)b & ~(I)(a >= b))); }
 
@@ -268,11 +264,7 @@ struct PropagateRow {
   static constexpr int kMaxChannels = 4;  // channels per micro-tile
   typedef float V __attribute__((vector_size(L * sizeof(float)), aligned(alignof(float))));
 
-  static TSCD_INLINE V load(const float* p) {
-    V v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-  }
+  static TSCD_INLINE V load(const float* p) { return tscd::cpu::load_lanes<L>(p); }
 
   // Columns [x0, x0 + XV·L) (the first `count` of them stored) of KC channels, the first one
   // `offset` floats into the ring rows: Σ_n w_n · (neighbour n's shifted row).
