@@ -1,12 +1,14 @@
 // Pairwise sweep of the self-correspondence distillation loss (contracts in scd.h): schemas and
 // CPU kernels of scd_pass and scd_fused.
 //
-// Both run one sweep. Workers (one per thread, tscd::cpu::run_workers) claim tasks of kRowBlock
-// rows of X of one batch element one at a time. A task packs its rows, then for every tile of kTileCols columns of Y packs
-// the tile and runs three register-blocked micro-kernels in GCC vectors of the CPU's native
-// width (tscd::cpu::run_native):
+// Both run one sweep. Workers (one per thread, tscd::cpu::run_workers) claim stripes of the rows
+// of X of one batch element one at a time and run the stripe's tasks of kRowBlock rows in order.
+// A task packs its rows, then for every tile of kTileCols columns of Y packs the tile and runs
+// three register-blocked micro-kernels in GCC vectors of the CPU's native width
+// (tscd::cpu::run_native):
 //   1. s and f of every pair of the tile → w = 1[s > 0] f (kept in an L2 tile), Σ_j w s;
-//   2. (grad_y) Σ_i w_ij x_i into the worker's (K, Ny) buffer, added to the output at the end;
+//   2. (grad_y) Σ_i w_ij x_i into the worker's (K, Ny) buffer, added to the output in the order of
+//      the row stripes (StripeCommit), so the gradient does not depend on the threads' timing;
 //   3. (grad_x) Σ_j w_ij y_j per row, as per-lane partial sums reduced when the task ends.
 // so each pair's s and f are computed once for the value and both gradients.
 #include "scd.h"
@@ -17,7 +19,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <mutex>
+#include <stdexcept>
+#include <thread>
 #include <vector>
 
 // The vector helpers are always inlined into the per-ISA kernels, so no vector crosses an ABI
@@ -64,8 +67,7 @@ struct Scratch {
   std::vector<float> ys, yt, ac;  // (kTileCols / L, kp, L), (kTileCols / L, C, L), (kTileCols): the tile's columns
   std::vector<float> w;           // (kRowBlock, kWStride)
   std::vector<float> gx, rs;      // (kRowBlock, kp, L), (kRowBlock, L): per-lane partial sums
-  std::vector<float> gy;          // (kp, ny_pad): Σ_i w_ij x_i of the batch element gy_batch
-  int64_t gy_batch = -1;
+  std::vector<float> gy;          // (kp, ny_pad): Σ_i w_ij x_i over the rows of the worker's stripe
 
   explicit Scratch(const Sweep& s)
       : xs(kRowBlock * s.kp), xt(kRowBlock * s.C), ar(kRowBlock), ys(kTileCols * s.kp), yt(kTileCols * s.C),
@@ -73,19 +75,37 @@ struct Scratch {
         gy(s.grad_y ? s.kp * s.ny_pad : 0, 0.f) {}
 };
 
-// Adds the worker's Σ_i w_ij x_i to the output (one worker at a time) and clears it.
-void flush_gy(const Sweep& s, Scratch& m, std::mutex& lock) {
-  if (m.gy_batch < 0) return;
-  {
-    std::lock_guard<std::mutex> guard(lock);
-    for (int64_t k = 0; k < s.K; ++k) {
-      float* out = s.gy + (m.gy_batch * s.K + k) * s.ny;
-      const float* part = m.gy.data() + k * s.ny_pad;
-      for (int64_t j = 0; j < s.ny; ++j) out[j] += part[j];
+// The stripes of one batch element's rows: the units that workers claim. Each sums Σ_i w_ij x_i
+// over its rows in order, and the stripes are added to grad_y in order (StripeCommit), so the
+// gradient does not depend on which thread ran which stripe: with one thread the whole batch
+// element is one stripe, with more every element has kStripes (fewer with fewer row blocks).
+constexpr int64_t kStripes = 8;
+
+// Adds finished stripes to grad_y in the order of their index, whichever thread finished first.
+class StripeCommit {
+ public:
+  // Adds the worker's partial sums of stripe `unit` (of batch element b) to grad_y once every
+  // lower stripe is in, and clears them. Throws if a lower stripe's worker failed.
+  void add(const Sweep& s, Scratch& m, int64_t b, int64_t unit) {
+    for (int spin = 0; next_.load(std::memory_order_acquire) != unit; ++spin) {
+      if (failed_.load(std::memory_order_relaxed)) throw std::runtime_error("scd: another worker failed");
+      if (spin >= 64) std::this_thread::yield();
     }
+    for (int64_t k = 0; k < s.K; ++k) {
+      float* out = s.gy + (b * s.K + k) * s.ny;
+      float* part = m.gy.data() + k * s.ny_pad;
+      for (int64_t j = 0; j < s.ny; ++j) out[j] += part[j];
+      std::fill(part, part + s.ny, 0.f);
+    }
+    next_.store(unit + 1, std::memory_order_release);
   }
-  std::fill(m.gy.begin(), m.gy.end(), 0.f);
-}
+
+  void fail() { failed_.store(true, std::memory_order_relaxed); }
+
+ private:
+  std::atomic<int64_t> next_{0};
+  std::atomic<bool> failed_{false};
+};
 
 template <int L>
 struct Task {
@@ -95,16 +115,11 @@ struct Task {
   static constexpr int kRows3 = L == 16 ? 3 : 1;  // Σ_j w y micro-tile: kRows3 rows × kb channels
   static_assert(kRowAlign % kRows1 == 0 && kRowAlign % kRows3 == 0 && kRowBlock % kRowAlign == 0);
   static_assert(kTileCols % (kVecs1 * L) == 0 && kTileCols % (kVecs2 * L) == 0 && L <= kMaxLanes);
-  // Only float alignment is assumed, so std::vector storage and tensor data need no over-alignment.
   typedef float V __attribute__((vector_size(L * sizeof(float)), aligned(alignof(float))));
   typedef uint32_t U __attribute__((vector_size(L * sizeof(float)), aligned(alignof(float))));
 
-  static TSCD_INLINE V load(const float* p) {
-    V v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-  }
-  static TSCD_INLINE void store(float* p, const V& v) { std::memcpy(p, &v, sizeof v); }
+  static TSCD_INLINE V load(const float* p) { return tscd::cpu::load_lanes<L>(p); }
+  static TSCD_INLINE void store(float* p, const V& v) { tscd::cpu::store_lanes<L>(p, v); }
 
   static TSCD_INLINE void run(const Sweep* sp, Scratch* mp, int64_t b, int64_t i0) {
     const Sweep& s = *sp;
@@ -320,20 +335,24 @@ struct Task {
 };
 
 void sweep(const Sweep& s) {
-  const int64_t blocks = (s.nx + kRowBlock - 1) / kRowBlock, tasks = s.B * blocks;
+  const int64_t blocks = (s.nx + kRowBlock - 1) / kRowBlock;
   const int64_t work = s.B * s.nx * s.ny * (s.K * (1 + s.grad_x + s.grad_y) + s.C);
-  std::mutex lock;
-  tscd::cpu::run_workers(tscd::cpu::worker_count(work, tasks), tasks, [&](const auto& claim) {
-    Scratch m(s);
-    for (int64_t t = claim(); t >= 0; t = claim()) {
-      const int64_t b = t / blocks;
-      if (s.grad_y && b != m.gy_batch) {
-        flush_gy(s, m, lock);
-        m.gy_batch = b;
+  const int64_t workers = tscd::cpu::worker_count(work, s.B * std::min(blocks, kStripes));
+  const int64_t stripes = workers == 1 ? 1 : std::min(blocks, kStripes);
+  StripeCommit commit;
+  tscd::cpu::run_workers(workers, s.B * stripes, [&](const auto& claim) {
+    try {
+      Scratch m(s);
+      for (int64_t unit = claim(); unit >= 0; unit = claim()) {
+        const int64_t b = unit / stripes, stripe = unit % stripes;
+        for (int64_t block = stripe * blocks / stripes; block < (stripe + 1) * blocks / stripes; ++block)
+          tscd::cpu::run_native<Task>(&s, &m, b, block * kRowBlock);
+        if (s.grad_y) commit.add(s, m, b, unit);
       }
-      tscd::cpu::run_native<Task>(&s, &m, b, (t % blocks) * kRowBlock);
+    } catch (...) {
+      commit.fail();
+      throw;
     }
-    if (s.grad_y) flush_gy(s, m, lock);
   });
 }
 
