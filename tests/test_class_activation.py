@@ -8,17 +8,17 @@ from tscd.class_activation import MultiScaleCAM, affinity_window, attention_rand
 
 class LeftHalfCam(torch.nn.Module):
     """CAM = image channels 0..C−1 on the left half of the columns only (not flip-equivariant);
-    records the input sizes it sees; returns a dummy attention of the input width."""
+    records the input sizes it sees; returns a dummy attention of the input width when asked for."""
 
     def __init__(self, classes=2):
         super().__init__()
         self.classes, self.sizes = classes, []
 
-    def forward_cam(self, x):
+    def forward_cam(self, x, affinity=True):
         self.sizes.append(tuple(x.shape))
         cam = x[:, : self.classes].clone()
         cam[..., x.shape[-1] // 2:] = 0
-        return cam, torch.full((x.shape[0], 1, 1), float(x.shape[-1]))
+        return cam, torch.full((x.shape[0], 1, 1), float(x.shape[-1])) if affinity else None
 
 
 def test_flip_recovers_the_right_half():
@@ -69,8 +69,8 @@ def test_scales_are_resized_summed_and_normalised():
 
 def test_negative_scale_contributions_are_removed_by_relu():
     class Signed(LeftHalfCam):
-        def forward_cam(self, x):
-            cam, attn = super().forward_cam(x)
+        def forward_cam(self, x, affinity=True):
+            cam, attn = super().forward_cam(x, affinity)
             return (-cam if x.shape[-1] == 4 else cam), attn
 
     img = torch.rand(1, 3, 8, 8) + 0.5

@@ -178,8 +178,8 @@ def test_bad_inputs(change, match):
 class ColourModel(torch.nn.Module):
     """A model whose CAM of six classes is the image's colours, twice (all multi_scale_cam needs)."""
 
-    def forward_cam(self, x):
-        return x.repeat(1, 2, 1, 1) * 4 - 1, torch.zeros(x.shape[0], 1, 1)
+    def forward_cam(self, x, affinity=True):
+        return x.repeat(1, 2, 1, 1) * 4 - 1, torch.zeros(x.shape[0], 1, 1) if affinity else None
 
 
 @pytest.mark.parametrize("refine", ["varm", "par", "none"])

@@ -39,29 +39,31 @@ def multi_scale_cam(model, images: torch.Tensor, scales: Sequence[float] = (1.0,
     [`normalize_cam`][tscd.class_activation.normalize_cam].
 
     Args:
-        model: a model whose ``forward_cam(x)`` returns ``(cam, attn_pred)``, as
-            [`TSCD`][tscd.models.TSCD].
+        model: a model whose ``forward_cam(x, affinity)`` returns ``(cam, attn_pred)`` (with
+            ``affinity=False`` only the CAM is needed), as [`TSCD`][tscd.models.TSCD].
         images: normalised images.
         scales: the scales; at least one.
         return_attention: also return the ``attn_pred`` of the un-flipped images at the largest
             scale.
         flip: run each scale with its flip; False sums relu(cam) of the un-flipped images alone
             (half the passes).
-        scale1_cam: the raw CAM of the un-flipped images at scale 1 when the caller already has
-            it (a training step's own forward), so that pass is not run again (scale 1 then runs
-            the flipped images alone); ``scales`` must include 1.0.
+        scale1_cam: the raw CAM at scale 1 when the caller already has it (a training step's
+            own forward, the evaluation's scale-1 forward), so that pass is not run again: of the
+            un-flipped images (with ``flip``, scale 1 then runs the flipped images alone), or of
+            the un-flipped images followed by their flips (scale 1 runs nothing; without
+            ``flip`` the second half is not used); ``scales`` must include 1.0.
 
     Shapes:
         - ``images``: (B, 3, H, W).
-        - ``scale1_cam``: (B, K−1, h, w).
+        - ``scale1_cam``: (B, K−1, h, w) or (2B, K−1, h, w).
         - returns: (B, K−1, H, W), and with ``return_attention`` also (B, N, N).
 
     Returns:
         The CAM in [0, 1], or ``(cam, attn_pred)`` with ``return_attention``.
 
     Raises:
-        ValueError: ``scales`` is empty, or ``scale1_cam`` is given without scale 1.0 or with
-            ``return_attention``.
+        ValueError: ``scales`` is empty, or ``scale1_cam`` is given without scale 1.0, with
+            ``return_attention`` or with neither B nor 2B rows.
     """
     if len(scales) == 0:
         raise ValueError("scales must list at least one scale")
@@ -71,15 +73,22 @@ def multi_scale_cam(model, images: torch.Tensor, scales: Sequence[float] = (1.0,
             raise ValueError(f"scale1_cam is the CAM at scale 1.0, which scales {tuple(scales)} do not include")
         if return_attention:
             raise ValueError("return_attention needs the attention of every pass; it cannot take scale1_cam")
+        if scale1_cam.shape[0] not in (b, 2 * b):
+            raise ValueError(f"scale1_cam must hold the CAMs of the {b} images (and of their flips: {2 * b}), "
+                             f"got {scale1_cam.shape[0]}")
     total, attention = None, None
     for s in scales:
         x = images if s == 1.0 else F.interpolate(images, size=(int(s * h), int(s * w)), mode="bilinear",
                                                   align_corners=False)
         if s == 1.0 and scale1_cam is not None:
-            cam = torch.cat([scale1_cam, model.forward_cam(x.flip(-1))[0]]) if flip else scale1_cam
+            if not flip or scale1_cam.shape[0] == 2 * b:
+                cam = scale1_cam if flip else scale1_cam[:b]
+            else:
+                cam = torch.cat([scale1_cam, model.forward_cam(x.flip(-1), affinity=False).cam])
             attn = None
         else:
-            cam, attn = model.forward_cam(torch.cat([x, x.flip(-1)]) if flip else x)
+            cam, attn = model.forward_cam(torch.cat([x, x.flip(-1)]) if flip else x,
+                                          affinity=return_attention and s == max(scales))
         cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
         cam = (torch.maximum(cam[:b], cam[b:].flip(-1)) if flip else cam).relu()
         total = cam if total is None else total + cam
@@ -108,11 +117,12 @@ class MultiScaleCAM:
             model: a model with ``forward_cam``, e.g. [`TSCD`][tscd.models.TSCD].
             images: normalised images.
             scale1_cam: the model's raw CAM of the images at scale 1 when already computed (a
-                training step's own forward), so that pass is not run again.
+                training step's own forward, the evaluation's scale-1 forward), of the images or
+                of the images followed by their flips, so that pass is not run again.
 
         Shapes:
             - ``images``: (B, 3, H, W).
-            - ``scale1_cam``: (B, K−1, h, w).
+            - ``scale1_cam``: (B, K−1, h, w) or (2B, K−1, h, w).
             - returns: (B, K−1, H, W).
         """
         return multi_scale_cam(model, images, self.scales, flip=self.flip, scale1_cam=scale1_cam)

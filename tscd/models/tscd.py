@@ -54,11 +54,11 @@ class CAMOutput(NamedTuple):
 
     Shapes:
         - ``cam``: (B, K−1, h₄, w₄), the raw CAM.
-        - ``attn_pred``: (B, N, N), the attention affinity, N = h₄·w₄.
+        - ``attn_pred``: (B, N, N), the attention affinity, N = h₄·w₄; None when not asked for.
     """
 
     cam: torch.Tensor
-    attn_pred: torch.Tensor
+    attn_pred: torch.Tensor | None
 
 
 class TSCD(nn.Module):
@@ -233,13 +233,15 @@ class TSCD(nn.Module):
         features_small, _ = self.encode(x_small)
         return TSCDOutput(cls, seg, attn_pred, self.decoder(features_small), self.cam(features_small[3]), cam)
 
-    def forward_cam(self, x: torch.Tensor) -> CAMOutput:
+    def forward_cam(self, x: torch.Tensor, affinity: bool = True) -> CAMOutput:
         """CAM and attention affinity of normalised images; the decoder is skipped.
 
         The CAM keeps its gradient: wrap in ``torch.no_grad()`` for pseudo labels.
 
         Args:
             x: normalised images.
+            affinity: also compute the attention affinity; False leaves ``attn_pred`` None (the
+                multi-scale CAM's passes need the CAM alone).
 
         Shapes:
             - ``x``: (B, 3, H, W).
@@ -248,7 +250,7 @@ class TSCD(nn.Module):
             A [`CAMOutput`][tscd.models.CAMOutput].
         """
         features, attention_logits = self.encode(x)
-        return CAMOutput(self.cam(features[3]), self.attention_affinity(attention_logits))
+        return CAMOutput(self.cam(features[3]), self.attention_affinity(attention_logits) if affinity else None)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """The parameters by the groups of method §1.
