@@ -25,6 +25,22 @@ def test_confusion_matrix_matches_hand_computation():
     assert np.isnan(empty.iou()[1].item()) and empty.miou() == 1.0
 
 
+def test_confusion_matrix_counts_every_pixel():
+    """Against a count pixel by pixel: truths outside 0..K-1 (255, negative) are skipped, predictions
+    outside it fall in column K."""
+    g = torch.Generator().manual_seed(0)
+    gt = torch.randint(-1, 5, (2, 7, 9), generator=g)
+    gt[0, 0] = 255
+    pred = torch.randint(-2, 7, (2, 7, 9), generator=g)
+    cm = ConfusionMatrix(4)
+    cm.update(pred, gt)
+    expected = torch.zeros(4, 5, dtype=torch.int64)
+    for t, p in zip(gt.flatten().tolist(), pred.flatten().tolist()):
+        if 0 <= t < 4:
+            expected[t, p if 0 <= p < 4 else 4] += 1
+    assert torch.equal(cm.mat, expected)
+
+
 def test_f1():
     f1 = MultiLabelF1()
     f1.update(torch.tensor([[1.0, -1.0, 2.0]]), torch.tensor([[1.0, 1.0, 0.0]]))

@@ -19,16 +19,17 @@ class ConfusionMatrix:
         self.mat = torch.zeros(num_classes, num_classes + 1, dtype=torch.int64)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """pred, target: integer tensors of the same shape."""
+        """pred, target: integer tensors of the same shape, on any device (the counts are made
+        there; only the K×(K+1) result moves)."""
         if pred.shape != target.shape:
             raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
         k = self.num_classes
-        t = target.reshape(-1).long().cpu()
-        p = pred.reshape(-1).long().cpu()
-        keep = (t >= 0) & (t < k)
-        t, p = t[keep], p[keep]
-        p = torch.where((p >= 0) & (p < k), p, torch.full_like(p, k))  # column k: "no valid class"
-        self.mat += torch.bincount(t * (k + 1) + p, minlength=k * (k + 1)).view(k, k + 1)
+        t = target.reshape(-1).long()
+        p = pred.reshape(-1).long()
+        p = torch.where((p >= 0) & (p < k), p, k)  # column k: "no valid class"
+        # one bin per (truth, prediction) cell, and a last one, dropped, for the pixels that do not count
+        cells = torch.where((t >= 0) & (t < k), t * (k + 1) + p, k * (k + 1))
+        self.mat += torch.bincount(cells, minlength=k * (k + 1) + 1)[:-1].view(k, k + 1).cpu()
 
     def iou(self) -> torch.Tensor:
         """(K,) float64 IoU per class; NaN for a class absent from both truth and prediction."""
