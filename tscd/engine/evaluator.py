@@ -2,9 +2,11 @@
 output, the plain CAM labels (background at ``cam.bkg_score``), the refined pseudo labels
 (refinement of §4 with one background score: a full label) and the attention random-walk
 labels (§5), plus the image-level F1. Ground-truth image labels drive the CAM-based labels,
-as in AFA's evaluation."""
+as in AFA's evaluation. The time is kept per stage (:mod:`tscd.engine.stage_timer`): the
+metrics' ``stage_seconds``, and a line of ``tscd eval``'s log."""
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -23,7 +25,10 @@ from .metrics import ConfusionMatrix, MultiLabelF1
 from .outputs import check_output_folder, check_outputs
 from .pseudo_labels import save_predictions
 from .runtime import check_backend, pick_device
+from .stage_timer import StageTimer
 from .visualize import save_grid
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("seg", "cam", "pseudo", "aff")
 
@@ -38,7 +43,8 @@ def reduce_counts(mats, f1: MultiLabelF1, seen: int) -> int:
 
 class Evaluator:
     """``run(model, loader)`` -> metrics dict; ``samples`` keeps the first ``num_vis`` images
-    (for :func:`tscd.engine.visualize.save_grid`). New output kinds add a confusion matrix."""
+    (for :func:`tscd.engine.visualize.save_grid`), ``timer`` the seconds per stage of the last
+    run. New output kinds add a confusion matrix."""
 
     def __init__(self, cfg, pseudo_labeler: PseudoLabeler, class_names, device, protocol: EvalProtocol | None = None,
                  *, distributed: bool = False, progress: bool = False, save_preds=None, size_hint: str = ""):
@@ -54,17 +60,25 @@ class Evaluator:
         self.size_hint = size_hint
         self.num_classes = len(class_names)
         self.samples: list[dict] = []
+        self.timer = StageTimer(device)
 
-    def _outputs(self, model, images, rgb, labels, crop_box, size) -> dict:
+    def _outputs(self, model, images, rgb, labels, crop_box, size, timer: StageTimer) -> dict:
         """Every prediction of one batch (images and masks of ``size``): the protocol's
-        (``fwd``, ``segs``) and the CAM, CAM labels, pseudo labels and random-walk scores."""
+        (``fwd``, ``segs``) and the CAM, CAM labels, pseudo labels and random-walk labels, each
+        timed as its stage of ``timer``. The multi-scale CAM takes the scale-1 CAM of the
+        protocol's forward where that ran on the images at their own size."""
         bkg_score = self.cfg.cam.bkg_score
-        fwd, segs = self.protocol.predict(model, images, size, rgb)
-        cam = self.pseudo_labeler.cams(model, images)
-        return {"fwd": fwd, "segs": segs, "cam": cam, "cam_label": cam_to_label(cam, labels, bkg_score),
-                "pseudo": self.pseudo_labeler.labels(rgb, cam, labels, crop_box, high=bkg_score, low=bkg_score),
-                "walk": attention_random_walk(cam, fwd.attn_pred, labels, grid_size=fwd.grid,
-                                              radius=self.cfg.loss.aff_radius, bkg_score=self.cfg.cam.low)}
+        fwd, segs = self.protocol.predict(model, images, size, rgb, timer)
+        with timer.stage("cam"):
+            reuse = fwd.input_size == tuple(images.shape[-2:]) and 1.0 in self.pseudo_labeler.cams.scales
+            cam = self.pseudo_labeler.cams(model, images, fwd.cam if reuse else None)
+            cam_label = cam_to_label(cam, labels, bkg_score)
+        with timer.stage("refine"):
+            pseudo = self.pseudo_labeler.labels(rgb, cam, labels, crop_box, high=bkg_score, low=bkg_score)
+        with timer.stage("walk"):
+            walk = class_argmax(attention_random_walk(cam, fwd.attn_pred, labels, grid_size=fwd.grid,
+                                                      radius=self.cfg.loss.aff_radius, bkg_score=self.cfg.cam.low))
+        return {"fwd": fwd, "segs": segs, "cam": cam, "cam_label": cam_label, "pseudo": pseudo, "walk": walk}
 
     @torch.no_grad()
     def check_sizes(self, model, dataset, max_images: int | None = None) -> None:
@@ -79,49 +93,59 @@ class Evaluator:
                 blank = torch.zeros(1, 3, h, w, device=self.device)
                 with naming_the_image(image_names(dataset, [name]), (h, w), self.size_hint):
                     self._outputs(model, blank, blank, torch.ones(1, self.num_classes - 1, device=self.device),
-                                  torch.tensor([[0, h, 0, w]], device=self.device), (h, w))
+                                  torch.tensor([[0, h, 0, w]], device=self.device), (h, w), StageTimer(self.device))
         finally:
             model.train(was_training)
 
     @torch.no_grad()
     def run(self, model, loader, max_images: int | None = None, num_vis: int = 0) -> dict:
+        """The metrics of ``model`` over ``loader`` (its first ``max_images`` images): mIoU per
+        output kind, per-class IoU, ``cls_f1``, ``pixel_acc``, ``num_images``, ``eval_seconds`` and
+        ``stage_seconds``, this process's seconds per stage of
+        :data:`~tscd.engine.stage_timer.STAGES` (the last run's
+        :class:`~tscd.engine.stage_timer.StageTimer` is ``timer``)."""
         was_training = model.training
         model.eval()
         kinds = self.protocol.kinds() + KINDS[1:]
         mats = {k: ConfusionMatrix(self.num_classes) for k in kinds}
         total = len(loader.dataset) if max_images is None else min(max_images, len(loader.dataset))
         f1 = MultiLabelF1()
+        self.timer = timer = StageTimer(self.device)
         self.samples, seen, start = [], 0, time.time()
+        batches = iter(loader)
         with progress_bar(total, self.progress) as bar:  # closed on an error too
-            for batch in loader:
-                images, rgb = batch["image"].to(self.device), batch["rgb"].to(self.device)
-                labels = batch["label"].to(self.device).float()
-                masks = batch["mask"].to(self.device)
-                crop_box = batch["box"].to(self.device)
+            while max_images is None or seen < max_images:
+                with timer.stage("io"):
+                    batch = next(batches, None)
+                    if batch is None:
+                        break
+                    images, rgb = batch["image"].to(self.device), batch["rgb"].to(self.device)
+                    labels = batch["label"].to(self.device).float()
+                    masks = batch["mask"].to(self.device)
+                    crop_box = batch["box"].to(self.device)
                 with naming_the_image(image_names(loader.dataset, batch["name"]), masks.shape[-2:], self.size_hint):
-                    out = self._outputs(model, images, rgb, labels, crop_box, masks.shape[-2:])
+                    out = self._outputs(model, images, rgb, labels, crop_box, masks.shape[-2:], timer)
                 fwd, segs, cam, pseudo = out["fwd"], out["segs"], out["cam"], out["pseudo"]
-                pred = segs["seg"]
-                f1.update(fwd.cls, labels)
                 if self.save_preds is not None:
-                    save_predictions(self.save_preds, batch["name"], segs[self.protocol.kinds()[-1]])
-                for kind, p in {**segs, "cam": out["cam_label"], "pseudo": pseudo,
-                                "aff": class_argmax(out["walk"])}.items():
-                    if p.shape[-2:] != masks.shape[-2:]:
-                        p = F.interpolate(p[:, None].float(), size=masks.shape[-2:], mode="nearest")[:, 0].long()
-                    mats[kind].update(p, masks)
-                for i in range(images.shape[0]):
-                    if len(self.samples) < num_vis:
-                        img = rgb[i] * 255
-                        present = labels[i].bool()
-                        heat = cam[i][present].amax(0) if present.any() else torch.zeros_like(cam[i, 0])
-                        self.samples.append({"image": img.permute(1, 2, 0).byte().cpu().numpy(),
-                                             "cam": heat.cpu().numpy(), "pseudo": pseudo[i].cpu().numpy(),
-                                             "pred": pred[i].cpu().numpy(), "gt": masks[i].cpu().numpy()})
+                    with timer.stage("io"):
+                        save_predictions(self.save_preds, batch["name"], segs[self.protocol.kinds()[-1]])
+                with timer.stage("metrics"):
+                    f1.update(fwd.cls, labels)
+                    for kind, p in {**segs, "cam": out["cam_label"], "pseudo": pseudo, "aff": out["walk"]}.items():
+                        if p.shape[-2:] != masks.shape[-2:]:
+                            p = F.interpolate(p[:, None].float(), size=masks.shape[-2:], mode="nearest")[:, 0].long()
+                        mats[kind].update(p, masks)
+                    for i in range(images.shape[0]):
+                        if len(self.samples) < num_vis:
+                            img = rgb[i] * 255
+                            present = labels[i].bool()
+                            heat = cam[i][present].amax(0) if present.any() else torch.zeros_like(cam[i, 0])
+                            self.samples.append({"image": img.permute(1, 2, 0).byte().cpu().numpy(),
+                                                 "cam": heat.cpu().numpy(), "pseudo": pseudo[i].cpu().numpy(),
+                                                 "pred": segs["seg"][i].cpu().numpy(), "gt": masks[i].cpu().numpy()})
                 seen += images.shape[0]
+                timer.images += images.shape[0]
                 bar.update(images.shape[0])
-                if max_images is not None and seen >= max_images:
-                    break
         model.train(was_training)
         if self.distributed:
             seen = reduce_counts(mats.values(), f1, seen)
@@ -135,14 +159,16 @@ class Evaluator:
                                               for k in kinds}
         metrics["num_images"] = seen
         metrics["eval_seconds"] = time.time() - start
+        metrics["stage_seconds"] = dict(timer.seconds)
         return metrics
 
 
 def run_evaluation(model, cfg, split: str, out, *, checkpoint=None, save_preds=None, reads=()) -> dict | None:
     """``tscd eval``: evaluate ``model`` on ``split`` with the protocol of ``cfg.eval``; rank 0
     writes the metrics JSON to ``out`` and the grid next to it (``out`` with ``.png``), and
-    returns the metrics (other ranks of a torchrun: None); ``save_preds``: a folder for the
-    predictions (``<name>.png``); ``reads``: other files the job read (the config file).
+    returns the metrics (other ranks of a torchrun: None) and logs rank 0's seconds per image of
+    each stage; ``save_preds``: a folder for the predictions (``<name>.png``); ``reads``: other
+    files the job read (the config file).
     Checked first (:func:`tscd.engine.outputs.check_outputs`): nothing overwrites ``checkpoint``,
     ``reads`` or the dataset's files (images, masks, lists, CSVs, class and label files),
     nothing goes into the dataset's image or mask folders, no two outputs share a path."""
@@ -167,6 +193,7 @@ def run_evaluation(model, cfg, split: str, out, *, checkpoint=None, save_preds=N
         metrics = evaluator.run(model, loader, None, cfg.eval.num_vis if rank == 0 else 0)
     if rank != 0:
         return None
+    logger.info("eval time: %s", evaluator.timer.summary(metrics["eval_seconds"]))
     if checkpoint is not None:
         metrics["checkpoint"] = str(checkpoint)
     write_json(metrics, out)

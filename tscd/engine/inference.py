@@ -35,6 +35,7 @@ from ..ops.dense_crf import dense_crf
 from ..refine import class_argmax
 from .io import write_json
 from .outputs import check_output_folder, check_outputs, file_identity
+from .stage_timer import StageTimer
 from .visualize import overlay, save_png, write_palette_png
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,10 @@ class Forward:
     cls (B, K−1) image logits, seg (B, K, h, w) segmentation logits and attn_pred (B, N, N)
     of the scale-1, un-flipped input; msf (B, K, h, w): max over scales of the flip-averaged
     logits (``seg`` itself when the protocol is single-scale without flip); grid: the (h₄, w₄)
-    attention grid of ``attn_pred``.
+    attention grid of ``attn_pred``; cam: the raw CAM of the scale-1 input, (B, K−1, h₄, w₄),
+    followed by that of its flip with the protocol's flip (2B rows), which
+    :func:`~tscd.class_activation.multi_scale_cam` takes as its ``scale1_cam`` when
+    ``input_size``, the (H, W) of the scale-1 input, is the images' own.
     """
 
     cls: torch.Tensor
@@ -70,12 +74,14 @@ class Forward:
     attn_pred: torch.Tensor
     msf: torch.Tensor
     grid: tuple[int, int]
+    cam: torch.Tensor
+    input_size: tuple[int, int]
 
 
 @torch.no_grad()
 def multi_scale_forward(model, images: torch.Tensor, scales: Sequence[float] = (1.0, 0.5, 0.75),
                         flip: bool = True) -> Forward:
-    """Run ``model`` (TSCD, whose output has ``cls``, ``seg``, ``attn_pred``) at every scale.
+    """Run ``model`` (TSCD, whose output has ``cls``, ``seg``, ``attn_pred``, ``cam``) at every scale.
 
     images: (B, 3, H, W) normalised, already resized to the protocol's long side. The image
     and its flip go through the network together (batch 2B). Scale s resizes the input by
@@ -90,9 +96,9 @@ def multi_scale_forward(model, images: torch.Tensor, scales: Sequence[float] = (
         out = model(torch.cat([x, x.flip(-1)]) if flip else x)
         seg = out.seg.float()
         averaged = (seg[:b] + seg[b:].flip(-1)) / 2 if flip else seg
-        return out.cls[:b], seg[:b], out.attn_pred[:b], averaged
+        return out.cls[:b], seg[:b], out.attn_pred[:b], averaged, out.cam
 
-    cls, seg, attn_pred, msf = run(images)
+    cls, seg, attn_pred, msf, cam = run(images)
     stride = model.output_stride
     grid = (-(-images.shape[-2] // stride), -(-images.shape[-1] // stride))
     for s in scales:
@@ -101,7 +107,7 @@ def multi_scale_forward(model, images: torch.Tensor, scales: Sequence[float] = (
         x = F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False)
         logits = F.interpolate(run(x)[3], size=msf.shape[-2:], mode="bilinear", align_corners=False)
         msf = torch.maximum(msf, logits)
-    return Forward(cls, seg, attn_pred, msf, grid)
+    return Forward(cls, seg, attn_pred, msf, grid, cam, tuple(images.shape[-2:]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,22 +157,27 @@ class EvalProtocol:
         return kinds
 
     @torch.no_grad()
-    def predict(self, model, images: torch.Tensor, size: tuple[int, int],
-                rgb: torch.Tensor | None = None) -> tuple[Forward, dict]:
+    def predict(self, model, images: torch.Tensor, size: tuple[int, int], rgb: torch.Tensor | None = None,
+                timer: StageTimer | None = None) -> tuple[Forward, dict]:
         """(Forward, {kind: labels (B, *size) int64}) for normalised images (B, 3, H, W).
 
         ``rgb`` (B, 3, H, W), the images in [0, 1], is needed for the CRF. The last kind is the
-        protocol's final prediction (with CRF when one is asked for).
+        protocol's final prediction (with CRF when one is asked for). ``timer`` counts the
+        forward passes and their labels as its stage ``forward``, the CRF as ``crf``.
         """
-        fwd = multi_scale_forward(model, resize_long_side(images, self.resize_long), self.scales, self.flip)
-        up = lambda x: F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # noqa: E731
-        out = {"seg": class_argmax(up(fwd.seg))}
-        final = up(fwd.msf)
-        if self.multi_scale:
-            out["seg_msf"] = class_argmax(final)
-        if self.crf != "none":
-            if rgb is None:
-                raise ValueError("the CRF needs the images in [0, 1]: pass rgb")
+        timer = StageTimer(images.device) if timer is None else timer
+        if self.crf != "none" and rgb is None:
+            raise ValueError("the CRF needs the images in [0, 1]: pass rgb")
+        with timer.stage("forward"):
+            fwd = multi_scale_forward(model, resize_long_side(images, self.resize_long), self.scales, self.flip)
+            up = lambda x: F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # noqa: E731
+            out = {"seg": class_argmax(up(fwd.seg))}
+            final = up(fwd.msf)
+            if self.multi_scale:
+                out["seg_msf"] = class_argmax(final)
+        if self.crf == "none":
+            return fwd, out
+        with timer.stage("crf"):
             rgb = (rgb.float() * 255).round()
             if rgb.shape[-2:] != tuple(size):
                 rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
@@ -217,10 +228,11 @@ def smallest_images(dataset, max_images: int | None = None) -> dict[str, tuple[i
 
 
 def progress_bar(total: int, enabled: bool = True, desc: str = "eval"):
-    """A tqdm bar counting images (its rate reads images/s); silent when not ``enabled``."""
+    """A tqdm bar counting images, with their rate (images/s) and the time left; silent when not
+    ``enabled`` or when its stream (stderr) is not a terminal (a log file gets no bar lines)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="img", desc=desc, disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, unit="img", desc=desc, disable=None if enabled else True, dynamic_ncols=True)
 
 
 #: The record of what ``tscd infer`` wrote into its output folder (:class:`InferRecord`).
