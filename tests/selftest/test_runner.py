@@ -18,7 +18,7 @@ from tscd.selftest import benchmarks, cases, checks, timing
 from tscd.selftest.runner import main
 from tscd.selftest.tolerance import error_and_bound
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cpu_half_passes(capsys):

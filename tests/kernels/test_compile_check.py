@@ -14,7 +14,7 @@ import triton
 from tscd.kernels import gaussian, varm
 from tscd.kernels.variants import LAUNCH_OPTIONS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _POINTER_TYPES = {torch.float32: "*fp32", torch.int32: "*i32"}
 
 

@@ -4,13 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.engine import TINY
 from tscd.config import load_config
 from tscd.data import build_dataset, collate
 from tscd.engine.builders import build_model, build_objective, build_pseudo_labeler
 from tscd.losses.equivariance import equivariance_loss, live_cam
 from tscd.losses.segmentation import segmentation_loss
-
-from .engine import TINY
 
 
 def test_segmentation_loss_halves_background_and_foreground():
