@@ -42,6 +42,7 @@ _FLAG_KEYS = {
     "crf": ("eval.crf", str),
     "crf_preset": ("eval.crf_preset", str),
     "resize_long": ("eval.resize_long", int),
+    "cam_metrics": ("eval.cam_metrics", bool),
 }
 
 
@@ -188,6 +189,9 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
                                  "with .png; never a file the command reads (checkpoint, config, the dataset's files)")
     p.add_argument("--backend", choices=BACKEND_CHOICES)
     _add_protocol_args(p)
+    p.add_argument("--cam-metrics", action=argparse.BooleanOptionalAction, default=None,
+                   help="also the CAM, refined-label and random-walk mIoUs, which run the multi-scale CAM "
+                        "(eval.cam_metrics, default on); --no-cam-metrics: the segmentation alone")
     p.add_argument("--save-preds", metavar="DIR",
                    help="write the final predictions as palette PNGs DIR/<name>.png (never into the dataset's image "
                         "or mask folders)")

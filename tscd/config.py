@@ -171,6 +171,9 @@ class EvalConfig:
     crf: str = "none"  # auto | exact | lattice | pydensecrf | none: dense CRF on the final probabilities
     crf_preset: str = DEFAULT_CRF_PRESET  # its settings (constants.CRF_PRESETS): afa | toco | seco | excel | weclip
     resize_long: Optional[int] = None  # resize the image so its long side is this (method §10: 512)
+    # also the CAM, refined-label and random-walk mIoUs (the multi-scale CAM's passes); false: the
+    # protocol's segmentation outputs alone, one protocol forward per image (training's checks keep them)
+    cam_metrics: bool = True
 
 
 @dataclass

@@ -30,7 +30,7 @@ def model(cfg):
     return build_model(cfg).eval()
 
 
-def _evaluate(cfg, model, protocol, separate_cam_pass=False):
+def _evaluate(cfg, model, protocol, separate_cam_pass=False, cam_metrics=True, num_vis=0):
     """The evaluation's metrics and the batch size of every encoder pass; ``separate_cam_pass``:
     the multi-scale CAM runs its own scale-1 pass, as before the protocol's forward lent it."""
     dataset = build_dataset(cfg, "val", train=False)
@@ -39,18 +39,19 @@ def _evaluate(cfg, model, protocol, separate_cam_pass=False):
         cams = labeler.cams
         labeler.cams = lambda model, images, scale1_cam=None: cams(model, images)
         labeler.cams.scales = cams.scales
-    evaluator = Evaluator(cfg, labeler, dataset.class_names, "cpu", protocol)
+    evaluator = Evaluator(cfg, labeler, dataset.class_names, "cpu", protocol, cam_metrics=cam_metrics)
     passes = []
     hook = model.encoder.register_forward_hook(lambda module, args, out: passes.append(args[0].shape[0]))
     try:
-        metrics = evaluator.run(model, eval_loader(dataset, cfg.eval.batch_size))
+        metrics = evaluator.run(model, eval_loader(dataset, cfg.eval.batch_size), num_vis=num_vis)
+        metrics["samples"] = evaluator.samples
     finally:
         hook.remove()
     return metrics, passes
 
 
 def _scores(metrics):
-    return {k: v for k, v in metrics.items() if k not in ("eval_seconds", "stage_seconds")}
+    return {k: v for k, v in metrics.items() if k not in ("eval_seconds", "stage_seconds", "samples")}
 
 
 def test_stage_seconds_cover_the_evaluation(cfg, model):
@@ -137,3 +138,19 @@ def test_eval_command_logs_the_breakdown(cfg, model, tmp_path, caplog):
                      "--out", str(tmp_path / "m.json"), "eval.max_images=2"]) == 0
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("eval time: ")]
     assert len(lines) == 1 and "s/image over 2 images: io " in lines[0] and "forward" in lines[0]
+
+
+@pytest.mark.parametrize("protocol", [EvalProtocol(), EvalProtocol(scales=(1.0, 0.75), flip=True)])
+def test_without_cam_metrics_only_the_protocols_passes_run(cfg, model, protocol):
+    """``eval.cam_metrics=false``: the segmentation outputs alone, the same numbers, and no encoder
+    pass besides the protocol's (a plain grid row still comes out)."""
+    full, _ = _evaluate(cfg, model, protocol, num_vis=1)
+    seg_only, passes = _evaluate(cfg, model, protocol, cam_metrics=False, num_vis=1)
+    kinds = protocol.kinds()
+    assert {k for k in seg_only if k.endswith("_miou")} == {f"{k}_miou" for k in kinds}
+    for key in (*(f"{k}_miou" for k in kinds), "cls_f1", "pixel_acc", "per_class_iou"):
+        assert seg_only[key] == full[key], key
+    assert len(passes) == len(protocol.scales)  # the one val batch: one encoder pass per protocol scale
+    assert seg_only["stage_seconds"]["cam"] == seg_only["stage_seconds"]["walk"] == 0
+    sample = seg_only["samples"][0]
+    assert (sample["cam"] == 0).all() and (sample["pseudo"] == 255).all() and sample["pred"].shape == sample["gt"].shape

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..class_activation import attention_random_walk
+from ..constants import IGNORE_INDEX
 from ..data import build_dataset
 from ..refine import PseudoLabeler, cam_to_label, class_argmax
 from .builders import build_pseudo_labeler, eval_loader
@@ -47,17 +48,19 @@ class Evaluator:
     run. New output kinds add a confusion matrix."""
 
     def __init__(self, cfg, pseudo_labeler: PseudoLabeler, class_names, device, protocol: EvalProtocol | None = None,
-                 *, distributed: bool = False, progress: bool = False, save_preds=None, size_hint: str = ""):
+                 *, distributed: bool = False, progress: bool = False, save_preds=None, size_hint: str = "",
+                 cam_metrics: bool = True):
         """``pseudo_labeler``: the CAMs and refined labels (with the one background score
         ``cam.bkg_score``); ``protocol``: segmentation inference (default: single scale, the
         training-time check); ``distributed``: the loader holds this rank's shard, counts are
         all-reduced; ``save_preds``: a folder for palette PNGs of the protocol's final prediction;
         ``size_hint``: what the message of an image the network fails on adds (the setting
-        that resizes the images)."""
+        that resizes the images); ``cam_metrics``: also the CAM, refined-label and random-walk
+        outputs (False: the protocol's segmentation alone, without the multi-scale CAM's passes)."""
         self.cfg, self.pseudo_labeler, self.class_names, self.device = cfg, pseudo_labeler, class_names, device
         self.protocol = protocol or EvalProtocol()
         self.distributed, self.progress, self.save_preds = distributed, progress, save_preds
-        self.size_hint = size_hint
+        self.size_hint, self.cam_metrics = size_hint, cam_metrics
         self.num_classes = len(class_names)
         self.samples: list[dict] = []
         self.timer = StageTimer(device)
@@ -66,9 +69,12 @@ class Evaluator:
         """Every prediction of one batch (images and masks of ``size``): the protocol's
         (``fwd``, ``segs``) and the CAM, CAM labels, pseudo labels and random-walk labels, each
         timed as its stage of ``timer``. The multi-scale CAM takes the scale-1 CAM of the
-        protocol's forward where that ran on the images at their own size."""
+        protocol's forward where that ran on the images at their own size. Without
+        ``cam_metrics``: ``fwd`` and ``segs`` alone."""
         bkg_score = self.cfg.cam.bkg_score
         fwd, segs = self.protocol.predict(model, images, size, rgb, timer)
+        if not self.cam_metrics:
+            return {"fwd": fwd, "segs": segs}
         with timer.stage("cam"):
             reuse = fwd.input_size == tuple(images.shape[-2:]) and 1.0 in self.pseudo_labeler.cams.scales
             cam = self.pseudo_labeler.cams(model, images, fwd.cam if reuse else None)
@@ -79,6 +85,18 @@ class Evaluator:
             walk = class_argmax(attention_random_walk(cam, fwd.attn_pred, labels, grid_size=fwd.grid,
                                                       radius=self.cfg.loss.aff_radius, bkg_score=self.cfg.cam.low))
         return {"fwd": fwd, "segs": segs, "cam": cam, "cam_label": cam_label, "pseudo": pseudo, "walk": walk}
+
+    def _sample(self, rgb, labels, out: dict, pred, mask, i: int) -> dict:
+        """One row of the PNG grid (:func:`~tscd.engine.visualize.save_grid`): the image, the CAM
+        of its classes, its refined label, the prediction and the ground truth; without
+        ``cam_metrics`` the CAM is blank and the refined label all ignored."""
+        if self.cam_metrics:
+            cam, present = out["cam"][i], labels.bool()
+            heat, pseudo = (cam[present].amax(0) if present.any() else torch.zeros_like(cam[0])), out["pseudo"][i]
+        else:
+            heat, pseudo = torch.zeros(mask.shape), torch.full(mask.shape, IGNORE_INDEX)
+        return {"image": (rgb * 255).permute(1, 2, 0).byte().cpu().numpy(), "cam": heat.cpu().numpy(),
+                "pseudo": pseudo.cpu().numpy(), "pred": pred.cpu().numpy(), "gt": mask.cpu().numpy()}
 
     @torch.no_grad()
     def check_sizes(self, model, dataset, max_images: int | None = None) -> None:
@@ -106,7 +124,7 @@ class Evaluator:
         :class:`~tscd.engine.stage_timer.StageTimer` is ``timer``)."""
         was_training = model.training
         model.eval()
-        kinds = self.protocol.kinds() + KINDS[1:]
+        kinds = self.protocol.kinds() + (KINDS[1:] if self.cam_metrics else ())
         mats = {k: ConfusionMatrix(self.num_classes) for k in kinds}
         total = len(loader.dataset) if max_images is None else min(max_images, len(loader.dataset))
         f1 = MultiLabelF1()
@@ -125,24 +143,20 @@ class Evaluator:
                     crop_box = batch["box"].to(self.device)
                 with naming_the_image(image_names(loader.dataset, batch["name"]), masks.shape[-2:], self.size_hint):
                     out = self._outputs(model, images, rgb, labels, crop_box, masks.shape[-2:], timer)
-                fwd, segs, cam, pseudo = out["fwd"], out["segs"], out["cam"], out["pseudo"]
+                fwd, segs = out["fwd"], out["segs"]
                 if self.save_preds is not None:
                     with timer.stage("io"):
                         save_predictions(self.save_preds, batch["name"], segs[self.protocol.kinds()[-1]])
                 with timer.stage("metrics"):
                     f1.update(fwd.cls, labels)
-                    for kind, p in {**segs, "cam": out["cam_label"], "pseudo": pseudo, "aff": out["walk"]}.items():
+                    cam_outputs = ({"cam": out["cam_label"], "pseudo": out["pseudo"], "aff": out["walk"]}
+                                   if self.cam_metrics else {})
+                    for kind, p in {**segs, **cam_outputs}.items():
                         if p.shape[-2:] != masks.shape[-2:]:
                             p = F.interpolate(p[:, None].float(), size=masks.shape[-2:], mode="nearest")[:, 0].long()
                         mats[kind].update(p, masks)
-                    for i in range(images.shape[0]):
-                        if len(self.samples) < num_vis:
-                            img = rgb[i] * 255
-                            present = labels[i].bool()
-                            heat = cam[i][present].amax(0) if present.any() else torch.zeros_like(cam[i, 0])
-                            self.samples.append({"image": img.permute(1, 2, 0).byte().cpu().numpy(),
-                                                 "cam": heat.cpu().numpy(), "pseudo": pseudo[i].cpu().numpy(),
-                                                 "pred": segs["seg"][i].cpu().numpy(), "gt": masks[i].cpu().numpy()})
+                    for i in range(min(images.shape[0], num_vis - len(self.samples))):
+                        self.samples.append(self._sample(rgb[i], labels[i], out, segs["seg"][i], masks[i], i))
                 seen += images.shape[0]
                 timer.images += images.shape[0]
                 bar.update(images.shape[0])
@@ -186,7 +200,8 @@ def run_evaluation(model, cfg, split: str, out, *, checkpoint=None, save_preds=N
     check_outputs(outputs, inputs=[*reads, *([checkpoint] if checkpoint is not None else [])], datasets=[dataset])
     evaluator = Evaluator(cfg, build_pseudo_labeler(cfg), dataset.class_names, device, EvalProtocol.from_config(cfg),
                           distributed=world > 1, progress=rank == 0, save_preds=save_preds,
-                          size_hint="; --resize-long N (eval.resize_long) resizes the images for the network")
+                          size_hint="; --resize-long N (eval.resize_long) resizes the images for the network",
+                          cam_metrics=cfg.eval.cam_metrics)
     evaluator.check_sizes(model, dataset, cfg.eval.max_images)
     loader = eval_loader(shard(dataset, rank, world, cfg.eval.max_images), cfg.eval.batch_size)
     with torch.no_grad():

@@ -875,23 +875,25 @@ class Eval(Op):
     """The whole ``tscd eval`` of a MiT-B1 TSCD model (K=21, random weights: the time does not depend
     on them) on photographs with random masks, per call ``items`` images: segmentation under the
     protocol (``single``: one pass at the image's size; ``msf``: long side 512, scales 1, 0.5, 0.75
-    with flips; ``msf+crf``: with the dense CRF, backend ``pydensecrf`` or ``exact``), plus the
-    multi-scale CAM, the VARM-refined labels and the attention random walk. The check is that the
-    evaluation ran (its ops are checked by their own cases): finite scores in [0, 1]."""
+    with flips; ``msf+crf``: with the dense CRF, backend ``lattice``, ``pydensecrf`` or ``exact``),
+    plus the multi-scale CAM, the VARM-refined labels and the attention random walk; ``seg``: single
+    scale without them (``eval.cam_metrics=false``); ``forward``: the network's forward pass of
+    each image alone, what the others are measured against. The check is that the evaluation ran
+    (its ops are checked by their own cases): finite scores in [0, 1]."""
 
     name = "eval"
-    backends = ("none", "pydensecrf", "exact")
-    modes = ("single", "msf", "msf+crf")
+    backends = ("none", "lattice", "pydensecrf", "exact")
+    modes = ("forward", "seg", "single", "msf", "msf+crf")
     reference = None
     uses_photographs = True
     PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
     # label: ((h, w), images per call, modes)
-    SETTINGS = {"60x80": ((60, 80), 2, ("single",)), "375x500": ((375, 500), 4, ("single", "msf", "msf+crf"))}
+    SETTINGS = {"60x80": ((60, 80), 2, ("single",)), "375x500": ((375, 500), 4, modes)}
     sizes = (_size("60x80", "quick", "60x80"), _size("375x500", "full cuda", "375x500"))
 
     def combinations(self, size):
         for mode in self.SETTINGS[size.value][2]:
-            yield from ((mode, b) for b in (("pydensecrf", "exact") if mode == "msf+crf" else ("none",)))
+            yield from ((mode, b) for b in (("lattice", "pydensecrf", "exact") if mode == "msf+crf" else ("none",)))
 
     def is_exact(self, backend):
         return True
@@ -938,21 +940,28 @@ class Eval(Op):
 
         _, n, _ = self.SETTINGS[size.value]
         msf = dict(scales=(1.0, 0.5, 0.75), flip=True, resize_long=512)
-        protocol = {"single": EvalProtocol(), "msf": EvalProtocol(**msf),
-                    "msf+crf": EvalProtocol(**msf, crf=backend)}[mode]
+        protocol = {"forward": EvalProtocol(), "seg": EvalProtocol(), "single": EvalProtocol(),
+                    "msf": EvalProtocol(**msf), "msf+crf": EvalProtocol(**msf, crf=backend)}[mode]
         with tempfile.TemporaryDirectory(prefix="tscd_bench_eval_") as tmp:
             self.write_dataset(Path(tmp), size)
             cfg = load_config("voc", ["data.name=folder", f"data.root={tmp}", "data.num_workers=0"])
             dataset = build_dataset(cfg, "val", train=False)
             torch.manual_seed(0)
             model = build_model(cfg).to(device).eval()
-            evaluator = Evaluator(cfg, build_pseudo_labeler(cfg), dataset.class_names, device, protocol)
+            evaluator = Evaluator(cfg, build_pseudo_labeler(cfg), dataset.class_names, device, protocol,
+                                  cam_metrics=mode != "seg")
+            images = [dataset[i]["image"][None].to(device) for i in range(n)]
 
             def run():
                 with torch.no_grad():
+                    if mode == "forward":
+                        return [model(x) for x in images]
                     return evaluator.run(model, eval_loader(dataset, 1), max_images=n)
 
             def outputs():
+                if mode == "forward":
+                    return {"logits": torch.stack([out.seg.float().abs().mean() for out in run()]),
+                            "images": torch.tensor(float(n))}
                 metrics = run()
                 scores = {k: torch.tensor(float(v)) for k, v in metrics.items() if k.endswith("_miou")}
                 return {**scores, "images": torch.tensor(float(metrics["num_images"]))}
@@ -962,6 +971,9 @@ class Eval(Op):
     def check(self, case, out, device, limit):
         _, n, _ = self.SETTINGS[case.size.value]
         assert out["images"].item() == n, f"evaluated {out['images'].item():.0f} images, not {n}"
+        if "logits" in out:
+            assert torch.isfinite(out["logits"]).all(), "the forward's segmentation logits are not finite"
+            return f"ran: {n} forward passes with finite logits"
         for name, value in out.items():
             if name != "images":
                 assert 0.0 <= value.item() <= 1.0, f"{name} = {value.item()} outside [0, 1]"
