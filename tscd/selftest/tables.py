@@ -38,32 +38,39 @@ class TableError(Exception):
 
 
 def load(paths: list[Path]) -> tuple[dict, list[dict], dict]:
-    """Rows keyed by (op, size, mode, backend), the skipped cases, and the run's caption facts."""
+    """Rows keyed by (op, size, mode, backend, threads), each with its run's ``peaks``, the skipped
+    cases, and the caption facts of the last run."""
     rows, skipped, facts = {}, {}, {}
     for path in paths:
         data = json.loads(path.read_text())
         try:
             for bench in data.get("benchmarks", []):
                 info = bench["extra_info"]
-                rows[(info["op"], info["size"], info["mode"], info["backend"])] = {**info, "stats": bench["stats"]}
+                key = (info["op"], info["size"], info["mode"], info["backend"], info["threads"])
+                rows[key] = {**info, "stats": bench["stats"], "peaks": data.get("peaks")}
             for skip in data.get("skipped", []):
                 skipped[(skip["op"], skip["size"], skip["mode"], skip["backend"])] = skip
         except (KeyError, TypeError, AttributeError) as exc:
             raise TableError(f"{path}: not the JSON of the benchmark suite ({type(exc).__name__}: {exc})") from None
-        facts = {"tier": data.get("tier", "?"), "datetime": data.get("datetime", "")[:10],
-                 "peaks": data.get("peaks")}
+        facts = {"tier": data.get("tier", "?"), "datetime": data.get("datetime", "")[:10]}
     return rows, list(skipped.values()), facts
 
 
 def _order(rows: dict) -> list[tuple]:
-    """The rows' keys in the order of the cases (sizes, modes, backends as tscd.selftest.cases lists them)."""
+    """The rows' keys in the order of the cases (sizes, modes, backends as tscd.selftest.cases lists them),
+    then by thread count."""
     position = {}
     for name, op in OPS.items():
         for size in op.sizes:
             for mode in op.modes:
                 for backend in op.backends:
                     position[(name, size.label, mode, backend)] = len(position)
-    return sorted(rows, key=lambda k: (position.get(k, len(position)), k))
+    return sorted(rows, key=lambda k: (position.get(k[:4], len(position)), k))
+
+
+def _same_case(a: tuple, b: tuple) -> bool:
+    """Whether two row keys share size, mode and thread count (their rows compare)."""
+    return (a[1], a[2], a[4]) == (b[1], b[2], b[4])
 
 
 def _ms(seconds: float) -> str:
@@ -98,9 +105,10 @@ def _memory(row: dict, ref: dict | None) -> str:
     return f"1/{ratio:.3g}" if ratio >= 1 else f"{1 / ratio:.3g}×"
 
 
-def _rate(row: dict, peaks: dict | None) -> str:
+def _rate(row: dict) -> str:
     """The row's achieved rate by its op's model of the work, GFLOP/s or GB/s, with its share of the
-    machine's peak (``–`` where no model applies)."""
+    machine's peak its run measured (``–`` where no model applies)."""
+    peaks = row.get("peaks")
     for key, unit, peak_key in (("flops", "GFLOP/s", "gflops"), ("bytes", "GB/s", "gbs")):
         if row.get(key):
             rate = row[key] / row["stats"]["median"] / 1e9
@@ -117,10 +125,11 @@ def _caption(rows: list[dict], facts: dict) -> str:
     devices = sorted({f"{r['device']} ({r['device_type']})" for r in rows})
     threads = sorted({r["threads"] for r in rows})
     when = f", {facts['datetime']}" if facts.get("datetime") else ""
-    peaks = facts.get("peaks")
-    roofline = (f" Rate: the op's work (docs/benchmarks.md, Roofline) per second, in % of the machine's "
-                f"{peaks['gflops']:.0f} GFLOP/s and {peaks['gbs']:.0f} GB/s measured in the run."
-                if peaks and _has_rates(rows) else "")
+    peaks = {(r["threads"], r["peaks"]["gflops"], r["peaks"]["gbs"]) for r in rows if r.get("peaks")}
+    measured = "; ".join(f"{gflops:.0f} GFLOP/s and {gbs:.0f} GB/s at {threads} thread{'s' * (threads > 1)}"
+                         for threads, gflops, gbs in sorted(peaks))
+    roofline = (f" Rate: the op's work (docs/benchmarks.md, Roofline) per second, in % of the machine's peaks "
+                f"measured in the run ({measured})." if peaks and _has_rates(rows) else "")
     return (f"*{', '.join(devices)}, {'/'.join(map(str, threads))} thread{'s' if threads != [1] else ''}, "
             f"{facts.get('tier', '?')} tier{when}; medians (p20–p80) of repeated calls, peak = extra memory "
             f"of one call.{roofline}*")
@@ -152,13 +161,13 @@ def op_table(op: str, rows: dict, skipped: list[dict], facts: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in keys:
         row = rows[key]
-        ref = next((rows[k] for k in keys if k[1:3] == key[1:3] and rows[k].get("reference")), None)
-        outside = next((rows[k] for k in keys if k[1:3] == key[1:3] and rows[k].get("anchor")), None)
+        ref = next((rows[k] for k in keys if _same_case(k, key) and rows[k].get("reference")), None)
+        outside = next((rows[k] for k in keys if _same_case(k, key) and rows[k].get("anchor")), None)
         cells = [row["size"], row["mode"], row["backend"], _ms(row["stats"]["median"]), _spread(row["stats"]),
                  *([f"{row['stats']['median'] / row.get('items', 1):.3g}"] if per_item else []),
                  f"{row['peak_mib']:.1f}", *([_speed_up(row, ref), _memory(row, ref)] if versus else []),
                  *([_speed_up(row, outside), _memory(row, outside)] if anchor else []),
-                 *([_rate(row, facts.get("peaks"))] if rates else []), str(row["threads"])]
+                 *([_rate(row)] if rates else []), str(row["threads"])]
         lines.append("| " + " | ".join(cells) + " |")
     notes = _not_timed(skipped, op)
     return "\n".join(lines) + "\n\n" + _caption([rows[k] for k in keys], facts) + (f"\n{notes}" if notes else "")
@@ -166,7 +175,7 @@ def op_table(op: str, rows: dict, skipped: list[dict], facts: dict) -> str:
 
 def headline_table(rows: dict, facts: dict) -> str:
     """One row per op with a reference: the reference against the fastest other exact backend (the
-    fastest approximation where no other exact one ran)."""
+    fastest approximation where no other exact one ran), at the op's smallest thread count."""
     lines = ["| op | size | mode | torch ms | fastest fused | its ms | speed-up | torch MiB | its MiB | memory "
              "| its rate |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -174,6 +183,7 @@ def headline_table(rows: dict, facts: dict) -> str:
     for op in OPS:
         pairs = []  # (reference row, fastest other row) per (size, mode), in the cases' order
         keys = [k for k in _order(rows) if k[0] == op]
+        keys = [k for k in keys if k[4] == min(key[4] for key in keys)]
         for size, mode in dict.fromkeys(k[1:3] for k in keys):
             group = [rows[k] for k in keys if k[1:3] == (size, mode)]
             ref = next((r for r in group if r.get("reference")), None)
@@ -189,35 +199,37 @@ def headline_table(rows: dict, facts: dict) -> str:
         shown += [ref, best]
         lines.append(f"| {op} | {ref['size']} | {ref['mode']} | {_ms(ref['stats']['median'])} | {best['backend']} | "
                      f"{_ms(best['stats']['median'])} | {_speed_up(best, ref)} | {ref['peak_mib']:.1f} | "
-                     f"{best['peak_mib']:.1f} | {_memory(best, ref)} | {_rate(best, facts.get('peaks'))} |")
+                     f"{best['peak_mib']:.1f} | {_memory(best, ref)} | {_rate(best)} |")
     if not shown:
         raise TableError("no op in the JSON has both a reference row and another backend's")
     return "\n".join(lines) + "\n\n" + _caption(shown, facts)
 
 
 def anchors_table(rows: dict, facts: dict) -> str:
-    """One row per op with an outside implementation (the released code, pydensecrf2): at the largest
-    size where it ran (its ``full`` mode where it has one), against tscd's fastest backend there."""
-    lines = ["| op | size | mode | anchor | its ms | its MiB | tscd | ms | MiB | speed-up | memory | rate |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    """One row per op and thread count with an outside implementation (the released code,
+    pydensecrf2): at the largest size where it ran (its ``full`` mode where it has one), against
+    tscd's fastest backend there."""
+    lines = ["| op | size | mode | threads | anchor | its ms | its MiB | tscd | ms | MiB | speed-up | memory | rate |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     shown = []
     for op in OPS:
         keys = [k for k in _order(rows) if k[0] == op]
-        anchors = [rows[k] for k in keys if rows[k].get("anchor")]
-        if not anchors:
-            continue
-        largest = [r for r in anchors if r["size"] == anchors[-1]["size"]]
-        anchor = next((r for r in largest if r["mode"] == "full"), largest[0])
-        tscd = [rows[k] for k in keys if k[1:3] == (anchor["size"], anchor["mode"]) and not rows[k].get("anchor")
-                and not rows[k].get("reference")]
-        if not tscd:
-            continue
-        best = min(tscd, key=lambda r: r["stats"]["median"])
-        shown += [anchor, best]
-        lines.append(f"| {op} | {anchor['size']} | {anchor['mode']} | {anchor['backend']} | "
-                     f"{_ms(anchor['stats']['median'])} | {anchor['peak_mib']:.1f} | {best['backend']} | "
-                     f"{_ms(best['stats']['median'])} | {best['peak_mib']:.1f} | {_speed_up(best, anchor)} | "
-                     f"{_memory(best, anchor)} | {_rate(best, facts.get('peaks'))} |")
+        for threads in sorted({k[4] for k in keys}):
+            anchors = [rows[k] for k in keys if k[4] == threads and rows[k].get("anchor")]
+            if not anchors:
+                continue
+            largest = [r for r in anchors if r["size"] == anchors[-1]["size"]]
+            anchor = next((r for r in largest if r["mode"] == "full"), largest[0])
+            tscd = [rows[k] for k in keys if k[1:3] == (anchor["size"], anchor["mode"]) and k[4] == threads
+                    and not rows[k].get("anchor") and not rows[k].get("reference")]
+            if not tscd:
+                continue
+            best = min(tscd, key=lambda r: r["stats"]["median"])
+            shown += [anchor, best]
+            lines.append(f"| {op} | {anchor['size']} | {anchor['mode']} | {threads} | {anchor['backend']} | "
+                         f"{_ms(anchor['stats']['median'])} | {anchor['peak_mib']:.1f} | {best['backend']} | "
+                         f"{_ms(best['stats']['median'])} | {best['peak_mib']:.1f} | {_speed_up(best, anchor)} | "
+                         f"{_memory(best, anchor)} | {_rate(best)} |")
     if not shown:
         raise TableError("no op in the JSON has both an anchor row (the released code, pydensecrf2) and tscd's")
     return "\n".join(lines) + "\n\n" + _caption(shown, facts)
