@@ -164,6 +164,7 @@ class Op:
     reference: str | None = "torch"  # the backend the others are compared with and measured against
     anchor: str | None = None  # the outside implementation tscd is measured against, where there is one
     released_module: str | None = None  # the module of the released code behind the ``released`` backend
+    released_is_dense = True  # the released code builds the reference's dense tensors (reference_bytes)
     terms_per_pixel = 0  # each output sums this many terms per pixel (0: one term, see error_and_bound)
     allowance = 0.0  # an absolute error the op makes on purpose (error_and_bound)
     ratio_range = (0.0, math.inf)  # the scale an approximate backend may have against the exact result
@@ -605,6 +606,7 @@ class _CompatOp(Op):
     ratio_range, max_shape_error = (0.85, 1.15), 0.15
     terms_per_pixel = 1
     limit_exact_on_cpu = True
+    released_is_dense = False  # the family's module is a lattice, O(N)
     uses_photographs = True
 
     def is_exact(self, backend):
@@ -1057,7 +1059,7 @@ def skip_reason(case: BenchCase, device_type: str, limit: int) -> str | None:
     if reason is not None:
         return reason
     needed = op.reference_bytes(case.size)
-    if (case.is_reference or case.backend == "released") and needed > limit:
+    if (case.is_reference or case.backend == "released" and op.released_is_dense) and needed > limit:
         return (f"the {case.backend} reference would need about {needed / 2**30:.1f} GiB, more than the limit of "
                 f"{limit / 2**30:.1f} GiB")
     return None
