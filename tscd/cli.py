@@ -120,7 +120,7 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
 
 
 #: ``tscd demo``'s train + evaluate time, which it announces: docs/demo.md, "Measured", rounded.
-DEMO_MINUTES = 5
+DEMO_MINUTES = 4
 
 
 def cmd_demo(args) -> int:

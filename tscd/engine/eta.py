@@ -9,7 +9,7 @@ from __future__ import annotations
 
 #: A step with every term costs about this many L_cls-only steps: the demo's ratio (docs/demo.md,
 #: "Where the time goes"); the run's own replaces it once measured.
-FULL_STEP_COST = 2.4
+FULL_STEP_COST = 2.1
 #: Steps of a kind that are timed before an estimate is reported from them.
 MEASURED_STEPS = 20
 
