@@ -387,6 +387,33 @@ class OutputTree:
         self._record(rel, size, "")
 
 
+def earlier_run(tree: OutputTree, marker: Path, root: Path, check: Callable[[Path, bool], object]) -> dict | None:
+    """The summary that an earlier run left in ``marker`` when every file it wrote into ``tree`` is
+    still there, after ``check(root, official)`` has checked the prepared tree; None when there was
+    no complete earlier run (the files it wrote that are still there are kept and not written again).
+    """
+    if not marker.is_file():
+        return None
+    summary = json.loads(marker.read_text())
+    if all(tree.done(rel) is not None for rel in tree.written()):
+        logger.info("%s was prepared by an earlier run: checking it", root)
+        check(root, summary.get("official", False))
+        return summary
+    logger.info("files of the earlier run are missing from %s: preparing again", root)
+    return None
+
+
+def check_room(directory: Path, tree: OutputTree, names, source: Path | None, output_bytes: int,
+               command: str) -> None:
+    """Before anything is downloaded or written: with ``--from``, every archive of ``names`` is in
+    ``source`` (:func:`require`); the disk has room for the archives still to download and the
+    part of the ``output_bytes`` that ``tree`` has not written yet (:func:`check_space`)."""
+    pending = [n for n in names if source is None and not (directory / "downloads" / n).is_file()]
+    require(names, source)
+    written = sum(size for size, _ in tree.written().values())
+    check_space(directory, sum(ARCHIVES[n].size for n in pending), max(0, output_bytes - written), command)
+
+
 def _same_bytes(path: Path, open_source: Callable[[], BinaryIO]) -> bool:
     with open(path, "rb") as mine, open_source() as theirs:
         while True:

@@ -39,17 +39,16 @@ import numpy as np
 from ..base import DatasetError
 from ..coco import COCO_CATEGORIES, COCO_CLASSES, COCODataset
 from .archives import (
-    ARCHIVES,
     STATE_DIR,
     OutputTree,
     PrepareError,
     UsageError,
     VerifiedArchives,
-    check_space,
+    check_room,
+    earlier_run,
     fetch,
     open_zip,
     reading,
-    require,
     write_atomic,
 )
 from .images import classes_of, encode_mask, jpeg_header, parse_classes, upright
@@ -225,20 +224,12 @@ def prepare_coco(directory, source=None, mirror: str | None = None, verify: bool
     state, root = directory / STATE_DIR, directory / ROOT
     marker = state / "coco.done"
     with OutputTree(directory, state, "coco") as tree:
-        if marker.is_file():
-            summary = json.loads(marker.read_text())
-            if all(tree.done(rel) is not None for rel in tree.written()):
-                logger.info("%s was prepared by an earlier run: checking it", root)
-                check_prepared(root, summary.get("official", False))
-                _report(root, summary)
-                return root
-            logger.info("files of the earlier run are missing from %s: preparing again", root)
+        summary = earlier_run(tree, marker, root, check_prepared)
+        if summary is not None:
+            _report(root, summary)
+            return root
         names = [ANNOTATIONS, *IMAGES.values()]
-        pending = [n for n in names if source is None and not (directory / "downloads" / n).is_file()]
-        require(names, source)
-        written = sum(size for size, _ in tree.written().values())
-        check_space(directory, sum(ARCHIVES[n].size for n in pending), max(0, OUTPUT_BYTES - written),
-                    "tscd data coco")
+        check_room(directory, tree, names, source, OUTPUT_BYTES, "tscd data coco")
         verified = VerifiedArchives(state)
         paths = {n: fetch(n, directory, source, mirror, verify, verified) for n in names}
         jsons = _extract_annotations(paths[ANNOTATIONS], tree)

@@ -48,17 +48,16 @@ from PIL import Image
 from ..base import DatasetError
 from ..voc import VOC_CLASSES, VOCDataset
 from .archives import (
-    ARCHIVES,
     STATE_DIR,
     OutputTree,
     PrepareError,
     UsageError,
     VerifiedArchives,
-    check_space,
+    check_room,
+    earlier_run,
     fetch,
     open_tar,
     reading,
-    require,
     stream_tar,
     write_atomic,
 )
@@ -253,19 +252,11 @@ def prepare_voc(directory, source=None, mirror: str | None = None, verify: bool 
     state, root = directory / STATE_DIR, directory / ROOT
     marker = state / "voc.done"
     with OutputTree(root, state, "voc") as tree:
-        if marker.is_file():
-            summary = json.loads(marker.read_text())
-            if all(tree.done(rel) is not None for rel in tree.written()):
-                logger.info("%s was prepared by an earlier run: checking it", root)
-                check_prepared(root, summary.get("official", False))
-                _report(root, summary)
-                return root
-            logger.info("files of the earlier run are missing from %s: preparing again", root)
-        pending = [n for n in (VOC_TAR, SBD_TGZ) if source is None and not (directory / "downloads" / n).is_file()]
-        require((VOC_TAR, SBD_TGZ), source)
-        written = sum(size for size, _ in tree.written().values())
-        check_space(directory, sum(ARCHIVES[n].size for n in pending), max(0, OUTPUT_BYTES - written),
-                    "tscd data voc")
+        summary = earlier_run(tree, marker, root, check_prepared)
+        if summary is not None:
+            _report(root, summary)
+            return root
+        check_room(directory, tree, (VOC_TAR, SBD_TGZ), source, OUTPUT_BYTES, "tscd data voc")
         verified = VerifiedArchives(state)
         voc_path = fetch(VOC_TAR, directory, source, mirror, verify, verified)
         sbd_path = fetch(SBD_TGZ, directory, source, mirror, verify, verified)
