@@ -42,6 +42,7 @@ from .. import ops
 from ..constants import CRF_PRESETS, DEFAULT_CRF_PRESET
 from ..ops import backends
 from ..ops.gaussian import bilateral_features
+from ..ops.varm import DEFAULT_DILATIONS
 from . import released
 from .tolerance import error_and_bound
 
@@ -109,11 +110,11 @@ def _cycled(make: Callable[[int], Callable[[], object]], variants: int) -> Calla
     return lambda: calls[next(count) % variants]()
 
 
-def gaussian_sum_work(pairs: int, features: int, channels: int, exact: bool) -> dict[str, float]:
+def gaussian_sum_flops(pairs: int, features: int, channels: int) -> int:
     """The floating-point operations of an exact Gaussian-kernel sum over ``pairs`` pixel pairs:
     per pair, the squared distance of ``features`` features (a difference, a product and a sum each)
-    and a multiply-add for each of ``channels`` channels (``{}`` for an approximation)."""
-    return {"flops": pairs * (3 * features + 2 * channels)} if exact else {}
+    and a multiply-add for each of ``channels`` channels."""
+    return pairs * (3 * features + 2 * channels)
 
 
 # ---- cases ---------------------------------------------------------------------------------
@@ -427,6 +428,7 @@ class VarmRefine(Op):
     anchor, released_module = "released", "VARM"
     modes = ("varm", "par")
     B, K = 2, 21
+    dilations, iterations = DEFAULT_DILATIONS, 10  # 8 neighbours per dilation
     sizes = (_size("2x21x32x32", "quick", 32), _size("2x21x64x64", "full", 64), _size("2x21x160x160", "full", 160),
              _size("2x21x256x256", "full cuda", 256))
     headline = "2x21x256x256"
@@ -443,10 +445,10 @@ class VarmRefine(Op):
 
     def _refine(self, inputs, mode, backend):
         if backend == "released":
-            refiner = released.module("VARM").VARM([1, 2, 4, 8, 12, 24], 10).to(inputs[0].device)
+            refiner = released.module("VARM").VARM(list(self.dilations), self.iterations).to(inputs[0].device)
             with torch.no_grad():
                 return refiner(*inputs)
-        return ops.varm_refine(*inputs, mode=mode, backend=backend)
+        return ops.varm_refine(*inputs, dilations=self.dilations, num_iter=self.iterations, mode=mode, backend=backend)
 
     def call(self, size, mode, backend, inputs):
         return lambda: self._refine(inputs, mode, backend), None
@@ -461,8 +463,8 @@ class VarmRefine(Op):
     def work(self, size, mode, backend):
         # the affinity reads the image and writes the weights once; each iteration reads the masks
         # and the weights and writes the masks
-        pixels, neighbours, iterations = self.B * size.value**2, 48, 10
-        return {"bytes": 4 * pixels * (3 + neighbours + iterations * (2 * self.K + neighbours))}
+        pixels, neighbours = self.B * size.value**2, 8 * len(self.dilations)
+        return {"bytes": 4 * pixels * (3 + neighbours + self.iterations * (2 * self.K + neighbours))}
 
 
 class DenseEnergyLoss(DifferentiableOp):
@@ -499,8 +501,9 @@ class DenseEnergyLoss(DifferentiableOp):
         return 8 * self.B * self.pixels(size) ** 2 * 4  # about eight (B, N, N) float32 temporaries
 
     def work(self, size, mode, backend):
-        return gaussian_sum_work(self.B * self.pixels(size) ** 2, 5, self.K * (2 if mode == "full" else 1),
-                                 mode != "bwd" and self.is_exact(backend))
+        if mode == "bwd" or not self.is_exact(backend):
+            return {}
+        return {"flops": gaussian_sum_flops(self.B * self.pixels(size) ** 2, 5, self.K * (2 if mode == "full" else 1))}
 
 
 class GaussianProduct(Op):
@@ -538,7 +541,9 @@ class GaussianProduct(Op):
         return 8 * self.B * self.pixels(size) ** 2 * 4  # the (B, 5, N, N) differences, their sum, W
 
     def work(self, size, mode, backend):
-        return gaussian_sum_work(self.B * self.pixels(size) ** 2, 5, self.K, self.is_exact(backend))
+        if not self.is_exact(backend):
+            return {}
+        return {"flops": gaussian_sum_flops(self.B * self.pixels(size) ** 2, 5, self.K)}
 
 
 class DenseCrf(Op):
@@ -585,9 +590,11 @@ class DenseCrf(Op):
 
     def work(self, size, mode, backend):
         # every iteration sums the smoothness (2 features) and the appearance kernel (5 features)
-        pairs, exact = self.pixels(size) ** 2, self.is_exact(backend)
-        smooth, appearance = gaussian_sum_work(pairs, 2, self.K, exact), gaussian_sum_work(pairs, 5, self.K, exact)
-        return {"flops": self.preset.num_iter * (smooth["flops"] + appearance["flops"])} if exact else {}
+        if not self.is_exact(backend):
+            return {}
+        pairs = self.pixels(size) ** 2
+        per_iteration = gaussian_sum_flops(pairs, 2, self.K) + gaussian_sum_flops(pairs, 5, self.K)
+        return {"flops": self.preset.num_iter * per_iteration}
 
     def compare_approximate(self, out, exact):
         agreement = (out["Q"].argmax(1) == exact["Q"].to(out["Q"].device).argmax(1)).double().mean().item()
@@ -655,13 +662,13 @@ class CompatFilter(_CompatOp):
         from ..compat import bilateralfilter
 
         out = np.zeros_like(values)
+        args = (images, values, out, self.B, self.K, side, side, 15.0, 50.0)
         if backend == "released":
-            released.module("bilateralfilter").bilateralfilter_batch(images, values, out, self.B, self.K, side, side,
-                                                                     15.0, 50.0)
+            released.module("bilateralfilter").bilateralfilter_batch(*args)
             return out
         previous = bilateralfilter.use_exact_sum(backend == "exact")
         try:
-            bilateralfilter.bilateralfilter_batch(images, values, out, self.B, self.K, side, side, 15.0, 50.0)
+            bilateralfilter.bilateralfilter_batch(*args)
         finally:
             bilateralfilter.use_exact_sum(previous)
         return out
@@ -952,7 +959,7 @@ class Eval(Op):
             model = build_model(cfg).to(device).eval()
             evaluator = Evaluator(cfg, build_pseudo_labeler(cfg), dataset.class_names, device, protocol,
                                   cam_metrics=mode != "seg")
-            images = [dataset[i]["image"][None].to(device) for i in range(n)]
+            images = [dataset[i]["image"][None].to(device) for i in range(n)] if mode == "forward" else []
 
             def run():
                 with torch.no_grad():
