@@ -232,13 +232,7 @@ void check_features(const at::Tensor& feats, const char* name, const at::Tensor&
               " must be (B, D, N) with probs (B, K, N), got ", feats.sizes(), " and ", probs.sizes());
   TORCH_CHECK(feats.size(1) >= 1 && feats.size(1) <= tscd::lattice::kMaxDims, name, " (B, D, N): 1 to ",
               tscd::lattice::kMaxDims, " feature dimensions, got ", feats.sizes());
-  const float* f = feats.data_ptr<float>();
-  float peak = 0.0f;  // the largest |feature|; NaN once one is NaN (NaN compares false)
-  for (int64_t i = 0; i < feats.numel() && !std::isnan(peak); ++i)
-    if (!(std::fabs(f[i]) <= peak)) peak = std::fabs(f[i]);
-  TORCH_CHECK_VALUE(peak <= tscd::lattice::kMaxFeature,
-                    "the permutohedral lattice takes features f (coordinates / sigma_xy, colours / sigma_rgb) within "
-                    "±", tscd::lattice::kMaxFeature, ", got |f| = ", peak, ": use larger sigmas, or an exact backend");
+  tscd::lattice::check_feature_range(tscd::lattice::largest_magnitude(feats.data_ptr<float>(), feats.numel()));
 }
 
 at::Tensor dense_crf_mean_field_cpu(const at::Tensor& probs, const at::Tensor& smooth_feats,

@@ -33,6 +33,12 @@
 // The vector helpers are always inlined into the ISA clones, so no vector crosses an ABI boundary.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
+void tscd::lattice::check_feature_range(float largest) {
+  TORCH_CHECK_VALUE(largest <= kMaxFeature,
+                    "the permutohedral lattice takes features f (coordinates / sigma_xy, colours / sigma_rgb) within "
+                    "±", kMaxFeature, ", got |f| = ", largest, ": use larger sigmas, or an exact backend");
+}
+
 namespace {
 
 using tscd::lattice::Lattice;
@@ -240,13 +246,7 @@ at::Tensor lattice_filter(const at::Tensor& feats, const at::Tensor& x, bool tra
   // feats = f · √(log2(e) / 2); the lattice works on f.
   const float feature_scale = static_cast<float>(1.0 / std::sqrt(0.5 * std::log2(std::exp(1.0))));
   const float* fp = feats.data_ptr<float>();
-  float peak = 0.0f;  // the largest |feats|; NaN once one is NaN (NaN compares false)
-  for (int64_t i = 0; i < feats.numel() && !std::isnan(peak); ++i)
-    if (!(std::fabs(fp[i]) <= peak)) peak = std::fabs(fp[i]);
-  TORCH_CHECK_VALUE(peak * feature_scale <= tscd::lattice::kMaxFeature,
-                    "the permutohedral lattice takes features f (coordinates / sigma_xy, colours / sigma_rgb) within "
-                    "±", tscd::lattice::kMaxFeature, ", got |f| = ", peak * feature_scale,
-                    ": use larger sigmas, or an exact backend");
+  tscd::lattice::check_feature_range(tscd::lattice::largest_magnitude(fp, feats.numel()) * feature_scale);
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
@@ -303,10 +303,7 @@ void bilateral_filter_cpu(const at::Tensor& images, const at::Tensor& x, double 
     const float f = std::fabs(img[i] / s_rgb * exp2_scale);
     if (!(f <= peak)) peak = f;
   }
-  TORCH_CHECK_VALUE(peak * feature_scale <= tscd::lattice::kMaxFeature,
-                    "the permutohedral lattice takes features f (coordinates / sigma_xy, colours / sigma_rgb) within "
-                    "±", tscd::lattice::kMaxFeature, ", got |f| = ", peak * feature_scale,
-                    ": use larger sigmas, or an exact backend");
+  tscd::lattice::check_feature_range(peak * feature_scale);
   const float* xp = x.data_ptr<float>();
   float* yp = out.data_ptr<float>();
   const int64_t work = B * N * K * 24;

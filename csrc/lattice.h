@@ -41,6 +41,18 @@ constexpr int kMaxDims = 8;
 // lattice step; far beyond, they would overflow the int32 keys (undefined behaviour: crashes).
 constexpr float kMaxFeature = 16384.0f;
 
+// The largest |v[i]| of n floats, at least `floor`; NaN once one is NaN (NaN compares false).
+inline float largest_magnitude(const float* v, int64_t n, float floor = 0.0f) {
+  float peak = floor;
+  for (int64_t i = 0; i < n && !std::isnan(peak); ++i)
+    if (!(std::fabs(v[i]) <= peak)) peak = std::fabs(v[i]);
+  return peak;
+}
+
+// Refuses (ValueError) features whose largest magnitude |f| is beyond ±kMaxFeature, or NaN.
+// Defined in lattice.cpp, where ATen is.
+void check_feature_range(float largest);
+
 // Open-addressing (linear probing) table from d integer coordinates to a dense vertex index.
 template <int D>
 class VertexTable {
